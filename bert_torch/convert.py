@@ -1,0 +1,213 @@
+"""Convert Google's TF BERT checkpoints to PyTorch weights and back.
+
+    python -m bert_torch.convert --tf-checkpoint CKPT [--bert-config F] --output OUT.safetensors
+    python -m bert_torch.convert --to-tf --torch-weights W --bert-config F --output PREFIX
+
+Every TF variable is accounted for: mapped to a PyTorch tensor, or skipped as optimizer
+state (and counted), or reported as an error. Exit codes: 0 done, 2 bad input (one line
+per culprit on stderr). Reading and writing TF checkpoints needs no TensorFlow.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import re
+import shutil
+import sys
+from collections import Counter
+from dataclasses import dataclass, field
+from typing import Mapping, Optional
+
+import numpy as np
+
+from .modeling import BertConfig
+from .tf_checkpoint import CheckpointError, checkpoint_prefix, list_variables, read_checkpoint, write_checkpoint
+from .weights import WeightsError, check_shapes, detect_head, expected_shapes, read_weights, write_weights
+
+# Head variables outside the mechanical scope rule (TF name -> file name). Their TF
+# layout is [out, in], like torch.nn.Linear, so they are not transposed.
+HEAD_NAMES = {
+    "output_weights": "classifier.weight",             # run_classifier.create_model
+    "output_bias": "classifier.bias",
+    "cls/squad/output_weights": "qa_outputs.weight",   # run_squad.create_model
+    "cls/squad/output_bias": "qa_outputs.bias",
+    "cls/predictions/output_bias": "cls.predictions.bias",
+    "cls/seq_relationship/output_weights": "cls.seq_relationship.weight",
+    "cls/seq_relationship/output_bias": "cls.seq_relationship.bias",
+}
+FILE_TO_HEAD_NAME = {v: k for k, v in HEAD_NAMES.items()}
+
+# Training state that Google's (and NVIDIA's) checkpoints carry beside the weights.
+OPTIMIZER_SLOT = re.compile(
+    r"(^|.*/)(adam_m|adam_v|Adam|Adam_1|lamb_m|lamb_v|LAMB|LAMB_1|Momentum|Adagrad|RMSProp|RMSProp_1)$"
+    r"|^(global_step|beta1_power|beta2_power|loss_scale|current_loss_scale|good_steps)$")
+EMBEDDING_TABLES = ("word_embeddings", "token_type_embeddings", "position_embeddings")
+
+
+def tf_to_file_name(tf_name: str) -> tuple[Optional[str], bool]:
+    """(file name, transpose?) of a TF variable; (None, False) when it follows no known rule.
+
+    The rule: drop ``bert/``, ``layer_i`` -> ``layer.i``, ``/`` -> ``.``, ``kernel`` -> ``weight``
+    (transposed: TF dense kernels are [in, out]), ``gamma``/``beta`` -> ``weight``/``bias``.
+    """
+    if tf_name in HEAD_NAMES:
+        return HEAD_NAMES[tf_name], False
+    parts = tf_name.split("/")
+    if parts[0] == "bert":
+        parts = parts[1:]
+    elif parts[0] != "cls" or not parts[1:]:
+        return None, False
+    out = []
+    for p in parts:
+        m = re.fullmatch(r"layer_(\d+)", p)
+        out += ["layer", m.group(1)] if m else [{"kernel": "weight", "gamma": "weight", "beta": "bias"}.get(p, p)]
+    if out[-1] in EMBEDDING_TABLES:
+        out.append("weight")
+    return ".".join(out), parts[-1] == "kernel"
+
+
+def file_to_tf_name(name: str) -> tuple[str, bool]:
+    """The inverse of ``tf_to_file_name`` for the names a BERT model has."""
+    if name in FILE_TO_HEAD_NAME:
+        return FILE_TO_HEAD_NAME[name], False
+    parts = name.split(".")
+    transpose = False
+    if parts[-2] in EMBEDDING_TABLES:
+        parts = parts[:-1]
+    elif "LayerNorm" == parts[-2]:
+        parts[-1] = {"weight": "gamma", "bias": "beta"}[parts[-1]]
+    elif parts[-1] == "weight":
+        parts[-1], transpose = "kernel", True
+    scoped = re.sub(r"(^|/)layer/(\d+)", r"\1layer_\2", "/".join(parts))
+    return (scoped if parts[0] == "cls" else f"bert/{scoped}"), transpose
+
+
+@dataclass
+class Summary:
+    mapped: int = 0
+    skipped: Counter = field(default_factory=Counter)
+
+    def __str__(self) -> str:
+        skipped = sum(self.skipped.values())
+        kinds = ", ".join(f"{k} {n}" for k, n in sorted(self.skipped.items()))
+        return (f"mapped {self.mapped} variables; skipped {skipped} optimizer slots"
+                f"{f' ({kinds})' if kinds else ''}; unmapped 0")
+
+
+def tf_to_torch(tf_vars: Mapping[str, np.ndarray], config: BertConfig, where: str = "checkpoint",
+                body_only: bool = False) -> tuple[dict[str, np.ndarray], Summary]:
+    """Maps TF variables to file tensors, checking names and shapes against ``config``.
+
+    Problems are reported in TF terms (variable names and TF shapes), which is what the
+    user holding the checkpoint can look up.
+    """
+    summary, weights = Summary(), {}
+    for tf_name, value in tf_vars.items():
+        m = OPTIMIZER_SLOT.match(tf_name)
+        if m:
+            summary.skipped[m.group(2) or m.group(3)] += 1
+        elif body_only and tf_name.split("/")[0] != "bert":
+            summary.skipped["head (--body-only)"] += 1
+        else:
+            weights[tf_name] = value
+    head, num_labels = detect_head(tf_to_file_name(n)[0] or "" for n in weights)
+    if head == "classifier":
+        num_labels = int(np.shape(weights["output_weights"])[0])
+    expected_tf = {}
+    for name, shape in expected_shapes(config, head, num_labels).items():
+        tf_name, transpose = file_to_tf_name(name)
+        expected_tf[tf_name] = shape[::-1] if transpose else shape
+    check_shapes(weights, expected_tf, where, config, to_file_name=lambda n: tf_to_file_name(n)[0])
+    out = {}
+    for tf_name, value in weights.items():
+        name, transpose = tf_to_file_name(tf_name)
+        value = np.asarray(value, dtype=np.float32)
+        out[name] = np.ascontiguousarray(value.T if transpose else value)   # kernel [in,out] -> weight [out,in]
+    summary.mapped = len(out)
+    return out, summary
+
+
+def torch_to_tf(tensors: Mapping[str, np.ndarray], config: BertConfig, where: str = "weights") -> dict[str, np.ndarray]:
+    """Maps file tensors to TF variables (kernels transposed back), checking them against ``config``."""
+    head, num_labels = detect_head(tensors)
+    if head == "classifier":
+        num_labels = tensors["classifier.weight"].shape[0]
+    check_shapes(tensors, expected_shapes(config, head, num_labels), where, config)
+    out = {}
+    for name, value in tensors.items():
+        tf_name, transpose = file_to_tf_name(name)
+        value = np.asarray(value, dtype=np.float32)
+        out[tf_name] = np.ascontiguousarray(value.T if transpose else value)
+    return out
+
+
+def resolve_checkpoint(path: str, bert_config: Optional[str]) -> tuple[str, str]:
+    """(checkpoint prefix, bert_config.json path) from a checkpoint directory or prefix."""
+    prefix = checkpoint_prefix(path)
+    if bert_config is None:
+        base = path if os.path.isdir(path) else os.path.dirname(prefix)
+        bert_config = os.path.join(base, "bert_config.json")
+        if not os.path.isfile(bert_config):
+            raise CheckpointError(f"{path}: no bert_config.json beside the checkpoint; pass --bert-config")
+    return prefix, bert_config
+
+
+def convert_tf_to_torch(tf_checkpoint: str, output: str, bert_config: Optional[str] = None,
+                        body_only: bool = False) -> Summary:
+    prefix, config_path = resolve_checkpoint(tf_checkpoint, bert_config)
+    config = BertConfig.from_json_file(config_path)
+    tensors, summary = tf_to_torch(read_checkpoint(prefix), config, where=prefix, body_only=body_only)
+    write_weights(output, tensors, metadata={"source": os.path.basename(prefix)})
+    return summary
+
+
+def convert_torch_to_tf(torch_weights: str, bert_config: str, output: str, vocab_file: Optional[str] = None) -> int:
+    config = BertConfig.from_json_file(bert_config)
+    tf_vars = torch_to_tf(read_weights(torch_weights), config, where=torch_weights)
+    write_checkpoint(output, tf_vars)
+    out_dir = os.path.dirname(os.path.abspath(output))
+    config_out = os.path.join(out_dir, "bert_config.json")
+    if os.path.abspath(bert_config) != config_out:
+        # The official fields only: the official BertConfig.from_dict accepts any key, but a
+        # directory laid out like Google's should hold a config like Google's.
+        official = {k: v for k, v in config.to_dict().items() if k not in config.extra}
+        BertConfig.from_dict(official).to_json_file(config_out)
+    if vocab_file:
+        shutil.copyfile(vocab_file, os.path.join(out_dir, "vocab.txt"))
+    return len(tf_vars)
+
+
+def main(argv: Optional[list[str]] = None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m bert_torch.convert", description=__doc__.split("\n\n")[0])
+    ap.add_argument("--tf-checkpoint", help="checkpoint directory or prefix (TF -> PyTorch)")
+    ap.add_argument("--to-tf", action="store_true", help="convert PyTorch weights to a TF checkpoint")
+    ap.add_argument("--torch-weights", help="safetensors or .bin/.pt state dict (with --to-tf)")
+    ap.add_argument("--bert-config", help="bert_config.json (default: the one beside the checkpoint)")
+    ap.add_argument("--vocab-file", help="with --to-tf: copy this vocab.txt beside the checkpoint")
+    ap.add_argument("--body-only", action="store_true",
+                    help="skip head variables (cls/, output_*), so the file loads into a plain BertModel")
+    ap.add_argument("--output", required=True, help="OUT.safetensors (or .bin), or with --to-tf a checkpoint prefix")
+    args = ap.parse_args(argv)
+    try:
+        if args.to_tf:
+            if not args.torch_weights or not args.bert_config:
+                ap.error("--to-tf needs --torch-weights and --bert-config")
+            n = convert_torch_to_tf(args.torch_weights, args.bert_config, args.output, args.vocab_file)
+            print(f"wrote {n} variables to {args.output}.index / .data-00000-of-00001")
+        else:
+            if not args.tf_checkpoint:
+                ap.error("give --tf-checkpoint (TF -> PyTorch) or --to-tf")
+            summary = convert_tf_to_torch(args.tf_checkpoint, args.output, args.bert_config, args.body_only)
+            print(f"{summary}; wrote {args.output}")
+    except WeightsError as e:
+        for line in e.problems:
+            print(f"error: {line}", file=sys.stderr)
+        return 2
+    except (CheckpointError, ValueError, OSError) as e:
+        print(f"error: {str(e).splitlines()[0] if str(e) else type(e).__name__}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

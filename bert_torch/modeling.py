@@ -1,0 +1,469 @@
+"""A PyTorch BERT that computes what Google's official TensorFlow graph computes.
+
+Module and parameter names mirror the checkpoint's variable scopes (HF naming), so the
+weight map is mechanical: ``bert/encoder/layer_3/attention/self/query/kernel`` is
+``encoder.layer.3.attention.self.query.weight`` (transposed, as every dense kernel is).
+
+Every place where the official graph has a numerical quirk, we copy it on purpose and
+say so. Every contract tap passes through ``tap(name, x)`` (see ``taps.py``), so any
+intermediate tensor can be observed or replaced from outside at no cost when unused.
+"""
+from __future__ import annotations
+
+import copy
+import json
+import math
+from dataclasses import dataclass, field, fields
+from typing import Any, Optional
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .taps import tap
+
+
+@dataclass
+class BertConfig:
+    """The fields of Google's ``bert_config.json``, with the official defaults.
+
+    ``type_vocab_size`` defaults to 16 as in the official ``modeling.BertConfig``; most
+    released checkpoints set 2 in their json. ``hidden_act="gelu"`` means the GELU of the
+    official graph we verify against (bert-tensorflow 1.0.4: the tanh form); choose
+    ``"gelu_erf"`` for the erf form the 2018 checkpoints were trained with.
+    Keys the official config does not know (e.g. HF's ``model_type``) are kept in
+    ``extra`` and written back unchanged.
+    """
+
+    vocab_size: int
+    hidden_size: int = 768
+    num_hidden_layers: int = 12
+    num_attention_heads: int = 12
+    intermediate_size: int = 3072
+    hidden_act: str = "gelu"
+    hidden_dropout_prob: float = 0.1
+    attention_probs_dropout_prob: float = 0.1
+    max_position_embeddings: int = 512
+    type_vocab_size: int = 16
+    initializer_range: float = 0.02
+    extra: dict = field(default_factory=dict, repr=False, compare=False)
+
+    def __post_init__(self):
+        for name in ("vocab_size", "hidden_size", "num_hidden_layers", "num_attention_heads",
+                     "intermediate_size", "max_position_embeddings", "type_vocab_size"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ValueError(f"bert config: {name} must be a positive integer, got {value!r}")
+        if self.hidden_size % self.num_attention_heads:
+            raise ValueError(f"bert config: hidden_size {self.hidden_size} is not a multiple of "
+                             f"num_attention_heads {self.num_attention_heads}")
+        if self.hidden_act not in ACTIVATIONS:
+            raise ValueError(f"bert config: hidden_act {self.hidden_act!r} is not one of {sorted(ACTIVATIONS)}")
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "BertConfig":
+        known = {f.name for f in fields(cls)} - {"extra"}
+        if "vocab_size" not in d:
+            raise ValueError("bert config: required field vocab_size is missing")
+        return cls(**{k: v for k, v in d.items() if k in known},
+                   extra={k: v for k, v in d.items() if k not in known})
+
+    @classmethod
+    def from_json_file(cls, path: str) -> "BertConfig":
+        try:
+            with open(path, encoding="utf-8") as f:
+                d = json.load(f)
+        except OSError as e:
+            raise ValueError(f"bert config {path}: cannot read ({e.strerror})") from None
+        except json.JSONDecodeError as e:
+            raise ValueError(f"bert config {path}: not valid JSON ({e.msg}, line {e.lineno})") from None
+        if not isinstance(d, dict):
+            raise ValueError(f"bert config {path}: expected a JSON object")
+        try:
+            return cls.from_dict(d)
+        except (TypeError, ValueError) as e:
+            raise ValueError(f"{path}: {e}") from None
+
+    def to_dict(self) -> dict:
+        d = {f.name: copy.deepcopy(getattr(self, f.name)) for f in fields(self) if f.name != "extra"}
+        d.update(self.extra)
+        return d
+
+    def to_json_string(self) -> str:
+        return json.dumps(self.to_dict(), indent=2, sort_keys=True) + "\n"
+
+    def to_json_file(self, path: str) -> None:
+        with open(path, "w", encoding="utf-8") as f:
+            f.write(self.to_json_string())
+
+    @property
+    def head_size(self) -> int:
+        return self.hidden_size // self.num_attention_heads
+
+
+def gelu_tanh(x: torch.Tensor) -> torch.Tensor:
+    """The GELU of bert-tensorflow 1.0.4's ``modeling.gelu``, in its op order: x * cdf."""
+    cdf = 0.5 * (1.0 + torch.tanh(math.sqrt(2.0 / math.pi) * (x + 0.044715 * torch.pow(x, 3))))
+    return x * cdf
+
+
+def gelu_erf(x: torch.Tensor) -> torch.Tensor:
+    """The exact GELU of the 2018 release (and of the released checkpoints' training)."""
+    return x * 0.5 * (1.0 + torch.erf(x / math.sqrt(2.0)))
+
+
+ACTIVATIONS = {
+    "gelu": gelu_tanh,       # what the official graph we verify against computes
+    "gelu_tanh": gelu_tanh,
+    "gelu_new": gelu_tanh,   # HF's name for the tanh form
+    "gelu_erf": gelu_erf,
+    "gelu_exact": gelu_erf,
+    "relu": F.relu,
+    "tanh": torch.tanh,
+    "linear": lambda x: x,
+}
+
+
+class LayerNorm(nn.Module):
+    """LayerNorm computed the way TF's ``moments`` + ``batch_normalization`` compute it.
+
+    The official graph's epsilon is 1e-12 (not PyTorch's 1e-5), and TF folds gamma into
+    the inverse std before applying it: ``x * inv + (beta - mean * inv)``. Copying that
+    op order keeps us at TF's rounding noise instead of a few ulps beside it.
+    """
+
+    def __init__(self, hidden_size: int, eps: float = 1e-12):
+        super().__init__()
+        self.weight = nn.Parameter(torch.ones(hidden_size))   # TF: gamma
+        self.bias = nn.Parameter(torch.zeros(hidden_size))    # TF: beta
+        self.eps = eps
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        mean = x.mean(-1, keepdim=True)
+        variance = (x - mean).square().mean(-1, keepdim=True)   # biased, like tf.nn.moments
+        inv = torch.rsqrt(variance + self.eps) * self.weight
+        return x * inv + (self.bias - mean * inv)
+
+
+class BertEmbeddings(nn.Module):
+    """Word + token type + position embeddings, then LayerNorm (scope ``bert/embeddings``)."""
+
+    def __init__(self, config: BertConfig):
+        super().__init__()
+        self.config = config
+        self.word_embeddings = nn.Embedding(config.vocab_size, config.hidden_size)
+        self.position_embeddings = nn.Embedding(config.max_position_embeddings, config.hidden_size)
+        self.token_type_embeddings = nn.Embedding(config.type_vocab_size, config.hidden_size)
+        self.LayerNorm = LayerNorm(config.hidden_size)
+        self.dropout = nn.Dropout(config.hidden_dropout_prob)
+
+    def forward(self, input_ids: torch.Tensor, token_type_ids: torch.Tensor) -> torch.Tensor:
+        T = input_ids.shape[1]
+        words = tap("embeddings/word_embeddings", self.word_embeddings(input_ids))                # [B,T,H]
+        types = tap("embeddings/token_type_embeddings", self.token_type_embeddings(token_type_ids))  # [B,T,H]
+        positions = tap("embeddings/position_embeddings", self.position_embeddings.weight[:T])     # [T,H]
+        # TF adds (words + types) first, then positions; float addition is not associative.
+        x = tap("embeddings/sum", words + types + positions)
+        return self.dropout(tap("embeddings/output", self.LayerNorm(x)))
+
+
+class BertSelfAttention(nn.Module):
+    """Multi-head attention (scope ``layer_i/attention/self``)."""
+
+    def __init__(self, config: BertConfig, prefix: str):
+        super().__init__()
+        self.prefix = prefix
+        self.num_heads = config.num_attention_heads
+        self.head_size = config.head_size
+        self.query = nn.Linear(config.hidden_size, config.hidden_size)
+        self.key = nn.Linear(config.hidden_size, config.hidden_size)
+        self.value = nn.Linear(config.hidden_size, config.hidden_size)
+        self.dropout = nn.Dropout(config.attention_probs_dropout_prob)
+
+    def forward(self, x: torch.Tensor, mask_adder: torch.Tensor) -> torch.Tensor:
+        B, T, H = x.shape
+        N, D, p = self.num_heads, self.head_size, self.prefix
+
+        def split_heads(t: torch.Tensor) -> torch.Tensor:
+            return t.view(B, T, N, D).transpose(1, 2)   # [B,T,H] -> [B,T,N,D] -> [B,N,T,D]
+
+        q = tap(f"{p}/query", split_heads(self.query(x)))
+        k = tap(f"{p}/key", split_heads(self.key(x)))
+        v = tap(f"{p}/value", split_heads(self.value(x)))
+        scores = torch.matmul(q, k.transpose(-1, -2))     # [B,N,T,D] @ [B,N,D,T] -> [B,N,T,T]
+        # TF multiplies by the reciprocal of sqrt(D) rather than dividing by sqrt(D).
+        scores = tap(f"{p}/scores", scores * (1.0 / math.sqrt(D)) + mask_adder)
+        probs = tap(f"{p}/probs", F.softmax(scores, dim=-1))
+        context = torch.matmul(self.dropout(probs), v)    # [B,N,T,T] @ [B,N,T,D] -> [B,N,T,D]
+        context = context.transpose(1, 2).reshape(B, T, H)  # [B,N,T,D] -> [B,T,N,D] -> [B,T,H]
+        return tap(f"{p}/context", context)
+
+
+class BertSelfOutput(nn.Module):
+    """Attention output projection, residual, LayerNorm (scope ``layer_i/attention/output``)."""
+
+    def __init__(self, config: BertConfig, prefix: str):
+        super().__init__()
+        self.prefix = prefix
+        self.dense = nn.Linear(config.hidden_size, config.hidden_size)
+        self.LayerNorm = LayerNorm(config.hidden_size)
+        self.dropout = nn.Dropout(config.hidden_dropout_prob)
+
+    def forward(self, context: torch.Tensor, residual: torch.Tensor) -> torch.Tensor:
+        h = self.dropout(tap(f"{self.prefix}/dense", self.dense(context)))
+        return tap(f"{self.prefix}/output", self.LayerNorm(h + residual))
+
+
+class BertAttention(nn.Module):
+    def __init__(self, config: BertConfig, prefix: str):
+        super().__init__()
+        self.self = BertSelfAttention(config, f"{prefix}/attention")
+        self.output = BertSelfOutput(config, f"{prefix}/attention")
+
+    def forward(self, x: torch.Tensor, mask_adder: torch.Tensor) -> torch.Tensor:
+        return self.output(self.self(x, mask_adder), x)
+
+
+class BertIntermediate(nn.Module):
+    """Dense layer to the intermediate size and the activation (scope ``layer_i/intermediate``)."""
+
+    def __init__(self, config: BertConfig, prefix: str):
+        super().__init__()
+        self.prefix = prefix
+        self.dense = nn.Linear(config.hidden_size, config.intermediate_size)
+        self.act = ACTIVATIONS[config.hidden_act]
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return tap(f"{self.prefix}/intermediate", self.act(self.dense(x)))
+
+
+class BertOutput(nn.Module):
+    """Dense layer back to hidden size, residual, LayerNorm (scope ``layer_i/output``)."""
+
+    def __init__(self, config: BertConfig, prefix: str):
+        super().__init__()
+        self.prefix = prefix
+        self.dense = nn.Linear(config.intermediate_size, config.hidden_size)
+        self.LayerNorm = LayerNorm(config.hidden_size)
+        self.dropout = nn.Dropout(config.hidden_dropout_prob)
+
+    def forward(self, h: torch.Tensor, residual: torch.Tensor) -> torch.Tensor:
+        h = self.dropout(tap(f"{self.prefix}/output/dense", self.dense(h)))
+        return tap(f"{self.prefix}/output", self.LayerNorm(h + residual))
+
+
+class BertLayer(nn.Module):
+    """One transformer block (scope ``bert/encoder/layer_i``)."""
+
+    def __init__(self, config: BertConfig, index: int):
+        super().__init__()
+        prefix = f"layer_{index}"
+        self.attention = BertAttention(config, prefix)
+        self.intermediate = BertIntermediate(config, prefix)
+        self.output = BertOutput(config, prefix)
+
+    def forward(self, x: torch.Tensor, mask_adder: torch.Tensor) -> torch.Tensor:
+        attention_output = self.attention(x, mask_adder)
+        return self.output(self.intermediate(attention_output), attention_output)
+
+
+class BertEncoder(nn.Module):
+    def __init__(self, config: BertConfig):
+        super().__init__()
+        self.layer = nn.ModuleList(BertLayer(config, i) for i in range(config.num_hidden_layers))
+
+    def forward(self, x: torch.Tensor, mask_adder: torch.Tensor) -> list[torch.Tensor]:
+        all_layers = []
+        for layer in self.layer:
+            x = layer(x, mask_adder)
+            all_layers.append(x)
+        return all_layers
+
+
+class BertPooler(nn.Module):
+    """tanh(dense(first token)) (scope ``bert/pooler``)."""
+
+    def __init__(self, config: BertConfig):
+        super().__init__()
+        self.dense = nn.Linear(config.hidden_size, config.hidden_size)
+
+    def forward(self, sequence_output: torch.Tensor) -> torch.Tensor:
+        return tap("pooler/output", torch.tanh(self.dense(sequence_output[:, 0])))  # [B,T,H] -> [B,H]
+
+
+class BertPreTrainedModel(nn.Module):
+    """Shared weight initialisation: truncated normal like the official ``create_initializer``."""
+
+    def __init__(self, config: BertConfig):
+        super().__init__()
+        if not isinstance(config, BertConfig):
+            raise TypeError(f"config must be a BertConfig, got {type(config).__name__}")
+        self.config = config
+
+    def init_weights(self, module: nn.Module) -> None:
+        r = self.config.initializer_range
+        if isinstance(module, (nn.Linear, nn.Embedding)):
+            # tf.truncated_normal_initializer(stddev=r) redraws beyond two standard deviations.
+            nn.init.trunc_normal_(module.weight, std=r, a=-2 * r, b=2 * r)
+        if isinstance(module, nn.Linear) and module.bias is not None:
+            nn.init.zeros_(module.bias)
+        if isinstance(module, LayerNorm):
+            nn.init.ones_(module.weight)
+            nn.init.zeros_(module.bias)
+
+
+class BertModel(BertPreTrainedModel):
+    """The BERT body (TF scope ``bert/``): embeddings, encoder, pooler."""
+
+    def __init__(self, config: BertConfig):
+        super().__init__(config)
+        self.embeddings = BertEmbeddings(config)
+        self.encoder = BertEncoder(config)
+        self.pooler = BertPooler(config)
+        self.apply(self.init_weights)
+
+    def check_inputs(self, input_ids: torch.Tensor, token_type_ids: torch.Tensor,
+                     attention_mask: torch.Tensor) -> None:
+        """Reject inputs that an embedding lookup would silently get wrong (or crash on, on GPU)."""
+        c = self.config
+        if input_ids.dim() != 2:
+            raise ValueError(f"input_ids must be [batch, seq_len], got shape {tuple(input_ids.shape)}")
+        B, T = input_ids.shape
+        if B == 0 or T == 0:
+            raise ValueError(f"input_ids is empty: shape {tuple(input_ids.shape)}")
+        if T > c.max_position_embeddings:
+            raise ValueError(f"sequence length {T} exceeds max_position_embeddings {c.max_position_embeddings}")
+        for name, t, bound in (("input_ids", input_ids, c.vocab_size),
+                               ("token_type_ids", token_type_ids, c.type_vocab_size)):
+            if tuple(t.shape) != (B, T):
+                raise ValueError(f"{name} has shape {tuple(t.shape)}, expected {(B, T)}")
+            lo, hi = int(t.min()), int(t.max())
+            if lo < 0 or hi >= bound:
+                raise ValueError(f"{name} holds {hi if hi >= bound else lo}, outside [0, {bound})")
+        if tuple(attention_mask.shape) != (B, T):
+            raise ValueError(f"attention_mask has shape {tuple(attention_mask.shape)}, expected {(B, T)}")
+
+    def forward(self, input_ids: torch.Tensor, token_type_ids: Optional[torch.Tensor] = None,
+                attention_mask: Optional[torch.Tensor] = None, output_all_encoded_layers: bool = True):
+        """Returns (encoded_layers, pooled_output): a list of L [B,T,H] (or the last one), and [B,H]."""
+        if token_type_ids is None:
+            token_type_ids = torch.zeros_like(input_ids)
+        if attention_mask is None:
+            attention_mask = torch.ones_like(input_ids)
+        self.check_inputs(input_ids, token_type_ids, attention_mask)
+        dtype = self.embeddings.word_embeddings.weight.dtype
+        # The official graph adds -10000 (not -inf) at masked keys: exp underflows to exactly 0
+        # in float32 for real scores, and a fully masked row stays finite (uniform).
+        mask_adder = (1.0 - attention_mask[:, None, None, :].to(dtype)) * -10000.0   # [B,T] -> [B,1,1,T]
+        x = self.embeddings(input_ids, token_type_ids)
+        encoded_layers = self.encoder(x, mask_adder)
+        pooled_output = self.pooler(encoded_layers[-1])
+        if not output_all_encoded_layers:
+            return encoded_layers[-1], pooled_output
+        return encoded_layers, pooled_output
+
+
+class BertForSequenceClassification(BertPreTrainedModel):
+    """BERT + a linear classifier on the pooled output (TF: ``output_weights``, ``output_bias``)."""
+
+    def __init__(self, config: BertConfig, num_labels: int = 2):
+        super().__init__(config)
+        self.num_labels = num_labels
+        self.bert = BertModel(config)
+        self.dropout = nn.Dropout(config.hidden_dropout_prob)
+        self.classifier = nn.Linear(config.hidden_size, num_labels)
+        self.init_weights(self.classifier)
+
+    def forward(self, input_ids, token_type_ids=None, attention_mask=None, labels=None):
+        _, pooled = self.bert(input_ids, token_type_ids, attention_mask, output_all_encoded_layers=False)
+        logits = tap("classifier/logits", self.classifier(self.dropout(pooled)))   # [B,C]
+        if labels is None:
+            return logits
+        return F.cross_entropy(logits, labels)
+
+
+class BertForQuestionAnswering(BertPreTrainedModel):
+    """BERT + start/end span logits (TF: ``cls/squad/output_weights``, ``cls/squad/output_bias``)."""
+
+    def __init__(self, config: BertConfig):
+        super().__init__(config)
+        self.bert = BertModel(config)
+        self.qa_outputs = nn.Linear(config.hidden_size, 2)
+        self.init_weights(self.qa_outputs)
+
+    def forward(self, input_ids, token_type_ids=None, attention_mask=None,
+                start_positions=None, end_positions=None):
+        sequence_output, _ = self.bert(input_ids, token_type_ids, attention_mask, output_all_encoded_layers=False)
+        logits = self.qa_outputs(sequence_output)                     # [B,T,2]
+        start_logits = tap("squad/start_logits", logits[..., 0])      # [B,T]
+        end_logits = tap("squad/end_logits", logits[..., 1])          # [B,T]
+        if start_positions is None or end_positions is None:
+            return start_logits, end_logits
+        # Positions outside the sequence are ignored, as in the original port.
+        T = start_logits.shape[1]
+        start = start_positions.clamp(0, T)
+        end = end_positions.clamp(0, T)
+        loss = F.cross_entropy(start_logits, start, ignore_index=T) + F.cross_entropy(end_logits, end, ignore_index=T)
+        return loss / 2
+
+
+class BertPredictionHeadTransform(nn.Module):
+    def __init__(self, config: BertConfig):
+        super().__init__()
+        self.dense = nn.Linear(config.hidden_size, config.hidden_size)
+        self.act = ACTIVATIONS[config.hidden_act]
+        self.LayerNorm = LayerNorm(config.hidden_size)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.LayerNorm(self.act(self.dense(x)))
+
+
+class BertLMPredictionHead(nn.Module):
+    """Masked-LM head (scope ``cls/predictions``); the decoder is the word embedding table."""
+
+    def __init__(self, config: BertConfig):
+        super().__init__()
+        self.transform = BertPredictionHeadTransform(config)
+        self.bias = nn.Parameter(torch.zeros(config.vocab_size))   # TF: cls/predictions/output_bias
+
+    def forward(self, x: torch.Tensor, word_embeddings: torch.Tensor) -> torch.Tensor:
+        # The decoder is the word embedding table itself, as in the official graph (not saved twice).
+        return torch.matmul(self.transform(x), word_embeddings.t()) + self.bias   # [B,T,H] @ [H,V] -> [B,T,V]
+
+
+class BertPreTrainingHeads(nn.Module):
+    def __init__(self, config: BertConfig):
+        super().__init__()
+        self.predictions = BertLMPredictionHead(config)
+        self.seq_relationship = nn.Linear(config.hidden_size, 2)   # TF: cls/seq_relationship
+
+    def forward(self, sequence_output, pooled_output, word_embeddings):
+        return self.predictions(sequence_output, word_embeddings), self.seq_relationship(pooled_output)
+
+
+class BertForPreTraining(BertPreTrainedModel):
+    """BERT + the masked-LM and next-sentence heads that Google's checkpoints carry."""
+
+    def __init__(self, config: BertConfig):
+        super().__init__(config)
+        self.bert = BertModel(config)
+        self.cls = BertPreTrainingHeads(config)
+        self.cls.apply(self.init_weights)
+
+    def forward(self, input_ids, token_type_ids=None, attention_mask=None,
+                masked_lm_labels=None, next_sentence_label=None):
+        sequence_output, pooled = self.bert(input_ids, token_type_ids, attention_mask, output_all_encoded_layers=False)
+        prediction_scores, seq_relationship_score = self.cls(
+            sequence_output, pooled, self.bert.embeddings.word_embeddings.weight)
+        if masked_lm_labels is None or next_sentence_label is None:
+            return prediction_scores, seq_relationship_score
+        mlm = F.cross_entropy(prediction_scores.flatten(0, 1), masked_lm_labels.flatten(), ignore_index=-1)
+        return mlm + F.cross_entropy(seq_relationship_score, next_sentence_label)
+
+
+HEADS: dict[Optional[str], Any] = {
+    None: BertModel,
+    "classifier": BertForSequenceClassification,
+    "squad": BertForQuestionAnswering,
+    "pretraining": BertForPreTraining,
+}

@@ -1,0 +1,129 @@
+"""Canonical tap names (see CONTRACT.md) and the hook that observes or replaces them.
+
+A *tap* is a named intermediate tensor. Both sides of a comparison publish the same
+names in the same layout, so the harness can line them up without knowing anything
+about either implementation.
+
+Model code calls ``tap(name, x)`` at every tap point. With no ``Taps`` context active
+this is one ContextVar lookup and returns ``x`` untouched (no copies, no hooks).
+"""
+from __future__ import annotations
+
+import contextvars
+from typing import Iterable, Mapping, Optional
+
+import torch
+
+HEAD_TAPS = {
+    None: (),
+    "classifier": ("classifier/logits",),
+    "squad": ("squad/start_logits", "squad/end_logits"),
+}
+
+EMBEDDING_TAPS = (
+    "embeddings/word_embeddings",
+    "embeddings/token_type_embeddings",
+    "embeddings/position_embeddings",
+    "embeddings/sum",
+    "embeddings/output",
+)
+
+LAYER_TAPS = (
+    "attention/query",
+    "attention/key",
+    "attention/value",
+    "attention/scores",
+    "attention/probs",
+    "attention/context",
+    "attention/dense",
+    "attention/output",
+    "intermediate",
+    "output/dense",
+    "output",
+)
+
+
+def tap_names(num_layers: int, head: Optional[str] = None) -> list[str]:
+    """All tap names of a model, in forward order: 5 + 11*L + 1 (+ head taps)."""
+    if head not in HEAD_TAPS:
+        raise ValueError(f"unknown head {head!r}; expected one of {sorted(h for h in HEAD_TAPS if h)}")
+    names = list(EMBEDDING_TAPS)
+    for i in range(num_layers):
+        names += [f"layer_{i}/{t}" for t in LAYER_TAPS]
+    names.append("pooler/output")
+    names += HEAD_TAPS[head]
+    return names
+
+
+def tap_shape(name: str, batch: int, seq: int, hidden: int, heads: int, intermediate: int,
+              num_labels: int = 2) -> tuple[int, ...]:
+    """The contract layout of a tap: B batch, T sequence, H hidden, N heads, D=H/N, I intermediate."""
+    B, T, H, N, D, I = batch, seq, hidden, heads, hidden // heads, intermediate
+    if name == "embeddings/position_embeddings":
+        return (T, H)
+    if name.startswith("embeddings/"):
+        return (B, T, H)
+    if name == "pooler/output":
+        return (B, H)
+    if name == "classifier/logits":
+        return (B, num_labels)
+    if name.startswith("squad/"):
+        return (B, T)
+    kind = name.split("/", 1)[1]
+    if kind in ("attention/query", "attention/key", "attention/value"):
+        return (B, N, T, D)
+    if kind in ("attention/scores", "attention/probs"):
+        return (B, N, T, T)
+    if kind == "intermediate":
+        return (B, T, I)
+    return (B, T, H)
+
+
+_ACTIVE: contextvars.ContextVar[Optional["Taps"]] = contextvars.ContextVar("bert_torch_taps", default=None)
+
+
+class Taps:
+    """Context manager that records taps and/or replaces some of them.
+
+    with Taps(record=True, inject={"layer_0/output": t}) as taps:
+        model(input_ids, ...)
+    taps.values["layer_0/attention/probs"]      # recorded tensors, by canonical name
+
+    ``record`` is True (all), False (none) or an iterable of names. Injected tensors must
+    have the tap's exact shape; they are cast to the tap's dtype and device. An injected
+    tap is recorded with its injected value. ``seen`` lists every tap passed, in order,
+    so a caller can check that each injection name was actually reached.
+    """
+
+    def __init__(self, record: bool | Iterable[str] = True,
+                 inject: Optional[Mapping[str, torch.Tensor]] = None, detach: bool = True):
+        self.record = record if isinstance(record, bool) else frozenset(record)
+        self.inject = dict(inject or {})
+        self.detach = detach
+        self.values: dict[str, torch.Tensor] = {}
+        self.seen: list[str] = []
+        self._token = None
+
+    def __enter__(self) -> "Taps":
+        self._token = _ACTIVE.set(self)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        _ACTIVE.reset(self._token)
+
+    def __call__(self, name: str, x: torch.Tensor) -> torch.Tensor:
+        self.seen.append(name)
+        if name in self.inject:
+            new = torch.as_tensor(self.inject[name])
+            if tuple(new.shape) != tuple(x.shape):
+                raise ValueError(f"injected tap {name}: shape {tuple(new.shape)}, expected {tuple(x.shape)}")
+            x = new.to(device=x.device, dtype=x.dtype)
+        if self.record is True or (self.record is not False and name in self.record):
+            self.values[name] = x.detach() if self.detach else x
+        return x
+
+
+def tap(name: str, x: torch.Tensor) -> torch.Tensor:
+    """Publish tensor ``x`` as tap ``name``; returns it, or its replacement when one is injected."""
+    taps = _ACTIVE.get()
+    return x if taps is None else taps(name, x)

@@ -1,0 +1,93 @@
+"""Fixtures of the parity gate: real MiniLM weights, official random checkpoints, CLI runners."""
+from __future__ import annotations
+
+import collections
+import json
+import os
+import sys
+from typing import Optional
+
+import pytest
+
+os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")   # before anything imports TensorFlow
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+from bert_torch import convert  # noqa: E402
+from bert_torch.tokenization import FullTokenizer  # noqa: E402
+from parity import cli  # noqa: E402
+from parity.inputs import SAMPLE, read_pairs  # noqa: E402
+from parity.minilm import build_checkpoint, minilm_dir  # noqa: E402
+
+
+@pytest.fixture(scope="session")
+def minilm(tmp_path_factory) -> dict:
+    """all-MiniLM-L6-v2, converted to an official TF checkpoint by our own --to-tf converter."""
+    return build_checkpoint(str(tmp_path_factory.mktemp("minilm")))
+
+
+@pytest.fixture(scope="session")
+def subset_vocab(tmp_path_factory):
+    """A real WordPiece vocab cut to ``n`` entries: the specials, then the sample's most common pieces."""
+    cache = {}
+    full = os.path.join(minilm_dir(), "vocab.txt")
+
+    def make(n: int) -> str:
+        if n not in cache:
+            tok = FullTokenizer(full, do_lower_case=True)
+            counts = collections.Counter(t for a, b in read_pairs(SAMPLE) for t in tok.tokenize(a) + tok.tokenize(b))
+            specials = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
+            pieces = [t for t, _ in counts.most_common() if t not in specials]
+            chars = [chr(c) for c in range(ord("a"), ord("z") + 1)] + [f"##{chr(c)}" for c in range(ord("a"), ord("z") + 1)]
+            words = (specials + [c for c in chars if c not in pieces] + pieces)[:n]
+            assert len(words) == n, f"the sample gives only {len(words)} distinct pieces"
+            path = tmp_path_factory.mktemp("vocab") / f"vocab{n}.txt"
+            path.write_text("\n".join(words) + "\n", encoding="utf-8")
+            cache[n] = str(path)
+        return cache[n]
+
+    return make
+
+
+@pytest.fixture(scope="session")
+def random_checkpoint(tmp_path_factory, subset_vocab):
+    """An official-code random checkpoint and our conversion of it, cached per arguments."""
+    from reference_tf import write_random_checkpoint
+    cache = {}
+
+    def make(config: dict, head: Optional[str] = None, num_labels: int = 2, seed: int = 0, **kw) -> dict:
+        key = json.dumps([config, head, num_labels, seed, kw], sort_keys=True)
+        if key not in cache:
+            out = tmp_path_factory.mktemp("ckpt")
+            vocab = os.path.join(minilm_dir(), "vocab.txt") if config["vocab_size"] == 30522 \
+                else subset_vocab(config["vocab_size"])
+            write_random_checkpoint(str(out), config, seed=seed, head=head, num_labels=num_labels,
+                                    vocab_file=vocab, **kw)
+            weights = str(out / "pytorch_model.safetensors")
+            assert convert.main(["--tf-checkpoint", str(out), "--output", weights]) == 0
+            cache[key] = {"dir": str(out), "prefix": str(out / "bert_model.ckpt"), "torch_weights": weights,
+                          "bert_config": str(out / "bert_config.json"), "vocab": str(out / "vocab.txt")}
+        return cache[key]
+
+    return make
+
+
+class Run:
+    def __init__(self, code: int, out: str, err: str, report: Optional[dict], report_dir):
+        self.code, self.out, self.err, self.report, self.report_dir = code, out, err, report, report_dir
+
+    def tap(self, name: str) -> dict:
+        return next(t for t in self.report["taps"] if t["name"] == name)
+
+
+@pytest.fixture
+def compare(tmp_path, capsys):
+    """Runs ``python -m parity compare`` in-process; returns exit code, output and report."""
+    def run(tf_checkpoint: str, torch_weights: str, *extra: str) -> Run:
+        report_dir = tmp_path / f"report{len(list(tmp_path.iterdir()))}"
+        code = cli.main(["compare", "--tf-checkpoint", tf_checkpoint, "--torch-weights", torch_weights,
+                         "--report-dir", str(report_dir), *extra])
+        out, err = capsys.readouterr()
+        sys.stdout.write(out)
+        path = report_dir / "report.json"
+        return Run(code, out, err, json.loads(path.read_text()) if path.exists() else None, report_dir)
+    return run

