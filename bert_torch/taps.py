@@ -91,7 +91,9 @@ class Taps:
 
     ``record`` is True (all), False (none) or an iterable of names. Injected tensors must
     have the tap's exact shape; they are cast to the tap's dtype and device. An injected
-    tap is recorded with its injected value. ``seen`` lists every tap passed, in order,
+    tap is recorded with its injected value in ``values``, and with the value the model had
+    computed before the replacement in ``computed`` (so one run that injects every block's
+    input still shows every block's own output). ``seen`` lists every tap passed, in order,
     so a caller can check that each injection name was actually reached.
     """
 
@@ -101,6 +103,7 @@ class Taps:
         self.inject = dict(inject or {})
         self.detach = detach
         self.values: dict[str, torch.Tensor] = {}
+        self.computed: dict[str, torch.Tensor] = {}
         self.seen: list[str] = []
         self._token = None
 
@@ -113,12 +116,15 @@ class Taps:
 
     def __call__(self, name: str, x: torch.Tensor) -> torch.Tensor:
         self.seen.append(name)
+        keep = self.record is True or (self.record is not False and name in self.record)
         if name in self.inject:
             new = torch.as_tensor(self.inject[name])
             if tuple(new.shape) != tuple(x.shape):
                 raise ValueError(f"injected tap {name}: shape {tuple(new.shape)}, expected {tuple(x.shape)}")
+            if keep:
+                self.computed[name] = x.detach() if self.detach else x
             x = new.to(device=x.device, dtype=x.dtype)
-        if self.record is True or (self.record is not False and name in self.record):
+        if keep:
             self.values[name] = x.detach() if self.detach else x
         return x
 

@@ -104,6 +104,8 @@ def test_injection_replaces_a_tap_downstream_only():
     with torch.no_grad(), Taps(inject={"layer_0/output": zeros}) as hit:
         _, pooled = model(ids, tt, mask)
     assert torch.equal(hit.values["layer_0/output"], zeros)
+    assert torch.equal(hit.computed["layer_0/output"], clean.values["layer_0/output"])   # what it replaced
+    assert list(hit.computed) == ["layer_0/output"]
     for n in tap_names(2):
         changed = not torch.equal(hit.values[n], clean.values[n])
         assert changed == (n.startswith("layer_1/") or n in ("layer_0/output", "pooler/output")), n
