@@ -50,10 +50,12 @@ PROFILES = {
             "float32 on CPU on both sides. atol 2e-5 is 2x TF's own spread on real MiniLM-L6 weights "
             "(oneDNN on vs off: up to 1.0e-5 in the layer outputs); rtol 1e-5 covers large-magnitude "
             "elements, such as the -10000 mask adder in the attention scores (float32 ulp there: 1e-3). "
-            "Attention scores get atol 1e-4: they are un-normalised dot products whose rounding error "
-            "scales with |q|*|k| (TF's own spread there: up to 4.1e-5)."),
+            "Attention scores and the feed-forward output projection get atol 1e-4: they are "
+            "un-normalised dot products (over D and over intermediate_size terms) whose rounding error "
+            "scales with the sum of |terms|, not with the result; TF's own spread there reaches 4.1e-5 "
+            "(scores) and 1.7e-4 (output/dense) between oneDNN on and off."),
         atol=2e-5, rtol=1e-5,
-        overrides=(("layer_*/attention/scores", 1e-4, 1e-5),)),
+        overrides=(("layer_*/attention/scores", 1e-4, 1e-5), ("layer_*/output/dense", 1e-4, 1e-5))),
 }
 
 
