@@ -99,6 +99,7 @@ def run_compare(args) -> int:
 def print_summary(report: dict, json_path: str) -> None:
     taps = report["taps"]
     worst = max(taps, key=lambda t: -1 if t["tol_ratio"] is None else t["tol_ratio"])
+    print(f"reference: {report['sides']['reference']}\ncandidate: {report['sides']['candidate']}")
     print(f"verdict: {report['verdict']} ({sum(t['passed'] for t in taps)}/{len(taps)} taps within "
           f"{report['profile']['name']}); first divergence: {report['first_divergence']}")
     for t in taps:
