@@ -315,6 +315,10 @@ class BertPreTrainedModel(nn.Module):
 class BertModel(BertPreTrainedModel):
     """The BERT body (TF scope ``bert/``): embeddings, encoder, pooler."""
 
+    # The official graph's attention-mask adder (see forward). An attribute, not a literal,
+    # so that parity.diagnose's tests can plant the -1e9 of other ports and prove it is caught.
+    mask_adder_value = -10000.0
+
     def __init__(self, config: BertConfig):
         super().__init__(config)
         self.embeddings = BertEmbeddings(config)
@@ -330,18 +334,30 @@ class BertModel(BertPreTrainedModel):
             raise ValueError(f"input_ids must be [batch, seq_len], got shape {tuple(input_ids.shape)}")
         B, T = input_ids.shape
         if B == 0 or T == 0:
-            raise ValueError(f"input_ids is empty: shape {tuple(input_ids.shape)}")
+            # The official graph returns empty outputs for B == 0, and fails only in the pooler for T == 0.
+            raise ValueError(f"input_ids is empty: shape {tuple(input_ids.shape)}; "
+                             f"need at least one sequence of at least one token")
         if T > c.max_position_embeddings:
             raise ValueError(f"sequence length {T} exceeds max_position_embeddings {c.max_position_embeddings}")
-        for name, t, bound in (("input_ids", input_ids, c.vocab_size),
-                               ("token_type_ids", token_type_ids, c.type_vocab_size)):
+        # The official graph looks token types up by one_hot @ table: an id outside the table is an
+        # all-zero row, silently. Word ids go through tf.gather: an error on CPU (zeros on GPU, as TF documents).
+        for name, t, bound, field in (("input_ids", input_ids, c.vocab_size, "vocab_size"),
+                                      ("token_type_ids", token_type_ids, c.type_vocab_size, "type_vocab_size")):
             if tuple(t.shape) != (B, T):
                 raise ValueError(f"{name} has shape {tuple(t.shape)}, expected {(B, T)}")
-            lo, hi = int(t.min()), int(t.max())
-            if lo < 0 or hi >= bound:
-                raise ValueError(f"{name} holds {hi if hi >= bound else lo}, outside [0, {bound})")
+            bad = (t < 0) | (t >= bound)
+            if bool(bad.any()):
+                at = tuple(int(i) for i in bad.nonzero()[0])   # the first offending [row, position]
+                raise ValueError(f"{name} holds {int(t[at])} at {list(at)}, outside [0, {bound}) "
+                                 f"({field} {bound})")
         if tuple(attention_mask.shape) != (B, T):
             raise ValueError(f"attention_mask has shape {tuple(attention_mask.shape)}, expected {(B, T)}")
+        # The mask enters as the adder (1 - mask) * -10000: a 2 would ADD 10000 to the score.
+        bad = (attention_mask != 0) & (attention_mask != 1)
+        if bool(bad.any()):
+            at = tuple(int(i) for i in bad.nonzero()[0])
+            raise ValueError(f"attention_mask holds {attention_mask[at].item()} at {list(at)}; "
+                             f"only 0 (padding) and 1 (real token) are allowed")
 
     def forward(self, input_ids: torch.Tensor, token_type_ids: Optional[torch.Tensor] = None,
                 attention_mask: Optional[torch.Tensor] = None, output_all_encoded_layers: bool = True):
@@ -354,7 +370,7 @@ class BertModel(BertPreTrainedModel):
         dtype = self.embeddings.word_embeddings.weight.dtype
         # The official graph adds -10000 (not -inf) at masked keys: exp underflows to exactly 0
         # in float32 for real scores, and a fully masked row stays finite (uniform).
-        mask_adder = (1.0 - attention_mask[:, None, None, :].to(dtype)) * -10000.0   # [B,T] -> [B,1,1,T]
+        mask_adder = (1.0 - attention_mask[:, None, None, :].to(dtype)) * self.mask_adder_value   # [B,T] -> [B,1,1,T]
         x = self.embeddings(input_ids, token_type_ids)
         encoded_layers = self.encoder(x, mask_adder)
         pooled_output = self.pooler(encoded_layers[-1])

@@ -91,3 +91,17 @@ def compare(tmp_path, capsys):
         path = report_dir / "report.json"
         return Run(code, out, err, json.loads(path.read_text()) if path.exists() else None, report_dir)
     return run
+
+
+# Hypothesis settings profiles for the property tests (parity/test_property_parity.py,
+# parity/test_token_parity.py), chosen by HYPOTHESIS_PROFILE: "ci" (the default) is small and
+# derandomized, so a CI failure repeats on rerun; "nightly" searches far more, at random, and keeps
+# found failures in .hypothesis/. Both print the reproduce blob of a shrunk failure. Registered
+# here, applied by those tests (settings(settings.get_profile(name), ...)), NOT loaded globally: a global load
+# would also derandomize every other hypothesis test in the session.
+from hypothesis import HealthCheck, settings  # noqa: E402
+
+settings.register_profile("ci", max_examples=10, derandomize=True, database=None, deadline=None, print_blob=True,
+                          suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
+settings.register_profile("nightly", max_examples=100, deadline=None, print_blob=True,
+                          suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
