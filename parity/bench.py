@@ -33,12 +33,46 @@ def median_seconds(fn, repeats: int) -> float:
     return statistics.median(times)
 
 
+BERT_BASE_12 = dict(vocab_size=30522, hidden_size=768, num_hidden_layers=12, num_attention_heads=12,
+                   intermediate_size=3072, max_position_embeddings=512, type_vocab_size=2, hidden_act="gelu")
+
+
+def diagnose_ratio(batch_size: int, seq_len: int) -> None:
+    """Wall time of ``parity diagnose`` against ``parity compare`` on a 12-layer BERT-base-shaped
+    official random checkpoint (issue: diagnose must cost under 3x compare). Each command runs
+    twice; the second, warm run of each is kept."""
+    from bert_torch import convert
+    from reference_tf import write_random_checkpoint
+
+    from . import cli
+    from .minilm import minilm_dir
+    with tempfile.TemporaryDirectory() as tmp:
+        write_random_checkpoint(tmp, BERT_BASE_12, seed=0, perturb=0.02,
+                                vocab_file=os.path.join(minilm_dir(), "vocab.txt"))
+        weights = os.path.join(tmp, "pytorch_model.safetensors")
+        if convert.main(["--tf-checkpoint", tmp, "--output", weights]) != 0:
+            raise SystemExit("bench: converting the BERT-base-shaped checkpoint failed")
+        args = ["--tf-checkpoint", tmp, "--torch-weights", weights, "--batch-size", str(batch_size),
+                "--seq-len", str(seq_len)]
+        times = {}
+        for command in ("compare", "diagnose", "compare", "diagnose"):
+            t0 = time.perf_counter()
+            cli.main([command, *args, "--report-dir", os.path.join(tmp, command)])
+            times[command] = time.perf_counter() - t0
+    print(f"BERT-base-shaped 12 layers, batch {batch_size} x {seq_len}: compare {times['compare']:.1f} s, "
+          f"diagnose {times['diagnose']:.1f} s, ratio {times['diagnose'] / times['compare']:.2f} (target < 3)")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(prog="python -m parity.bench", description=__doc__.split("\n\n")[0])
     ap.add_argument("--batch-size", type=int, default=8)
     ap.add_argument("--seq-len", type=int, default=128)
     ap.add_argument("--repeats", type=int, default=10)
+    ap.add_argument("--diagnose-ratio", action="store_true",
+                    help="also time diagnose against compare on a 12-layer BERT-base-shaped checkpoint")
     args = ap.parse_args()
+    if args.diagnose_ratio:
+        diagnose_ratio(args.batch_size, args.seq_len)
     with tempfile.TemporaryDirectory() as tmp:
         paths = build_checkpoint(tmp)
         config = BertConfig.from_json_file(paths["bert_config"])

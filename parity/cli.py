@@ -29,7 +29,9 @@ class BadInput(ValueError):
 
 
 def add_compare_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--tf-checkpoint", required=True, help="checkpoint directory or prefix")
+    p.add_argument("--tf-checkpoint", help="checkpoint directory or prefix (required unless --golden)")
+    p.add_argument("--golden", help="compare against a golden file (python -m reference_tf dump) "
+                                    "instead of running TensorFlow")
     p.add_argument("--bert-config", help="bert_config.json (default: beside the checkpoint)")
     p.add_argument("--torch-weights", required=True, help="safetensors or .bin/.pt state dict")
     p.add_argument("--torch-bert-config", help="config for the PyTorch side only (default: --bert-config)")
@@ -58,6 +60,8 @@ def find_vocab(path: str, prefix: str, vocab_file: Optional[str]) -> str:
 
 def prepare(args):
     """Everything that can be checked before a model runs: exit 2 material."""
+    if not args.tf_checkpoint:
+        raise BadInput("--tf-checkpoint is required (or --golden FILE for compare)")
     profile = get_profile(args.profile)
     if args.device != "cpu" and not (args.device.startswith("cuda") and torch.cuda.is_available()):
         raise BadInput(f"--device {args.device}: not available on this machine")
@@ -83,6 +87,8 @@ def prepare(args):
 
 def run_compare(args) -> int:
     clear_report(args.report_dir)
+    if getattr(args, "golden", None):
+        return run_golden_compare(args)
     profile, prefix, config, torch_config, head, num_labels, inputs, files = prepare(args)
     candidate = TorchSide.from_weights(args.torch_weights, torch_config, device=args.device)
     reference = TFSide(prefix, config, head=head, num_labels=num_labels, intra_op_threads=args.tf_threads)
@@ -90,7 +96,51 @@ def run_compare(args) -> int:
         report = compare_sides(reference, candidate, inputs, profile)
     finally:
         reference.close()
-    report["environment"] = environment(args.device, files, args.tf_threads)
+    report["environment"] = environment(args.device, files, args.tf_threads, seeds={"inputs": args.seed})
+    json_path, _ = write_report(report, args.report_dir)
+    print_summary(report, json_path)
+    return 0 if report["verdict"] == "pass" else 1
+
+
+COMPARE_DEFAULTS = {"batch_size": 8, "seq_len": 128, "seed": 0}
+
+
+def run_golden_compare(args) -> int:
+    """``compare --golden``: the reference is a recorded TF run; TensorFlow is never imported."""
+    from .sides import GoldenSide
+    if args.tf_checkpoint:
+        raise BadInput("give either --tf-checkpoint or --golden, not both")
+    for opt in ("sentences", "vocab_file", "tf_threads"):
+        if getattr(args, opt):
+            raise BadInput(f"--{opt.replace('_', '-')} does not apply to --golden: the golden file holds its inputs")
+    profile = get_profile(args.profile)
+    if args.device != "cpu" and not (args.device.startswith("cuda") and torch.cuda.is_available()):
+        raise BadInput(f"--device {args.device}: not available on this machine")
+    golden = GoldenSide(args.golden)
+    recorded = {"batch_size": golden.inputs.shape[0], "seq_len": golden.inputs.shape[1],
+                "seed": golden.inputs.meta.get("seed")}
+    for k, v in recorded.items():   # a non-default value must agree with what was recorded
+        if getattr(args, k) not in (COMPARE_DEFAULTS[k], v):
+            raise BadInput(f"--{k.replace('_', '-')} {getattr(args, k)}: {args.golden} was recorded with {v}")
+    config = golden.config
+    if args.bert_config:
+        given = BertConfig.from_json_file(args.bert_config).to_dict()
+        diff = [f"{k} {given.get(k)} (golden: {v})" for k, v in config.to_dict().items() if given.get(k) != v]
+        if diff:
+            raise BadInput(f"{args.bert_config} does not match the config {args.golden} was dumped with: "
+                           + ", ".join(diff))
+    torch_config = BertConfig.from_json_file(args.torch_bert_config) if args.torch_bert_config else config
+    try:
+        candidate = TorchSide.from_weights(args.torch_weights, torch_config, device=args.device)
+    except WeightsError as e:
+        more = f" (and {len(e.problems) - 1} more)" if len(e.problems) > 1 else ""
+        raise BadInput(f"{args.torch_weights} does not fit the bert_config of golden file {args.golden}: "
+                       f"{e.problems[0]}{more}") from None
+    report = compare_sides(golden, candidate, golden.inputs, profile)
+    files = {"golden": args.golden, "torch_weights": args.torch_weights, "bert_config": args.bert_config,
+             "torch_bert_config": args.torch_bert_config}
+    report["environment"] = environment(args.device, files, None, seeds={"inputs": recorded["seed"]})
+    report["environment"]["reference_environment"] = golden.meta.get("environment")
     json_path, _ = write_report(report, args.report_dir)
     print_summary(report, json_path)
     return 0 if report["verdict"] == "pass" else 1
@@ -115,9 +165,14 @@ def main(argv: Optional[list[str]] = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m parity", description="BERT parity: TensorFlow vs PyTorch")
     sub = ap.add_subparsers(dest="command", required=True)
     add_compare_args(sub.add_parser("compare", help="compare every tap of the two sides"))
+    from .diagnose import add_diagnose_args, run_diagnose
+    diagnose = sub.add_parser("diagnose", help="culprit block, root-cause hints, precision ladder, repro "
+                              "(compare's arguments; writes diagnosis.json/.md)")
+    add_compare_args(diagnose)
+    add_diagnose_args(diagnose)
     args = ap.parse_args(argv)
     try:
-        return run_compare(args)
+        return run_diagnose(args) if args.command == "diagnose" else run_compare(args)
     except WeightsError as e:
         for line in e.problems:
             print(f"error: {line}", file=sys.stderr)

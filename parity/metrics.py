@@ -2,12 +2,22 @@
 
 The rule of every profile: the TensorFlow graph is the reference ``r``, PyTorch the
 candidate ``c``; an element passes when ``|c - r| <= atol + rtol * |r|`` (numpy's
-``allclose`` with the reference on the right). A tap passes when every element passes,
-both sides produced it with the same shape, it has at least one element, and neither
-side holds a NaN or an Inf. Metrics are computed in float64.
+``allclose`` with the reference on the right), where a tap's ``atol`` is the profile's
+absolute tolerance plus ``scale`` times the tap's largest reference magnitude
+``max |r|``. A tap passes when every element passes, both sides produced it with the
+same shape, it has at least one element, and neither side holds a NaN or an Inf.
+Metrics are computed in float64.
+
+Why the scale term: float32 rounding error in an element is set by the magnitudes that
+flowed into it (a LayerNorm output inherits the error of its row's largest activations,
+a long dot product that of its largest terms), not by the element's own value, so
+neither a fixed atol nor rtol fits taps whose dynamic range varies with the checkpoint
+and the sequence length.
 """
 from __future__ import annotations
 
+import json
+import os
 from dataclasses import dataclass
 from fnmatch import fnmatchcase
 from typing import Optional
@@ -24,22 +34,34 @@ class Profile:
     description: str
     atol: float
     rtol: float
-    overrides: tuple[tuple[str, float, float], ...] = ()   # (tap glob, atol, rtol), first match wins
+    scale: float = 0.0   # atol grows by scale * max|reference| of the tap
+    overrides: tuple[tuple[str, float, float, float], ...] = ()   # (tap glob, atol, rtol, scale), first match wins
+    floors: tuple[tuple[str, float], ...] = ()   # (tap glob, noise floor), first match wins: calibrated profiles
 
-    def tolerance(self, tap: str) -> tuple[float, float]:
-        for pattern, atol, rtol in self.overrides:
-            if fnmatchcase(tap, pattern):
-                return atol, rtol
-        return self.atol, self.rtol
+    def floor(self, tap: str) -> Optional[float]:
+        """The calibrated noise floor of ``tap`` (max abs), or None for an uncalibrated profile."""
+        return next((f for pattern, f in self.floors if fnmatchcase(tap, pattern)), None)
+
+    def tolerance(self, tap: str, ref: Optional[np.ndarray] = None) -> tuple[float, float]:
+        """(atol, rtol) for ``tap``; given the reference values, atol includes the scale term."""
+        atol, rtol, scale = next(((a, r, sc) for pattern, a, r, sc in self.overrides if fnmatchcase(tap, pattern)),
+                                 (self.atol, self.rtol, self.scale))
+        if scale and ref is not None and np.size(ref):
+            finite = np.abs(np.asarray(ref, np.float64))
+            finite = finite[np.isfinite(finite)]
+            atol += scale * float(finite.max()) if finite.size else 0.0
+        return atol, rtol
 
     def to_dict(self) -> dict:
         return {
             "name": self.name,
             "description": self.description,
             "reference": "tensorflow",
-            "rule": "|pytorch - tensorflow| <= atol + rtol * |tensorflow|, for every element",
-            "atol": self.atol, "rtol": self.rtol,
-            "overrides": [{"taps": p, "atol": a, "rtol": r} for p, a, r in self.overrides],
+            "rule": "|pytorch - tensorflow| <= atol + rtol * |tensorflow|, for every element; "
+                    "a tap's atol = profile atol + scale * max|tensorflow| over the tap",
+            "atol": self.atol, "rtol": self.rtol, "scale": self.scale,
+            "overrides": [{"taps": p, "atol": a, "rtol": r, "scale": sc} for p, a, r, sc in self.overrides],
+            **({"floors": [{"taps": p, "floor": f} for p, f in self.floors]} if self.floors else {}),
         }
 
 
@@ -47,16 +69,63 @@ PROFILES = {
     "fp32-cpu": Profile(
         name="fp32-cpu",
         description=(
-            "float32 on CPU on both sides. atol 2e-5 is 2x TF's own spread on real MiniLM-L6 weights "
-            "(oneDNN on vs off: up to 1.0e-5 in the layer outputs); rtol 1e-5 covers large-magnitude "
-            "elements, such as the -10000 mask adder in the attention scores (float32 ulp there: 1e-3). "
-            "Attention scores and the feed-forward output projection get atol 1e-4: they are "
-            "un-normalised dot products (over D and over intermediate_size terms) whose rounding error "
-            "scales with the sum of |terms|, not with the result; TF's own spread there reaches 4.1e-5 "
-            "(scores) and 1.7e-4 (output/dense) between oneDNN on and off."),
+            "float32 on CPU on both sides. Per tap: atol 1e-5 + 3e-5 * max|tensorflow|, rtol 1e-5. "
+            "Measured on real MiniLM-L6 weights over 12 input shapes (batch 1-16, sequence 7-512): "
+            "PyTorch vs TF errors reach 2.3e-4 in attention outputs of magnitude 21 at sequence 256-512, "
+            "where TF float32 is 3-4x further from a float64 run than PyTorch float32 is (pure rounding); "
+            "TF differs from itself by up to 2.3e-4 between oneDNN on and off. Attention scores use a fixed "
+            "atol 2e-4 instead of the scale term: the -10000 mask adder would dominate max|r|; rtol covers "
+            "its float32 ulp (1e-3). The activation output (intermediate) gets a fixed atol 1.5e-4: its largest "
+            "rounding error measured is 6.7e-5, while the tanh-vs-erf GELU mix-up it must localise shows 4.7e-4 "
+            "there on the same weights."),
+        atol=1e-5, rtol=1e-5, scale=3e-5,
+        overrides=(("layer_*/attention/scores", 2e-4, 1e-5, 0.0),
+                   ("layer_*/intermediate", 1.5e-4, 1e-5, 0.0))),
+    "fp32-cpu-strict": Profile(
+        name="fp32-cpu-strict",
+        description=(
+            "float32 on CPU, fixed tolerances: atol 2e-5, rtol 1e-5 (attention scores and the FFN output "
+            "projection: atol 1e-4). Sensitive enough for sub-noise faults such as one LayerNorm with epsilon "
+            "1e-5, for inputs of up to ~128 tokens on real weights; on longer inputs float32 rounding in the "
+            "official graph alone exceeds it (measured on MiniLM-L6 at 256-512 tokens: 2.3e-4)."),
         atol=2e-5, rtol=1e-5,
-        overrides=(("layer_*/attention/scores", 1e-4, 1e-5), ("layer_*/output/dense", 1e-4, 1e-5))),
+        overrides=(("layer_*/attention/scores", 1e-4, 1e-5, 0.0), ("layer_*/output/dense", 1e-4, 1e-5, 0.0))),
 }
+
+
+CALIBRATION_DIR = os.path.join(os.path.dirname(__file__), "calibration")
+CALIBRATION_K = 4.0
+
+
+def calibrated_profile(path: str, k: float = CALIBRATION_K, name: Optional[str] = None) -> Profile:
+    """A profile allowing ``k`` x each tap's noise floor (``python -m parity.diagnose_calibrate``).
+
+    Layer taps take the largest floor of their kind over the calibrated layers (layers round
+    alike, and deeper models have layers the calibration lacks). A zero floor (the lookups are
+    exact) allows 1e-9: nothing but an exact match, short of dividing by zero.
+    """
+    with open(path, encoding="utf-8") as f:
+        taps = json.load(f)["taps"]
+    floors: dict[str, float] = {}
+    for tap, v in taps.items():
+        key = "layer_*/" + tap.split("/", 1)[1] if tap.startswith("layer_") else tap
+        floors[key] = max(floors.get(key, 0.0), float(v["floor"]))
+    floors = tuple(floors.items())
+    name = name or "calibrated-" + os.path.splitext(os.path.basename(path))[0]
+    return Profile(
+        name=name,
+        description=(f"{k:g} x the per-tap noise floor of {os.path.relpath(path, os.path.dirname(CALIBRATION_DIR))} "
+                     "(max of TF oneDNN on vs off, TF 1 vs all threads, PyTorch float32 vs float64, "
+                     "measured on its inputs); other taps fall back to fp32-cpu's tolerance"),
+        atol=2e-5, rtol=1e-5,
+        overrides=tuple((tap, k * max(fl, 1e-9), 0.0, 0.0) for tap, fl in floors),
+        floors=floors)
+
+
+for _file in sorted(os.listdir(CALIBRATION_DIR)) if os.path.isdir(CALIBRATION_DIR) else ():
+    if _file.endswith(".json"):
+        _profile = calibrated_profile(os.path.join(CALIBRATION_DIR, _file))
+        PROFILES[_profile.name] = _profile
 
 
 def get_profile(name: str) -> Profile:
@@ -67,7 +136,7 @@ def get_profile(name: str) -> Profile:
 
 def compare_tap(name: str, ref: Optional[np.ndarray], cand: Optional[np.ndarray], profile: Profile) -> dict:
     """The contract's per-tap record; ``reason`` says why a tap failed (None when it passed)."""
-    atol, rtol = profile.tolerance(name)
+    atol, rtol = profile.tolerance(name, ref)
     row = {"name": name, "shape": None, "max_abs": None, "max_rel": None, "mean_abs": None, "rms": None,
            "cosine": None, "atol": atol, "rtol": rtol, "passed": False, "worst_index": None,
            "tol_ratio": None, "reason": None}
@@ -110,6 +179,11 @@ def compare_tap(name: str, ref: Optional[np.ndarray], cand: Optional[np.ndarray]
                          f"{row['worst_index']}: tensorflow {r[worst]:.9g}, pytorch {c[worst]:.9g}")
     else:
         row["passed"] = True
+    floor = profile.floor(name)
+    if floor is not None:   # calibrated profiles: every tap's error against its noise floor
+        row["floor"] = floor
+        err = row["max_abs"]
+        row["error_over_floor"] = None if err is None else (0.0 if err == 0 else (err / floor if floor else None))
     return row
 
 

@@ -8,13 +8,14 @@ file are interchangeable.
 """
 from __future__ import annotations
 
+import os
 from typing import Iterable, Mapping, Optional, Protocol
 
 import numpy as np
 import torch
 
 from bert_torch.modeling import BertConfig
-from bert_torch.taps import Taps, tap_names
+from bert_torch.taps import Taps, tap_names, tap_shape
 from bert_torch.weights import load_model
 
 from .inputs import Inputs
@@ -54,7 +55,10 @@ class TorchSide:
                 "BertForPreTraining": "pretraining"}.get(type(model).__name__)
         return cls(model, device, head)
 
-    def run(self, inputs: Inputs, fetch=None, inject=None) -> dict[str, np.ndarray]:
+    def run(self, inputs: Inputs, fetch=None, inject=None, computed: Optional[dict] = None) -> dict[str, np.ndarray]:
+        """``computed``, when given a dict, receives what the model computed at each injected
+        tap before the injection replaced it (``Taps.computed``): with every block's input
+        injected, one run gives every block's own output (parity.diagnose)."""
         unknown = sorted(set(inject or ()) - set(self.tap_names))
         if unknown:
             raise ValueError(f"pytorch side: no tap named {unknown[0]}")
@@ -67,7 +71,11 @@ class TorchSide:
                 self.model.bert(*args)   # the MLM/NSP heads have no contract taps
             else:
                 self.model(*args)
-        return {k: v.float().cpu().numpy() for k, v in taps.values.items()}
+        # float32, except that a float64 model keeps float64 (the precision ladder's reference).
+        out = lambda v: (v if v.dtype == torch.float64 else v.float()).cpu().numpy()
+        if computed is not None:
+            computed.update({k: out(v) for k, v in taps.computed.items()})
+        return {k: out(v) for k, v in taps.values.items()}
 
 
 class TFSide:
@@ -89,3 +97,102 @@ class TFSide:
 
     def close(self) -> None:
         self.ref.close()
+
+
+class GoldenError(ValueError):
+    """A golden file that is corrupt, of another format, or not for these weights: one line, exit 2."""
+
+
+class GoldenSide:
+    """A reference side replayed from a golden file: TF's taps saved by ``python -m reference_tf dump``.
+
+    Lets a machine without TensorFlow (a GPU box, a lean CI job) compare against the official
+    graph. The file is safetensors (README, "Golden files"): int32 ``inputs/input_ids``,
+    ``inputs/token_type_ids``, ``inputs/input_mask`` [B,T]; float32 ``taps/<tap name>`` in
+    the contract layout; and ``__metadata__`` keys ``format`` (``bert-parity-golden``),
+    ``format_version`` and ``golden`` (JSON: ``tap_names`` in forward order, ``head``,
+    ``num_labels``, ``bert_config``, ``reference`` description, ``inputs`` meta, and the
+    dumping machine's ``environment`` with the checkpoint's sha256s).
+    """
+
+    name = "tensorflow (golden file)"
+    FORMAT = "bert-parity-golden"
+    FORMAT_VERSION = "1"
+
+    def __init__(self, path: str):
+        from safetensors import safe_open
+        self.path = path
+        try:
+            with safe_open(path, framework="np") as f:
+                header = f.metadata() or {}
+                arrays = {k: f.get_tensor(k) for k in f.keys()}
+        except FileNotFoundError:
+            raise GoldenError(f"{path}: no such golden file") from None
+        except Exception as e:   # safetensors raises its own error types for truncation and bad headers
+            raise GoldenError(f"{path}: not a readable golden file ({str(e).splitlines()[0] if str(e) else type(e).__name__})") from None
+        if header.get("format") != self.FORMAT:
+            raise GoldenError(f"{path}: not a bert-parity golden file (metadata format={header.get('format')!r})")
+        if header.get("format_version") != self.FORMAT_VERSION:
+            raise GoldenError(f"{path}: golden format version {header.get('format_version')!r}; "
+                              f"this bert-parity reads version {self.FORMAT_VERSION}")
+        try:
+            import json
+            self.meta = json.loads(header["golden"])
+            self.config = BertConfig.from_dict(self.meta["bert_config"])
+            self.tap_names = list(self.meta["tap_names"])
+            self.head = self.meta["head"]
+            self.num_labels = int(self.meta["num_labels"])
+            input_meta = dict(self.meta["inputs"])
+        except (KeyError, TypeError, ValueError) as e:
+            raise GoldenError(f"{path}: golden metadata is incomplete or malformed ({type(e).__name__}: {e})") from None
+        self.description = f"{self.meta.get('reference', 'official TF graph')}, replayed from golden file {os.path.basename(path)}"
+        ids = [arrays.get(f"inputs/{k}") for k in ("input_ids", "token_type_ids", "input_mask")]
+        if any(a is None for a in ids) or len({a.shape for a in ids}) != 1 or ids[0].ndim != 2:
+            raise GoldenError(f"{path}: inputs/input_ids, inputs/token_type_ids, inputs/input_mask must all be [B,T]")
+        self.inputs = Inputs(*(a.astype(np.int32) for a in ids), meta=input_meta)
+        B, T = ids[0].shape
+        cfg = self.config
+        self._taps = {}
+        for name in self.tap_names:
+            a = arrays.get(f"taps/{name}")
+            want = tap_shape(name, B, T, cfg.hidden_size, cfg.num_attention_heads, cfg.intermediate_size, self.num_labels)
+            if a is None:
+                raise GoldenError(f"{path}: tap {name} is listed in the metadata but missing from the file")
+            if tuple(a.shape) != want or a.dtype != np.float32:
+                raise GoldenError(f"{path}: tap {name} is {a.dtype}{list(a.shape)}, expected float32{list(want)} "
+                                  f"for its bert_config")
+            self._taps[name] = a
+
+    @classmethod
+    def write(cls, path: str, inputs: Inputs, taps: Mapping[str, np.ndarray], meta: dict) -> None:
+        """Writes a golden file atomically; ``meta`` holds the JSON fields listed in the class docstring."""
+        import json
+        import tempfile
+        from safetensors.numpy import save_file
+        tensors = {f"inputs/{k}": np.ascontiguousarray(v, np.int32) for k, v in
+                   (("input_ids", inputs.input_ids), ("token_type_ids", inputs.token_type_ids),
+                    ("input_mask", inputs.input_mask))}
+        tensors.update({f"taps/{k}": np.ascontiguousarray(v, np.float32) for k, v in taps.items()})
+        header = {"format": cls.FORMAT, "format_version": cls.FORMAT_VERSION, "golden": json.dumps(meta, sort_keys=True)}
+        fd, tmp = tempfile.mkstemp(dir=os.path.dirname(os.path.abspath(path)), prefix=".golden-")
+        os.close(fd)
+        try:
+            save_file(tensors, tmp, metadata=header)
+            os.replace(tmp, path)
+        finally:
+            if os.path.exists(tmp):
+                os.remove(tmp)
+
+    def run(self, inputs: Inputs, fetch=None, inject=None) -> dict[str, np.ndarray]:
+        if inject:
+            raise GoldenError(f"{self.path}: a golden file holds one recorded run and cannot be re-run with "
+                              f"injected taps ({sorted(inject)[0]}); use --tf-checkpoint for injection")
+        same = all(np.array_equal(a, b) for a, b in ((inputs.input_ids, self.inputs.input_ids),
+                                                      (inputs.token_type_ids, self.inputs.token_type_ids),
+                                                      (inputs.input_mask, self.inputs.input_mask)))
+        if not same:
+            raise GoldenError(f"{self.path}: the golden file was recorded for other inputs "
+                              f"({list(self.inputs.shape)}, seed {self.inputs.meta.get('seed')}); "
+                              f"run the candidate on GoldenSide.inputs")
+        names = self.tap_names if fetch is None else [n for n in fetch if n in self._taps]
+        return {n: self._taps[n].copy() for n in names}
