@@ -9,7 +9,7 @@ VERSION := $(shell sed -n 's/^version = "\(.*\)"/\1/p' pyproject.toml)
 COMMIT  := $(shell git rev-parse --short HEAD 2>/dev/null || echo nogit)
 REPORT_DIR ?= reports/$(VERSION)-$(COMMIT)
 
-.PHONY: setup test test-all report bench clean
+.PHONY: setup test test-all report baseline bench clean
 
 setup: $(BIN)/.installed
 
@@ -28,15 +28,20 @@ test: setup
 test-all: setup
 	$(BIN)/python -m pytest -q -m ''
 
-# The release report: the whole gate (slow checks included), then the real-weights comparison.
+# The release report: the whole gate (pytest -m '' parity/, slow checks included), every tap of the real
+# MiniLM weights and of three random-init configs, the ratchet against reports/baseline.json and the
+# waivers of parity/waivers.toml -> $(REPORT_DIR)/report.{json,md,html} + PNG plots. Exits non-zero when
+# the gate fails; report.md's first line says why. DATA_DIR defaults to ../shared/data when present.
+DATA_DIR ?=
 report: setup
-	$(BIN)/python -m pytest -q -m '' parity/
-	$(BIN)/python -m parity.minilm --out build/minilm
-	$(BIN)/python -m parity compare --tf-checkpoint build/minilm --torch-weights build/minilm/pytorch_model.safetensors \
-		--report-dir $(REPORT_DIR)
+	$(BIN)/python -m parity.release --report-dir $(REPORT_DIR) $(if $(DATA_DIR),--data-dir $(DATA_DIR))
+
+# Promote a passing report (default: this commit's) to reports/baseline.json, the next release's ratchet.
+baseline: setup
+	$(BIN)/python -m parity.release --promote $(REPORT_DIR)/report.json
 
 bench: setup
-	$(BIN)/python -m parity.bench
+	$(BIN)/python -m parity.bench --diagnose-ratio
 
 clean:
 	rm -rf build .pytest_cache .hypothesis

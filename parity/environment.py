@@ -1,14 +1,23 @@
-"""Provenance of a comparison: versions, device, threads, numeric settings, file hashes."""
+"""Provenance of a comparison: versions, device, threads, numeric settings, seeds, file hashes, git state.
+
+Everything here is read without importing TensorFlow: versions come from package metadata,
+and TF's runtime settings are read only when TensorFlow is already loaded in this process
+(a golden-file comparison runs without it).
+"""
 from __future__ import annotations
 
 import os
 import platform
+import subprocess
 import sys
 from importlib import metadata
+from typing import Optional
 
 import torch
 
 from .inputs import sha256
+
+REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def _version(dist: str):
@@ -18,8 +27,43 @@ def _version(dist: str):
         return None
 
 
-def environment(device: str, files: dict[str, str], tf_threads=None) -> dict:
-    """``files``: label -> path; each gets its sha256 (checkpoints, config, vocab, sentences)."""
+def git_state(root: str = REPO_ROOT) -> dict:
+    """Commit and dirtiness of the source tree the numbers came from (None outside a git checkout)."""
+    def git(*args: str) -> Optional[str]:
+        try:
+            out = subprocess.run(["git", "-C", root, *args], capture_output=True, text=True, timeout=30)
+        except (OSError, subprocess.SubprocessError):
+            return None
+        return out.stdout if out.returncode == 0 else None
+
+    commit = git("rev-parse", "HEAD")
+    if commit is None:
+        return {"commit": None, "dirty": None, "changed_files": None}
+    # Untracked files count: a new, uncommitted module can change the numbers as much as an edit.
+    status = git("status", "--porcelain", "--untracked-files=normal") or ""
+    changed = [line[3:] for line in status.splitlines() if line.strip()]
+    return {"commit": commit.strip(), "dirty": bool(changed), "changed_files": changed[:50]}
+
+
+def _tensorflow_runtime() -> Optional[dict]:
+    """TF's own view of its settings, only if TF is already imported (never imports it)."""
+    tf = sys.modules.get("tensorflow")
+    if tf is None:
+        return None
+    try:
+        return {"version": tf.__version__,
+                "tf32_execution": bool(tf.config.experimental.tensor_float_32_execution_enabled()),
+                "op_determinism": bool(tf.config.experimental.is_op_determinism_enabled()),
+                "gpus": [d.name for d in tf.config.list_physical_devices("GPU")]}
+    except Exception as e:   # a partial TF install must not cost the report
+        return {"error": f"{type(e).__name__}: {e}"}
+
+
+def environment(device: str, files: dict[str, str], tf_threads=None, seeds: Optional[dict] = None) -> dict:
+    """``files``: label -> path; each gets its sha256 (checkpoints, config, vocab, sentences, data).
+
+    ``seeds``: label -> seed of everything random that fed the numbers (inputs, checkpoints).
+    """
     cuda = torch.cuda.is_available()
     return {
         "python": platform.python_version(),
@@ -27,20 +71,28 @@ def environment(device: str, files: dict[str, str], tf_threads=None) -> dict:
         "tensorflow": _version("tensorflow"),
         "bert_tensorflow": _version("bert-tensorflow"),
         "numpy": _version("numpy"),
+        "safetensors": _version("safetensors"),
         "platform": platform.platform(),
+        "processor": platform.processor() or platform.machine(),
         "device": device,
         "cuda": torch.version.cuda if cuda else None,
+        "cudnn": torch.backends.cudnn.version() if cuda else None,
         "gpu": torch.cuda.get_device_name(0) if cuda and device.startswith("cuda") else None,
         "threads": {"torch_intra_op": torch.get_num_threads(), "torch_inter_op": torch.get_num_interop_threads(),
                     "tensorflow_intra_op": tf_threads or "default (all cores)",
-                    "cpu_count": os.cpu_count()},
+                    "cpu_count": os.cpu_count(),
+                    "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS")},
         "tf32": {"torch_matmul": torch.backends.cuda.matmul.allow_tf32, "torch_cudnn": torch.backends.cudnn.allow_tf32,
                  "torch_float32_matmul_precision": torch.get_float32_matmul_precision(),
                  "NVIDIA_TF32_OVERRIDE": os.environ.get("NVIDIA_TF32_OVERRIDE")},
         "onednn": {"TF_ENABLE_ONEDNN_OPTS": os.environ.get("TF_ENABLE_ONEDNN_OPTS", "unset (TF default: on)"),
                    "torch_mkldnn": torch.backends.mkldnn.is_available() and torch.backends.mkldnn.enabled},
         "determinism": {"torch_deterministic_algorithms": torch.are_deterministic_algorithms_enabled(),
-                        "TF_DETERMINISTIC_OPS": os.environ.get("TF_DETERMINISTIC_OPS")},
+                        "TF_DETERMINISTIC_OPS": os.environ.get("TF_DETERMINISTIC_OPS"),
+                        "PYTHONHASHSEED": os.environ.get("PYTHONHASHSEED")},
+        "tensorflow_runtime": _tensorflow_runtime(),
+        "seeds": dict(seeds or {}),
+        "git": git_state(),
         "argv": sys.argv,
         "sha256": {label: sha256(path) for label, path in files.items() if path and os.path.isfile(path)},
     }
