@@ -1,0 +1,115 @@
+"""Extract per-token hidden states, as the official extract_features.py does in TF.
+
+    python -m bert_torch.extract_features --input_file input.txt --output_file out.jsonl \\
+        --vocab_file vocab.txt --bert_config_file bert_config.json --init_checkpoint bert_model.ckpt \\
+        --layers -1,-2,-3,-4 --max_seq_length 128 --batch_size 8 [--do_lower_case]
+
+Each input line is one sentence or ``sentence A ||| sentence B``. Each output line is the official
+JSON: ``{"linex_index": i, "features": [{"token": t, "layers": [{"index": -1, "values": [...]}]}]}``
+(values rounded to 6 decimals, as the official writer does). Exit codes: 0 done, 2 bad input.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import sys
+from typing import Optional
+
+import numpy as np
+import torch
+
+from .glue import truncate_seq_pair
+from .modeling import BertConfig, BertModel
+from .run_classifier import Progress, load_init_weights, resolve_device
+from .tokenization import FullTokenizer
+from .weights import WeightsError
+
+
+def read_lines(path: str) -> list[tuple[str, Optional[str]]]:
+    """(text_a, text_b or None) per line, split on ``|||`` as the official reader does."""
+    out = []
+    try:
+        with open(path, encoding="utf-8") as f:
+            for line in f:
+                line = line.strip()
+                if not line:
+                    break   # the official reader stops at the first empty line
+                m = re.match(r"^(.*) \|\|\| (.*)$", line)
+                out.append((m.group(1), m.group(2)) if m else (line, None))
+    except OSError as e:
+        raise ValueError(f"{path}: cannot read ({e.strerror})") from None
+    if not out:
+        raise ValueError(f"{path}: no input lines")
+    return out
+
+
+def featurize(a: str, b: Optional[str], tokenizer, T: int) -> tuple[list[str], list[int], list[int], list[int]]:
+    """Tokens, ids, mask, segment ids of ``[CLS] a [SEP] (b [SEP])``, zero-padded to T."""
+    ta = tokenizer.tokenize(a)
+    tb = tokenizer.tokenize(b) if b else None
+    if tb:
+        truncate_seq_pair(ta, tb, T - 3)
+    else:
+        ta = ta[:T - 2]
+    tokens = ["[CLS]", *ta, "[SEP]"] + ([*tb, "[SEP]"] if tb else [])
+    segments = [0] * (len(ta) + 2) + ([1] * (len(tb) + 1) if tb else [])
+    ids = tokenizer.convert_tokens_to_ids(tokens)
+    pad = T - len(ids)
+    return tokens, ids + [0] * pad, [1] * len(ids) + [0] * pad, segments + [0] * pad
+
+
+def main(argv: Optional[list[str]] = None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m bert_torch.extract_features", description=__doc__.split("\n\n")[0])
+    ap.add_argument("--input_file", required=True)
+    ap.add_argument("--output_file", required=True)
+    ap.add_argument("--vocab_file", required=True)
+    ap.add_argument("--bert_config_file", required=True)
+    ap.add_argument("--init_checkpoint", required=True, help="TF checkpoint (dir or prefix) or PyTorch weights file")
+    ap.add_argument("--layers", default="-1,-2,-3,-4")
+    ap.add_argument("--max_seq_length", type=int, default=128)
+    ap.add_argument("--batch_size", type=int, default=32)
+    ap.add_argument("--do_lower_case", action="store_true")
+    ap.add_argument("--device", default="cpu", help="cpu or cuda[:N] (CUDA is untested in this project)")
+    ap.add_argument("--no_progress", action="store_true")
+    args = ap.parse_args(argv)
+    try:
+        config = BertConfig.from_json_file(args.bert_config_file)
+        layers = [int(x) for x in args.layers.split(",")]
+        L = config.num_hidden_layers
+        if any(not -L <= i < L for i in layers):
+            raise ValueError(f"--layers {args.layers}: indexes must be in [-{L}, {L - 1}]")
+        if not 3 <= args.max_seq_length <= config.max_position_embeddings:
+            raise ValueError(f"--max_seq_length {args.max_seq_length} must be in [3, {config.max_position_embeddings}]")
+        device = resolve_device(args.device)
+        model = BertModel(config)
+        state = {k: torch.from_numpy(np.ascontiguousarray(v)) for k, v in load_init_weights(args.init_checkpoint, config).items()}
+        model.load_state_dict(state, strict=True)
+        model.to(device).eval()
+        tokenizer = FullTokenizer(args.vocab_file, do_lower_case=args.do_lower_case)
+        lines = read_lines(args.input_file)
+    except (ValueError, WeightsError) as e:
+        print(f"error: {str(e).splitlines()[0]}", file=sys.stderr)
+        return 2
+    os.makedirs(os.path.dirname(os.path.abspath(args.output_file)), exist_ok=True)
+    bar = None if args.no_progress else Progress((len(lines) + args.batch_size - 1) // args.batch_size, "extract")
+    with open(args.output_file, "w", encoding="utf-8") as out, torch.no_grad():
+        for start in range(0, len(lines), args.batch_size):
+            feats = [featurize(a, b, tokenizer, args.max_seq_length) for a, b in lines[start:start + args.batch_size]]
+            ids, mask, seg = (torch.tensor([f[k] for f in feats], device=device) for k in (1, 2, 3))
+            encoded, _ = model(ids, seg, mask)
+            for row, (tokens, *_rest) in enumerate(feats):
+                features = []
+                for t, token in enumerate(tokens):
+                    features.append({"token": token, "layers": [
+                        {"index": i, "values": [round(float(x), 6) for x in encoded[i][row, t].cpu().tolist()]}
+                        for i in layers]})
+                out.write(json.dumps({"linex_index": start + row, "features": features}) + "\n")
+            if bar:
+                bar.update()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

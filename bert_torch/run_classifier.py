@@ -1,0 +1,253 @@
+"""Fine-tune and evaluate BERT on MRPC in PyTorch, as the official run_classifier.py does in TF.
+
+    python -m bert_torch.run_classifier --task_name mrpc --do_train --do_eval --do_lower_case \\
+        --data_dir glue/MRPC --vocab_file vocab.txt --bert_config_file bert_config.json \\
+        --init_checkpoint bert_model.ckpt --max_seq_length 128 --train_batch_size 32 \\
+        --learning_rate 2e-5 --num_train_epochs 3.0 --output_dir out
+
+The training is the official one: features by ``bert_torch.glue`` (identical to
+``convert_single_example``), ``int(examples / batch * epochs)`` optimizer steps over the shuffled,
+repeated data with the remainder rolled into the next epoch, warmup ``warmup_proportion``,
+``BertAdam`` (= AdamWeightDecayOptimizer, global-norm clipping 1.0). ``--init_checkpoint`` takes a
+TF checkpoint (read without TensorFlow) or a PyTorch weights file. Writes
+``pytorch_model.safetensors``, ``bert_config.json`` and ``eval_results.txt`` into ``--output_dir``.
+Exit codes: 0 done, 2 bad input (one line on stderr).
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import random
+import sys
+import time
+from typing import Optional
+
+import numpy as np
+import torch
+
+from . import glue
+from .modeling import BertConfig, BertForSequenceClassification
+from .optimization import BertAdam, grouped_parameters, num_train_steps, num_warmup_steps
+from .tokenization import FullTokenizer
+from .weights import WeightsError, check_shapes, expected_shapes, model_tensors, read_weights, write_weights
+
+TASKS = {"mrpc": glue.MrpcProcessor}
+
+
+class Progress:
+    """A plain-text progress bar on stderr (no dependency): ``label [#####.....] 50/100 2.1 it/s loss 0.61``."""
+
+    def __init__(self, total: int, label: str, stream=None, width: int = 30, every: float = 0.5):
+        self.total, self.label, self.width, self.every = max(total, 1), label, width, every
+        self.stream = stream or sys.stderr
+        self.start = self.last = time.time()
+        self.n = 0
+
+    def update(self, n: int = 1, **info) -> None:
+        self.n += n
+        now = time.time()
+        if now - self.last >= self.every or self.n >= self.total:
+            self.last = now
+            done = int(self.width * self.n / self.total)
+            rate = self.n / max(now - self.start, 1e-9)
+            extra = " ".join(f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}" for k, v in info.items())
+            end = "\n" if self.n >= self.total else ""
+            self.stream.write(f"\r{self.label} [{'#' * done}{'.' * (self.width - done)}] {self.n}/{self.total} "
+                              f"{rate:.2f} it/s {extra}{end}")
+            self.stream.flush()
+
+
+def load_init_weights(path: str, config: BertConfig) -> dict[str, np.ndarray]:
+    """Body weights (file names) from a TF checkpoint (dir or prefix) or a PyTorch weights file;
+    heads and optimizer slots in the source are ignored, every body tensor must be there."""
+    from .convert import tf_to_torch
+    from .tf_checkpoint import CheckpointError, checkpoint_prefix, read_checkpoint
+    if os.path.isfile(path) and path.endswith((".safetensors", ".bin", ".pt")):
+        tensors = read_weights(path)
+    else:
+        try:
+            prefix = checkpoint_prefix(path)
+            tensors, _ = tf_to_torch(read_checkpoint(prefix), config, where=prefix, body_only=True)
+        except CheckpointError as e:
+            raise WeightsError([str(e).splitlines()[0]]) from None
+    body = expected_shapes(config, None)
+    tensors = {k: v for k, v in tensors.items() if k in body}
+    check_shapes(tensors, body, path, config)
+    return tensors
+
+
+def load_body(model: torch.nn.Module, tensors: dict[str, np.ndarray]) -> None:
+    state = {k: torch.from_numpy(np.ascontiguousarray(v)) for k, v in tensors.items()}
+    model.bert.load_state_dict(state, strict=True)
+
+
+def set_seed(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def resolve_device(name: str) -> torch.device:
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise ValueError(f"--device {name}: CUDA is not available in this torch build/machine")
+    return torch.device(name)
+
+
+def training_batches(n: int, batch_size: int, steps: int, seed: int):
+    """Index batches for ``steps`` steps: each epoch a seeded permutation, the stream repeated
+    and cut into full batches (the official input_fn repeats, shuffles, drops remainders)."""
+    rng = np.random.default_rng(seed)
+    stream = np.empty(0, dtype=np.int64)
+    for _ in range(steps):
+        while len(stream) < batch_size:
+            stream = np.concatenate([stream, rng.permutation(n)])
+        yield stream[:batch_size]
+        stream = stream[batch_size:]
+
+
+def add_common_args(ap: argparse.ArgumentParser) -> None:
+    ap.add_argument("--bert_config_file", required=True)
+    ap.add_argument("--vocab_file", required=True)
+    ap.add_argument("--output_dir", required=True)
+    ap.add_argument("--init_checkpoint", help="TF checkpoint (dir or prefix) or PyTorch weights file")
+    ap.add_argument("--do_lower_case", action="store_true")
+    ap.add_argument("--max_seq_length", type=int, default=128)
+    ap.add_argument("--do_train", action="store_true")
+    ap.add_argument("--train_batch_size", type=int, default=32)
+    ap.add_argument("--learning_rate", type=float, default=5e-5)
+    ap.add_argument("--num_train_epochs", type=float, default=3.0)
+    ap.add_argument("--warmup_proportion", type=float, default=0.1)
+    ap.add_argument("--gradient_accumulation_steps", type=int, default=1,
+                    help="split each train batch into this many forward/backward passes")
+    ap.add_argument("--seed", type=int, default=42)
+    ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu",
+                    help="cpu or cuda[:N] (CUDA is untested in this project)")
+    ap.add_argument("--no_progress", action="store_true", help="no progress bar on stderr")
+
+
+def check_common_args(args, config: BertConfig) -> None:
+    if args.max_seq_length > config.max_position_embeddings:
+        raise ValueError(f"--max_seq_length {args.max_seq_length} exceeds max_position_embeddings "
+                         f"{config.max_position_embeddings} of {args.bert_config_file}")
+    if args.gradient_accumulation_steps < 1 or args.train_batch_size % args.gradient_accumulation_steps:
+        raise ValueError(f"--train_batch_size {args.train_batch_size} must be a positive multiple of "
+                         f"--gradient_accumulation_steps {args.gradient_accumulation_steps}")
+    if args.train_batch_size < 1 or args.num_train_epochs <= 0 or args.learning_rate <= 0:
+        raise ValueError("--train_batch_size, --num_train_epochs and --learning_rate must be positive")
+    for name in ("vocab_file", "bert_config_file"):
+        if not os.path.isfile(getattr(args, name)):
+            raise ValueError(f"--{name} {getattr(args, name)}: no such file")
+
+
+def train_loop(model, arrays: dict, keys: tuple, args, device, loss_fn) -> dict:
+    """The official training loop; returns {"steps", "loss"} (mean of the last 10 step losses)."""
+    n = len(arrays[keys[0]])
+    steps = num_train_steps(n, args.train_batch_size, args.num_train_epochs)
+    if steps < 1:
+        raise ValueError(f"{n} training examples at batch {args.train_batch_size} x {args.num_train_epochs} "
+                         "epochs give 0 optimizer steps")
+    warmup = num_warmup_steps(steps, args.warmup_proportion)
+    opt = BertAdam(grouped_parameters(model), lr=args.learning_rate, warmup=warmup / steps if warmup else -1,
+                   t_total=steps)
+    model.train()
+    micro = args.train_batch_size // args.gradient_accumulation_steps
+    bar = None if args.no_progress else Progress(steps, "train")
+    losses = []
+    for idx in training_batches(n, args.train_batch_size, steps, args.seed):
+        opt.zero_grad(set_to_none=True)
+        step_loss = 0.0
+        for k in range(0, len(idx), micro):
+            part = idx[k:k + micro]
+            batch = [torch.from_numpy(arrays[key][part]).to(device) for key in keys]
+            # Averaging the micro-batch losses gives the full batch's mean-loss gradient.
+            loss = loss_fn(model, batch) / args.gradient_accumulation_steps
+            loss.backward()
+            step_loss += float(loss.detach())
+        opt.step()
+        losses.append(step_loss)
+        if bar:
+            bar.update(loss=step_loss, lr=opt.last_lr[0])
+    return {"steps": steps, "warmup_steps": warmup, "loss": float(np.mean(losses[-10:]))}
+
+
+def save_model(model, config: BertConfig, output_dir: str) -> str:
+    path = os.path.join(output_dir, "pytorch_model.safetensors")
+    write_weights(path, model_tensors(model))
+    config.to_json_file(os.path.join(output_dir, "bert_config.json"))
+    return path
+
+
+def run(args) -> dict:
+    config = BertConfig.from_json_file(args.bert_config_file)
+    check_common_args(args, config)
+    if not args.do_train and not args.do_eval:
+        raise ValueError("at least one of --do_train and --do_eval must be given")
+    task = args.task_name.lower()
+    if task not in TASKS:
+        raise ValueError(f"--task_name {args.task_name}: supported tasks are {sorted(TASKS)}")
+    processor = TASKS[task]()
+    device = resolve_device(args.device)
+    set_seed(args.seed)
+    tokenizer = FullTokenizer(args.vocab_file, do_lower_case=args.do_lower_case)
+    labels = processor.get_labels()
+    model = BertForSequenceClassification(config, num_labels=len(labels))
+    if args.init_checkpoint:
+        load_body(model, load_init_weights(args.init_checkpoint, config))
+    model.to(device)
+    os.makedirs(args.output_dir, exist_ok=True)
+    results = {}
+    keys = ("input_ids", "segment_ids", "input_mask", "label_ids")
+
+    def loss_fn(m, b):
+        return m(b[0], b[1], b[2], labels=b[3])
+
+    if args.do_train:
+        train = glue.features_to_arrays(glue.convert_examples_to_features(
+            processor.get_train_examples(args.data_dir), labels, args.max_seq_length, tokenizer))
+        results.update({f"train_{k}": v for k, v in train_loop(model, train, keys, args, device, loss_fn).items()})
+        save_model(model, config, args.output_dir)
+    if args.do_eval:
+        dev = glue.features_to_arrays(glue.convert_examples_to_features(
+            processor.get_dev_examples(args.data_dir), labels, args.max_seq_length, tokenizer))
+        model.eval()
+        logits = []
+        bar = None if args.no_progress else Progress((len(dev["label_ids"]) + args.eval_batch_size - 1)
+                                                     // args.eval_batch_size, "eval")
+        with torch.no_grad():
+            for i in range(0, len(dev["label_ids"]), args.eval_batch_size):
+                b = [torch.from_numpy(dev[k][i:i + args.eval_batch_size]).to(device) for k in keys]
+                logits.append(model(b[0], b[1], b[2]).float().cpu())
+                if bar:
+                    bar.update()
+        logits = torch.cat(logits)
+        eval_loss = float(torch.nn.functional.cross_entropy(logits, torch.from_numpy(dev["label_ids"])))
+        metrics = glue.accuracy_and_f1(logits.argmax(-1).numpy(), dev["label_ids"])
+        results.update({"eval_accuracy": metrics["accuracy"], "eval_f1": metrics["f1"], "eval_loss": eval_loss,
+                        "eval_examples": metrics["n"]})
+        with open(os.path.join(args.output_dir, "eval_results.txt"), "w", encoding="utf-8") as f:
+            for k in sorted(results):
+                f.write(f"{k} = {results[k]}\n")
+        np.save(os.path.join(args.output_dir, "eval_logits.npy"), logits.numpy())
+    return results
+
+
+def main(argv: Optional[list[str]] = None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m bert_torch.run_classifier", description=__doc__.split("\n\n")[0])
+    ap.add_argument("--task_name", default="mrpc")
+    ap.add_argument("--data_dir", required=True)
+    ap.add_argument("--do_eval", action="store_true")
+    ap.add_argument("--eval_batch_size", type=int, default=8)
+    add_common_args(ap)
+    args = ap.parse_args(argv)
+    try:
+        results = run(args)
+    except (ValueError, WeightsError, OSError) as e:   # DataError, config and weight errors are ValueErrors
+        print(f"error: {str(e).splitlines()[0]}", file=sys.stderr)
+        return 2
+    for k in sorted(results):
+        print(f"{k} = {results[k]}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
