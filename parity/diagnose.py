@@ -635,5 +635,34 @@ def add_diagnose_args(p) -> None:
                    "(default: PyTorch float32 vs float64, measured on the spot)")
 
 
+def release_check(ctx) -> dict:
+    """The release report's diagnosis section: ``diagnose`` on the real MiniLM weights, 8 x 128.
+
+    A clean diagnosis (no culprit, weights bit-equal) passes; its tables land in
+    ``diagnose/`` beside the report.
+    """
+    import argparse
+
+    from .minilm import build_checkpoint
+    ckpt = os.path.join(ctx.work_dir, "minilm")
+    if not os.path.isfile(os.path.join(ckpt, "bert_model.ckpt.index")):
+        build_checkpoint(ckpt)
+    out = os.path.join(ctx.report_dir, "diagnose")
+    from .cli import add_compare_args
+    parser = argparse.ArgumentParser()
+    add_compare_args(parser)
+    add_diagnose_args(parser)
+    code = run_diagnose(parser.parse_args([
+        "--tf-checkpoint", ckpt, "--torch-weights", os.path.join(ckpt, "pytorch_model.safetensors"),
+        "--report-dir", out, "--batch-size", "8", "--seq-len", "128", "--profile", ctx.profile.name]))
+    with open(os.path.join(out, DIAGNOSIS_FILES[0]), encoding="utf-8") as f:
+        d = json.load(f)
+    hints = ", ".join(h["cause"] for h in d.get("hints", [])) or "none"
+    return {"name": "diagnose", "kind": "diagnose", "verdict": "pass" if code == 0 else "fail",
+            "summary": f"real MiniLM weights, 8 x 128: verdict {d['verdict']}, culprit {d['culprit']}, hints: {hints}",
+            "culprit": d["culprit"], "hints": d.get("hints", []),
+            "artifacts": [f"diagnose/{n}" for n in DIAGNOSIS_FILES]}
+
+
 __all__ = ["Block", "blocks", "diagnose", "local_taps", "schedule", "write_diagnosis", "write_repro",
-           "run_diagnose"]
+           "run_diagnose", "release_check"]
