@@ -238,10 +238,14 @@ def main(argv: Optional[list[str]] = None) -> int:
     ap.add_argument("--do_eval", action="store_true")
     ap.add_argument("--eval_batch_size", type=int, default=8)
     add_common_args(ap)
-    args = ap.parse_args(argv)
+    return run_and_print(run, ap.parse_args(argv))
+
+
+def run_and_print(run_fn, args) -> int:
+    """Runs a task, prints its results as `key = value` lines; bad input: one line, exit 2."""
     try:
-        results = run(args)
-    except (ValueError, WeightsError, OSError) as e:   # DataError, config and weight errors are ValueErrors
+        results = run_fn(args)
+    except (ValueError, WeightsError, OSError) as e:   # data, config and weight errors are ValueErrors
         print(f"error: {str(e).splitlines()[0]}", file=sys.stderr)
         return 2
     for k in sorted(results):

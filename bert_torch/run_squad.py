@@ -26,9 +26,8 @@ import torch
 from . import squad
 from .modeling import BertConfig, BertForQuestionAnswering
 from .run_classifier import (Progress, add_common_args, check_common_args, load_body, load_init_weights,
-                             resolve_device, save_model, set_seed, train_loop)
+                             resolve_device, run_and_print, save_model, set_seed, train_loop)
 from .tokenization import FullTokenizer
-from .weights import WeightsError
 
 
 def feature_arrays(features, is_training: bool) -> dict[str, np.ndarray]:
@@ -117,15 +116,7 @@ def main(argv: Optional[list[str]] = None) -> int:
     ap.add_argument("--max_answer_length", type=int, default=30)
     add_common_args(ap)
     ap.set_defaults(max_seq_length=384, train_batch_size=12, learning_rate=3e-5, num_train_epochs=2.0)
-    args = ap.parse_args(argv)
-    try:
-        results = run(args)
-    except (ValueError, WeightsError, OSError) as e:   # SquadError, config and weight errors are ValueErrors
-        print(f"error: {str(e).splitlines()[0]}", file=sys.stderr)
-        return 2
-    for k in sorted(results):
-        print(f"{k} = {results[k]}")
-    return 0
+    return run_and_print(run, ap.parse_args(argv))
 
 
 if __name__ == "__main__":
