@@ -585,10 +585,23 @@ def write_release(report: dict, ctx: Context) -> list[str]:
     os.makedirs(ctx.report_dir, exist_ok=True)
     plots = report_render.make_plots(report, ctx.worst, ctx.report_dir)
     report["plots"] = [os.path.basename(p) for p in plots]
-    _write(os.path.join(ctx.report_dir, "report.json"), json.dumps(report, indent=2, default=str) + "\n")
+    _write(os.path.join(ctx.report_dir, "report.json"), json.dumps(portable(report), indent=2, default=str) + "\n")
     _write(os.path.join(ctx.report_dir, "report.md"), report_render.markdown(report))
     _write(os.path.join(ctx.report_dir, "report.html"), report_render.html(report, ctx.report_dir))
     return [os.path.join(ctx.report_dir, f) for f in REPORT_FILES] + plots
+
+
+def portable(obj):
+    """Paths inside the workspace written relative to the repository root (``../shared/data/...``),
+    so a committed report names no path of the machine that made it."""
+    base = os.path.dirname(REPO_ROOT) + os.sep
+    if isinstance(obj, str) and obj.startswith(base):
+        return os.path.relpath(obj, REPO_ROOT)
+    if isinstance(obj, dict):
+        return {k: portable(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [portable(v) for v in obj]
+    return obj
 
 
 def _write(path: str, text: str) -> None:
@@ -608,7 +621,7 @@ def promote(src: str, dst: str = DEFAULT_BASELINE) -> int:
     if report.get("verdict") != "pass":
         raise ReleaseInputError(f"{src}: the report's verdict is {report.get('verdict')!r}; only a passing "
                                 f"report can become the baseline ({report.get('headline')})")
-    _write(dst, json.dumps(report, indent=2) + "\n")
+    _write(dst, json.dumps(portable(report), indent=2) + "\n")
     ran = ", ".join(report.get("checks_run", []))
     print(f"baseline: {dst} <- {src} (version {report.get('version')}, commit "
           f"{(report.get('git') or {}).get('commit')}; checks: {ran})")
