@@ -6,6 +6,8 @@ import os
 import tempfile
 from typing import Optional
 
+import numpy as np
+
 from .inputs import Inputs
 from .metrics import Profile, compare_tap
 from .sides import Side
@@ -19,8 +21,9 @@ def compare_sides(reference: Side, candidate: Side, inputs: Inputs, profile: Pro
     """
     ref = reference.run(inputs)
     cand = candidate.run(inputs)
+    rounding = rounding_estimate(candidate, inputs, cand) if profile.rounding_k else {}
     names = list(reference.tap_names) + [n for n in candidate.tap_names if n not in reference.tap_names]
-    taps = [compare_tap(n, ref.get(n), cand.get(n), profile) for n in names]
+    taps = [compare_tap(n, ref.get(n), cand.get(n), profile, rounding.get(n)) for n in names]
     first = next((t["name"] for t in taps if not t["passed"]), None)
     return {
         "verdict": "fail" if first or not taps else "pass",
@@ -30,6 +33,18 @@ def compare_sides(reference: Side, candidate: Side, inputs: Inputs, profile: Pro
         "sides": {"reference": reference.description, "candidate": candidate.description},
         "taps": taps,
     }
+
+
+def rounding_estimate(candidate, inputs: Inputs, cand: dict) -> dict:
+    """Per tap, max |float32 - float64| of the candidate on these inputs: its own rounding error.
+
+    Only sides that can run in float64 (``float64()``) give one; others give none (no term)."""
+    make64 = getattr(candidate, "float64", None)
+    if make64 is None:
+        return {}
+    c64 = make64().run(inputs)
+    return {n: float(np.max(np.abs(cand[n].astype(np.float64) - c64[n].astype(np.float64))))
+            for n in cand if n in c64 and np.size(cand[n]) and np.shape(cand[n]) == np.shape(c64[n])}
 
 
 def _atomic_write(path: str, text: str) -> None:

@@ -22,7 +22,6 @@ Stages, each in ``diagnosis.json`` (CONTRACT.md, ``diagnose``):
 """
 from __future__ import annotations
 
-import copy
 import json
 import os
 import shutil
@@ -112,9 +111,7 @@ def local_taps(side, inputs: Inputs, source: Mapping[str, np.ndarray], bs: list[
 
 def float64_twin(side) -> Optional[TorchSide]:
     """The same PyTorch model in float64 (a deep copy keeps any patched attribute)."""
-    if not isinstance(side, TorchSide):
-        return None
-    return TorchSide(copy.deepcopy(side.model).to(torch.float64), device=str(side.device), head=side.head)
+    return side.float64() if isinstance(side, TorchSide) else None
 
 
 # ---------------------------------------------------------------------------------------------
@@ -156,9 +153,9 @@ def structured(name: str, ref: np.ndarray, cand: np.ndarray, mask: np.ndarray) -
     return out
 
 
-def check(name: str, ref, cand, profile: Profile) -> dict:
+def check(name: str, ref, cand, profile: Profile, rounding: Optional[float] = None) -> dict:
     """compare_tap's verdict and worst error only (no cosine, no norms): for the local runs."""
-    atol, rtol = profile.tolerance(name, ref)
+    atol, rtol = profile.tolerance(name, ref, rounding)
     out = {"name": name, "max_abs": None, "tol_ratio": None, "passed": False}
     if ref is None or cand is None or np.shape(ref) != np.shape(cand) or np.size(ref) == 0:
         return out
@@ -249,11 +246,13 @@ def diagnose(reference, candidate, inputs: Inputs, profile: Profile, *, config: 
             reading = "formulas differ" if tf_vs > LADDER_FACTOR * max(pt_vs, floor) else "rounding"
         return {"tf32_vs_pt64": tf_vs, "pt32_vs_pt64": pt_vs, "reading": reading}
 
+    # The candidate's own float32 rounding per tap, for profiles whose tolerance includes it.
+    rounding = {t: _maxabs(cand.get(t), pt64.get(t)) for t in cand} if profile.rounding_k else {}
     rows, block_rows = [], []
     for b in bs:
-        e2e = [compare_tap(t, ref.get(t), cand.get(t), profile) for t in b.taps]
-        loc = [check(t, ref.get(t), pt_local.get(t), profile) for t in b.taps]
-        tfl = [check(t, tf_local.get(t), cand.get(t), profile) for t in b.taps]
+        e2e = [compare_tap(t, ref.get(t), cand.get(t), profile, rounding.get(t)) for t in b.taps]
+        loc = [check(t, ref.get(t), pt_local.get(t), profile, rounding.get(t)) for t in b.taps]
+        tfl = [check(t, tf_local.get(t), cand.get(t), profile, rounding.get(t)) for t in b.taps]
         block_taps = []
         for t, e, l, r in zip(b.taps, e2e, loc, tfl):
             row = {k: e[k] for k in ("name", "shape", "max_abs", "max_rel", "cosine", "atol", "rtol", "passed",
@@ -320,7 +319,7 @@ def diagnose(reference, candidate, inputs: Inputs, profile: Profile, *, config: 
                          ) or br.get("local_ladder", {}).get("formulas_differ", [])
         b = next(x for x in bs if x.name == br["name"])
         ctx = Context(block=b.name, failing=failing, ref=ref, local=pt_local, input_mask=mask, weights=tf_weights,
-                      block_input=b.input, tolerance=lambda t: profile.tolerance(t, ref.get(t)))
+                      block_input=b.input, tolerance=lambda t: profile.tolerance(t, ref.get(t), rounding.get(t)))
         found = activation_hints(ctx)
         if not found and not any(h["block"] == b.name for h in hints):
             found = [_ladder_hint(b, [r for r in rows if r["block"] == b.name and r["name"] in failing], local=True)]

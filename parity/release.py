@@ -273,21 +273,20 @@ def compare_layerwise(ctx: Context, name: str, reference, candidate, inputs: Inp
     Waived taps are compared twice (with and without the waiver) so that the gate knows
     whether each waiver is still needed.
     """
+    from .compare import rounding_estimate
     ref = reference.run(inputs)
     cand = candidate.run(inputs)
+    rounding = rounding_estimate(candidate, inputs, cand) if ctx.profile.rounding_k else {}
     names = list(reference.tap_names) + [n for n in candidate.tap_names if n not in reference.tap_names]
     taps, worst = [], (None, -1.0, None)
     for n in names:
-        row = compare_tap(n, ref.get(n), cand.get(n), ctx.profile)
+        row = compare_tap(n, ref.get(n), cand.get(n), ctx.profile, rounding.get(n))
         for w in ctx.waivers:
             if fnmatch.fnmatchcase(name, w.check) and fnmatch.fnmatchcase(n, w.taps):
                 w.matched.append((name, n, row["passed"]))
                 if not w.expired(ctx.today):   # an expired waiver grants nothing
                     # A waiver only ever loosens: never below the profile's own tolerance for the tap.
-                    try:   # profiles whose atol scales with the reference take it as an argument
-                        atol, rtol = ctx.profile.tolerance(n, ref.get(n))
-                    except TypeError:
-                        atol, rtol = ctx.profile.tolerance(n)
+                    atol, rtol = ctx.profile.tolerance(n, ref.get(n), rounding.get(n))
                     waived = compare_tap(n, ref.get(n), cand.get(n), Profile(
                         f"waiver {w.id}", w.reason, max(w.atol, atol), max(w.rtol, rtol)))
                     waived["waiver"] = w.id

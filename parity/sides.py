@@ -55,6 +55,11 @@ class TorchSide:
                 "BertForPreTraining": "pretraining"}.get(type(model).__name__)
         return cls(model, device, head)
 
+    def float64(self) -> "TorchSide":
+        """The same model in float64 (a deep copy keeps any patched attribute): the precision ladder's rung."""
+        import copy
+        return TorchSide(copy.deepcopy(self.model).to(torch.float64), device=str(self.device), head=self.head)
+
     def run(self, inputs: Inputs, fetch=None, inject=None, computed: Optional[dict] = None) -> dict[str, np.ndarray]:
         """``computed``, when given a dict, receives what the model computed at each injected
         tap before the injection replaced it (``Taps.computed``): with every block's input

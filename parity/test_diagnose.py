@@ -16,7 +16,7 @@ import sys
 import numpy as np
 import pytest
 import torch
-from hypothesis import HealthCheck, given, settings, strategies as st
+from hypothesis import HealthCheck, example, given, settings, strategies as st
 
 from bert_torch.convert import tf_to_torch
 from bert_torch.modeling import BertConfig, LayerNorm
@@ -363,6 +363,9 @@ def test_calibration_command(random_checkpoint, tmp_path):
 @given(heads=st.integers(1, 4), head_size=st.integers(2, 12), layers=st.integers(1, 3),
        intermediate=st.integers(8, 64), types=st.sampled_from([1, 2, 16]), act=st.sampled_from(["gelu", "gelu_erf", "relu"]),
        head=st.sampled_from([None, "classifier", "squad"]), seq=st.integers(4, 40), seed=st.integers(0, 1000))
+# Found by this test: a LayerNorm over 2 features rounds far more than its magnitudes suggest
+# (both sides alike); the fp32-cpu rounding term must absorb it.
+@example(heads=1, head_size=2, layers=1, intermediate=8, types=1, act="gelu", head=None, seq=4, seed=1)
 def test_no_false_alarms_over_configurations(random_checkpoint, tmp_path_factory, heads, head_size, layers,
                                              intermediate, types, act, head, seq, seed):
     cfg = dict(vocab_size=120, hidden_size=heads * head_size, num_hidden_layers=layers, num_attention_heads=heads,
