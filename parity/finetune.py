@@ -47,6 +47,12 @@ GRAD_RTOL, GRAD_ATOL, GRAD_COS = 1e-4, 1e-7, 0.9999
 LOSS_RTOL, LOSS_REPORT = 1e-3, 1e-4
 
 
+
+def loss_agreement(pt_losses: list, tf_losses: list) -> tuple[list, object]:
+    """Per-step relative loss difference (TF the reference) and the first step above LOSS_REPORT."""
+    rel = [abs(a - b) / abs(b) for a, b in zip(pt_losses, tf_losses)]
+    return rel, next((i for i, r in enumerate(rel) if r > LOSS_REPORT), None)
+
 def default_data_dir() -> Optional[str]:
     path = os.path.normpath(os.path.join(REPO, "..", "shared", "data"))
     return path if os.path.isdir(path) else None
@@ -463,8 +469,7 @@ def training_check(minilm: dict, train: dict, dev: dict, steps: int, batch_size:
         pt_logits = np.concatenate([model(*_torch_batch(take(dev, slice(i, i + 64)), device)[:3]).cpu().numpy()
                                     for i in range(0, len(dev["label_ids"]), 64)])
     result["torch_seconds"] = round(time.time() - t0, 1)
-    rel = [abs(a - b) / abs(b) for a, b in zip(pt_losses, tf_losses)]
-    first = next((i for i, r in enumerate(rel) if r > LOSS_REPORT), None)
+    rel, first = loss_agreement(pt_losses, tf_losses)
     tf_pred, pt_pred = tf_logits.argmax(-1), pt_logits.argmax(-1)
     tf_m, pt_m = accuracy_and_f1(tf_pred, dev["label_ids"]), accuracy_and_f1(pt_pred, dev["label_ids"])
     lr_ok = all(abs(a - b) <= LR_RTOL * abs(b) + LR_ATOL * lr for a, b in zip(pt_lrs, tf_lrs))
@@ -601,8 +606,7 @@ def squad_training_check(minilm: dict, train_file: str, dev_file: str, steps: in
     tf_pred, tf_m = answers(tf_start, tf_end)
     pt_pred, pt_m = answers(pt_start, pt_end)
     same = float(np.mean([tf_pred[q] == pt_pred[q] for q in tf_pred]))
-    rel = [abs(a - b) / abs(b) for a, b in zip(pt_losses, tf_losses)]
-    first = next((i for i, r in enumerate(rel) if r > LOSS_REPORT), None)
+    rel, first = loss_agreement(pt_losses, tf_losses)
     ok = max(rel) <= LOSS_RTOL
     result = {"name": "squad_training", "verdict": "pass" if ok else "fail",
               "summary": (f"{steps} SQuAD steps (batch {batch_size} x {seq_len}, doc_stride {doc_stride}): max relative "

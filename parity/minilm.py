@@ -50,7 +50,8 @@ def main() -> None:
     ap = argparse.ArgumentParser(prog="python -m parity.minilm", description=__doc__.split("\n\n")[0])
     ap.add_argument("--out", required=True)
     ap.add_argument("--hidden-act", default="gelu")
-    paths = build_checkpoint(ap.parse_args().out, ap.parse_args().hidden_act)
+    args = ap.parse_args()
+    paths = build_checkpoint(args.out, args.hidden_act)
     for k, v in paths.items():
         print(f"{k}: {v}")
 

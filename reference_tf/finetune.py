@@ -72,6 +72,18 @@ def _create_optimizer(loss, init_lr: float, num_train_steps: int, num_warmup_ste
     return train_op, found[0], global_step, reads
 
 
+
+def _session(graph, init, inter_op_threads=None, intra_op_threads=None):
+    """A session on ``graph`` with the given thread counts (None: TF's default), initialised."""
+    config = tf1.ConfigProto()
+    if inter_op_threads:
+        config.inter_op_parallelism_threads = inter_op_threads
+    if intra_op_threads:
+        config.intra_op_parallelism_threads = intra_op_threads
+    session = tf1.Session(graph=graph, config=config)
+    session.run(init)
+    return session
+
 class _Trainer:
     """Shared session plumbing: a graph, its optimizer, step feeding in the intended order."""
 
@@ -142,11 +154,7 @@ class OfficialOptimizer(_Trainer):
             self._train_op, self.learning_rate, self.global_step, self._gs_reads = _create_optimizer(
                 loss, init_lr, num_train_steps, num_warmup_steps)
             init = tf1.global_variables_initializer()
-        config = tf1.ConfigProto()
-        if inter_op_threads:
-            config.inter_op_parallelism_threads = inter_op_threads
-        self.session = tf1.Session(graph=self.graph, config=config)
-        self.session.run(init)
+        self.session = _session(self.graph, init, inter_op_threads=inter_op_threads)
         self.step = 0
 
     def apply(self, grads: Mapping[str, np.ndarray]) -> float:
@@ -241,11 +249,7 @@ class FineTuner(_Trainer):
             # Built with the graph: a Saver made later, outside the build context, fails on
             # resource variables under TF 2.
             self._saver = tf1.train.Saver(tf1.global_variables())
-        config_proto = tf1.ConfigProto()
-        if threads:
-            config_proto.intra_op_parallelism_threads = threads
-        self.session = tf1.Session(graph=self.graph, config=config_proto)
-        self.session.run(init)
+        self.session = _session(self.graph, init, intra_op_threads=threads)
         self.step = 0
         self._by_name = {v.op.name: v for v in self.tvars}
         if head:
