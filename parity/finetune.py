@@ -23,8 +23,9 @@ The tolerances, and why:
   step above 1e-4, as the issue asks; and the two trained models' dev predictions.
 - conversion: the TF-fine-tuned checkpoint through ``bert_torch.convert``, run in PyTorch: every
   dev prediction identical to TF's and logits within 1e-4 (same weights, inference only).
-- multi-seed with dropout: ``seed_rule`` (Welch 2-sigma on the difference of mean dev accuracy
-  and F1, with a 1-point floor).
+- multi-seed with dropout: ``seed_rule`` (Welch 2-sigma on the difference of mean dev accuracy,
+  F1 and mean dev cross-entropy, with floors of 1 point and 0.01 nats); "inconclusive", not a
+  pass, when every run predicts one class (nothing was learned that could differ).
 """
 from __future__ import annotations
 
@@ -312,21 +313,41 @@ def mrpc_feature_check(data_dir: str, vocab_file: str, splits=("train", "dev"), 
 
 # ---------------------------------------------------------------- gradients and training
 
-def _tf_head_to_torch(values: dict) -> dict:
-    return {"classifier.weight": values["output_weights"], "classifier.bias": values["output_bias"]}
+# The new heads' TF names -> bert_torch names, per task.
+HEAD_NAMES = {"classifier": {"output_weights": "classifier.weight", "output_bias": "classifier.bias"},
+              "squad": {"cls/squad/output_weights": "qa_outputs.weight", "cls/squad/output_bias": "qa_outputs.bias"}}
 
 
-def torch_classifier(minilm: dict, head_tf: dict, device: str = "cpu"):
-    """The PyTorch MiniLM classifier with the given (TF-named) head, in train mode with dropout 0."""
+def torch_model(minilm: dict, head_tf: dict, task: str = "classifier", device: str = "cpu"):
+    """The PyTorch MiniLM with the given (TF-named) new head, in train mode with every dropout 0."""
     from bert_torch.modeling import BertConfig
     from bert_torch.weights import model_from_tensors, read_weights
     config = BertConfig.from_json_file(minilm["bert_config"])
     config.hidden_dropout_prob = config.attention_probs_dropout_prob = 0.0
     tensors = dict(read_weights(minilm["torch_weights"]))
-    tensors.update(_tf_head_to_torch(head_tf))
-    model = model_from_tensors(tensors, config, head="classifier", num_labels=2, device=device)
-    model.dropout.p = 0.0
+    tensors.update({pt: head_tf[tf] for tf, pt in HEAD_NAMES[task].items()})
+    model = model_from_tensors(tensors, config, head=task, num_labels=2, device=device)
+    if task == "classifier":
+        model.dropout.p = 0.0   # the classifier's own dropout is not a config field
     return model.train()
+
+
+def squad_arrays(input_file: str, vocab_file: str, is_training: bool, seq_len: int, doc_stride: int,
+                 limit: Optional[int] = None) -> tuple[list, list, dict]:
+    """(examples, features, arrays) of a SQuAD v1.1 file, features built as the official
+    convert_examples_to_features (max_query_length 64, or seq_len // 2 for short sequences);
+    ``limit``: the first ``limit`` examples. Training arrays carry start/end_positions."""
+    from bert_torch import squad
+    from bert_torch.tokenization import FullTokenizer
+    tok = FullTokenizer(vocab_file, do_lower_case=True)
+    examples = squad.read_squad_examples(input_file, is_training)[:limit]
+    features = squad.convert_examples_to_features(examples, tok, seq_len, doc_stride,
+                                                  64 if seq_len > 67 else seq_len // 2, is_training)
+    keys = ("input_ids", "input_mask", "segment_ids") + (("start_position", "end_position") if is_training else ())
+    arrays = {k: np.array([getattr(f, k) for f in features], dtype=np.int64) for k in keys}
+    if is_training:
+        arrays["start_positions"], arrays["end_positions"] = arrays.pop("start_position"), arrays.pop("end_position")
+    return examples, features, arrays
 
 
 def _torch_batch(batch: dict, device: str) -> list:
@@ -339,12 +360,19 @@ def torch_gradients(model, batch: dict, device: str = "cpu") -> tuple[float, dic
     from bert_torch.convert import file_to_tf_name
     from bert_torch.weights import file_name
     model.zero_grad(set_to_none=True)
-    ids, seg, mask, labels = _torch_batch(batch, device)
-    loss = model(ids, seg, mask, labels=labels)
+    if "start_positions" in batch:   # SQuAD
+        ids, seg, mask, sp, ep = (torch.from_numpy(np.asarray(batch[k])).long().to(device) for k in
+                                  ("input_ids", "segment_ids", "input_mask", "start_positions", "end_positions"))
+        loss = model(ids, seg, mask, start_positions=sp, end_positions=ep)
+    else:
+        ids, seg, mask, labels = _torch_batch(batch, device)
+        loss = model(ids, seg, mask, labels=labels)
     loss.backward()
     loss = loss.detach()
     out = {}
     for name, p in model.named_parameters():
+        if p.grad is None:   # not reached by the loss (the pooler under the SQuAD head); TF gives None too
+            continue
         tf_name, transpose = file_to_tf_name(file_name(name))
         g = p.grad.detach().cpu().numpy()
         out[tf_name] = np.ascontiguousarray(g.T if transpose else g)   # [out, in] -> TF kernel [in, out]
@@ -366,19 +394,31 @@ def mrpc_batches(data_dir: str, vocab_file: str, split: str, max_seq_length: int
                                                            FullTokenizer(vocab_file, do_lower_case=True)))
 
 
+def trim_padding(*splits: dict, multiple: int = 8) -> tuple[dict, ...]:
+    """The same features with the all-padding columns cut off: sequence length = the longest real
+    sequence over ``splits``, rounded up to ``multiple``. Nothing is truncated, so the model sees
+    what it would at the longer max_seq_length (padding is masked to exactly zero weight), at
+    less cost; the arrays equal the official features built at that length."""
+    longest = max(int(a["input_mask"].sum(1).max()) for a in splits)
+    n = min(-(-longest // multiple) * multiple, splits[0]["input_ids"].shape[1])
+    return tuple({k: (v[:, :n] if v.ndim == 2 else v) for k, v in a.items()} for a in splits)
+
+
 def take(arrays: dict, idx) -> dict:
     return {k: v[idx] for k, v in arrays.items()}
 
 
-def gradient_check(minilm: dict, batch: dict, device: str = "cpu") -> dict:
+def gradient_check(minilm: dict, batch: dict, device: str = "cpu", task: str = "classifier") -> dict:
     """dLoss/dθ of every variable for one batch: TF ``tf.gradients`` vs PyTorch autograd, MiniLM
-    with the classifier head, dropout 0, identical weights (the head drawn by TF's initializer)."""
+    with the classifier (``task="classifier"``, MRPC batch) or SQuAD head (``task="squad"``,
+    batch with start/end_positions), dropout 0, identical weights (the head drawn by TF's
+    initializer). Under the SQuAD head the pooler gets no gradient on either side."""
     from reference_tf.finetune import FineTuner
     t0 = time.time()
-    with FineTuner(minilm["prefix"], minilm["bert_config"], "classifier", dropout=False, seed=0) as tf_side:
-        head = {k: v for k, v in tf_side.variables().items() if k in ("output_weights", "output_bias")}
+    with FineTuner(minilm["prefix"], minilm["bert_config"], task, dropout=False, seed=0) as tf_side:
+        head = {k: v for k, v in tf_side.variables().items() if not k.startswith("bert/")}
         tf_loss, tf_grads = tf_side.gradients(batch)
-    model = torch_classifier(minilm, head, device)
+    model = torch_model(minilm, head, task, device)
     pt_loss, pt_grads = torch_gradients(model, batch, device)
     rows = []
     for name, g_tf in tf_grads.items():
@@ -405,8 +445,10 @@ def gradient_check(minilm: dict, batch: dict, device: str = "cpu") -> dict:
     missing = sorted(set(pt_grads) - set(tf_grads))
     ok = all(r["passed"] for r in rows) and not missing and len(rows) == len(pt_grads)
     loss_rel = abs(pt_loss - tf_loss) / abs(tf_loss)
-    return {"name": "gradients", "verdict": "pass" if ok else "fail",
-            "summary": (f"{len(rows)} variables, batch {batch['input_ids'].shape}: worst "
+    return {"name": "gradients" if task == "classifier" else f"gradients_{task}", "verdict": "pass" if ok else "fail",
+            "task": task,
+            "summary": (f"{'MRPC classifier' if task == 'classifier' else 'SQuAD'}: {len(rows)} variables, "
+                        f"batch {tuple(batch['input_ids'].shape)}: worst "
                         f"{rows[0]['variable']} max|diff| {rows[0].get('max_abs_diff', float('nan')):.3g} "
                         f"({rows[0].get('tol_ratio', float('nan')):.2g} of its tolerance); loss rel diff {loss_rel:.2g}"),
             "loss_tf": tf_loss, "loss_torch": pt_loss, "table": rows, "extra_torch_variables": missing,
@@ -451,7 +493,7 @@ def training_check(minilm: dict, train: dict, dev: dict, steps: int, batch_size:
     if convert_dir:
         result["conversion"] = conversion_check(tf_prefix, minilm["bert_config"], dev, tf_logits, convert_dir, device)
     t0 = time.time()
-    model = torch_classifier(minilm, head, device)
+    model = torch_model(minilm, head, "classifier", device)
     from bert_torch.optimization import BertAdam, grouped_parameters
     opt = BertAdam(grouped_parameters(model), lr=lr, warmup=warmup / steps if warmup else -1, t_total=steps)
     pt_losses, pt_lrs = [], []
@@ -531,18 +573,10 @@ def squad_training_check(minilm: dict, train_file: str, dev_file: str, steps: in
     from bert_torch import squad
     from bert_torch.modeling import BertConfig
     from bert_torch.optimization import BertAdam, grouped_parameters
-    from bert_torch.tokenization import FullTokenizer
-    from bert_torch.weights import load_model, model_from_tensors, read_weights
+    from bert_torch.weights import load_model
     from reference_tf.finetune import FineTuner
-    tok = FullTokenizer(minilm["vocab"], do_lower_case=True)
-    train_f = squad.convert_examples_to_features(squad.read_squad_examples(train_file, True), tok, seq_len,
-                                                 doc_stride, 64 if seq_len > 67 else seq_len // 2, True)
-    dev_ex = squad.read_squad_examples(dev_file, False)[:dev_limit]
-    dev_f = squad.convert_examples_to_features(dev_ex, tok, seq_len, doc_stride, 64 if seq_len > 67 else seq_len // 2, False)
-    arr = lambda fs, keys: {k: np.array([getattr(f, k) for f in fs], dtype=np.int64) for k in keys}
-    train = arr(train_f, ("input_ids", "input_mask", "segment_ids", "start_position", "end_position"))
-    train["start_positions"], train["end_positions"] = train.pop("start_position"), train.pop("end_position")
-    dev = arr(dev_f, ("input_ids", "input_mask", "segment_ids"))
+    _, _, train = squad_arrays(train_file, minilm["vocab"], True, seq_len, doc_stride)
+    dev_ex, dev_f, dev = squad_arrays(dev_file, minilm["vocab"], False, seq_len, doc_stride, limit=dev_limit)
     n = len(train["input_ids"])
     order = [np.arange(s * batch_size, (s + 1) * batch_size) % n for s in range(steps)]
     warmup = int(steps * warmup_proportion)
@@ -583,11 +617,7 @@ def squad_training_check(minilm: dict, train_file: str, dev_file: str, steps: in
             tf_prefix = tf_side.save(os.path.join(convert_dir, "squad.ckpt"))
     tf_seconds = time.time() - t0
     t0 = time.time()
-    config = BertConfig.from_json_file(minilm["bert_config"])
-    config.hidden_dropout_prob = config.attention_probs_dropout_prob = 0.0
-    tensors = dict(read_weights(minilm["torch_weights"]))
-    tensors.update({"qa_outputs.weight": head["cls/squad/output_weights"], "qa_outputs.bias": head["cls/squad/output_bias"]})
-    model = model_from_tensors(tensors, config, head="squad", device=device).train()
+    model = torch_model(minilm, head, "squad", device)
     opt = BertAdam(grouped_parameters(model), lr=lr, warmup=warmup / steps if warmup else -1, t_total=steps)
     pt_losses = []
     for s_i, idx in enumerate(order):
@@ -641,6 +671,12 @@ def squad_training_check(minilm: dict, train_file: str, dev_file: str, steps: in
 # ---------------------------------------------------------------- multi-seed, dropout on
 
 SEED_SIGMAS, SEED_FLOOR = 2.0, 0.01
+# The floors per metric: one point of accuracy/F1; 0.01 nats of mean dev cross-entropy (about 1.5%
+# of MRPC's ~0.6 early in training), so that a few near-identical seeds cannot make the bound 0.
+SEED_FLOORS = {"accuracy": SEED_FLOOR, "f1": SEED_FLOOR, "dev_loss": 0.01}
+# Multi-seed sizes of the full run (make report), and why they answer the question: see
+# run_finetune_checks. lr 5e-5 and batch 16 are from the BERT paper's fine-tuning grid.
+SEED_BATCH, SEED_SEQ, SEED_LR, SEED_STEPS = 16, 64, 5e-5, 150
 
 
 def seed_rule(tf_values: list[float], pt_values: list[float], sigmas: float = SEED_SIGMAS,
@@ -665,15 +701,38 @@ def seed_rule(tf_values: list[float], pt_values: list[float], sigmas: float = SE
             "std_torch": float(b.std(ddof=1)), "diff": diff, "bound": bound, "passed": abs(diff) <= bound}
 
 
+def dev_metrics(logits: np.ndarray, labels: np.ndarray) -> dict:
+    """Accuracy, F1, mean cross-entropy and the fraction predicted positive, of dev logits."""
+    from bert_torch.glue import accuracy_and_f1
+    z = logits.astype(np.float64)
+    logp = z - z.max(-1, keepdims=True)
+    logp -= np.log(np.exp(logp).sum(-1, keepdims=True))
+    pred = logits.argmax(-1)
+    return {**accuracy_and_f1(pred, labels), "dev_loss": float(-logp[np.arange(len(labels)), labels].mean()),
+            "positive_rate": float(pred.mean())}
+
+
+def seed_verdict(runs: dict) -> tuple[str, dict, bool]:
+    """(verdict, seed_rule per metric, degenerate) for {"tf": [dev_metrics...], "torch": [...]}:
+    "inconclusive" when every run predicts a single class for the whole dev set."""
+    rules = {m: seed_rule([r[m] for r in runs["tf"]], [r[m] for r in runs["torch"]], floor=floor)
+             for m, floor in SEED_FLOORS.items()}
+    degenerate = all(r["positive_rate"] in (0.0, 1.0) for side in runs.values() for r in side)
+    verdict = "inconclusive" if degenerate else "pass" if all(r["passed"] for r in rules.values()) else "fail"
+    return verdict, rules, degenerate
+
+
 def multiseed_check(minilm: dict, train: dict, dev: dict, seeds: list[int], steps: int, batch_size: int,
                     lr: float = 2e-5, warmup_proportion: float = 0.1, device: str = "cpu",
                     log: Callable = lambda s: None) -> dict:
     """Fine-tune with dropout on (the official training graph: body dropout 0.1 and the
     classifier's keep_prob 0.9; PyTorch: the same rates) for each seed on each side; per seed,
     the batches come from a seeded shuffle shared by both sides, the new head from each side's
-    own initializer under that seed. Dev accuracy/F1 per run, and ``seed_rule`` on each metric."""
-    from bert_torch.glue import accuracy_and_f1
-    from bert_torch.modeling import BertConfig
+    own initializer under that seed. Dev accuracy, F1 and mean cross-entropy per run, and
+    ``seed_rule`` on each. When every run on both sides predicts one class for the whole dev set
+    (too few steps to leave the majority class), the metrics say nothing about training: the
+    verdict is then "inconclusive", which the suite counts as not passing."""
+    from bert_torch.modeling import BertConfig, BertForSequenceClassification
     from bert_torch.optimization import BertAdam, grouped_parameters
     from bert_torch.weights import model_from_tensors, read_weights
     from reference_tf.finetune import FineTuner
@@ -691,14 +750,12 @@ def multiseed_check(minilm: dict, train: dict, dev: dict, seeds: list[int], step
                 tf_side.train_step(take(train, idx))
             logits = np.concatenate([tf_side.predict(take(dev, slice(i, i + 64)))["logits"]
                                      for i in range(0, len(dev["label_ids"]), 64)])
-        runs["tf"].append({"seed": seed, **accuracy_and_f1(logits.argmax(-1), dev["label_ids"])})
+        runs["tf"].append({"seed": seed, **dev_metrics(logits, dev["label_ids"])})
         log(f"seed {seed} tf {runs['tf'][-1]}")
         torch.manual_seed(seed)
         config = BertConfig.from_json_file(minilm["bert_config"])
-        model = model_from_tensors(read_weights(minilm["torch_weights"]), config, head=None)
-        from bert_torch.modeling import BertForSequenceClassification
         clf = BertForSequenceClassification(config, 2)
-        clf.bert.load_state_dict(model.state_dict())
+        clf.bert.load_state_dict(model_from_tensors(read_weights(minilm["torch_weights"]), config, head=None).state_dict())
         clf.dropout.p = 0.1   # run_classifier.create_model's hard-coded keep_prob 0.9
         clf.to(device).train()
         opt = BertAdam(grouped_parameters(clf), lr=lr, warmup=warmup / steps if warmup else -1, t_total=steps)
@@ -711,17 +768,22 @@ def multiseed_check(minilm: dict, train: dict, dev: dict, seeds: list[int], step
         with torch.no_grad():
             logits = np.concatenate([clf(*_torch_batch(take(dev, slice(i, i + 64)), device)[:3]).cpu().numpy()
                                      for i in range(0, len(dev["label_ids"]), 64)])
-        runs["torch"].append({"seed": seed, **accuracy_and_f1(logits.argmax(-1), dev["label_ids"])})
+        runs["torch"].append({"seed": seed, **dev_metrics(logits, dev["label_ids"])})
         log(f"seed {seed} torch {runs['torch'][-1]}")
-    rules = {m: seed_rule([r[m] for r in runs["tf"]], [r[m] for r in runs["torch"]]) for m in ("accuracy", "f1")}
-    ok = all(r["passed"] for r in rules.values())
+    verdict, rules, degenerate = seed_verdict(runs)
     fmt = lambda r: f"TF {r['mean_tf']:.4f}+-{r['std_tf']:.4f} vs PT {r['mean_torch']:.4f}+-{r['std_torch']:.4f}"
-    return {"name": "multiseed", "verdict": "pass" if ok else "fail",
-            "summary": (f"{len(seeds)} seeds per side, dropout on, {steps} steps of batch {batch_size} x "
-                        f"{train['input_ids'].shape[1]}: accuracy {fmt(rules['accuracy'])}, F1 {fmt(rules['f1'])}"),
-            "rule": (f"|mean_pt - mean_tf| <= max({SEED_SIGMAS:g} * sqrt(s_tf^2/n + s_pt^2/n), {SEED_FLOOR:g}) "
-                     "for dev accuracy and F1"),
-            "metrics": rules, "runs": runs, "seconds": round(time.time() - t0, 1)}
+    return {"name": "multiseed", "verdict": verdict,
+            "summary": ((f"INCONCLUSIVE: every run predicts a single class on all {len(dev['label_ids'])} dev "
+                         "pairs; train longer (--seed-steps). " if degenerate else "")
+                        + f"{len(seeds)} seeds per side, dropout on, {steps} steps of batch {batch_size} x "
+                        f"{train['input_ids'].shape[1]} at lr {lr:g}: accuracy {fmt(rules['accuracy'])}, "
+                        f"F1 {fmt(rules['f1'])}, dev loss {fmt(rules['dev_loss'])}"),
+            "rule": (f"|mean_pt - mean_tf| <= max({SEED_SIGMAS:g} * sqrt(s_tf^2/n + s_pt^2/n), floor) for dev "
+                     f"accuracy (floor {SEED_FLOORS['accuracy']:g}), F1 (floor {SEED_FLOORS['f1']:g}) and mean "
+                     f"dev cross-entropy (floor {SEED_FLOORS['dev_loss']:g} nats); inconclusive (not a pass) when "
+                     "every run predicts one class"),
+            "steps": steps, "batch_size": batch_size, "seq_len": int(train["input_ids"].shape[1]),
+            "learning_rate": lr, "metrics": rules, "runs": runs, "seconds": round(time.time() - t0, 1)}
 
 
 # ---------------------------------------------------------------- the whole suite
@@ -731,24 +793,35 @@ def run_finetune_checks(data_dir: Optional[str], out_dir: str, quick: bool = Fal
                         train_steps: Optional[int] = None, train_batch_size: Optional[int] = None,
                         train_seq_len: Optional[int] = None, seeds: Optional[int] = None,
                         seed_steps: Optional[int] = None, squad_steps: Optional[int] = None,
-                        squad_dev: Optional[int] = None) -> dict:
+                        squad_dev: Optional[int] = None, train_epochs: float = 3.0,
+                        seed_batch_size: Optional[int] = None, seed_seq_len: Optional[int] = None,
+                        seed_lr: Optional[float] = None) -> dict:
     """All fine-tuning checks; writes out_dir/finetune.json and finetune.md; returns the result dict.
 
     quick: the CI sizes (MRPC feature subset of 200 per split, the committed SQuAD samples,
-    gradients on 8 x 128, 12 training steps of batch 8 x 64 evaluated on 64 dev pairs); full:
-    every MRPC train/dev feature, every SQuAD v1.1 dev feature (384/128) and the train subset's,
-    write_predictions on all 10570 dev questions (seeded logits),
-    gradients on 32 x 128, and one epoch of MRPC (114 steps of batch 32 x 128, >= 100 as the
-    issue asks) evaluated on the whole dev set, about 15 minutes on 2 idle cores (3.2 s per
-    PyTorch step measured by the issue, TF similar). ``train_steps``/``train_batch_size``/
-    ``train_seq_len`` override the training size (the steps are then reported as such).
-    Multi-seed with dropout (``seeds`` per side; default 3 in full mode, none in quick mode): one
-    MRPC epoch at batch 32 x 64 per seed (114 steps; seq 64 halves the cost and covers 90% of MRPC
-    pairs untruncated, which is enough to compare two training distributions), about 6 minutes a
-    seed on 2 idle cores.
+    gradients on 8 x 128 and 4 x 96, 12 training steps of batch 8 x 64 evaluated on 64 dev pairs).
+    Full (``make report``): every MRPC train/dev feature, every SQuAD v1.1 dev feature (384/128)
+    and the train subset's, write_predictions on all 10570 dev questions (seeded logits);
+    gradients on MRPC 32 x 128 and SQuAD 16 x 384; the deterministic MRPC run of the official
+    recipe, ``train_epochs`` (3) epochs of batch 32 at max_seq_length 128 (343 steps), on the
+    whole dev set. Its sequences are cut to the longest MRPC pair rounded up to 8 (104 tokens on
+    GLUE MRPC, ``trim_padding``): no pair is truncated, so the run computes what max_seq_length
+    128 computes, at 0.8 of the cost. ``train_steps``/``train_batch_size``/``train_seq_len``
+    override that.
     SQuAD deterministic training: ``squad_steps`` (default 100) steps of batch 8 x 192
     (doc_stride 64) on the train subset's features, EM/F1 on the first ``squad_dev`` (default
     500) dev questions; then the TF model converted. Quick: 4 steps of 4 x 96 on the samples.
+    Multi-seed with dropout (``seeds`` per side; default 3 in full mode, none in quick mode),
+    each run ``SEED_STEPS`` (150) steps of batch 16 x 64 at lr 5e-5. Why that still answers
+    "does dropout-on training give the same results in both frameworks": the question is about
+    the distribution of outcomes, which needs runs that have started to learn, and several of them
+    per side within the 60-minute budget of ``make report``. MiniLM-L6 learns MRPC slowly: in this
+    project's runs, 30 steps of 8 x 64 at lr 2e-5 (3 seeds a side) and 200 steps of 16 x 64 at
+    lr 1e-4 predicted the majority class for every dev pair, which any two frameworks agree on;
+    150 steps of 16 x 64 at lr 5e-5 (the BERT paper's grid) did not. Sequence 64 keeps 80% of
+    MRPC pairs whole (the same truncation on both sides) and halves the step cost. The rule also
+    compares mean dev cross-entropy, which moves from the first steps on, so it measures the
+    training dynamics even where accuracy barely moves.
     """
     if seeds is None:
         seeds = 0 if quick else 3
@@ -795,17 +868,21 @@ def run_finetune_checks(data_dir: Optional[str], out_dir: str, quick: bool = Fal
     log("gradients")
     train = mrpc_batches(mrpc, minilm["vocab"], "train", 128)
     checks.append(gradient_check(minilm, take(train, slice(0, 8 if quick else 32)), device))
+    sq_seq, sq_stride = (96, 32) if quick else (384, 128)   # the official SQuAD sizes in full mode
+    _, _, sq_grad = squad_arrays(train_file, minilm["vocab"], True, sq_seq, sq_stride, limit=16)
+    checks.append(gradient_check(minilm, take(sq_grad, slice(0, 4 if quick else 16)), device, task="squad"))
     log("deterministic training")
     if quick:
         tr, dev = mrpc_batches(mrpc, minilm["vocab"], "train", 64), mrpc_batches(mrpc, minilm["vocab"], "dev", 64, limit=64)
         checks.append(training_check(minilm, tr, dev, steps=12, batch_size=8, device=device, log=outer_log,
                                      convert_dir=os.path.join(out_dir, "finetuned_tf")))
     else:
-        seq = train_seq_len or 128
         bs = train_batch_size or 32
-        tr = train if seq == 128 else mrpc_batches(mrpc, minilm["vocab"], "train", seq)
-        dev = mrpc_batches(mrpc, minilm["vocab"], "dev", seq)
-        steps = train_steps or official_num_train_steps(len(train["label_ids"]), bs, 1.0)
+        if train_seq_len:
+            tr, dev = (mrpc_batches(mrpc, minilm["vocab"], split, train_seq_len) for split in ("train", "dev"))
+        else:   # max_seq_length 128 as the official MRPC recipe, all-padding columns cut (see trim_padding)
+            tr, dev = trim_padding(train, mrpc_batches(mrpc, minilm["vocab"], "dev", 128))
+        steps = train_steps or official_num_train_steps(len(train["label_ids"]), bs, train_epochs)
         checks.append(training_check(minilm, tr, dev, steps=steps, batch_size=bs, device=device, log=outer_log,
                                      convert_dir=os.path.join(out_dir, "finetuned_tf")))
     if "conversion" in checks[-1]:
@@ -823,11 +900,12 @@ def run_finetune_checks(data_dir: Optional[str], out_dir: str, quick: bool = Fal
     checks += [sq] + ([conv] if conv else [])
     if seeds:
         log("multi-seed, dropout on")
-        ms_seq, ms_bs = (32, 8) if quick else (train_seq_len or 64, train_batch_size or 32)
+        ms_seq, ms_bs = (32, 8) if quick else (seed_seq_len or SEED_SEQ, seed_batch_size or SEED_BATCH)
         ms_train = mrpc_batches(mrpc, minilm["vocab"], "train", ms_seq)
         ms_dev = mrpc_batches(mrpc, minilm["vocab"], "dev", ms_seq, limit=64 if quick else None)
-        ms_steps = seed_steps or (10 if quick else official_num_train_steps(len(ms_train["label_ids"]), ms_bs, 1.0))
+        ms_steps = seed_steps or (10 if quick else SEED_STEPS)
         checks.append(multiseed_check(minilm, ms_train, ms_dev, list(range(seeds)), ms_steps, ms_bs,
+                                      lr=seed_lr or SEED_LR,
                                       device=device, log=outer_log))
     failed = [c["name"] for c in checks if c["verdict"] != "pass"]
     result = {"name": "finetune", "verdict": "fail" if failed else "pass",
@@ -835,8 +913,9 @@ def run_finetune_checks(data_dir: Optional[str], out_dir: str, quick: bool = Fal
                           + (f"; failed: {', '.join(failed)}" if failed else "")
                           + (" (quick sizes)" if quick else "")),
               "quick": quick, "device": device, "data_dir": data_dir, "seconds": round(time.time() - t0, 1),
-              "not_done": ["SQuAD multi-seed runs (MRPC only); SQuAD gradient table (MRPC classifier only)",
-                           "GPU runs (--device exists, untested on GPU: no GPU in this session)"],
+              "not_done": ["SQuAD multi-seed runs (MRPC only: a SQuAD run that learns enough to have an EM "
+                           "distribution takes far more steps than the 60-minute report allows on 2 cores)",
+                           "GPU runs (--device exists, untested on GPU: no GPU was lent to this project's sessions)"],
               "checks": checks}
     with open(os.path.join(out_dir, "finetune.json"), "w", encoding="utf-8") as f:
         json.dump(result, f, indent=1, default=float)
@@ -852,7 +931,7 @@ def render_markdown(result: dict) -> str:
     lines = [f"# Fine-tuning parity: {result['verdict'].upper()}", "", result["summary"], ""]
     for c in result["checks"]:
         lines += [f"## {c['name']}: {c['verdict']}", "", c["summary"], ""]
-        if c["name"] == "gradients":
+        if c["name"].startswith("gradients"):
             lines += ["| variable | max abs TF | max abs diff | diff/max | cosine | of tolerance |", "| --- | --- | --- | --- | --- | --- |"]
             lines += [f"| {r['variable']} | {r.get('max_abs_tf', 0):.3g} | {r.get('max_abs_diff', 0):.3g} | "
                       f"{r.get('rel_to_max', 0):.3g} | {r.get('cosine', 0):.9f} | {r.get('tol_ratio', 0):.3g} |"
@@ -860,9 +939,9 @@ def render_markdown(result: dict) -> str:
             lines.append("")
         if c["name"] == "multiseed":
             lines += [f"Rule: {c['rule']}.", ""]
-            lines += ["| side | seed | accuracy | F1 |", "| --- | --- | --- | --- |"]
-            lines += [f"| {side} | {r['seed']} | {r['accuracy']:.4f} | {r['f1']:.4f} |"
-                      for side, runs in c["runs"].items() for r in runs]
+            lines += ["| side | seed | accuracy | F1 | dev loss | predicted positive |", "| --- | --- | --- | --- | --- | --- |"]
+            lines += [f"| {side} | {r['seed']} | {r['accuracy']:.4f} | {r['f1']:.4f} | {r['dev_loss']:.4f} | "
+                      f"{r['positive_rate']:.3f} |" for side, runs in c["runs"].items() for r in runs]
             lines.append("")
         if c["name"] == "planted_optimizer_faults":
             lines += ["| fault | verdict | first divergent step | caught |", "| --- | --- | --- | --- |"]
@@ -879,21 +958,30 @@ def main(argv: Optional[list[str]] = None) -> int:
     ap.add_argument("--out", required=True, help="output folder for finetune.json / finetune.md")
     ap.add_argument("--quick", action="store_true", help="CI sizes (a few minutes)")
     ap.add_argument("--device", default="cpu", help="PyTorch device (cuda is untested)")
+    ap.add_argument("--train-epochs", type=float, default=3.0, help="deterministic run: MRPC epochs, steps by "
+                    "the official count (default 3: 343 steps at batch 32)")
     ap.add_argument("--train-steps", type=int, default=None, help="deterministic run: optimizer steps "
-                    "(default: one MRPC epoch by the official count, 114 at batch 32)")
+                    "(overrides --train-epochs)")
     ap.add_argument("--train-batch-size", type=int, default=None, help="deterministic run: batch size (default 32)")
-    ap.add_argument("--train-seq-len", type=int, default=None, help="deterministic run: max_seq_length (default 128)")
+    ap.add_argument("--train-seq-len", type=int, default=None, help="deterministic run: max_seq_length "
+                    "(default 128 with the all-padding columns cut: no pair truncated)")
     ap.add_argument("--seeds", type=int, default=None, help="multi-seed runs per side with dropout on "
                     "(default 3; 0 with --quick)")
     ap.add_argument("--squad-steps", type=int, default=None, help="SQuAD deterministic run: steps (default 100)")
     ap.add_argument("--squad-dev", type=int, default=None, help="SQuAD: dev questions evaluated (default 500)")
-    ap.add_argument("--seed-steps", type=int, default=None, help="steps of each multi-seed run (default: one "
-                    "epoch; batch and seq from --train-batch-size/--train-seq-len, default 32 x 64)")
+    ap.add_argument("--seed-steps", type=int, default=None, help=f"steps of each multi-seed run (default {SEED_STEPS})")
+    ap.add_argument("--seed-batch-size", type=int, default=None, help=f"multi-seed batch size (default {SEED_BATCH})")
+    ap.add_argument("--seed-seq-len", type=int, default=None, help=f"multi-seed max_seq_length (default {SEED_SEQ})")
+    ap.add_argument("--seed-lr", type=float, default=None, help=f"multi-seed learning rate (default {SEED_LR:g})")
     args = ap.parse_args(argv)
+    if not args.train_epochs > 0:
+        print(f"error: --train-epochs {args.train_epochs} must be positive", file=sys.stderr)
+        return 2
     if args.seeds is not None and (args.seeds == 1 or args.seeds < 0):
         print(f"error: --seeds {args.seeds}: give 0 (none) or at least 2", file=sys.stderr)
         return 2
-    for name in ("train_steps", "train_batch_size", "train_seq_len", "seed_steps", "squad_steps", "squad_dev"):
+    for name in ("train_steps", "train_batch_size", "train_seq_len", "seed_steps", "seed_batch_size",
+                 "seed_seq_len", "seed_lr", "squad_steps", "squad_dev"):
         value = getattr(args, name)
         if value is not None and value < 1:
             print(f"error: --{name.replace('_', '-')} {value} must be positive", file=sys.stderr)
@@ -903,7 +991,9 @@ def main(argv: Optional[list[str]] = None) -> int:
                                      train_steps=args.train_steps, train_batch_size=args.train_batch_size,
                                      train_seq_len=args.train_seq_len, seeds=args.seeds,
                                      seed_steps=args.seed_steps, squad_steps=args.squad_steps,
-                                     squad_dev=args.squad_dev)
+                                     squad_dev=args.squad_dev, train_epochs=args.train_epochs,
+                                     seed_batch_size=args.seed_batch_size, seed_seq_len=args.seed_seq_len,
+                                     seed_lr=args.seed_lr)
     except (FileNotFoundError, ValueError) as e:
         print(f"error: {str(e).splitlines()[0]}", file=sys.stderr)
         return 2

@@ -87,6 +87,33 @@ def test_gradients_match_official(minilm, sample_mrpc):
     assert worst["tol_ratio"] < 1 and 0 < worst["max_abs_diff"]   # a real comparison, not identity
 
 
+def test_squad_gradients_match_official(minilm):
+    """dLoss/dθ under the SQuAD head (run_squad.create_model + model_fn's loss) vs autograd: the
+    pooler gets no gradient on either side; every other variable agrees."""
+    _, _, train = finetune.squad_arrays(finetune.SQUAD_TRAIN_SAMPLE, minilm["vocab"], True, 96, 32)
+    r = finetune.gradient_check(minilm, finetune.take(train, slice(0, 4)), task="squad")
+    assert r["verdict"] == "pass", r["table"][:3]
+    names = {row["variable"] for row in r["table"]}
+    assert len(names) == 6 * 16 + 5 + 2 and not any("pooler" in n for n in names)
+    assert "cls/squad/output_weights" in names and r["extra_torch_variables"] == []
+    worst = r["table"][0]
+    assert worst["tol_ratio"] < 1 and 0 < worst["max_abs_diff"]
+
+
+def test_gradient_check_catches_a_wrong_loss(minilm, monkeypatch):
+    """A planted gradient fault (the SQuAD loss summed instead of averaged over start/end) fails."""
+    from bert_torch import modeling
+    _, _, train = finetune.squad_arrays(finetune.SQUAD_TRAIN_SAMPLE, minilm["vocab"], True, 96, 32)
+    forward = modeling.BertForQuestionAnswering.forward
+
+    def doubled(self, *args, **kwargs):
+        out = forward(self, *args, **kwargs)
+        return out * 2 if "start_positions" in kwargs else out
+    monkeypatch.setattr(modeling.BertForQuestionAnswering, "forward", doubled)
+    r = finetune.gradient_check(minilm, finetune.take(train, slice(0, 4)), task="squad")
+    assert r["verdict"] == "fail"
+
+
 def test_short_deterministic_training_matches(minilm, sample_mrpc, tmp_path):
     """6 steps of MRPC fine-tuning (batch 4 x 32, no warmup): the per-step losses agree within 1e-3
     relative, and the dev predictions of the two trained models are identical; then the TF model
@@ -125,6 +152,51 @@ def test_seed_rule():
     with pytest.raises(ValueError):
         finetune.seed_rule([0.8], [0.8, 0.8])
 
+
+
+def test_trim_padding_equals_features_built_at_that_length(minilm, sample_mrpc):
+    """Cutting the all-padding columns gives exactly the official features at the shorter length."""
+    train, dev = (finetune.mrpc_batches(sample_mrpc, minilm["vocab"], split, 128) for split in ("train", "dev"))
+    t_train, t_dev = finetune.trim_padding(train, dev)
+    n = t_train["input_ids"].shape[1]
+    assert n % 8 == 0 and n < 128 and int(train["input_mask"].sum(1).max()) > n - 8
+    direct = finetune.mrpc_batches(sample_mrpc, minilm["vocab"], "dev", n)
+    assert all(np.array_equal(t_dev[k], direct[k]) for k in direct)
+
+
+def test_dev_metrics_cross_entropy():
+    logits = np.array([[2.0, 0.0], [0.0, 1.0], [1.0, 1.0]], np.float32)
+    m = finetune.dev_metrics(logits, np.array([0, 1, 1]))
+    expected = -np.mean([np.log(1 / (1 + np.exp(-2.0))), np.log(1 / (1 + np.exp(-1.0))), np.log(0.5)])
+    assert m["dev_loss"] == pytest.approx(expected, rel=1e-6)
+    assert m["accuracy"] == pytest.approx(2 / 3) and m["positive_rate"] == pytest.approx(1 / 3)
+
+
+def test_seed_verdict_single_class_runs_are_inconclusive():
+    """Runs that all predict the majority class agree perfectly and prove nothing: not a pass."""
+    labels = np.array([1] * 68 + [0] * 32)
+    majority = finetune.dev_metrics(np.tile([[0.0, 0.1]], (100, 1)), labels)
+    verdict, rules, degenerate = finetune.seed_verdict({"tf": [majority] * 3, "torch": [majority] * 3})
+    assert degenerate and verdict == "inconclusive" and all(r["passed"] for r in rules.values())
+    rng = np.random.default_rng(0)
+    runs = {side: [finetune.dev_metrics(rng.normal(size=(100, 2)) + [0, shift], labels) for _ in range(3)]
+            for side, shift in (("tf", 0.5), ("torch", 0.5))}
+    assert finetune.seed_verdict(runs)[0] == "pass"
+    runs["torch"] = [finetune.dev_metrics(rng.normal(size=(100, 2)) + [0, 3.0], labels) for _ in range(3)]
+    verdict, rules, _ = finetune.seed_verdict(runs)
+    assert verdict == "fail" and not rules["dev_loss"]["passed"]
+
+
+def test_multiseed_runs_both_sides_with_dropout(minilm, sample_mrpc):
+    """Two seeds a side, 3 steps of 4 x 32: each run differs from the other seed's (dropout and
+    the head's initializer follow the seed) and every metric goes through the rule."""
+    train = finetune.mrpc_batches(sample_mrpc, minilm["vocab"], "train", 32)
+    dev = finetune.take(finetune.mrpc_batches(sample_mrpc, minilm["vocab"], "dev", 32), slice(0, 16))
+    r = finetune.multiseed_check(minilm, train, dev, [0, 1], steps=3, batch_size=4, lr=5e-5)
+    assert r["verdict"] in ("pass", "fail", "inconclusive") and set(r["metrics"]) == {"accuracy", "f1", "dev_loss"}
+    for side in ("tf", "torch"):
+        a, b = r["runs"][side]
+        assert a["dev_loss"] != b["dev_loss"], side
 
 
 def test_cli_bad_data_dir_exit_2(tmp_path, capsys):
