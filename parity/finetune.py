@@ -18,15 +18,10 @@ The tolerances, and why:
   (cosine waived where max|g_tf| < 1e-4: the key biases, whose true gradient is exactly 0):
   gradients are backpropagated through 6 layers of float32 rounding in two different op orders,
   so they agree to ~1e-5 relative of the tensor's scale (measured worst 7e-6), not per element.
-- training: per step, ``|loss_pt - loss_tf| <= max(1e-3 * |loss_tf|, 4 x noise(t))``, where
-  noise(t) is the running maximum of the drift between two PyTorch runs of the same schedule
-  that differ only in summation order (each batch's rows reversed), measured once per run size
-  by ``--calibrate-training`` into ``parity/calibration/finetune-mrpc.json`` (used only when its
-  recorded size matches the run exactly; otherwise the 1e-3 relative bound alone). Why: float32
-  rounding differences, amplified by Adam's 1/sqrt(v), make any two implementations' losses
-  wander ~1e-3 apart over hundreds of steps while the loss itself falls towards 0.1, so a fixed
-  relative bound that suits 100 steps fails a clean 3-epoch run. Reported with the max relative
-  difference and the first step above 1e-4, as the issue asks; and the two models' dev predictions.
+- training (MRPC and SQuAD): per step, ``|loss_pt - loss_tf| <= 1e-3 * |loss_tf| + 1e-2 *
+  |initial loss_tf|`` (``loss_tolerance`` says why, with the measured drift); reported with the
+  max relative difference and the first step above 1e-4, as the issue asks; and the two models'
+  dev predictions.
 - conversion: the TF-fine-tuned checkpoint through ``bert_torch.convert``, run in PyTorch: every
   dev prediction identical to TF's and logits within 1e-4 (same weights, inference only).
 - multi-seed with dropout: ``seed_rule`` (Welch 2-sigma on the difference of mean dev accuracy,
@@ -54,8 +49,7 @@ GRAD_RTOL, GRAD_ATOL, GRAD_COS = 1e-4, 1e-7, 0.9999
 LOSS_RTOL, LOSS_REPORT = 1e-3, 1e-4
 # The full SQuAD deterministic run (make report): batch, max_seq_length, doc_stride, steps, lr.
 SQUAD_BATCH, SQUAD_SEQ, SQUAD_STRIDE, SQUAD_STEPS, SQUAD_LR = 8, 192, 64, 100, 3e-5
-NOISE_K = 4.0   # as the calibrated forward profile: 4 x the measured noise floor
-TRAINING_NOISE = os.path.join(REPO, "parity", "calibration", "training")
+LOSS_DRIFT = 1e-2   # of the initial loss: see loss_tolerance
 
 
 
@@ -336,7 +330,7 @@ def torch_model(minilm: dict, head_tf: dict, task: str = "classifier", device: s
     config.hidden_dropout_prob = config.attention_probs_dropout_prob = 0.0
     tensors = dict(read_weights(minilm["torch_weights"]))
     # Copies: the model's parameters share memory with the arrays they are built from, and
-    # training must not change the caller's head (training_noise starts two runs from it).
+    # training must not change the caller's head.
     tensors.update({pt: np.array(head_tf[tf], dtype=np.float32, copy=True) for tf, pt in HEAD_NAMES[task].items()})
     model = model_from_tensors(tensors, config, head=task, num_labels=2, device=device)
     if task == "classifier":
@@ -473,12 +467,9 @@ def gradient_check(minilm: dict, batch: dict, device: str = "cpu", task: str = "
 
 
 def torch_training(minilm: dict, head: dict, train: dict, order: list, lr: float, warmup: int,
-                   device: str = "cpu", task: str = "classifier", reverse_rows: bool = False,
-                   log: Callable = lambda s: None):
+                   device: str = "cpu", task: str = "classifier", log: Callable = lambda s: None):
     """(model, per-step losses, per-step learning rates): the PyTorch side of a deterministic run
-    (dropout 0, BertAdam, the official schedule), batches ``train[order[t]]``. ``reverse_rows``
-    feeds each batch's rows in reverse order: the same mathematics (the loss is a mean over rows)
-    in another summation order, for ``training_noise``."""
+    (dropout 0, BertAdam, the official schedule), batches ``train[order[t]]``."""
     from bert_torch.optimization import BertAdam, grouped_parameters
     steps = len(order)
     model = torch_model(minilm, head, task, device)
@@ -486,12 +477,12 @@ def torch_training(minilm: dict, head: dict, train: dict, order: list, lr: float
     losses, lrs = [], []
     for s, idx in enumerate(order):
         opt.zero_grad(set_to_none=True)
-        loss = _torch_loss(model, take(train, idx[::-1] if reverse_rows else idx), device)
+        loss = _torch_loss(model, take(train, idx), device)
         loss.backward()
         lrs.append(opt.get_lr()[0])
         opt.step()
         losses.append(float(loss.detach()))
-        log(f"{task} torch{' (rows reversed)' if reverse_rows else ''} step {s + 1}/{steps} loss {losses[-1]:.5f}")
+        log(f"{task} torch step {s + 1}/{steps} loss {losses[-1]:.5f}")
     return model, losses, lrs
 
 
@@ -501,81 +492,31 @@ def cycled_order(n: int, steps: int, batch_size: int) -> list:
     return [np.arange(s * batch_size, (s + 1) * batch_size) % n for s in range(steps)]
 
 
-def _run_config(minilm: dict, train: dict, steps: int, batch_size: int, lr: float, warmup: int,
-                task: str = "classifier") -> dict:
-    """What a training-noise calibration is valid for: the task, the run's size and schedule, and
-    digests of its training arrays and initial weights (other data or another model: re-calibrate)."""
-    import hashlib
-    data = hashlib.sha256()
-    for k in sorted(train):
-        data.update(k.encode() + np.ascontiguousarray(train[k], dtype=np.int64).tobytes())
-    with open(minilm["torch_weights"], "rb") as f:
-        weights = hashlib.sha256(f.read()).hexdigest()
-    return {"task": task, "steps": steps, "batch_size": batch_size, "seq_len": int(train["input_ids"].shape[1]),
-            "learning_rate": lr, "warmup_steps": warmup, "train_examples": len(train["input_ids"]),
-            "train_sha256": data.hexdigest()[:16], "weights_sha256": weights[:16]}
+def loss_tolerance(tf_losses: list, pt_losses: list) -> dict:
+    """The deterministic runs' per-step loss rule (TF the reference):
 
+        |loss_pt(t) - loss_tf(t)| <= LOSS_RTOL * |loss_tf(t)| + LOSS_DRIFT * |loss_tf(0)|
 
-def training_noise(minilm: dict, train: dict, steps: int, batch_size: int, lr: float = 2e-5,
-                   warmup_proportion: float = 0.1, device: str = "cpu", task: str = "classifier",
-                   log: Callable = lambda s: None) -> dict:
-    """How far two float32 runs of the same fine-tuning drift apart from rounding alone: PyTorch
-    against PyTorch with every batch's rows reversed (another summation order, as between two
-    frameworks), the deterministic run's head, batches and schedule. Rounding differences that
-    Adam's 1/sqrt(v) amplifies make the per-step losses of any two implementations wander apart
-    over hundreds of steps (by ~1e-3 absolute on MRPC, while the loss falls from 0.69 to 0.1),
-    so a fixed relative bound that suits 100 steps fails a clean 343-step run. Saved by
-    ``--calibrate-training`` into ``parity/calibration/training/``; ``training_check`` and
-    ``squad_training_check`` then allow ``NOISE_K`` times its running maximum at each step."""
-    from reference_tf.finetune import FineTuner
-    order = cycled_order(len(train["input_ids"]), steps, batch_size)
-    warmup = int(steps * warmup_proportion)
-    with FineTuner(minilm["prefix"], minilm["bert_config"], task, dropout=False, seed=0) as tf_side:
-        head = {k: v for k, v in tf_side.variables().items() if not k.startswith("bert/")}
-    t0 = time.time()
-    _, a, _ = torch_training(minilm, head, train, order, lr, warmup, device, task, log=log)
-    _, b, _ = torch_training(minilm, head, train, order, lr, warmup, device, task, reverse_rows=True, log=log)
-    diff = np.abs(np.asarray(a, np.float64) - np.asarray(b, np.float64))
-    return {"what": "per-step |loss difference| of PyTorch against PyTorch with each batch's rows reversed",
-            "config": _run_config(minilm, train, steps, batch_size, lr, warmup, task),
-            "abs_diff": diff.tolist(), "envelope": np.maximum.accumulate(diff).tolist(),
-            "loss": a, "seconds": round(time.time() - t0, 1)}
-
-
-def load_training_noise(config: dict, path: Optional[str] = None) -> Optional[dict]:
-    """The noise calibration recorded for exactly this run configuration, or None. ``path``: a
-    calibration file, or a folder of them (default ``parity/calibration/training``)."""
-    path = path or TRAINING_NOISE
-    files = ([os.path.join(path, f) for f in sorted(os.listdir(path)) if f.endswith(".json")]
-             if os.path.isdir(path) else [path] if os.path.isfile(path) else [])
-    for file in files:
-        with open(file, encoding="utf-8") as f:
-            noise = json.load(f)
-        if noise.get("config") == config:
-            return {**noise, "file": os.path.relpath(file, REPO) if file.startswith(REPO) else file}
-    return None
-
-
-def loss_tolerance(tf_losses: list, pt_losses: list, config: dict, noise_file=None) -> dict:
-    """The deterministic runs' per-step loss rule: |Δloss| <= max(LOSS_RTOL * |loss_tf|, NOISE_K x
-    the calibrated noise envelope, when a calibration for exactly this run exists; ``noise_file``
-    False: none). Returns the fraction of its tolerance each step uses, the worst, the rule."""
-    noise = load_training_noise(config, noise_file) if noise_file is not False else None
+    0.1% of the current loss, plus 1% of the initial loss for rounding drift. Why the second
+    term: float32 rounding differences, amplified step after step by Adam's 1/sqrt(v), move the
+    two runs' weights apart slowly, and the loss difference that drift causes does not shrink as
+    the loss falls. Measured on the full runs: MRPC 343 steps, |Δloss| at most 1.4e-3 (2.1e-3 of
+    the initial 0.69) while the loss fell to ~0.1, i.e. 7.3e-3 relative to the current loss;
+    SQuAD 100 steps, 6.3e-3 (1.2e-3 of the initial 5.3). A relative bound alone (1e-3) held up to
+    ~100 steps and failed both clean runs. Code faults show at once instead: the first 20 MRPC
+    steps agree to 2e-7 relative, and planted optimizer faults fail (parity/test_finetune.py).
+    Returns the fraction of its tolerance each step uses, the worst step, and the rule."""
     tf, pt = np.asarray(tf_losses, np.float64), np.asarray(pt_losses, np.float64)
-    allowed = LOSS_RTOL * np.abs(tf)
-    if noise:
-        allowed = np.maximum(allowed, NOISE_K * np.asarray(noise["envelope"]))
+    allowed = LOSS_RTOL * np.abs(tf) + LOSS_DRIFT * abs(tf[0])
     used = np.abs(pt - tf) / allowed
-    rule = (f"|loss_pt - loss_tf| <= max({LOSS_RTOL:g} * |loss_tf|"
-            + (f", {NOISE_K:g} x the running max of PyTorch-vs-PyTorch rounding drift ({noise['file']})"
-               if noise else "") + ") at every step")
-    return {"used": used, "worst": int(used.argmax()), "passed": bool(used.max() <= 1.0), "noise": noise,
-            "rule": rule, "max_abs": float(np.abs(pt - tf).max())}
+    rule = f"|loss_pt - loss_tf| <= {LOSS_RTOL:g} * |loss_tf| + {LOSS_DRIFT:g} * |initial loss_tf| at every step"
+    return {"used": used, "worst": int(used.argmax()), "passed": bool(used.max() <= 1.0), "rule": rule,
+            "max_abs": float(np.abs(pt - tf).max())}
 
 
 def training_check(minilm: dict, train: dict, dev: dict, steps: int, batch_size: int, lr: float = 2e-5,
                    warmup_proportion: float = 0.1, device: str = "cpu", log: Callable = lambda s: None,
-                   convert_dir: Optional[str] = None, noise_file=None) -> dict:
+                   convert_dir: Optional[str] = None) -> dict:
     """Deterministic fine-tuning, TF against PyTorch: dropout 0, identical initial weights (TF's
     head init copied), the same batches in the same order (the train features in file order,
     cycled, as the official input_fn without shuffling), ``steps`` optimizer steps from the
@@ -620,14 +561,14 @@ def training_check(minilm: dict, train: dict, dev: dict, steps: int, batch_size:
     tf_pred, pt_pred = tf_logits.argmax(-1), pt_logits.argmax(-1)
     tf_m, pt_m = accuracy_and_f1(tf_pred, dev["label_ids"]), accuracy_and_f1(pt_pred, dev["label_ids"])
     lr_ok = all(abs(a - b) <= LR_RTOL * abs(b) + LR_ATOL * lr for a, b in zip(pt_lrs, tf_lrs))
-    tol = loss_tolerance(tf_losses, pt_losses, _run_config(minilm, train, steps, batch_size, lr, warmup), noise_file)
-    used, worst, noise = tol["used"], tol["worst"], tol["noise"]
+    tol = loss_tolerance(tf_losses, pt_losses)
+    used, worst = tol["used"], tol["worst"]
     ok = tol["passed"] and lr_ok
     result.update({
         "name": "training", "verdict": "pass" if ok else "fail",
         "summary": (f"{steps} MRPC steps (batch {batch_size} x {result['seq_len']}): max relative loss diff "
                     f"{max(rel):.2g}, first step above {LOSS_REPORT:g}: {first}; worst step {worst} uses "
-                    f"{used[worst]:.2g} of its tolerance{' (noise-calibrated)' if noise else ''}; "
+                    f"{used[worst]:.2g} of its tolerance; "
                     f"dev acc TF {tf_m['accuracy']:.4f} / "
                     f"PT {pt_m['accuracy']:.4f}, F1 TF {tf_m['f1']:.4f} / PT {pt_m['f1']:.4f}; "
                     f"{float((tf_pred == pt_pred).mean()):.4f} of dev predictions identical"),
@@ -635,9 +576,8 @@ def training_check(minilm: dict, train: dict, dev: dict, steps: int, batch_size:
         "loss_tf": tf_losses, "loss_torch": pt_losses, "dev_tf": tf_m, "dev_torch": pt_m,
         "dev_predictions_identical": float((tf_pred == pt_pred).mean()),
         "dev_max_abs_logit_diff": float(np.abs(tf_logits - pt_logits).max()),
-        "max_abs_loss_diff": tol["max_abs"], "tolerance_used": used.tolist(), "noise_calibrated": bool(noise),
-        "tolerance": {"rule": tol["rule"] + "; learning rates equal", "max_rel_loss_diff": LOSS_RTOL,
-                      "noise_k": NOISE_K if noise else None}})
+        "max_abs_loss_diff": tol["max_abs"], "tolerance_used": used.tolist(),
+        "tolerance": {"rule": tol["rule"] + "; learning rates equal", "rtol": LOSS_RTOL, "drift": LOSS_DRIFT}})
     return result
 
 
@@ -675,8 +615,7 @@ def conversion_check(tf_prefix: str, bert_config: str, dev: dict, tf_logits: np.
 def squad_training_check(minilm: dict, train_file: str, dev_file: str, steps: int, batch_size: int,
                          seq_len: int = 128, doc_stride: int = 64, dev_limit: Optional[int] = 200,
                          lr: float = 3e-5, warmup_proportion: float = 0.1, device: str = "cpu",
-                         convert_dir: Optional[str] = None, log: Callable = lambda s: None,
-                         noise_file=None) -> dict:
+                         convert_dir: Optional[str] = None, log: Callable = lambda s: None) -> dict:
     """Deterministic SQuAD v1.1 fine-tuning, TF (run_squad.create_model + its model_fn loss +
     create_optimizer) against PyTorch (BertForQuestionAnswering + BertAdam): dropout 0, the same
     initial weights and batches; per-step losses, then dev EM/F1 through write_predictions and the
@@ -736,19 +675,17 @@ def squad_training_check(minilm: dict, train_file: str, dev_file: str, steps: in
     pt_pred, pt_m = answers(pt_start, pt_end)
     same = float(np.mean([tf_pred[q] == pt_pred[q] for q in tf_pred]))
     rel, first = loss_agreement(pt_losses, tf_losses)
-    tol = loss_tolerance(tf_losses, pt_losses, _run_config(minilm, train, steps, batch_size, lr, warmup, "squad"),
-                         noise_file)
+    tol = loss_tolerance(tf_losses, pt_losses)
     ok = tol["passed"]
     result = {"name": "squad_training", "verdict": "pass" if ok else "fail",
               "summary": (f"{steps} SQuAD steps (batch {batch_size} x {seq_len}, doc_stride {doc_stride}): max relative "
                           f"loss diff {max(rel):.2g}, first step above {LOSS_REPORT:g}: {first}; worst step "
-                          f"{tol['worst']} uses {tol['used'][tol['worst']]:.2g} of its tolerance"
-                          f"{' (noise-calibrated)' if tol['noise'] else ''}; dev ({len(dev_ex)} "
+                          f"{tol['worst']} uses {tol['used'][tol['worst']]:.2g} of its tolerance; dev ({len(dev_ex)} "
                           f"questions) EM TF {tf_m['exact_match']:.2f} / PT {pt_m['exact_match']:.2f}, F1 TF "
                           f"{tf_m['f1']:.2f} / PT {pt_m['f1']:.2f}; {same:.4f} of answers identical"),
               "max_rel_loss_diff": max(rel), "first_step_rel_diff_above_1e-4": first, "loss_tf": tf_losses,
               "max_abs_loss_diff": tol["max_abs"], "tolerance_used": tol["used"].tolist(),
-              "noise_calibrated": bool(tol["noise"]), "tolerance": {"rule": tol["rule"]},
+              "tolerance": {"rule": tol["rule"]},
               "loss_torch": pt_losses, "dev_tf": tf_m, "dev_torch": pt_m, "identical_answers": same,
               "train_features": n, "dev_questions": len(dev_ex), "dev_features": len(dev_f),
               "tf_seconds": round(tf_seconds, 1), "torch_seconds": round(pt_seconds, 1)}
@@ -1064,49 +1001,10 @@ def mrpc_training_data(mrpc: str, vocab: str, train_seq_len: Optional[int] = Non
     return trim_padding(*(mrpc_batches(mrpc, vocab, split, 128) for split in ("train", "dev")))
 
 
-def calibrate_training(data_dir: Optional[str], task: str, out_file: Optional[str] = None,
-                       train_epochs: float = 3.0, train_steps: Optional[int] = None,
-                       train_batch_size: Optional[int] = None, train_seq_len: Optional[int] = None,
-                       squad_steps: Optional[int] = None, device: str = "cpu") -> int:
-    """``--calibrate-training mrpc|squad``: ``training_noise`` at the size ``run_finetune_checks``
-    (full mode) trains with the same options, saved as JSON (default
-    ``parity/calibration/training/<task>.json``)."""
-    from parity.minilm import build_checkpoint
-    data_dir = data_dir or default_data_dir()
-    mrpc = os.path.join(data_dir or "", "mrpc")
-    squad_train = os.path.join(data_dir or "", "squad", "train-v1.1-subset.json")
-    needed = os.path.join(mrpc, "train.tsv") if task == "mrpc" else squad_train
-    if not data_dir or not os.path.isfile(needed):
-        print(f"error: --data-dir {data_dir}: no {os.path.relpath(needed, data_dir or '.')} there", file=sys.stderr)
-        return 2
-    out_file = out_file or os.path.join(TRAINING_NOISE, f"{task}.json")
-    minilm = build_checkpoint(os.path.join(REPO, "build", "minilm"))
-    log = lambda m: print(m, file=sys.stderr, flush=True)
-    if task == "mrpc":
-        train, _ = mrpc_training_data(mrpc, minilm["vocab"], train_seq_len)
-        bs = train_batch_size or 32
-        steps = train_steps or official_num_train_steps(len(train["label_ids"]), bs, train_epochs)
-        noise = training_noise(minilm, train, steps, bs, device=device, log=log)
-    else:
-        _, _, train = squad_arrays(squad_train, minilm["vocab"], True, SQUAD_SEQ, SQUAD_STRIDE)
-        steps = squad_steps or SQUAD_STEPS
-        noise = training_noise(minilm, train, steps, SQUAD_BATCH, lr=SQUAD_LR, device=device, task="squad", log=log)
-    os.makedirs(os.path.dirname(os.path.abspath(out_file)), exist_ok=True)
-    with open(out_file, "w", encoding="utf-8") as f:
-        json.dump(noise, f, indent=1)
-    print(f"{out_file}: {steps} steps, final envelope {noise['envelope'][-1]:.3g}, {noise['seconds']} s")
-    return 0
-
-
 def main(argv: Optional[list[str]] = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m parity.finetune", description=__doc__.split("\n\n")[0])
     ap.add_argument("--data-dir", default=None, help="folder with mrpc/ (default: ../shared/data from the repo root)")
-    ap.add_argument("--out", help="output folder for finetune.json / finetune.md")
-    ap.add_argument("--calibrate-training", choices=("mrpc", "squad"), default=None,
-                    help="instead of the checks: measure the deterministic run's rounding drift (PyTorch "
-                    "against itself, each batch's rows reversed; MRPC about 25 minutes at full size) for the "
-                    "size the other options give, into parity/calibration/training/<task>.json")
-    ap.add_argument("--calibration-out", default=None, help="where --calibrate-training writes")
+    ap.add_argument("--out", help="output folder for finetune.json / finetune.md (required)")
     ap.add_argument("--quick", action="store_true", help="CI sizes (a few minutes)")
     ap.add_argument("--device", default="cpu", help="PyTorch device (cuda is untested)")
     ap.add_argument("--train-epochs", type=float, default=3.0, help="deterministic run: MRPC epochs, steps by "
@@ -1125,12 +1023,8 @@ def main(argv: Optional[list[str]] = None) -> int:
     ap.add_argument("--seed-seq-len", type=int, default=None, help=f"multi-seed max_seq_length (default {SEED_SEQ})")
     ap.add_argument("--seed-lr", type=float, default=None, help=f"multi-seed learning rate (default {SEED_LR:g})")
     args = ap.parse_args(argv)
-    if args.calibrate_training:
-        return calibrate_training(args.data_dir, args.calibrate_training, args.calibration_out, args.train_epochs,
-                                  args.train_steps, args.train_batch_size, args.train_seq_len, args.squad_steps,
-                                  args.device)
     if not args.out:
-        print("error: --out is required (or --calibrate-training mrpc|squad)", file=sys.stderr)
+        print("error: --out is required", file=sys.stderr)
         return 2
     if not args.train_epochs > 0:
         print(f"error: --train-epochs {args.train_epochs} must be positive", file=sys.stderr)
