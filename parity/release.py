@@ -451,7 +451,7 @@ def _tokens_section(mod, ctx: Context) -> dict:
 
 
 def _finetune_section(mod, ctx: Context) -> dict:
-    """parity.finetune's full suite (optimizer, MRPC features, gradients, one epoch of MRPC); needs --data-dir."""
+    """parity.finetune's full suite (optimizer, features, gradients, 3 MRPC epochs, SQuAD, seeds); needs --data-dir."""
     mrpc = os.path.join(ctx.data_dir, "mrpc") if ctx.data_dir else None
     if not mrpc or not os.path.isfile(os.path.join(mrpc, "train.tsv")):
         raise NotRun("fine-tuning needs the MRPC data set: pass --data-dir (../shared/data is not here)")

@@ -137,7 +137,8 @@ def test_loss_tolerance_rule():
     assert not bad["passed"] and bad["worst"] == 2 and bad["used"][2] == pytest.approx(1.1)
 
 
-@pytest.mark.parametrize("fault", ["Adam bias correction on", "the original port's v0.6 warmup formula"])
+@pytest.mark.parametrize("fault", ["Adam bias correction on",
+                                   pytest.param("the original port's v0.6 warmup formula", marks=pytest.mark.slow)])
 def test_training_check_catches_optimizer_faults(minilm, sample_mrpc, monkeypatch, fault):
     """A planted optimizer fault in the PyTorch run fails the deterministic training check (the
     drift allowance is rounding-sized, not fault-sized)."""
@@ -208,6 +209,7 @@ def test_seed_verdict_single_class_runs_are_inconclusive():
     assert verdict == "fail" and not rules["dev_loss"]["passed"]
 
 
+@pytest.mark.slow
 def test_multiseed_runs_both_sides_with_dropout(minilm, sample_mrpc):
     """Two seeds a side, 3 steps of 4 x 32: each run differs from the other seed's (dropout and
     the head's initializer follow the seed) and every metric goes through the rule."""
