@@ -782,6 +782,9 @@ def multiseed_check(minilm: dict, train: dict, dev: dict, seeds: list[int], step
     warmup = int(steps * warmup_proportion)
     runs = {"tf": [], "torch": []}
     t0 = time.time()
+    # The pretrained body, read once; each seed's model copies it (load_state_dict copies).
+    config = BertConfig.from_json_file(minilm["bert_config"])
+    body = model_from_tensors(read_weights(minilm["torch_weights"]), config, head=None).state_dict()
     for seed in seeds:
         rng = np.random.default_rng(seed)
         perm = np.concatenate([rng.permutation(n) for _ in range((steps * batch_size) // n + 1)])
@@ -795,9 +798,8 @@ def multiseed_check(minilm: dict, train: dict, dev: dict, seeds: list[int], step
         runs["tf"].append({"seed": seed, **dev_metrics(logits, dev["label_ids"])})
         log(f"seed {seed} tf {runs['tf'][-1]}")
         torch.manual_seed(seed)
-        config = BertConfig.from_json_file(minilm["bert_config"])
         clf = BertForSequenceClassification(config, 2)
-        clf.bert.load_state_dict(model_from_tensors(read_weights(minilm["torch_weights"]), config, head=None).state_dict())
+        clf.bert.load_state_dict(body)
         clf.dropout.p = 0.1   # run_classifier.create_model's hard-coded keep_prob 0.9
         clf.to(device).train()
         opt = BertAdam(grouped_parameters(clf), lr=lr, warmup=warmup / steps if warmup else -1, t_total=steps)
