@@ -21,6 +21,7 @@ from .compare import clear_report, compare_sides, write_report
 from .environment import environment
 from .inputs import InputError, make_inputs
 from .metrics import PROFILES, get_profile
+from .precision import Tier, check_supported
 from .sides import TFSide, TorchSide
 
 
@@ -44,6 +45,11 @@ def add_compare_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--device", default="cpu", help="PyTorch device: cpu, cuda, cuda:1 ...")
     p.add_argument("--profile", default="fp32-cpu", help=f"tolerance profile: {', '.join(sorted(PROFILES))}")
     p.add_argument("--tf-threads", type=int, help="TF intra-op threads (default: TF's own)")
+    p.add_argument("--precision", default="fp32",
+                   help="the candidate's arithmetic (the reference stays the float32 graph): fp32 (TF32 off), "
+                        "tf32 (CUDA's, or an exact emulation on CPU), bf16, fp16 (default: fp32)")
+    p.add_argument("--precision-mode", default="autocast",
+                   help="bf16/fp16 as torch.autocast (default) or the whole model cast, as for inference")
 
 
 def find_vocab(path: str, prefix: str, vocab_file: Optional[str]) -> str:
@@ -58,13 +64,21 @@ def find_vocab(path: str, prefix: str, vocab_file: Optional[str]) -> str:
     return candidate
 
 
+def check_device(args) -> Tier:
+    """``--device`` and ``--precision``: the tier, once its kernels have run here (else exit 2)."""
+    if args.device != "cpu" and not (args.device.startswith("cuda") and torch.cuda.is_available()):
+        raise BadInput(f"--device {args.device}: not available on this machine")
+    tier = Tier(getattr(args, "precision", "fp32"), getattr(args, "precision_mode", "autocast"))
+    check_supported(tier, args.device)
+    return tier
+
+
 def prepare(args):
     """Everything that can be checked before a model runs: exit 2 material."""
     if not args.tf_checkpoint:
         raise BadInput("--tf-checkpoint is required (or --golden FILE for compare)")
     profile = get_profile(args.profile)
-    if args.device != "cpu" and not (args.device.startswith("cuda") and torch.cuda.is_available()):
-        raise BadInput(f"--device {args.device}: not available on this machine")
+    args.tier = check_device(args)
     prefix, config_path = resolve_checkpoint(args.tf_checkpoint, args.bert_config)
     config = BertConfig.from_json_file(config_path)
     torch_config = BertConfig.from_json_file(args.torch_bert_config) if args.torch_bert_config else config
@@ -90,7 +104,7 @@ def run_compare(args) -> int:
     if getattr(args, "golden", None):
         return run_golden_compare(args)
     profile, prefix, config, torch_config, head, num_labels, inputs, files = prepare(args)
-    candidate = TorchSide.from_weights(args.torch_weights, torch_config, device=args.device)
+    candidate = TorchSide.from_weights(args.torch_weights, torch_config, device=args.device, tier=args.tier)
     reference = TFSide(prefix, config, head=head, num_labels=num_labels, intra_op_threads=args.tf_threads)
     try:
         report = compare_sides(reference, candidate, inputs, profile)
@@ -114,8 +128,7 @@ def run_golden_compare(args) -> int:
         if getattr(args, opt):
             raise BadInput(f"--{opt.replace('_', '-')} does not apply to --golden: the golden file holds its inputs")
     profile = get_profile(args.profile)
-    if args.device != "cpu" and not (args.device.startswith("cuda") and torch.cuda.is_available()):
-        raise BadInput(f"--device {args.device}: not available on this machine")
+    tier = check_device(args)
     golden = GoldenSide(args.golden)
     recorded = {"batch_size": golden.inputs.shape[0], "seq_len": golden.inputs.shape[1],
                 "seed": golden.inputs.meta.get("seed")}
@@ -131,7 +144,7 @@ def run_golden_compare(args) -> int:
                            + ", ".join(diff))
     torch_config = BertConfig.from_json_file(args.torch_bert_config) if args.torch_bert_config else config
     try:
-        candidate = TorchSide.from_weights(args.torch_weights, torch_config, device=args.device)
+        candidate = TorchSide.from_weights(args.torch_weights, torch_config, device=args.device, tier=tier)
     except WeightsError as e:
         more = f" (and {len(e.problems) - 1} more)" if len(e.problems) > 1 else ""
         raise BadInput(f"{args.torch_weights} does not fit the bert_config of golden file {args.golden}: "

@@ -10,6 +10,7 @@ import numpy as np
 
 from .inputs import Inputs
 from .metrics import Profile, compare_tap
+from .precision import precision_hints
 from .sides import Side
 
 
@@ -21,11 +22,14 @@ def compare_sides(reference: Side, candidate: Side, inputs: Inputs, profile: Pro
     """
     ref = reference.run(inputs)
     cand = candidate.run(inputs)
-    rounding = rounding_estimate(candidate, inputs, cand) if profile.rounding_k else {}
+    c32, c64 = twin_runs(candidate, inputs, cand) if profile.rounding_k else (cand, {})
+    rounding, tier_rounding = _rounding(c32, c64), _rounding(cand, c64)
+    tier = getattr(candidate, "tier", None)
     names = list(reference.tap_names) + [n for n in candidate.tap_names if n not in reference.tap_names]
-    taps = [compare_tap(n, ref.get(n), cand.get(n), profile, rounding.get(n)) for n in names]
+    taps = [compare_tap(n, ref.get(n), cand.get(n), profile, rounding.get(n), tier, tier_rounding.get(n))
+            for n in names]
     first = next((t["name"] for t in taps if not t["passed"]), None)
-    return {
+    report = {
         "verdict": "fail" if first or not taps else "pass",
         "first_divergence": first,
         "profile": profile.to_dict(),
@@ -33,18 +37,50 @@ def compare_sides(reference: Side, candidate: Side, inputs: Inputs, profile: Pro
         "sides": {"reference": reference.description, "candidate": candidate.description},
         "taps": taps,
     }
+    if tier is not None:
+        report["precision"] = tier.to_dict(str(getattr(candidate, "device", "cpu")))
+    hints = precision_hints(names, ref, cand, c32, c64, tier) if c64 else []
+    if hints:
+        report["hints"] = hints
+    return report
+
+
+def _max_diff(a: np.ndarray, b: np.ndarray) -> float:
+    with np.errstate(invalid="ignore"):
+        return float(np.max(np.abs(a.astype(np.float64) - b.astype(np.float64))))
+
+
+def _rounding(c: dict, c64: dict) -> dict:
+    return {n: _max_diff(c[n], c64[n]) for n in c
+            if n in c64 and np.size(c[n]) and np.shape(c[n]) == np.shape(c64[n])}
+
+
+def twin_runs(candidate, inputs: Inputs, cand: dict) -> tuple[dict, dict]:
+    """The candidate's plain-float32 taps ``c32`` and its float64 twin's ``c64`` on these inputs.
+
+    ``c32`` is ``cand`` itself when the candidate is plain float32 (no ``float32()`` twin). Sides
+    that cannot run in float64 (no ``float64()``) give ``(cand, {})``: no rounding term."""
+    make64 = getattr(candidate, "float64", None)
+    if make64 is None:
+        return cand, {}
+    c64 = make64().run(inputs)
+    twin32 = getattr(candidate, "float32", lambda: None)()
+    return (cand if twin32 is None else twin32.run(inputs)), c64
+
+
+def candidate_rounding(candidate, inputs: Inputs, cand: dict) -> tuple[dict, dict]:
+    """Per tap, the candidate's own rounding on these inputs, from its float64 twin ``c64``:
+
+    - ``rounding``: max |c32 - c64|, its plain float32 twin's (the candidate itself when it is plain
+      float32): the fp32 profile's rounding term;
+    - ``tier_rounding``: max |c - c64| of the candidate as it ran (its precision tier)."""
+    c32, c64 = twin_runs(candidate, inputs, cand)
+    return _rounding(c32, c64), _rounding(cand, c64)
 
 
 def rounding_estimate(candidate, inputs: Inputs, cand: dict) -> dict:
-    """Per tap, max |float32 - float64| of the candidate on these inputs: its own rounding error.
-
-    Only sides that can run in float64 (``float64()``) give one; others give none (no term)."""
-    make64 = getattr(candidate, "float64", None)
-    if make64 is None:
-        return {}
-    c64 = make64().run(inputs)
-    return {n: float(np.max(np.abs(cand[n].astype(np.float64) - c64[n].astype(np.float64))))
-            for n in cand if n in c64 and np.size(cand[n]) and np.shape(cand[n]) == np.shape(c64[n])}
+    """Per tap, max |float32 - float64| of the candidate on these inputs (see ``candidate_rounding``)."""
+    return candidate_rounding(candidate, inputs, cand)[0]
 
 
 def _atomic_write(path: str, text: str) -> None:

@@ -39,6 +39,7 @@ from .compare import _atomic_write
 from .hints import CAUSES, Context, activation_hints, compare_weights, weight_hints
 from .inputs import Inputs
 from .metrics import Profile, compare_tap
+from .precision import precision_hints
 from .sides import TorchSide
 
 DIAGNOSIS_FILES = ("diagnosis.json", "diagnosis.md")
@@ -153,9 +154,11 @@ def structured(name: str, ref: np.ndarray, cand: np.ndarray, mask: np.ndarray) -
     return out
 
 
-def check(name: str, ref, cand, profile: Profile, rounding: Optional[float] = None) -> dict:
-    """compare_tap's verdict and worst error only (no cosine, no norms): for the local runs."""
+def check(name: str, ref, cand, profile: Profile, rounding: Optional[float] = None, widen: float = 0.0) -> dict:
+    """compare_tap's verdict and worst error only (no cosine, no norms): for the local runs.
+    ``widen``: a precision tier's own rounding term (parity/precision.py), added to atol."""
     atol, rtol = profile.tolerance(name, ref, rounding)
+    atol += widen
     out = {"name": name, "max_abs": None, "tol_ratio": None, "passed": False}
     if ref is None or cand is None or np.shape(ref) != np.shape(cand) or np.size(ref) == 0:
         return out
@@ -246,13 +249,24 @@ def diagnose(reference, candidate, inputs: Inputs, profile: Profile, *, config: 
             reading = "formulas differ" if tf_vs > LADDER_FACTOR * max(pt_vs, floor) else "rounding"
         return {"tf32_vs_pt64": tf_vs, "pt32_vs_pt64": pt_vs, "reading": reading}
 
-    # The candidate's own float32 rounding per tap, for profiles whose tolerance includes it.
-    rounding = {t: _maxabs(cand.get(t), pt64.get(t)) for t in cand} if profile.rounding_k else {}
+    # The candidate's own float32 rounding per tap, for profiles whose tolerance includes it, and for a
+    # precision tier its rounding as run (parity/precision.py).
+    tier = getattr(candidate, "tier", None)
+    twin32 = candidate.float32() if twin is not None and hasattr(candidate, "float32") else None
+    pt32 = twin32.run(inputs) if twin32 is not None else cand
+    rounding = {t: _maxabs(pt32.get(t), pt64.get(t)) for t in pt32} if profile.rounding_k else {}
+    tier_rounding = {t: _maxabs(cand.get(t), pt64.get(t)) for t in cand} if profile.rounding_k else {}
+    widen = lambda t: (tier.margin * (tier_rounding.get(t) or 0.0)) if tier is not None and tier.reduced else 0.0  # noqa: E731
+    hints[:0] = precision_hints(list(ref) + [t for t in cand if t not in ref], ref, cand, pt32, pt64, tier) \
+        if pt64 else []
+    if tier is not None:
+        diagnosis["precision"] = tier.to_dict(str(getattr(candidate, "device", "cpu")))
     rows, block_rows = [], []
     for b in bs:
-        e2e = [compare_tap(t, ref.get(t), cand.get(t), profile, rounding.get(t)) for t in b.taps]
-        loc = [check(t, ref.get(t), pt_local.get(t), profile, rounding.get(t)) for t in b.taps]
-        tfl = [check(t, tf_local.get(t), cand.get(t), profile, rounding.get(t)) for t in b.taps]
+        e2e = [compare_tap(t, ref.get(t), cand.get(t), profile, rounding.get(t), tier, tier_rounding.get(t))
+               for t in b.taps]
+        loc = [check(t, ref.get(t), pt_local.get(t), profile, rounding.get(t), widen(t)) for t in b.taps]
+        tfl = [check(t, tf_local.get(t), cand.get(t), profile, rounding.get(t), widen(t)) for t in b.taps]
         block_taps = []
         for t, e, l, r in zip(b.taps, e2e, loc, tfl):
             row = {k: e[k] for k in ("name", "shape", "max_abs", "max_rel", "cosine", "atol", "rtol", "passed",
@@ -598,7 +612,8 @@ def run_diagnose(args) -> int:
                                    where=args.torch_weights)
         candidate = TorchSide(model, args.device, {"BertForSequenceClassification": "classifier",
                                                     "BertForQuestionAnswering": "squad",
-                                                    "BertForPreTraining": "pretraining"}.get(type(model).__name__))
+                                                    "BertForPreTraining": "pretraining"}.get(type(model).__name__),
+                              tier=args.tier)
     except WeightsError as e:
         if not compare_weights(tf_weights, torch_weights)["differences"]:
             raise   # same tensors as the checkpoint, so the PyTorch config is at fault: bad input

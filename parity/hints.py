@@ -40,6 +40,9 @@ CAUSES = {
     "weights_differ": "tensors differ by values that match no known signature",
     "rounding": "the error is of the size of float32 rounding (precision ladder): the tolerance is too tight",
     "formula_difference": "the block computes a different formula, of no known signature (precision ladder)",
+    "tf32_reference": "the reference was recorded with TF32 matmuls (TensorFlow's default on Ampere+ GPUs)",
+    "reduced_precision": "the candidate computes in bf16/fp16 while fp32 was asked (--precision)",
+    "fp16_overflow": "an fp16 candidate overflowed: Inf/NaN or values saturated at 65504 where float64 is finite",
 }
 
 # A hypothesis must explain the PyTorch side this many times better than the official behaviour.

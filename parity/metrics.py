@@ -144,12 +144,16 @@ def get_profile(name: str) -> Profile:
 
 
 def compare_tap(name: str, ref: Optional[np.ndarray], cand: Optional[np.ndarray], profile: Profile,
-                rounding: Optional[float] = None) -> dict:
+                rounding: Optional[float] = None, tier=None, tier_rounding: Optional[float] = None) -> dict:
     """The contract's per-tap record; ``reason`` says why a tap failed (None when it passed).
 
     ``rounding``: max |candidate float32 - candidate float64| of this tap on these inputs, for
-    profiles with a rounding term (recorded in the row either way)."""
+    profiles with a rounding term (recorded in the row either way). ``tier`` (a
+    ``parity.precision.Tier``) and ``tier_rounding`` (max |candidate as run - its float64 twin|):
+    a reduced-precision candidate's own rounding widens atol, up to the tier's ceiling (precision.py)."""
     atol, rtol = profile.tolerance(name, ref, rounding)
+    if tier is not None and tier.reduced and tier_rounding is not None and np.isfinite(tier_rounding):
+        atol += tier.margin * tier_rounding
     row = {"name": name, "shape": None, "max_abs": None, "max_rel": None, "mean_abs": None, "rms": None,
            "cosine": None, "atol": atol, "rtol": rtol, "passed": False, "worst_index": None,
            "tol_ratio": None, "reason": None, "rounding": rounding}
@@ -192,6 +196,8 @@ def compare_tap(name: str, ref: Optional[np.ndarray], cand: Optional[np.ndarray]
                          f"{row['worst_index']}: tensorflow {r[worst]:.9g}, pytorch {c[worst]:.9g}")
     else:
         row["passed"] = True
+    if tier is not None and tier_rounding is not None:
+        _check_tier_ceiling(row, tier, rounding, tier_rounding, r)
     floor = profile.floor(name)
     if floor is not None:   # calibrated profiles: every tap's error against its noise floor
         row["floor"] = floor
@@ -204,3 +210,15 @@ def _f(x) -> Optional[float]:
     """JSON-safe float: NaN and Inf become None (JSON has neither)."""
     x = float(x)
     return x if np.isfinite(x) else None
+
+
+def _check_tier_ceiling(row: dict, tier, rounding: Optional[float], tier_rounding: float, r: np.ndarray) -> None:
+    """Fails a tap whose candidate rounding exceeds what its tier's unit roundoff allows (precision.py)."""
+    finite = np.abs(r[np.isfinite(r)])
+    ceiling = tier.ceiling(rounding or 0.0, float(finite.max()) if finite.size else 0.0)
+    row["tier_rounding"], row["tier_ceiling"] = _f(tier_rounding), ceiling
+    if row["passed"] and not tier_rounding <= ceiling:   # NaN counts as past it
+        row["passed"] = False
+        row["reason"] = (f"the candidate's own {tier.name} rounding (max |candidate - its float64 twin| "
+                         f"{tier_rounding:.3g}) exceeds what {tier.name}'s unit roundoff allows here "
+                         f"({ceiling:.3g}): overflow, saturation, or arithmetic below {tier.name}")

@@ -273,14 +273,15 @@ def compare_layerwise(ctx: Context, name: str, reference, candidate, inputs: Inp
     Waived taps are compared twice (with and without the waiver) so that the gate knows
     whether each waiver is still needed.
     """
-    from .compare import rounding_estimate
+    from .compare import candidate_rounding
     ref = reference.run(inputs)
     cand = candidate.run(inputs)
-    rounding = rounding_estimate(candidate, inputs, cand) if ctx.profile.rounding_k else {}
+    rounding, tier_rounding = candidate_rounding(candidate, inputs, cand) if ctx.profile.rounding_k else ({}, {})
+    tier = getattr(candidate, "tier", None)
     names = list(reference.tap_names) + [n for n in candidate.tap_names if n not in reference.tap_names]
     taps, worst = [], (None, -1.0, None)
     for n in names:
-        row = compare_tap(n, ref.get(n), cand.get(n), ctx.profile, rounding.get(n))
+        row = compare_tap(n, ref.get(n), cand.get(n), ctx.profile, rounding.get(n), tier, tier_rounding.get(n))
         for w in ctx.waivers:
             if fnmatch.fnmatchcase(name, w.check) and fnmatch.fnmatchcase(n, w.taps):
                 w.matched.append((name, n, row["passed"]))

@@ -8,6 +8,7 @@ file are interchangeable.
 """
 from __future__ import annotations
 
+import copy
 import os
 from typing import Iterable, Mapping, Optional, Protocol
 
@@ -19,6 +20,7 @@ from bert_torch.taps import Taps, tap_names, tap_shape
 from bert_torch.weights import load_model
 
 from .inputs import Inputs
+from .precision import Tier, arithmetic
 
 
 class Side(Protocol):
@@ -38,27 +40,40 @@ class TorchSide:
 
     name = "pytorch"
 
-    def __init__(self, model: torch.nn.Module, device: str = "cpu", head: Optional[str] = None):
-        self.model = model.to(device).eval()
+    def __init__(self, model: torch.nn.Module, device: str = "cpu", head: Optional[str] = None,
+                 tier: Tier = Tier()):
+        # The model as given (float32 for a tier's "cast" mode: the twins start from the uncast weights).
+        self.source = model.to(device).eval()
+        self.model = copy.deepcopy(self.source).to(tier.cast_dtype) if tier.cast_dtype else self.source
         self.device = torch.device(device)
         self.head = head
+        self.tier = tier
         cfg = model.config
         self.tap_names = tap_names(cfg.num_hidden_layers, TAP_HEADS.get(head))
         self.description = (f"bert_torch {type(model).__name__} (hidden_act={cfg.hidden_act}, "
-                            f"{next(model.parameters()).dtype}, {self.device})")
+                            f"{next(self.model.parameters()).dtype}, {self.device}, "
+                            f"precision {tier.describe(str(self.device))})")
 
     @classmethod
     def from_weights(cls, path: str, config: BertConfig, device: str = "cpu",
-                     dtype: torch.dtype = torch.float32) -> "TorchSide":
+                     dtype: torch.dtype = torch.float32, tier: Tier = Tier()) -> "TorchSide":
         model = load_model(path, config, head="auto", device=device, dtype=dtype)
         head = {"BertForSequenceClassification": "classifier", "BertForQuestionAnswering": "squad",
                 "BertForPreTraining": "pretraining"}.get(type(model).__name__)
-        return cls(model, device, head)
+        return cls(model, device, head, tier)
+
+    def _twin(self, dtype: torch.dtype) -> "TorchSide":
+        # A deep copy keeps any patched attribute; plain fp32 arithmetic (no autocast, TF32 off).
+        return TorchSide(copy.deepcopy(self.source).to(dtype), device=str(self.device), head=self.head)
 
     def float64(self) -> "TorchSide":
-        """The same model in float64 (a deep copy keeps any patched attribute): the precision ladder's rung."""
-        import copy
-        return TorchSide(copy.deepcopy(self.model).to(torch.float64), device=str(self.device), head=self.head)
+        """The same model in float64: the precision ladder's rung, and the reference of every tier's rounding."""
+        return self._twin(torch.float64)
+
+    def float32(self) -> Optional["TorchSide"]:
+        """The same model in plain float32 arithmetic, or None when this side is exactly that already."""
+        plain = not self.tier.reduced and all(p.dtype == torch.float32 for p in self.model.parameters())
+        return None if plain else self._twin(torch.float32)
 
     def run(self, inputs: Inputs, fetch=None, inject=None, computed: Optional[dict] = None) -> dict[str, np.ndarray]:
         """``computed``, when given a dict, receives what the model computed at each injected
@@ -69,8 +84,9 @@ class TorchSide:
             raise ValueError(f"pytorch side: no tap named {unknown[0]}")
         dtype = next(self.model.parameters()).dtype
         as_tensor = lambda a, dt: torch.from_numpy(np.asarray(a)).to(self.device, dt)
-        with torch.no_grad(), Taps(record=True if fetch is None else fetch,
-                                   inject={k: as_tensor(v, dtype) for k, v in (inject or {}).items()}) as taps:
+        with torch.no_grad(), arithmetic(self.tier, str(self.device)), \
+                Taps(record=True if fetch is None else fetch,
+                     inject={k: as_tensor(v, dtype) for k, v in (inject or {}).items()}) as taps:
             args = [as_tensor(a, torch.long) for a in (inputs.input_ids, inputs.token_type_ids, inputs.input_mask)]
             if self.head == "pretraining":
                 self.model.bert(*args)   # the MLM/NSP heads have no contract taps
