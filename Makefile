@@ -9,7 +9,7 @@ VERSION := $(shell sed -n 's/^version = "\(.*\)"/\1/p' pyproject.toml)
 COMMIT  := $(shell git rev-parse --short HEAD 2>/dev/null || echo nogit)
 REPORT_DIR ?= reports/$(VERSION)-$(COMMIT)
 
-.PHONY: setup test test-all report baseline bench clean
+.PHONY: setup test test-all report baseline bench portability gpu-check clean
 
 setup: $(BIN)/.installed
 
@@ -39,6 +39,18 @@ report: setup
 # Promote a passing report (default: this commit's) to reports/baseline.json, the next release's ratchet.
 baseline: setup
 	$(BIN)/python -m parity.release --promote $(REPORT_DIR)/report.json
+
+# Verdicts on any CPU: MiniLM layerwise + the mutation suite under emulated hardware (parity/portability.py),
+# 7 settings x 3 shapes up to 512 tokens -> reports/portability/portability.{md,json}. CI runs --short.
+portability: setup
+	$(BIN)/python -m parity.portability --report-dir reports/portability
+
+# The GPU check (parity/gpu_check.py): candidate tiers on CUDA against golden files recorded by TF on CPU,
+# MRPC dev predictions GPU vs CPU -> reports/gpu-check/. Without CUDA every GPU row reads "not run: no CUDA";
+# GPU_CHECK_DEVICE=cpu runs the same script end to end on the CPU.
+GPU_CHECK_DEVICE ?= cuda
+gpu-check: setup
+	$(BIN)/python -m parity.gpu_check --device $(GPU_CHECK_DEVICE) --report-dir reports/gpu-check
 
 bench: setup
 	$(BIN)/python -m parity.bench --diagnose-ratio

@@ -20,7 +20,18 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .taps import tap
+from .taps import tap, tapping
+
+# The fast path: when no tap is recorded or injected (no ``Taps`` context), the model computes the same
+# formulas with PyTorch's fused kernels (``F.layer_norm``, ``F.gelu``, ``scaled_dot_product_attention``):
+# the same function as the op-for-op path up to float32 rounding (different op order), and what users run.
+# The gate proves it against the official graph at every tensor it exposes (all layer outputs and the
+# pooler, parity/test_fast_path.py). Set False to run the op-for-op path everywhere.
+FAST_PATH = True
+
+
+def fast() -> bool:
+    return FAST_PATH and not tapping()
 
 
 @dataclass
@@ -124,6 +135,19 @@ ACTIVATIONS = {
 }
 
 
+# The same functions as fused kernels, for the fast path.
+FAST_ACTIVATIONS = {
+    "gelu": lambda x: F.gelu(x, approximate="tanh"),
+    "gelu_tanh": lambda x: F.gelu(x, approximate="tanh"),
+    "gelu_new": lambda x: F.gelu(x, approximate="tanh"),
+    "gelu_erf": F.gelu,
+    "gelu_exact": F.gelu,
+    "relu": F.relu,
+    "tanh": torch.tanh,
+    "linear": lambda x: x,
+}
+
+
 class LayerNorm(nn.Module):
     """LayerNorm computed the way TF's ``moments`` + ``batch_normalization`` compute it.
 
@@ -139,6 +163,8 @@ class LayerNorm(nn.Module):
         self.eps = eps
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if fast():   # one fused kernel; TF's op order below only matters at the rounding level
+            return F.layer_norm(x, (x.shape[-1],), self.weight, self.bias, self.eps)
         mean = x.mean(-1, keepdim=True)
         variance = (x - mean).square().mean(-1, keepdim=True)   # biased, like tf.nn.moments
         inv = torch.rsqrt(variance + self.eps) * self.weight
@@ -190,6 +216,12 @@ class BertSelfAttention(nn.Module):
         q = tap(f"{p}/query", split_heads(self.query(x)))
         k = tap(f"{p}/key", split_heads(self.key(x)))
         v = tap(f"{p}/value", split_heads(self.value(x)))
+        if fast():
+            # softmax(q k^T / sqrt(D) + mask_adder) v in one kernel; the -10000 adder passes as a float mask.
+            context = F.scaled_dot_product_attention(q, k, v, attn_mask=mask_adder.to(q.dtype),
+                                                     dropout_p=self.dropout.p if self.training else 0.0,
+                                                     scale=1.0 / math.sqrt(D))   # [B,N,T,D]
+            return context.transpose(1, 2).reshape(B, T, H)   # [B,N,T,D] -> [B,T,N,D] -> [B,T,H]
         scores = torch.matmul(q, k.transpose(-1, -2))     # [B,N,T,D] @ [B,N,D,T] -> [B,N,T,T]
         # TF multiplies by the reciprocal of sqrt(D) rather than dividing by sqrt(D).
         scores = tap(f"{p}/scores", scores * (1.0 / math.sqrt(D)) + mask_adder)
@@ -232,8 +264,11 @@ class BertIntermediate(nn.Module):
         self.prefix = prefix
         self.dense = nn.Linear(config.hidden_size, config.intermediate_size)
         self.act = ACTIVATIONS[config.hidden_act]
+        self.fast_act = FAST_ACTIVATIONS.get(config.hidden_act)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if fast() and self.fast_act is not None:
+            return self.fast_act(self.dense(x))
         return tap(f"{self.prefix}/intermediate", self.act(self.dense(x)))
 
 
@@ -428,6 +463,7 @@ class BertPredictionHeadTransform(nn.Module):
         super().__init__()
         self.dense = nn.Linear(config.hidden_size, config.hidden_size)
         self.act = ACTIVATIONS[config.hidden_act]
+        self.fast_act = FAST_ACTIVATIONS.get(config.hidden_act)
         self.LayerNorm = LayerNorm(config.hidden_size)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

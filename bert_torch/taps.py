@@ -129,6 +129,11 @@ class Taps:
         return x
 
 
+def tapping() -> bool:
+    """Whether a ``Taps`` context is active: the model then takes its op-for-op path (see modeling.py)."""
+    return _ACTIVE.get() is not None
+
+
 def tap(name: str, x: torch.Tensor) -> torch.Tensor:
     """Publish tensor ``x`` as tap ``name``; returns it, or its replacement when one is injected."""
     taps = _ACTIVE.get()

@@ -169,6 +169,10 @@ def print_summary(report: dict, json_path: str) -> None:
         if t["name"].endswith("/output") or not t["passed"]:
             print(f"  {t['name']:<32} max_abs {t['max_abs'] if t['max_abs'] is None else format(t['max_abs'], '.3g'):>9}"
                   f"  {'ok' if t['passed'] else 'FAIL: ' + str(t['reason'])}")
+    if report.get("precision"):
+        print(f"precision: {report['precision']['description']} on {report['precision']['device']}")
+    for h in report.get("hints", []):
+        print(f"hint {h['cause']}: {h['evidence']}")
     if worst["tol_ratio"] is not None:
         print(f"closest to its tolerance: {worst['name']} ({worst['tol_ratio']:.3g} of the allowed error)")
     print(f"report: {json_path}")

@@ -8,9 +8,10 @@ from typing import Optional
 
 import numpy as np
 
+from .environment import machine, same_machine
 from .inputs import Inputs
 from .metrics import Profile, compare_tap
-from .precision import precision_hints
+from .precision import Tier, precision_hints
 from .sides import Side
 
 
@@ -26,8 +27,9 @@ def compare_sides(reference: Side, candidate: Side, inputs: Inputs, profile: Pro
     rounding, tier_rounding = _rounding(c32, c64), _rounding(cand, c64)
     tier = getattr(candidate, "tier", None)
     names = list(reference.tap_names) + [n for n in candidate.tap_names if n not in reference.tap_names]
-    taps = [compare_tap(n, ref.get(n), cand.get(n), profile, rounding.get(n), tier, tier_rounding.get(n))
-            for n in names]
+    ref_rounding = reference_tier_rounding(reference, candidate, inputs, c64)
+    taps = [compare_tap(n, ref.get(n), cand.get(n), profile, rounding.get(n), tier, tier_rounding.get(n),
+                        ref_rounding.get(n)) for n in names]
     first = next((t["name"] for t in taps if not t["passed"]), None)
     report = {
         "verdict": "fail" if first or not taps else "pass",
@@ -39,10 +41,53 @@ def compare_sides(reference: Side, candidate: Side, inputs: Inputs, profile: Pro
     }
     if tier is not None:
         report["precision"] = tier.to_dict(str(getattr(candidate, "device", "cpu")))
+    if getattr(reference, "precision", None):
+        report["reference_precision"] = reference.precision
+    notes = machine_notes(profile, getattr(reference, "meta", None))
+    if notes:
+        report["notes"] = notes
     hints = precision_hints(names, ref, cand, c32, c64, tier) if c64 else []
+    if ref_rounding:   # a TF32 reference that says so is accounted for above, not a trap to point out
+        hints = [h for h in hints if h["cause"] != "tf32_reference"]
     if hints:
         report["hints"] = hints
     return report
+
+
+def reference_tier_rounding(reference, candidate, inputs: Inputs, c64: dict) -> dict:
+    """A reference recorded in TF32 (its ``precision``): per tap, an estimate of its own TF32 rounding, the
+    candidate's under the exact TF32 emulation against its float64 twin. Empty for a float32 reference."""
+    if (getattr(reference, "precision", None) or {}).get("tier") != "tf32" or not c64 \
+            or not hasattr(candidate, "with_tier"):
+        return {}
+    return _rounding(candidate.with_tier(Tier("tf32")).run(inputs), c64)
+
+
+def machine_notes(profile: Profile, golden_meta: Optional[dict]) -> list[str]:
+    """Says when numbers measured on another machine enter this comparison: a calibration file's floors,
+    a golden file's reference taps. Both machines are named; the verdict stands on this machine's
+    own rounding terms (README, "Precision tiers")."""
+    here, notes = machine(), []
+    if profile.calibrated_on is not None or profile.floors:
+        there = profile.calibrated_on
+        if not same_machine(there, here):
+            notes.append(f"profile {profile.name}: its noise floors were measured on "
+                         f"{_describe(there)}, and are applied here on {_describe(here)}; every tap's tolerance "
+                         f"is at least {profile.rounding_k:g} x this machine's own float32 rounding on these inputs")
+    ref_machine = ((golden_meta or {}).get("environment") or {}).get("machine")
+    if golden_meta is not None and not same_machine(ref_machine, here):
+        notes.append(f"the golden reference was recorded on {_describe(ref_machine)} "
+                     f"({(golden_meta.get('precision') or {}).get('tier', 'fp32')}), and is replayed here on "
+                     f"{_describe(here)}: the reference carries that machine's float32 rounding, which the profile "
+                     f"covers (measured: TensorFlow with and without oneDNN, i.e. other kernels, within it)")
+    return notes
+
+
+def _describe(m: Optional[dict]) -> str:
+    if not m:
+        return "an unlabelled machine"
+    return f"{m.get('cpu')} ({m.get('arch')}, torch kernels {m.get('torch_cpu_capability')}" + \
+        (f", GPU {m['gpu']}" if m.get("gpu") else "") + ")"
 
 
 def _max_diff(a: np.ndarray, b: np.ndarray) -> float:
@@ -115,6 +160,28 @@ def _cos(x: Optional[float]) -> str:
     return "—" if x is None else f"{x:.9f}"
 
 
+def environments_table(report: dict) -> list[str]:
+    """A golden replay: the recording machine and this one, side by side."""
+    env = report.get("environment") or {}
+    there = env.get("reference_environment")
+    if not there:
+        return []
+    rows = [("CPU", lambda e: (e.get("machine") or {}).get("cpu") or e.get("processor")),
+            ("torch CPU kernels", lambda e: (e.get("machine") or {}).get("torch_cpu_capability")),
+            ("ISA", lambda e: " ".join((e.get("machine") or {}).get("isa") or []) or None),
+            ("GPU", lambda e: (e.get("machine") or {}).get("gpu") or e.get("gpu")),
+            ("arithmetic", None), ("platform", lambda e: e.get("platform")),
+            ("Python", lambda e: e.get("python")), ("torch", lambda e: e.get("torch")),
+            ("TensorFlow", lambda e: e.get("tensorflow")), ("bert-tensorflow", lambda e: e.get("bert_tensorflow"))]
+    ref_prec = (report.get("reference_precision") or {}).get("tier", "fp32")
+    cand_prec = (report.get("precision") or {}).get("description", "fp32")
+    out = ["", "| environment | reference (recorded) | candidate (this run) |", "| --- | --- | --- |"]
+    for label, get in rows:
+        a, b = (f"TensorFlow {ref_prec}", f"bert_torch {cand_prec}") if get is None else (get(there), get(env))
+        out.append(f"| {label} | {a if a is not None else 'not recorded'} | {b if b is not None else '—'} |")
+    return out
+
+
 def render_markdown(report: dict) -> str:
     """The same content as report.json, for people: verdict first, then the per-tap table."""
     inp, prof, env = report["inputs"], report["profile"], report.get("environment", {})
@@ -132,10 +199,18 @@ def render_markdown(report: dict) -> str:
         f"{inp['padding_positions']} padding positions in {inp['rows_with_padding']} rows, "
         f"sentences from `{inp['sentences']}`",
     ]
+    if report.get("precision"):
+        p = report["precision"]
+        lines.append(f"- Candidate precision: {p['description']} on {p['device']} (unit roundoff {p['unit_roundoff']:.3g}; "
+                     f"atol grows by {p.get('margin', 2):g} x the candidate's measured rounding, up to {p['ceiling']:g} x "
+                     f"what the tier's unit roundoff predicts)")
+    lines += [f"- **Hint `{h['cause']}`**: {h['evidence']}" for h in report.get("hints", [])]
+    lines += [f"- Note: {n}" for n in report.get("notes", [])]
     if env:
         lines.append(f"- Environment: Python {env['python']}, torch {env['torch']}, TensorFlow {env['tensorflow']}, "
                      f"bert-tensorflow {env['bert_tensorflow']}, numpy {env['numpy']}, device {env['device']}")
         lines += [f"  - sha256 `{k}`: `{v}`" for k, v in env.get("sha256", {}).items()]
+    lines += environments_table(report)
     lines += ["", "| tap | shape | max_abs | max_rel | mean_abs | rms | cosine | atol | rtol | passed | worst_index |",
               "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | --- | --- |"]
     for t in report["taps"]:

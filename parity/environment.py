@@ -59,6 +59,38 @@ def _tensorflow_runtime() -> Optional[dict]:
         return {"error": f"{type(e).__name__}: {e}"}
 
 
+ISA_FLAGS = ("avx2", "fma", "avx512f", "avx512_bf16", "avx512_fp16", "amx_bf16", "amx_tile", "asimd", "sve")
+
+
+def machine() -> dict:
+    """What decides this machine's floating-point rounding: the CPU, the ISA its kernels use, the GPU.
+
+    Golden files and calibration files carry it, so that a replay elsewhere can say so (README,
+    "Precision tiers" and "Golden files")."""
+    cpu, flags = platform.processor() or platform.machine(), set()
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8", errors="replace") as f:
+            for line in f:
+                key, _, value = line.partition(":")
+                if key.strip() == "model name" and cpu in ("", platform.machine(), "x86_64", "i386"):
+                    cpu = value.strip()
+                elif key.strip() in ("flags", "Features") and not flags:
+                    flags = set(value.split())
+    except OSError:
+        pass
+    cuda = torch.cuda.is_available()
+    return {"cpu": cpu, "arch": platform.machine(), "isa": [f for f in ISA_FLAGS if f in flags],
+            "torch_cpu_capability": torch.backends.cpu.get_cpu_capability(),
+            "gpu": torch.cuda.get_device_name(0) if cuda else None,
+            "gpu_capability": ".".join(map(str, torch.cuda.get_device_capability(0))) if cuda else None}
+
+
+def same_machine(a: Optional[dict], b: Optional[dict]) -> bool:
+    """Whether two ``machine()`` records round alike (same CPU model and kernel ISA, same GPU)."""
+    keys = ("cpu", "arch", "torch_cpu_capability", "gpu")
+    return bool(a) and bool(b) and all(a.get(k) == b.get(k) for k in keys)
+
+
 def environment(device: str, files: dict[str, str], tf_threads=None, seeds: Optional[dict] = None) -> dict:
     """``files``: label -> path; each gets its sha256 (checkpoints, config, vocab, sentences, data).
 
@@ -74,6 +106,7 @@ def environment(device: str, files: dict[str, str], tf_threads=None, seeds: Opti
         "safetensors": _version("safetensors"),
         "platform": platform.platform(),
         "processor": platform.processor() or platform.machine(),
+        "machine": machine(),
         "device": device,
         "cuda": torch.version.cuda if cuda else None,
         "cudnn": torch.backends.cudnn.version() if cuda else None,

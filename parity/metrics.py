@@ -38,6 +38,7 @@ class Profile:
     rounding_k: float = 0.0   # and by rounding_k * max|candidate32 - candidate64| (the input's own rounding)
     overrides: tuple[tuple[str, float, float, float], ...] = ()   # (tap glob, atol, rtol, scale), first match wins
     floors: tuple[tuple[str, float], ...] = ()   # (tap glob, noise floor), first match wins: calibrated profiles
+    calibrated_on: Optional[dict] = None   # calibrated profiles: parity.environment.machine() of the measuring machine
 
     def floor(self, tap: str) -> Optional[float]:
         """The calibrated noise floor of ``tap`` (max abs), or None for an uncalibrated profile."""
@@ -54,7 +55,10 @@ class Profile:
             finite = finite[np.isfinite(finite)]
             atol += scale * float(finite.max()) if finite.size else 0.0
         if self.rounding_k and rounding:
-            atol += self.rounding_k * rounding
+            # Calibrated profiles: the floor measured elsewhere, or this machine's own float32 rounding on these
+            # very inputs, whichever is larger (a file from another machine never makes a tap stricter than its
+            # arithmetic here); other profiles add the rounding term.
+            atol = max(atol, self.rounding_k * rounding) if self.floors else atol + self.rounding_k * rounding
         return atol, rtol
 
     def to_dict(self) -> dict:
@@ -64,10 +68,13 @@ class Profile:
             "reference": "tensorflow",
             "rule": "|pytorch - tensorflow| <= atol + rtol * |tensorflow|, for every element; "
                     "a tap's atol = profile atol + scale * max|tensorflow| over the tap "
-                    "+ rounding_k * max|pytorch float32 - pytorch float64| over the tap",
+                    "+ rounding_k * max|pytorch float32 - pytorch float64| over the tap; a reduced precision "
+                    "tier (--precision) adds 2 * max|pytorch as run - pytorch float64|, held to 16 * (u_tier / "
+                    "u_fp32) * max(float32 rounding, u_fp32 * max|tensorflow|) (parity/precision.py)",
             "atol": self.atol, "rtol": self.rtol, "scale": self.scale, "rounding_k": self.rounding_k,
             "overrides": [{"taps": p, "atol": a, "rtol": r, "scale": sc} for p, a, r, sc in self.overrides],
             **({"floors": [{"taps": p, "floor": f} for p, f in self.floors]} if self.floors else {}),
+            **({"calibrated_on": self.calibrated_on} if self.floors else {}),
         }
 
 
@@ -114,7 +121,9 @@ def calibrated_profile(path: str, k: float = CALIBRATION_K, name: Optional[str] 
     exact) allows 1e-9: nothing but an exact match, short of dividing by zero.
     """
     with open(path, encoding="utf-8") as f:
-        taps = json.load(f)["taps"]
+        data = json.load(f)
+    taps = data["taps"]
+    machine = (data.get("environment") or {}).get("machine")
     floors: dict[str, float] = {}
     for tap, v in taps.items():
         key = "layer_*/" + tap.split("/", 1)[1] if tap.startswith("layer_") else tap
@@ -125,10 +134,12 @@ def calibrated_profile(path: str, k: float = CALIBRATION_K, name: Optional[str] 
         name=name,
         description=(f"{k:g} x the per-tap noise floor of {os.path.relpath(path, os.path.dirname(CALIBRATION_DIR))} "
                      "(max of TF oneDNN on vs off, TF 1 vs all threads, PyTorch float32 vs float64, "
-                     "measured on its inputs); other taps fall back to fp32-cpu's tolerance"),
-        atol=2e-5, rtol=1e-5,
+                     "measured on its inputs, on " + (machine or {}).get("cpu", "an unlabelled machine") +
+                     "), or k x this machine's own PyTorch float32-vs-float64 rounding on the inputs compared, "
+                     "whichever is larger; other taps fall back to fp32-cpu's tolerance"),
+        atol=2e-5, rtol=1e-5, rounding_k=k,
         overrides=tuple((tap, k * max(fl, 1e-9), 0.0, 0.0) for tap, fl in floors),
-        floors=floors)
+        floors=floors, calibrated_on=machine)
 
 
 for _file in sorted(os.listdir(CALIBRATION_DIR)) if os.path.isdir(CALIBRATION_DIR) else ():
@@ -144,19 +155,25 @@ def get_profile(name: str) -> Profile:
 
 
 def compare_tap(name: str, ref: Optional[np.ndarray], cand: Optional[np.ndarray], profile: Profile,
-                rounding: Optional[float] = None, tier=None, tier_rounding: Optional[float] = None) -> dict:
+                rounding: Optional[float] = None, tier=None, tier_rounding: Optional[float] = None,
+                reference_rounding: Optional[float] = None) -> dict:
     """The contract's per-tap record; ``reason`` says why a tap failed (None when it passed).
 
     ``rounding``: max |candidate float32 - candidate float64| of this tap on these inputs, for
     profiles with a rounding term (recorded in the row either way). ``tier`` (a
     ``parity.precision.Tier``) and ``tier_rounding`` (max |candidate as run - its float64 twin|):
-    a reduced-precision candidate's own rounding widens atol, up to the tier's ceiling (precision.py)."""
+    a reduced-precision candidate's own rounding widens atol, up to the tier's ceiling (precision.py).
+    ``reference_rounding``: a reference recorded in TF32 (a golden file from a GPU) widens atol by its
+    rounding, estimated as the candidate's own under the exact TF32 emulation."""
     atol, rtol = profile.tolerance(name, ref, rounding)
     if tier is not None and tier.reduced and tier_rounding is not None and np.isfinite(tier_rounding):
         atol += tier.margin * tier_rounding
+    if reference_rounding is not None and np.isfinite(reference_rounding):
+        atol += 2.0 * reference_rounding   # the margin of precision.MARGIN, for the reference's tier
     row = {"name": name, "shape": None, "max_abs": None, "max_rel": None, "mean_abs": None, "rms": None,
            "cosine": None, "atol": atol, "rtol": rtol, "passed": False, "worst_index": None,
-           "tol_ratio": None, "reason": None, "rounding": rounding}
+           "tol_ratio": None, "reason": None, "rounding": rounding,
+           **({"reference_rounding": reference_rounding} if reference_rounding is not None else {})}
     if ref is None or cand is None:
         row["reason"] = f"missing on the {'tensorflow' if ref is None else 'pytorch'} side"
         row["shape"] = list(np.shape(cand if ref is None else ref)) if (ref is not None or cand is not None) else None

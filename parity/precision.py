@@ -86,7 +86,8 @@ class Tier:
 
     def to_dict(self, device: str) -> dict:
         return {"tier": self.name, "mode": self.mode if self.name in DTYPES else None, "device": device,
-                "unit_roundoff": self.unit_roundoff, "description": self.describe(device), "ceiling": CEILING}
+                "unit_roundoff": self.unit_roundoff, "description": self.describe(device), "ceiling": CEILING,
+                "margin": self.margin}
 
 
 def round_to_tf32(x: torch.Tensor) -> torch.Tensor:

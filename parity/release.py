@@ -61,6 +61,7 @@ from bert_torch.modeling import BertConfig  # noqa: E402
 from .environment import REPO_ROOT, environment, git_state  # noqa: E402
 from .inputs import SAMPLE, Inputs, make_inputs  # noqa: E402
 from .metrics import PROFILES, Profile, compare_tap  # noqa: E402
+from .precision import Tier, check_supported  # noqa: E402
 
 DEFAULT_BASELINE = os.path.join(REPO_ROOT, "reports", "baseline.json")
 DEFAULT_WAIVERS = os.path.join(REPO_ROOT, "parity", "waivers.toml")
@@ -258,6 +259,7 @@ class Context:
     files: dict = dataclasses.field(default_factory=dict)     # label -> path, hashed into the provenance
     seeds: dict = dataclasses.field(default_factory=dict)
     worst: dict = dataclasses.field(default_factory=dict)     # check -> (tap, |c - r| of its worst tap)
+    tier: Tier = dataclasses.field(default_factory=Tier)       # the candidate's precision (--precision)
 
 
 @dataclasses.dataclass
@@ -323,7 +325,7 @@ def run_checkpoint(ctx: Context, name: str, ckpt_dir: str, batch: int, seq: int,
     weights = os.path.join(ckpt_dir, "pytorch_model.safetensors")
     inputs = make_inputs(os.path.join(ckpt_dir, "vocab.txt"), batch, seq, seed, vocab_size=config.vocab_size,
                          type_vocab_size=config.type_vocab_size, pairs_file=sentences)
-    candidate = TorchSide.from_weights(weights, config)
+    candidate = TorchSide.from_weights(weights, config, tier=ctx.tier)
     reference = TFSide(prefix, config, head=candidate.head if candidate.head in TAP_HEADS else None)
     try:
         section = compare_layerwise(ctx, name, reference, candidate, inputs)
@@ -646,6 +648,9 @@ def main(argv: Optional[list[str]] = None) -> int:
     ap.add_argument("--noise-floor", type=float, default=NOISE_FLOOR, help="in units of the tap's tolerance")
     ap.add_argument("--today", help="date the waivers expire against (default: today, UTC)")
     ap.add_argument("--list", action="store_true", help="list the checks and exit")
+    ap.add_argument("--precision", default="fp32", help="the candidate's tier in the layerwise checks: "
+                    "fp32, tf32, bf16, fp16 (the reference stays the float32 graph)")
+    ap.add_argument("--precision-mode", default="autocast", help="bf16/fp16: autocast (default) or cast")
     ap.add_argument("--promote", metavar="REPORT_JSON", help="make this passing report the baseline and exit")
     args = ap.parse_args(argv)
     try:
@@ -676,7 +681,9 @@ def main(argv: Optional[list[str]] = None) -> int:
         today = datetime.date.fromisoformat(args.today) if args.today else datetime.datetime.now(datetime.timezone.utc).date()
         ctx = Context(report_dir=report_dir, work_dir=args.work_dir or os.path.join(REPO_ROOT, "build", "release"),
                       data_dir=data_dir, profile=PROFILES["fp32-cpu"], waivers=load_waivers(args.waivers),
-                      today=today, pytest_args=shlex.split(args.pytest_args))
+                      today=today, pytest_args=shlex.split(args.pytest_args),
+                      tier=Tier(args.precision, args.precision_mode))
+        check_supported(ctx.tier, "cpu")
         baseline = load_baseline(args.baseline)
     except (ReleaseInputError, ValueError, OSError) as e:
         print(f"error: {str(e).splitlines()[0]}", file=sys.stderr)

@@ -62,6 +62,10 @@ class TorchSide:
                 "BertForPreTraining": "pretraining"}.get(type(model).__name__)
         return cls(model, device, head, tier)
 
+    def with_tier(self, tier: Tier) -> "TorchSide":
+        """The same model (the same object: patches included) run in another precision tier."""
+        return TorchSide(self.source, device=str(self.device), head=self.head, tier=tier)
+
     def _twin(self, dtype: torch.dtype) -> "TorchSide":
         # A deep copy keeps any patched attribute; plain fp32 arithmetic (no autocast, TF32 off).
         return TorchSide(copy.deepcopy(self.source).to(dtype), device=str(self.device), head=self.head)
@@ -99,6 +103,45 @@ class TorchSide:
         return {k: out(v) for k, v in taps.values.items()}
 
 
+class FastPathSide:
+    """A ``bert_torch`` model on its fast path (no ``Taps`` context: fused kernels, what users run).
+
+    It exposes what a plain forward returns: every ``layer_i/output`` (``all_encoder_layers``), the
+    pooler, and the head's logits; inner taps do not exist on this path. No injection."""
+
+    name = "pytorch (fast path)"
+
+    def __init__(self, side: TorchSide):
+        self.side = side
+        cfg = side.model.config
+        self.tap_names = [f"layer_{i}/output" for i in range(cfg.num_hidden_layers)] + ["pooler/output"] + \
+            [t for t in side.tap_names if t.startswith(("classifier/", "squad/"))]
+        self.description = side.description.replace("bert_torch", "bert_torch fast path", 1)
+        self.tier = side.tier
+        self.device = side.device
+
+    def float64(self) -> "FastPathSide":
+        return FastPathSide(self.side.float64())
+
+    def run(self, inputs: Inputs, fetch=None, inject=None) -> dict[str, np.ndarray]:
+        if inject:
+            raise ValueError("the fast path has no taps to inject into; use the tapped side")
+        model, dev = self.side.model, self.side.device
+        args = [torch.from_numpy(np.asarray(a)).to(dev, torch.long)
+                for a in (inputs.input_ids, inputs.token_type_ids, inputs.input_mask)]
+        body = model if self.side.head is None else model.bert
+        with torch.no_grad(), arithmetic(self.side.tier, str(dev)):
+            layers, pooled = body(*args)
+            out = {f"layer_{i}/output": x for i, x in enumerate(layers)}
+            out["pooler/output"] = pooled
+            if self.side.head in TAP_HEADS:   # the head's own forward (a second pass: no re-implementation)
+                logits = model(*args)
+                heads = [t for t in self.tap_names if t.startswith(("classifier/", "squad/"))]
+                out.update(zip(heads, logits if isinstance(logits, tuple) else (logits,)))
+        as_np = lambda v: (v if v.dtype == torch.float64 else v.float()).cpu().numpy()  # noqa: E731
+        return {k: as_np(v) for k, v in out.items() if fetch is None or k in fetch}
+
+
 class TFSide:
     """Google's official graph through ``reference_tf`` (imported only when this side is used)."""
 
@@ -111,6 +154,7 @@ class TFSide:
                                num_labels=num_labels, intra_op_threads=intra_op_threads)
         self.tap_names = list(self.ref.tap_names)
         self.description = self.ref.description
+        self.precision = self.ref.precision   # float32, or TF32 on a GPU that has it (see TFReference.precision)
 
     def run(self, inputs: Inputs, fetch=None, inject=None) -> dict[str, np.ndarray]:
         out = self.ref.run(inputs.input_ids, inputs.token_type_ids, inputs.input_mask, fetch=fetch, inject=inject)
@@ -167,6 +211,8 @@ class GoldenSide:
         except (KeyError, TypeError, ValueError) as e:
             raise GoldenError(f"{path}: golden metadata is incomplete or malformed ({type(e).__name__}: {e})") from None
         self.description = f"{self.meta.get('reference', 'official TF graph')}, replayed from golden file {os.path.basename(path)}"
+        # The recorded run's arithmetic (files before it was recorded: float32 on a CPU, the only kind then).
+        self.precision = self.meta.get("precision") or {"tier": "fp32", "device": "cpu"}
         ids = [arrays.get(f"inputs/{k}") for k in ("input_ids", "token_type_ids", "input_mask")]
         if any(a is None for a in ids) or len({a.shape for a in ids}) != 1 or ids[0].ndim != 2:
             raise GoldenError(f"{path}: inputs/input_ids, inputs/token_type_ids, inputs/input_mask must all be [B,T]")

@@ -337,9 +337,21 @@ def test_cli_bad_input_exits_2_without_a_diagnosis(random_checkpoint, tmp_path, 
 def test_calibrated_profile_on_real_weights(minilm, compare):
     run = compare(minilm["dir"], minilm["torch_weights"], "--profile", "calibrated-minilm-l6",
                   "--batch-size", "2", "--seq-len", "32")
-    assert run.code == 0, run.out
-    ratios = [t["error_over_floor"] for t in run.report["taps"]]
-    assert all(r is not None and r <= 4 for r in ratios) and max(ratios) > 0.1
+    from parity.environment import machine, same_machine
+    from parity.metrics import PROFILES
+    profile = PROFILES["calibrated-minilm-l6"]
+    taps = run.report["taps"]
+    # Every tap's tolerance: k x the file's floor, or k x this machine's own float32 rounding, whichever is larger.
+    for t in taps:
+        floor = t["floor"]
+        assert t["atol"] == pytest.approx(max(profile.tolerance(t["name"])[0], 4 * (t["rounding"] or 0))), t
+        assert t["error_over_floor"] == (0.0 if t["max_abs"] == 0 else t["max_abs"] / floor)
+    if same_machine(profile.calibrated_on, machine()):
+        # On the machine it was measured on, clean real weights sit within k x their floors.
+        assert run.code == 0, run.out
+        assert all(t["error_over_floor"] <= 4 for t in taps if (t["rounding"] or 0) <= t["floor"])
+    else:   # elsewhere the report says so; the floors are that machine's, the rounding term this one's
+        assert any("measured on" in n for n in run.report["notes"]), run.report.get("notes")
 
 
 # ---------------------------------------------------------------------------------------------

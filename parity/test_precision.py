@@ -176,3 +176,47 @@ def test_cli_runs_a_tier_end_to_end(compare, random_checkpoint):
     assert run.code == 0, run.out + run.err
     assert run.report["precision"]["tier"] == "bf16" and "bf16" in run.report["sides"]["candidate"]
 
+
+
+# ------------------------------------------------------------------ other machines, other tiers of the reference
+
+def test_a_tf32_reference_that_says_so_is_accounted_for(minilm_ref):
+    """The same TF32-recorded taps: undeclared, a failure with the tf32_reference hint (above); declared in the
+    reference's precision (as a golden file from a GPU records it), they pass, their rounding estimated on the spot."""
+    clean = TorchSide.from_weights(minilm_ref["weights"], minilm_ref["config"])
+    ref = Recorded(TorchSide(clean.model, tier=Tier("tf32")).run(minilm_ref["inputs"]), minilm_ref["names"])
+    ref.precision = {"tier": "tf32", "device": "gpu"}
+    report = compare_sides(ref, clean, minilm_ref["inputs"], get_profile("fp32-cpu"))
+    assert report["verdict"] == "pass", report["first_divergence"]
+    assert report["reference_precision"]["tier"] == "tf32" and "hints" not in report
+    assert all(t["reference_rounding"] >= 0 for t in report["taps"] if t["name"].startswith("layer_"))
+
+
+def test_a_golden_from_another_machine_is_named_side_by_side(minilm_ref):
+    from parity.compare import render_markdown
+    from parity.environment import environment
+    clean = TorchSide.from_weights(minilm_ref["weights"], minilm_ref["config"])
+    other = {"cpu": "Some Other CPU", "arch": "x86_64", "torch_cpu_capability": "AVX2", "isa": ["avx2"], "gpu": None}
+    ref = Recorded(minilm_ref["ref"], minilm_ref["names"])
+    ref.meta = {"environment": {"machine": other, "torch": "2.0"}, "precision": {"tier": "fp32"}}
+    report = compare_sides(ref, clean, minilm_ref["inputs"], get_profile("fp32-cpu"))
+    assert report["verdict"] == "pass"
+    assert any("Some Other CPU" in n and "replayed here" in n for n in report["notes"]), report["notes"]
+    report["environment"] = {**environment("cpu", {}), "reference_environment": ref.meta["environment"]}
+    md = render_markdown(report)
+    assert "| CPU | Some Other CPU |" in md and "| torch CPU kernels | AVX2 |" in md
+
+
+def test_a_calibration_from_another_machine_is_labelled_and_never_stricter_than_here(tmp_path, minilm_ref):
+    import json as _json
+    from parity.metrics import calibrated_profile
+    taps = {n: {"floor": 1e-12} for n in minilm_ref["names"]}   # a floor far below this machine's rounding
+    path = tmp_path / "elsewhere.json"
+    path.write_text(_json.dumps({"taps": taps, "environment": {"machine": {"cpu": "Far Away CPU"}}}))
+    profile = calibrated_profile(str(path))
+    assert profile.to_dict()["calibrated_on"]["cpu"] == "Far Away CPU"
+    clean = TorchSide.from_weights(minilm_ref["weights"], minilm_ref["config"])
+    report = compare_sides(Recorded(minilm_ref["ref"], minilm_ref["names"]), clean, minilm_ref["inputs"], profile)
+    assert any("Far Away CPU" in n for n in report["notes"])
+    for t in report["taps"]:   # at least k x this machine's own float32 rounding, whatever the file says
+        assert t["atol"] >= profile.rounding_k * (t["rounding"] or 0)

@@ -52,6 +52,7 @@ def dump(args) -> int:
         "num_labels": int(num_labels),
         "bert_config": config.to_dict(),
         "reference": description,
+        "precision": side.precision,   # the arithmetic of the recorded run, and the machine in "environment"
         "inputs": dict(inputs.meta),
         "environment": environment("cpu", files, args.tf_threads, seeds={"inputs": args.seed}),
         "created_utc": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),

@@ -4,6 +4,7 @@ from __future__ import annotations
 from typing import Iterable, Mapping, Optional
 
 import numpy as np
+import tensorflow as tf
 import tensorflow.compat.v1 as tf1
 
 from bert_torch.taps import HEAD_TAPS, tap_names, tap_shape
@@ -41,6 +42,16 @@ class TFReference:
         except BaseException:
             self.close()
             raise
+
+    @property
+    def precision(self) -> dict:
+        """The arithmetic this graph ran in: float32, except that TensorFlow runs float32 matmuls in TF32
+        on a GPU that has it (Ampere and later) unless TF32 execution is disabled: a reference recorded
+        there is not float32 (parity's ``tf32_reference`` hint recognises one)."""
+        gpus = tf.config.list_physical_devices("GPU")
+        tf32 = bool(gpus) and tf.config.experimental.tensor_float_32_execution_enabled()
+        return {"tier": "tf32" if tf32 else "fp32", "device": "gpu" if gpus else "cpu",
+                "tensor_float_32_execution_enabled": tf.config.experimental.tensor_float_32_execution_enabled()}
 
     def _tap(self, name: str) -> Tap:
         try:

@@ -1,0 +1,217 @@
+"""``make portability``: the verdicts must not depend on the CPU they run on.
+
+Runs the layerwise check on real all-MiniLM-L6-v2 weights, and a mutation suite (faults planted in the
+PyTorch side), under emulated hardware: each *setting* is a set of environment variables that makes
+PyTorch, oneDNN, MKL or TensorFlow take other kernels (another ISA, another reduction order), as another
+machine would. Each (setting, shape) runs in a fresh process, because those variables are read once, at
+library load. Every clean run must pass (no false alarm) and every fault must be caught, on every
+setting and shape; the table says by how much (the worst tap's fraction of its tolerance).
+
+    python -m parity.portability [--report-dir reports/portability] [--short]
+
+``--short`` (CI, ``parity/test_portability.py``): one combined setting, one small shape.
+Exit codes: 0 no false alarm and every fault caught; 1 otherwise; 2 bad input.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from typing import Callable, Optional
+
+SETTINGS: dict[str, dict[str, str]] = {
+    "native": {},
+    "aten-default": {"ATEN_CPU_CAPABILITY": "default"},            # PyTorch's portable kernels, no SIMD ISA
+    "aten-avx2": {"ATEN_CPU_CAPABILITY": "avx2"},                   # what an AVX2-only CPU gets
+    "onednn-avx2": {"ONEDNN_MAX_CPU_ISA": "AVX2", "DNNL_MAX_CPU_ISA": "AVX2"},   # oneDNN (TF and torch) capped
+    "mkl-avx2": {"MKL_ENABLE_INSTRUCTIONS": "AVX2"},                # MKL's code path of an AVX2 CPU
+    "tf-no-onednn": {"TF_ENABLE_ONEDNN_OPTS": "0"},                 # TensorFlow's Eigen kernels instead of oneDNN
+    "one-thread": {"OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "TF_NUM_INTRAOP_THREADS": "1"},
+}
+# CI's short form: every emulation at once, in one process.
+COMBINED = {**{k: v for env in SETTINGS.values() for k, v in env.items()}, "ATEN_CPU_CAPABILITY": "default"}
+SHAPES = [(8, 128), (4, 256), (2, 512)]
+SHORT_SHAPES = [(2, 32)]
+
+
+def _transposed_query(model) -> None:
+    w = model.encoder.layer[0].attention.self.query.weight
+    w.copy_(w.T.clone())
+
+
+def _swapped_gamma_beta(model) -> None:
+    ln = model.embeddings.LayerNorm
+    g = ln.weight.clone()
+    ln.weight.copy_(ln.bias)
+    ln.bias.copy_(g)
+
+
+def _position_offset(model) -> None:   # RoBERTa-style: position i reads row i + 2
+    import torch
+    table = model.embeddings.position_embeddings.weight
+    table.copy_(torch.roll(table.clone(), -2, dims=0))
+
+
+def _swapped_qk(model) -> None:
+    att = model.encoder.layer[1].attention.self
+    q = att.query.weight.clone()
+    att.query.weight.copy_(att.key.weight)
+    att.key.weight.copy_(q)
+
+
+# The mutation suite: name -> (what it does to the PyTorch model, or a config change)
+FAULTS: dict[str, tuple[Optional[Callable], dict]] = {
+    "transposed_kernel": (_transposed_query, {}),
+    "swapped_gamma_beta": (_swapped_gamma_beta, {}),
+    "position_offset": (_position_offset, {}),
+    "swapped_qk": (_swapped_qk, {}),
+    "gelu_variant": (None, {"hidden_act": "gelu_erf"}),
+}
+
+
+def worker(ckpt: str, batch: int, seq: int, out: str) -> None:
+    """One (setting, shape): the reference once, then the clean candidate and every fault."""
+    os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+    import torch
+    from bert_torch.modeling import BertConfig
+    from .compare import compare_sides
+    from .inputs import make_inputs
+    from .metrics import get_profile
+    from .sides import TFSide, TorchSide
+
+    config = BertConfig.from_json_file(os.path.join(ckpt, "bert_config.json"))
+    inputs = make_inputs(os.path.join(ckpt, "vocab.txt"), batch, seq, 0, vocab_size=config.vocab_size)
+    tf = TFSide(os.path.join(ckpt, "bert_model.ckpt"), config)
+    ref = tf.run(inputs)
+    tf.close()
+
+    class Recorded:   # the reference's taps, computed once for the clean run and every fault
+        name, description, tap_names = tf.name, tf.description, tf.tap_names
+
+        def run(self, inputs, fetch=None, inject=None):
+            return ref
+
+    weights = os.path.join(ckpt, "pytorch_model.safetensors")
+    rows = []
+    for fault, (mutate, cfg) in [("clean", (None, {}))] + list(FAULTS.items()):
+        c = BertConfig.from_dict({**config.to_dict(), **cfg})
+        side = TorchSide.from_weights(weights, c)
+        if mutate:
+            with torch.no_grad():
+                mutate(side.model)
+        t0 = time.perf_counter()
+        r = compare_sides(Recorded(), side, inputs, get_profile("fp32-cpu"))
+        worst = max((t["tol_ratio"] for t in r["taps"] if t["tol_ratio"] is not None), default=None)
+        rows.append({"fault": fault, "verdict": r["verdict"], "first_divergence": r["first_divergence"],
+                     "worst_tol_ratio": worst, "seconds": round(time.perf_counter() - t0, 1)})
+    with open(out, "w", encoding="utf-8") as f:
+        json.dump({"rows": rows, "torch_cpu_capability": torch.backends.cpu.get_cpu_capability()}, f)
+
+
+def run_matrix(settings: dict[str, dict[str, str]], shapes, ckpt: str, timeout: float = 1800) -> list[dict]:
+    results = []
+    for name, env in settings.items():
+        for batch, seq in shapes:
+            with tempfile.NamedTemporaryFile(suffix=".json", delete=False) as tmp:
+                out = tmp.name
+            cmd = [sys.executable, "-m", "parity.portability", "--worker", ckpt, str(batch), str(seq), out]
+            proc = subprocess.run(cmd, env={**os.environ, **env}, capture_output=True, text=True, timeout=timeout)
+            if proc.returncode != 0:
+                tail = (proc.stderr.strip().splitlines() or ["no output"])[-1]
+                results.append({"setting": name, "shape": [batch, seq], "env": env, "error": tail})
+                continue
+            with open(out, encoding="utf-8") as f:
+                data = json.load(f)
+            os.remove(out)
+            results.append({"setting": name, "shape": [batch, seq], "env": env, **data})
+            print(render_rows([results[-1]]), flush=True)
+    return results
+
+
+def judge(results: list[dict]) -> dict:
+    false_alarms = [(r["setting"], r["shape"]) for r in results
+                    for row in r.get("rows", []) if row["fault"] == "clean" and row["verdict"] != "pass"]
+    missed = [(r["setting"], r["shape"], row["fault"]) for r in results
+              for row in r.get("rows", []) if row["fault"] != "clean" and row["verdict"] != "fail"]
+    errors = [(r["setting"], r["shape"], r["error"]) for r in results if "error" in r]
+    return {"false_alarms": false_alarms, "missed_faults": missed, "errors": errors,
+            "verdict": "pass" if not (false_alarms or missed or errors) else "fail"}
+
+
+def render_rows(results: list[dict]) -> str:
+    lines = []
+    for r in results:
+        if "error" in r:
+            lines.append(f"| {r['setting']} | {r['shape'][0]} x {r['shape'][1]} | error: {r['error']} | | |")
+            continue
+        clean = next(x for x in r["rows"] if x["fault"] == "clean")
+        faults = [x for x in r["rows"] if x["fault"] != "clean"]
+        caught = ", ".join(f"{x['fault']} at `{x['first_divergence']}`" if x["verdict"] == "fail"
+                           else f"**{x['fault']} MISSED**" for x in faults)
+        lines.append(f"| {r['setting']} ({r.get('torch_cpu_capability')}) | {r['shape'][0]} x {r['shape'][1]} | "
+                     f"{clean['verdict']} | {clean['worst_tol_ratio']:.3g} | "
+                     f"{sum(x['verdict'] == 'fail' for x in faults)}/{len(faults)}: {caught} |")
+    return "\n".join(lines)
+
+
+def render(results: list[dict], verdict: dict) -> str:
+    head = ["# Portability: MiniLM-L6 layerwise and the mutation suite under emulated CPUs", "",
+            f"**{verdict['verdict'].upper()}**: {len(verdict['false_alarms'])} false alarms, "
+            f"{len(verdict['missed_faults'])} missed faults, {len(verdict['errors'])} errors.", "",
+            "| setting (torch CPU capability) | batch x seq | clean verdict | clean worst fraction of tolerance | "
+            "faults caught (first divergence) |", "| --- | --- | --- | ---: | --- |"]
+    envs = ["", "Settings:"] + [f"- `{n}`: {' '.join(f'{k}={v}' for k, v in e.items()) or '(as the machine is)'}"
+                                for n, e in {**SETTINGS, 'combined': COMBINED}.items()]
+    return "\n".join(head) + "\n" + render_rows(results) + "\n" + "\n".join(envs) + "\n"
+
+
+def main(argv: Optional[list[str]] = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["--worker"]:
+        worker(argv[1], int(argv[2]), int(argv[3]), argv[4])
+        return 0
+    ap = argparse.ArgumentParser(prog="python -m parity.portability", description=__doc__.split("\n\n")[0])
+    ap.add_argument("--report-dir", default="reports/portability")
+    ap.add_argument("--short", action="store_true", help="CI: every emulation at once, one small shape")
+    ap.add_argument("--settings", help=f"comma-separated subset of {', '.join(SETTINGS)}")
+    ap.add_argument("--shapes", help="comma-separated BxT shapes (default: 8x128,4x256,2x512)")
+    args = ap.parse_args(argv)
+    settings = {"combined": COMBINED} if args.short else dict(SETTINGS)
+    if args.settings:
+        wanted = [s.strip() for s in args.settings.split(",") if s.strip()]
+        unknown = [s for s in wanted if s not in SETTINGS]
+        if unknown:
+            print(f"error: --settings {unknown[0]}: unknown; choose from {', '.join(SETTINGS)}", file=sys.stderr)
+            return 2
+        settings = {s: SETTINGS[s] for s in wanted}
+    shapes = SHORT_SHAPES if args.short else SHAPES
+    if args.shapes:
+        try:
+            shapes = [tuple(int(x) for x in s.lower().split("x")) for s in args.shapes.split(",")]
+            assert all(len(s) == 2 and 1 <= s[0] <= 64 and 1 <= s[1] <= 512 for s in shapes)
+        except (ValueError, AssertionError):
+            print(f"error: --shapes {args.shapes}: expected e.g. 8x128,2x512 (batch 1-64, sequence 1-512)",
+                  file=sys.stderr)
+            return 2
+    from .minilm import build_checkpoint
+    os.makedirs(args.report_dir, exist_ok=True)
+    ckpt = os.path.join(args.report_dir, "minilm")
+    build_checkpoint(ckpt)
+    results = run_matrix(settings, shapes, ckpt)
+    verdict = judge(results)
+    from .compare import _atomic_write
+    _atomic_write(os.path.join(args.report_dir, "portability.json"),
+                  json.dumps({"verdict": verdict, "results": results}, indent=2) + "\n")
+    _atomic_write(os.path.join(args.report_dir, "portability.md"), render(results, verdict))
+    print(f"{verdict['verdict']}: {len(verdict['false_alarms'])} false alarms, {len(verdict['missed_faults'])} "
+          f"missed faults, {len(verdict['errors'])} errors; {args.report_dir}/portability.md")
+    return 0 if verdict["verdict"] == "pass" else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
