@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import math
 import re
-from typing import Iterable, Optional
+from typing import Callable, Iterable, Optional, Sequence
 
 import numpy as np
 import torch
@@ -100,6 +100,32 @@ def grouped_parameters(model: torch.nn.Module, weight_decay: float = 0.01) -> li
     named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
     return [{"params": [p for n, p in named if decays(n)], "weight_decay": weight_decay},
             {"params": [p for n, p in named if not decays(n)], "weight_decay": 0.0}]
+
+
+def micro_batches(batch_size: int, micro: int) -> list[slice]:
+    """The micro-batches of one optimizer step: ``micro`` rows each, the last one shorter when
+    ``micro`` does not divide ``batch_size``."""
+    if batch_size < 1 or micro < 1:
+        raise ValueError(f"batch size {batch_size} and micro-batch size {micro} must be positive")
+    return [slice(k, min(k + micro, batch_size)) for k in range(0, batch_size, micro)]
+
+
+def accumulate_gradients(losses: Iterable[Callable[[], torch.Tensor]], sizes: Sequence[int]) -> float:
+    """Backpropagates the full batch's mean loss through its micro-batches; returns that loss.
+
+    ``losses[i]()`` computes micro-batch i's mean loss (a fresh forward, so only one micro-batch's
+    activations are alive at a time); it is weighted by the micro-batch's share of the examples,
+    ``n_i / N``, so that the gradients add up to the full batch's. Dividing each by the *number* of
+    micro-batches instead, the common mistake, over-weights a short last micro-batch (and is exact only
+    when all are equal).
+    """
+    total = sum(sizes)
+    out = 0.0
+    for loss_fn, n in zip(losses, sizes):
+        loss = loss_fn() * (n / total)
+        loss.backward()
+        out += float(loss.detach())
+    return out
 
 
 class BertAdam(Optimizer):

@@ -27,7 +27,8 @@ import torch
 
 from . import glue
 from .modeling import BertConfig, BertForSequenceClassification
-from .optimization import BertAdam, grouped_parameters, num_train_steps, num_warmup_steps
+from .optimization import (BertAdam, accumulate_gradients, grouped_parameters, micro_batches, num_train_steps,
+                           num_warmup_steps)
 from .tokenization import FullTokenizer
 from .weights import WeightsError, check_shapes, expected_shapes, model_tensors, read_weights, write_weights
 
@@ -155,14 +156,11 @@ def train_loop(model, arrays: dict, keys: tuple, args, device, loss_fn) -> dict:
     losses = []
     for idx in training_batches(n, args.train_batch_size, steps, args.seed):
         opt.zero_grad(set_to_none=True)
-        step_loss = 0.0
-        for k in range(0, len(idx), micro):
-            part = idx[k:k + micro]
-            batch = [torch.from_numpy(arrays[key][part]).to(device) for key in keys]
-            # Averaging the micro-batch losses gives the full batch's mean-loss gradient.
-            loss = loss_fn(model, batch) / args.gradient_accumulation_steps
-            loss.backward()
-            step_loss += float(loss.detach())
+        parts = [idx[s] for s in micro_batches(len(idx), micro)]
+        # Each micro-batch's mean loss weighted by its share of the batch: the full batch's mean-loss gradient.
+        step_loss = accumulate_gradients(
+            [lambda part=part: loss_fn(model, [torch.from_numpy(arrays[key][part]).to(device) for key in keys])
+             for part in parts], [len(part) for part in parts])
         opt.step()
         losses.append(step_loss)
         if bar:

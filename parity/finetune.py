@@ -371,14 +371,22 @@ def _torch_loss(model, batch: dict, device: str):
     return model(ids, seg, mask, labels=labels)
 
 
-def torch_gradients(model, batch: dict, device: str = "cpu") -> tuple[float, dict]:
-    """(loss, dLoss/dθ by TF name, in TF layout) by autograd."""
+def torch_gradients(model, batch: dict, device: str = "cpu", micro: Optional[int] = None,
+                    per_micro_mean: bool = False) -> tuple[float, dict]:
+    """(loss, dLoss/dθ by TF name, in TF layout) by autograd; with ``micro``, accumulated over
+    micro-batches of that many rows (``bert_torch.optimization.accumulate_gradients``, what the runners
+    do). ``per_micro_mean`` plants the classic fault instead: each micro-batch's mean loss divided by the
+    number of micro-batches."""
     from bert_torch.convert import file_to_tf_name
+    from bert_torch.optimization import accumulate_gradients, micro_batches
     from bert_torch.weights import file_name
     model.zero_grad(set_to_none=True)
-    loss = _torch_loss(model, batch, device)
-    loss.backward()
-    loss = loss.detach()
+    n = len(batch["input_ids"])
+    parts = micro_batches(n, micro or n)
+    sizes = [p.stop - p.start for p in parts]
+    if per_micro_mean:
+        sizes = [1] * len(parts)   # equal weights 1/k whatever each micro-batch holds
+    loss = accumulate_gradients([lambda p=p: _torch_loss(model, take(batch, p), device) for p in parts], sizes)
     out = {}
     for name, p in model.named_parameters():
         if p.grad is None:   # not reached by the loss (the pooler under the SQuAD head); TF gives None too
@@ -418,18 +426,29 @@ def take(arrays: dict, idx) -> dict:
     return {k: v[idx] for k, v in arrays.items()}
 
 
-def gradient_check(minilm: dict, batch: dict, device: str = "cpu", task: str = "classifier") -> dict:
-    """dLoss/dθ of every variable for one batch: TF ``tf.gradients`` vs PyTorch autograd, MiniLM
-    with the classifier (``task="classifier"``, MRPC batch) or SQuAD head (``task="squad"``,
-    batch with start/end_positions), dropout 0, identical weights (the head drawn by TF's
-    initializer). Under the SQuAD head the pooler gets no gradient on either side."""
+def tf_gradients(minilm: dict, batch: dict, task: str = "classifier") -> tuple[dict, float, dict]:
+    """(new head's TF variables, loss, dLoss/dθ) of the official graph on the whole batch."""
     from reference_tf.finetune import FineTuner
-    t0 = time.time()
     with FineTuner(minilm["prefix"], minilm["bert_config"], task, dropout=False, seed=0) as tf_side:
         head = {k: v for k, v in tf_side.variables().items() if not k.startswith("bert/")}
         tf_loss, tf_grads = tf_side.gradients(batch)
+    return head, tf_loss, tf_grads
+
+
+def gradient_check(minilm: dict, batch: dict, device: str = "cpu", task: str = "classifier",
+                   micro: Optional[int] = None, per_micro_mean: bool = False, tf: Optional[tuple] = None) -> dict:
+    """dLoss/dθ of every variable for one batch: TF ``tf.gradients`` vs PyTorch autograd, MiniLM
+    with the classifier (``task="classifier"``, MRPC batch) or SQuAD head (``task="squad"``,
+    batch with start/end_positions), dropout 0, identical weights (the head drawn by TF's
+    initializer). Under the SQuAD head the pooler gets no gradient on either side.
+
+    ``micro``: PyTorch accumulates micro-batches of that many rows (the last may be shorter) while TF
+    takes the whole batch in one step: gradient accumulation must compute the official step
+    (``per_micro_mean`` plants the classic fault). ``tf``: ``tf_gradients``' result, to reuse."""
+    t0 = time.time()
+    head, tf_loss, tf_grads = tf or tf_gradients(minilm, batch, task)
     model = torch_model(minilm, head, task, device)
-    pt_loss, pt_grads = torch_gradients(model, batch, device)
+    pt_loss, pt_grads = torch_gradients(model, batch, device, micro, per_micro_mean)
     rows = []
     for name, g_tf in tf_grads.items():
         g_pt = pt_grads.get(name)
@@ -455,10 +474,14 @@ def gradient_check(minilm: dict, batch: dict, device: str = "cpu", task: str = "
     missing = sorted(set(pt_grads) - set(tf_grads))
     ok = all(r["passed"] for r in rows) and not missing and len(rows) == len(pt_grads)
     loss_rel = abs(pt_loss - tf_loss) / abs(tf_loss)
-    return {"name": "gradients" if task == "classifier" else f"gradients_{task}", "verdict": "pass" if ok else "fail",
-            "task": task,
+    name = "gradients" if task == "classifier" else f"gradients_{task}"
+    return {"name": name + (f"_accumulated_{micro}" if micro else ""), "verdict": "pass" if ok else "fail",
+            "task": task, "micro_batch": micro,
             "summary": (f"{'MRPC classifier' if task == 'classifier' else 'SQuAD'}: {len(rows)} variables, "
-                        f"batch {tuple(batch['input_ids'].shape)}: worst "
+                        f"batch {tuple(batch['input_ids'].shape)}"
+                        + (f" (PyTorch: micro-batches of {micro}"
+                           + (", each loss / their number (planted fault)" if per_micro_mean else "") + ")"
+                           if micro else "") + ": worst "
                         f"{rows[0]['variable']} max|diff| {rows[0].get('max_abs_diff', float('nan')):.3g} "
                         f"({rows[0].get('tol_ratio', float('nan')):.2g} of its tolerance); loss rel diff {loss_rel:.2g}"),
             "loss_tf": tf_loss, "loss_torch": pt_loss, "table": rows, "extra_torch_variables": missing,
@@ -958,7 +981,16 @@ def run_finetune_checks(data_dir: Optional[str], out_dir: str, quick: bool = Fal
     checks.append(pred)
     log("gradients")
     train = mrpc_batches(mrpc, minilm["vocab"], "train", 128)
-    checks.append(gradient_check(minilm, take(train, slice(0, 8 if quick else 32)), device))
+    batch = take(train, slice(0, 8 if quick else 32))
+    tf = tf_gradients(minilm, batch)
+    checks.append(gradient_check(minilm, batch, device, tf=tf))
+    # Gradient accumulation: micro-batches of 3 (quick: 3+3+2) or 12 (12+12+8), the last one partial,
+    # against TF's one step on the whole batch; the classic per-micro-batch mean must fail.
+    micro = 3 if quick else 12
+    checks.append(gradient_check(minilm, batch, device, micro=micro, tf=tf))
+    planted = gradient_check(minilm, batch, device, micro=micro, per_micro_mean=True, tf=tf)
+    checks.append({"name": "planted_accumulation_fault", "verdict": "pass" if planted["verdict"] == "fail" else "fail",
+                   "summary": f"loss averaged per micro-batch (last one partial) must fail: {planted['summary']}"})
     sq_seq, sq_stride = (96, 32) if quick else (384, 128)   # the official SQuAD sizes in full mode
     _, _, sq_grad = squad_arrays(train_file, minilm["vocab"], True, sq_seq, sq_stride, limit=16)
     checks.append(gradient_check(minilm, take(sq_grad, slice(0, 4 if quick else 16)), device, task="squad"))
