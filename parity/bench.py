@@ -8,14 +8,17 @@ from __future__ import annotations
 import argparse
 import os
 import statistics
+import sys
 import tempfile
 import time
+from typing import Optional
 
 os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")   # TF C++ logs off (bert-parity --verbose)
 
 import torch  # noqa: E402
 
+from bert_torch.commands import HelpFormatter  # noqa: E402
 from bert_torch.modeling import BertConfig  # noqa: E402
 
 from .inputs import make_inputs  # noqa: E402
@@ -63,14 +66,15 @@ def diagnose_ratio(batch_size: int, seq_len: int) -> None:
           f"diagnose {times['diagnose']:.1f} s, ratio {times['diagnose'] / times['compare']:.2f} (target < 3)")
 
 
-def main() -> None:
-    ap = argparse.ArgumentParser(prog="python -m parity.bench", description=__doc__.split("\n\n")[0])
+def main(argv: Optional[list[str]] = None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m parity.bench", description=__doc__.split("\n\n")[0],
+                                 formatter_class=HelpFormatter)
     ap.add_argument("--batch-size", type=int, default=8)
     ap.add_argument("--seq-len", type=int, default=128)
     ap.add_argument("--repeats", type=int, default=10)
     ap.add_argument("--diagnose-ratio", action="store_true",
                     help="also time diagnose against compare on a 12-layer BERT-base-shaped checkpoint")
-    args = ap.parse_args()
+    args = ap.parse_args(argv)
     if args.diagnose_ratio:
         diagnose_ratio(args.batch_size, args.seq_len)
     with tempfile.TemporaryDirectory() as tmp:
@@ -96,7 +100,8 @@ def main() -> None:
     base = results["tensorflow, pooler tap only"]
     for label, s in results.items():
         print(f"  {label:<34} {s * 1000:8.1f} ms   {s / base:5.2f}x TensorFlow")
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

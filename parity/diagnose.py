@@ -39,6 +39,7 @@ from .compare import _atomic_write
 from .hints import CAUSES, Context, activation_hints, compare_weights, weight_hints
 from .inputs import Inputs
 from .metrics import Profile, compare_tap
+from .options import BadInput, add_compare_args, find_vocab, prepare
 from .sides import TorchSide
 
 DIAGNOSIS_FILES = ("diagnosis.json", "diagnosis.md")
@@ -569,7 +570,6 @@ def run_diagnose(args) -> int:
     from bert_torch.tokenization import load_vocab
     from bert_torch.weights import WeightsError, model_from_tensors, read_weights
 
-    from .cli import BadInput, find_vocab, prepare
     from .environment import environment
     from .hints import vocab_hint
     from .sides import TFSide
@@ -589,7 +589,9 @@ def run_diagnose(args) -> int:
              "stages": {"inputs": "vocab does not match the checkpoint: nothing was run"}}
         write_diagnosis(d, args.report_dir)
         raise BadInput(f"{h['evidence']} (vocab_mismatch; see {args.report_dir}/diagnosis.md)")
-    profile, prefix, config, torch_config, head, num_labels, inputs, files = prepare(args)
+    p = prepare(args)
+    profile, prefix, config, torch_config, head, num_labels, inputs, files = (
+        p.profile, p.prefix, p.config, p.torch_config, p.head, p.num_labels, p.inputs, p.files)
     tf_weights, _ = tf_to_torch(read_checkpoint(prefix), config, where=prefix)
     torch_weights = read_weights(args.torch_weights)   # unreadable: exit 2
     candidate, problem = None, None
@@ -647,7 +649,6 @@ def release_check(ctx) -> dict:
     if not os.path.isfile(os.path.join(ckpt, "bert_model.ckpt.index")):
         build_checkpoint(ckpt)
     out = os.path.join(ctx.report_dir, "diagnose")
-    from .cli import add_compare_args
     parser = argparse.ArgumentParser()
     add_compare_args(parser)
     add_diagnose_args(parser)
