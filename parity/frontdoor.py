@@ -10,9 +10,12 @@ torch nor TensorFlow, and a command needs only the extras it uses.
 from __future__ import annotations
 
 import argparse
+import atexit
 import importlib
 import os
+import re
 import sys
+import threading
 from importlib import metadata
 from typing import Optional
 
@@ -31,6 +34,41 @@ COMMANDS = {
     "bench": ("parity.bench", False, "forward-pass time, PyTorch against TensorFlow (asserts nothing)"),
     "calibrate": ("parity.diagnose_calibrate", False, "measure per-tap noise floors for a calibrated profile"),
 }
+
+
+# TensorFlow's native log lines: `I0000 00:00:1796135975.943563   10287 port.cc:153] ...` (severity I, W, E;
+# F, fatal, is kept) and absl's notice that they precede its initialisation.
+TF_LOG_LINE = re.compile(rb"^(?:[IWE]\d{4} \d\d:\d\d:\d+\.\d+ +\d+ [\w./-]+:\d+\] "
+                         rb"|WARNING: All log messages before absl::InitializeLog\(\) is called)")
+
+
+def drop_native_tf_logs() -> None:
+    """Routes this process's stderr (file descriptor 2, inherited by child processes) through a filter that
+    drops TensorFlow's native log lines and passes everything else on.
+
+    TF_CPP_MIN_LOG_LEVEL=3 silences most of them, but not those logged while TensorFlow's shared libraries
+    load: absl writes those to stderr before its logging is initialised, whatever the threshold (the oneDNN
+    and "Could not find cuda drivers" notices; abseil-cpp PR #1718 and #1957 propose to fix it there).
+    """
+    real = os.dup(2)
+    read_end, write_end = os.pipe()
+    os.dup2(write_end, 2)
+    os.close(write_end)
+
+    def pump() -> None:
+        with os.fdopen(read_end, "rb") as lines:
+            for line in lines:
+                if not TF_LOG_LINE.match(line):
+                    os.write(real, line)
+
+    thread = threading.Thread(target=pump, name="drop-native-tf-logs", daemon=True)
+    thread.start()
+
+    def restore() -> None:   # at exit: the pipe's last write end closes, the filter drains it and stops
+        sys.stderr.flush()
+        os.dup2(real, 2)
+        thread.join(timeout=10)
+    atexit.register(restore)
 
 
 def version() -> str:
@@ -60,6 +98,8 @@ def main(argv: Optional[list[str]] = None) -> int:
     argv = [a for a in argv if a != "--verbose"]
     # TensorFlow reads its log level once, at import: set before any command can import it.
     os.environ["TF_CPP_MIN_LOG_LEVEL"] = "0" if verbose else os.environ.get("TF_CPP_MIN_LOG_LEVEL", "3")
+    if not verbose and argv and argv[0] not in ("-h", "--help", "--version"):
+        drop_native_tf_logs()
     first = next((i for i, a in enumerate(argv) if not a.startswith("-")), None)
     if first is None or argv[first] not in COMMANDS or any(a in ("-h", "--help", "--version") for a in argv[:first]):
         parser().parse_args(argv)   # --help, --version, or a usage error naming the unknown command (exit 2)

@@ -1,5 +1,5 @@
 """The front door: `bert-parity` subcommands, --version/--help, flags, the one error mapping, no-TensorFlow exit 2,
-and the compare summary. No TensorFlow is imported here (checkpoints are written by bert_torch.convert --to-tf)."""
+and the compare summary. No TensorFlow is imported here (the checkpoint is written by bert_torch.convert --to-tf: tests/conftest.py)."""
 from __future__ import annotations
 
 import contextlib
@@ -14,16 +14,12 @@ import pytest
 import torch
 from hypothesis import given, settings, strategies as st
 
-from bert_torch import BertConfig
 from bert_torch.commands import EXIT_CODES_HELP, TF_MISSING, error_lines
-from bert_torch.weights import build_model, model_tensors, write_weights
 from parity import frontdoor
 from parity.cli import print_summary
 from parity.metrics import compare_tap, get_profile
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-CONFIG = BertConfig(vocab_size=40, hidden_size=16, num_hidden_layers=2, num_attention_heads=2,
-                    intermediate_size=24, max_position_embeddings=32, type_vocab_size=2)
 
 # Python code run first in a child process: TensorFlow, tf_keras and the official bert package are absent, as in a
 # `pip install bert-parity` without the `tf` extra (importing one raises ModuleNotFoundError, like a missing package).
@@ -50,78 +46,68 @@ def run_cli(*argv: str, no_tf: bool = False, cwd: str = REPO) -> subprocess.Comp
                           timeout=300)
 
 
-@pytest.fixture(scope="module")
-def checkpoint(tmp_path_factory):
-    """A random 2-layer model, its safetensors file, and an official-format TF checkpoint of it with a vocab."""
-    d = tmp_path_factory.mktemp("ckpt")
-    torch.manual_seed(0)
-    model = build_model(CONFIG, None)
-    weights = str(d / "model.safetensors")
-    write_weights(weights, model_tensors(model))
-    CONFIG.to_json_file(str(d / "bert_config.json"))
-    words = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"] + [chr(c) for c in range(ord("a"), ord("z") + 1)]
-    words += [f"##{c}" for c in "aeiostn"] + ["the", "."]
-    assert len(words) == CONFIG.vocab_size
-    (d / "vocab.txt").write_text("\n".join(words) + "\n", encoding="utf-8")
-    prefix = str(d / "bert_model.ckpt")
-    assert frontdoor.main(["convert", "--to-tf", "--torch-weights", weights, "--bert-config",
-                           str(d / "bert_config.json"), "--output", prefix]) == 0
-    return {"dir": str(d), "prefix": prefix, "weights": weights, "config": str(d / "bert_config.json"),
-            "tensors": model_tensors(model)}
+def exits(capsys, *argv: str) -> tuple[int, str, str]:
+    """The front door in-process: exit code (argparse exits with SystemExit), stdout, stderr."""
+    with pytest.raises(SystemExit) as e:
+        frontdoor.main(list(argv))
+    out, err = capsys.readouterr()
+    return e.value.code, out, err
 
 
-def test_version_comes_from_the_package_metadata():
-    run = run_cli("--version")
-    assert run.returncode == 0 and run.stdout.strip() == f"bert-parity {metadata.version('bert-parity')}"
+def test_version_comes_from_the_package_metadata(capsys):
+    code, out, _ = exits(capsys, "--version")
+    assert code == 0 and out.strip() == f"bert-parity {metadata.version('bert-parity')}"
 
 
-def test_help_lists_every_subcommand_and_the_exit_codes():
-    run = run_cli("--help")
-    assert run.returncode == 0
+def test_help_lists_every_subcommand_and_the_exit_codes(capsys):
+    code, out, _ = exits(capsys, "--help")
+    assert code == 0
     for name in ("convert", "compare", "diagnose", "dump", "tokens", "finetune", "release", "bench", "calibrate"):
-        assert f"\n    {name}" in run.stdout, name
+        assert f"\n    {name}" in out, name
     assert set(frontdoor.COMMANDS) == {"convert", "compare", "diagnose", "dump", "tokens", "finetune", "release",
                                        "bench", "calibrate"}
-    assert EXIT_CODES_HELP in " ".join(run.stdout.split())
-    sub = run_cli("compare", "--help")   # a subcommand's help: its defaults and the exit codes
-    assert sub.returncode == 0 and "(default: 128)" in sub.stdout and "2 bad input" in sub.stdout
+    assert EXIT_CODES_HELP in " ".join(out.split())
+    code, out, _ = exits(capsys, "compare", "--help")   # a subcommand's help: its defaults and the exit codes
+    assert code == 0 and "(default: 128)" in out and "2 bad input" in out and "(default: None)" not in out
 
 
-def test_unknown_subcommand_is_a_usage_error():
-    run = run_cli("frobnicate")
-    assert run.returncode == 2 and "invalid choice: 'frobnicate'" in run.stderr
+def test_unknown_subcommand_is_a_usage_error(capsys):
+    code, _, err = exits(capsys, "frobnicate")
+    assert code == 2 and "invalid choice: 'frobnicate'" in err
 
 
-def test_legacy_convert_flags_of_the_original_port(checkpoint, tmp_path, capsys):
+def test_legacy_convert_flags_of_the_original_port(tiny_checkpoint, tmp_path, capsys):
     out = tmp_path / "pytorch_model.bin"
-    code = frontdoor.main(["convert", "--tf_checkpoint_path", checkpoint["prefix"], "--bert_config_file",
-                           checkpoint["config"], "--pytorch_dump_path", str(out)])
+    code = frontdoor.main(["convert", "--tf_checkpoint_path", tiny_checkpoint["prefix"], "--bert_config_file",
+                           tiny_checkpoint["config"], "--pytorch_dump_path", str(out)])
     assert code == 0, capsys.readouterr().err
     assert "mapped" in capsys.readouterr().out
     back = torch.load(str(out), weights_only=True)
-    assert back.keys() == checkpoint["tensors"].keys()
-    assert all(np.array_equal(back[k].numpy(), v) for k, v in checkpoint["tensors"].items())
+    assert back.keys() == tiny_checkpoint["tensors"].keys()
+    assert all(np.array_equal(back[k].numpy(), v) for k, v in tiny_checkpoint["tensors"].items())
 
 
 @pytest.mark.parametrize("form", ["trailing-slash", "existing-dir"])
-def test_convert_output_that_is_a_directory_is_one_line_exit_2(checkpoint, tmp_path, capsys, form):
+def test_convert_output_that_is_a_directory_is_one_line_exit_2(tiny_checkpoint, tmp_path, capsys, form):
     target = str(tmp_path / "some" / "dir") + "/" if form == "trailing-slash" else str(tmp_path)
-    code = frontdoor.main(["convert", "--tf-checkpoint", checkpoint["dir"], "--output", target])
+    code = frontdoor.main(["convert", "--tf-checkpoint", tiny_checkpoint["dir"], "--output", target])
     err = capsys.readouterr().err.strip()
     assert code == 2 and "\n" not in err and err.startswith(f"error: --output {target}: is a directory"), err
     assert not os.path.exists(os.path.join(target, "bert.safetensors"))
 
 
-def test_dump_accepts_output_and_out(tmp_path):
-    run = run_cli("dump", "--tf-checkpoint", str(tmp_path / "none"), "--output", str(tmp_path))
-    assert run.returncode == 2 and run.stderr.strip() == f"error: --output {tmp_path}: is a directory; give a file name"
+def test_dump_output_that_is_a_directory_is_one_line_exit_2(tmp_path, capsys):
+    for flag in ("--output", "--out"):   # --out: the contract's spelling, kept as an alias
+        assert frontdoor.main(["dump", "--tf-checkpoint", str(tmp_path / "none"), flag, str(tmp_path)]) == 2
+        assert capsys.readouterr().err == f"error: --output {tmp_path}: is a directory; give a file name\n"
 
 
-@pytest.mark.parametrize("command", ["compare", "dump", "tokens"])
-def test_without_tensorflow_exit_2_says_how_to_get_it(checkpoint, tmp_path, command):
-    args = {"compare": ["--tf-checkpoint", checkpoint["dir"], "--torch-weights", checkpoint["weights"],
+@pytest.mark.parametrize("command", ["compare", pytest.param("dump", marks=pytest.mark.slow),
+                                     pytest.param("tokens", marks=pytest.mark.slow)])
+def test_without_tensorflow_exit_2_says_how_to_get_it(tiny_checkpoint, tmp_path, command):
+    args = {"compare": ["--tf-checkpoint", tiny_checkpoint["dir"], "--torch-weights", tiny_checkpoint["weights"],
                         "--report-dir", str(tmp_path / "r"), "--batch-size", "2", "--seq-len", "8"],
-            "dump": ["--tf-checkpoint", checkpoint["dir"], "--out", str(tmp_path / "g.safetensors"),
+            "dump": ["--tf-checkpoint", tiny_checkpoint["dir"], "--out", str(tmp_path / "g.safetensors"),
                      "--batch-size", "2", "--seq-len", "8"],
             "tokens": ["--sample", "--no-hf", "--limit", "3"]}[command]
     run = run_cli(command, *args, no_tf=True)
@@ -197,3 +183,32 @@ def test_release_requires_its_data_when_asked(tmp_path):
             assert any("required (--require-data) but not run" in r for r in report["reasons"])
         else:
             assert report["verdict"] == "pass" and "finetune" in report["checks_not_run"]
+
+
+def test_native_tf_log_lines_are_dropped_and_everything_else_kept():
+    """The stderr filter on planted lines: TF's own (dropped) among ours, a child process's and a traceback's."""
+    code = ("import os, subprocess, sys\n"
+            "from parity.frontdoor import drop_native_tf_logs\n"
+            "drop_native_tf_logs()\n"
+            "os.write(2, b'WARNING: All log messages before absl::InitializeLog() is called are written to STDERR\\n')\n"
+            "os.write(2, b'I0000 00:00:1796135975.943563   10287 port.cc:153] oneDNN custom operations are on.\\n')\n"
+            "print('error: ours', file=sys.stderr)\n"
+            "subprocess.run([sys.executable, '-c', \"import os; os.write(2, b'E0000 00:00:1796136006.663214   10305 "
+            "cuda_platform.cc:52] failed call to cuInit\\\\nchild line\\\\n')\"])\n"
+            "os.write(2, b'F0000 00:00:1.5   1 fatal.cc:1] a fatal error is kept\\n')\n"
+            "raise SystemExit('last words')\n")
+    run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO, timeout=120)
+    assert run.returncode == 1
+    assert run.stderr.splitlines() == ["error: ours", "child line", "F0000 00:00:1.5   1 fatal.cc:1] a fatal error is kept",
+                                       "last words"], run.stderr
+
+
+@pytest.mark.slow
+def test_tensorflow_logs_only_with_verbose(tiny_checkpoint, tmp_path):
+    args = ["compare", "--tf-checkpoint", tiny_checkpoint["dir"], "--torch-weights", tiny_checkpoint["weights"],
+            "--report-dir", str(tmp_path), "--batch-size", "2", "--seq-len", "12"]
+    quiet = run_cli(*args)
+    assert quiet.returncode == 0 and quiet.stderr == "", quiet.stderr[-3000:]
+    loud = run_cli("--verbose", *args)
+    assert loud.returncode == 0 and [line for line in loud.stderr.splitlines()
+                                     if frontdoor.TF_LOG_LINE.match(line.encode())], loud.stderr[-3000:]
