@@ -1,4 +1,5 @@
-"""``python -m parity compare``: TF checkpoint against PyTorch weights, every tap.
+"""``bert-parity compare`` (``python -m parity compare``): TF checkpoint against PyTorch weights, every tap;
+and ``diagnose`` (``parity.diagnose``), which takes the same arguments (``parity.options``).
 
 Exit codes (CONTRACT.md): 0 every tap within tolerance; 1 parity failure; 2 bad input,
 reported as one line per culprit on stderr (never a traceback, never a stale report).
