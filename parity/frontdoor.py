@@ -42,6 +42,9 @@ TF_LOG_LINE = re.compile(rb"^(?:[IWE]\d{4} \d\d:\d\d:\d+\.\d+ +\d+ [\w./-]+:\d+\
                          rb"|WARNING: All log messages before absl::InitializeLog\(\) is called)")
 
 
+_filtering = False
+
+
 def drop_native_tf_logs() -> None:
     """Routes this process's stderr (file descriptor 2, inherited by child processes) through a filter that
     drops TensorFlow's native log lines and passes everything else on.
@@ -49,7 +52,12 @@ def drop_native_tf_logs() -> None:
     TF_CPP_MIN_LOG_LEVEL=3 silences most of them, but not those logged while TensorFlow's shared libraries
     load: absl writes those to stderr before its logging is initialised, whatever the threshold (the oneDNN
     and "Could not find cuda drivers" notices; abseil-cpp PR #1718 and #1957 propose to fix it there).
+    Installed once per process (a second call does nothing).
     """
+    global _filtering
+    if _filtering:
+        return
+    _filtering = True
     real = os.dup(2)
     read_end, write_end = os.pipe()
     os.dup2(write_end, 2)
@@ -59,7 +67,10 @@ def drop_native_tf_logs() -> None:
         with os.fdopen(read_end, "rb") as lines:
             for line in lines:
                 if not TF_LOG_LINE.match(line):
-                    os.write(real, line)
+                    try:
+                        os.write(real, line)
+                    except OSError:   # stderr closed by the reader (`| head`): keep draining, never block writers
+                        pass
 
     thread = threading.Thread(target=pump, name="drop-native-tf-logs", daemon=True)
     thread.start()
@@ -93,12 +104,15 @@ def parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Optional[list[str]] = None) -> int:
+    """Runs a command. As the program's entry point (``argv`` None: the console script, ``python -m parity``)
+    it also owns the process's stderr and filters TensorFlow's native log lines out of it."""
+    entry_point = argv is None
     argv = list(sys.argv[1:] if argv is None else argv)
     verbose = "--verbose" in argv
     argv = [a for a in argv if a != "--verbose"]
     # TensorFlow reads its log level once, at import: set before any command can import it.
     os.environ["TF_CPP_MIN_LOG_LEVEL"] = "0" if verbose else os.environ.get("TF_CPP_MIN_LOG_LEVEL", "3")
-    if not verbose and argv and argv[0] not in ("-h", "--help", "--version"):
+    if entry_point and not verbose and argv and argv[0] not in ("-h", "--help", "--version"):
         drop_native_tf_logs()
     first = next((i for i, a in enumerate(argv) if not a.startswith("-")), None)
     if first is None or argv[first] not in COMMANDS or any(a in ("-h", "--help", "--version") for a in argv[:first]):

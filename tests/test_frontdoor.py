@@ -40,7 +40,7 @@ sys.meta_path.insert(0, _NoTensorFlow())
 
 
 def run_cli(*argv: str, no_tf: bool = False, cwd: str = REPO) -> subprocess.CompletedProcess:
-    code = (NO_TF if no_tf else "import sys\n") + "from parity.frontdoor import main\nsys.exit(main(sys.argv[1:]))\n"
+    code = (NO_TF if no_tf else "import sys\n") + "from parity.frontdoor import main\nsys.exit(main())\n"
     env = dict(os.environ, PYTHONPATH=REPO)
     return subprocess.run([sys.executable, "-c", code, *argv], capture_output=True, text=True, cwd=cwd, env=env,
                           timeout=300)
