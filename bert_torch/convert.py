@@ -23,7 +23,7 @@ import numpy as np
 from .commands import EXIT_CODES_HELP, HelpFormatter, run_main
 from .modeling import BertConfig
 from .tf_checkpoint import CheckpointError, checkpoint_prefix, list_variables, read_checkpoint, write_checkpoint
-from .weights import WeightsError, check_shapes, detect_head, expected_shapes, read_weights, write_weights
+from .weights import check_shapes, detect_head, expected_shapes, read_weights, write_weights
 
 # Head variables outside the mechanical scope rule (TF name -> file name). Their TF
 # layout is [out, in], like torch.nn.Linear, so they are not transposed.
