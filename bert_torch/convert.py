@@ -20,9 +20,10 @@ from typing import Mapping, Optional
 
 import numpy as np
 
+from .commands import EXIT_CODES_HELP, HelpFormatter, run_main
 from .modeling import BertConfig
 from .tf_checkpoint import CheckpointError, checkpoint_prefix, list_variables, read_checkpoint, write_checkpoint
-from .weights import WeightsError, check_shapes, detect_head, expected_shapes, read_weights, write_weights
+from .weights import check_shapes, detect_head, expected_shapes, read_weights, write_weights
 
 # Head variables outside the mechanical scope rule (TF name -> file name). Their TF
 # layout is [out, in], like torch.nn.Linear, so they are not transposed.
@@ -178,34 +179,44 @@ def convert_torch_to_tf(torch_weights: str, bert_config: str, output: str, vocab
 
 
 def main(argv: Optional[list[str]] = None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m bert_torch.convert", description=__doc__.split("\n\n")[0])
-    ap.add_argument("--tf-checkpoint", help="checkpoint directory or prefix (TF -> PyTorch)")
+    ap = argparse.ArgumentParser(prog="python -m bert_torch.convert", description=__doc__.split("\n\n")[0],
+                                 epilog=EXIT_CODES_HELP, formatter_class=HelpFormatter)
+    # The second spelling of each flag is the original PyTorch port's (convert_tf_checkpoint_to_pytorch.py).
+    ap.add_argument("--tf-checkpoint", "--tf_checkpoint_path", dest="tf_checkpoint",
+                    help="checkpoint directory or prefix (TF -> PyTorch)")
     ap.add_argument("--to-tf", action="store_true", help="convert PyTorch weights to a TF checkpoint")
     ap.add_argument("--torch-weights", help="safetensors or .bin/.pt state dict (with --to-tf)")
-    ap.add_argument("--bert-config", help="bert_config.json (default: the one beside the checkpoint)")
+    ap.add_argument("--bert-config", "--bert_config_file", dest="bert_config",
+                    help="bert_config.json (default: the one beside the checkpoint)")
     ap.add_argument("--vocab-file", help="with --to-tf: copy this vocab.txt beside the checkpoint")
     ap.add_argument("--body-only", action="store_true",
                     help="skip head variables (cls/, output_*), so the file loads into a plain BertModel")
-    ap.add_argument("--output", required=True, help="OUT.safetensors (or .bin), or with --to-tf a checkpoint prefix")
+    ap.add_argument("--output", "--pytorch_dump_path", dest="output", required=True,
+                    help="OUT.safetensors (or .bin), or with --to-tf a checkpoint prefix")
     args = ap.parse_args(argv)
-    try:
-        if args.to_tf:
-            if not args.torch_weights or not args.bert_config:
-                ap.error("--to-tf needs --torch-weights and --bert-config")
-            n = convert_torch_to_tf(args.torch_weights, args.bert_config, args.output, args.vocab_file)
-            print(f"wrote {n} variables to {args.output}.index / .data-00000-of-00001")
-        else:
-            if not args.tf_checkpoint:
-                ap.error("give --tf-checkpoint (TF -> PyTorch) or --to-tf")
-            summary = convert_tf_to_torch(args.tf_checkpoint, args.output, args.bert_config, args.body_only)
-            print(f"{summary}; wrote {args.output}")
-    except WeightsError as e:
-        for line in e.problems:
-            print(f"error: {line}", file=sys.stderr)
-        return 2
-    except (CheckpointError, ValueError, OSError) as e:
-        print(f"error: {str(e).splitlines()[0] if str(e) else type(e).__name__}", file=sys.stderr)
-        return 2
+    if args.to_tf and (not args.torch_weights or not args.bert_config):
+        ap.error("--to-tf needs --torch-weights and --bert-config")
+    if not args.to_tf and not args.tf_checkpoint:
+        ap.error("give --tf-checkpoint (TF -> PyTorch) or --to-tf")
+    return run_main(_convert, args)
+
+
+def check_output_path(output: str) -> None:
+    """A file name, not a folder (``out/``): one line, exit 2, instead of a writer's traceback.
+    (Missing parent folders are created by the writers.)"""
+    if output.endswith(("/", os.sep)) or os.path.isdir(output):
+        raise ValueError(f"--output {output}: is a directory; give a file name "
+                         f"(e.g. {os.path.join(output, 'bert.safetensors')})")
+
+
+def _convert(args) -> int:
+    check_output_path(args.output)
+    if args.to_tf:
+        n = convert_torch_to_tf(args.torch_weights, args.bert_config, args.output, args.vocab_file)
+        print(f"wrote {n} variables to {args.output}.index / .data-00000-of-00001")
+    else:
+        summary = convert_tf_to_torch(args.tf_checkpoint, args.output, args.bert_config, args.body_only)
+        print(f"{summary}; wrote {args.output}")
     return 0
 
 

@@ -1,5 +1,6 @@
+"""``python -m parity``: the ``bert-parity`` command (``parity.frontdoor``)."""
 import sys
 
-from .cli import main
+from .frontdoor import main
 
 sys.exit(main())

@@ -28,6 +28,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
 import torch  # noqa: E402
 
+from bert_torch.commands import HelpFormatter  # noqa: E402
 from bert_torch.modeling import BertConfig  # noqa: E402
 
 from .inputs import make_inputs  # noqa: E402
@@ -192,7 +193,8 @@ def plot(results: list[dict], path: str) -> None:
 
 
 def main(argv: Optional[list[str]] = None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m parity.bench", description=__doc__.split("\n\n")[0])
+    ap = argparse.ArgumentParser(prog="python -m parity.bench", description=__doc__.split("\n\n")[0],
+                                 formatter_class=HelpFormatter)
     ap.add_argument("--shapes", default="minilm,base", help=f"comma-separated of {', '.join(SHAPES)}")
     ap.add_argument("--batch-size", type=int, default=8)
     ap.add_argument("--seq-len", type=int, default=128)

@@ -1,4 +1,5 @@
-"""``python -m parity compare``: TF checkpoint against PyTorch weights, every tap.
+"""``bert-parity compare`` (``python -m parity compare``): TF checkpoint against PyTorch weights, every tap;
+and ``diagnose`` (``parity.diagnose``), which takes the same arguments (``parity.options``).
 
 Exit codes (CONTRACT.md): 0 every tap within tolerance; 1 parity failure; 2 bad input,
 reported as one line per culprit on stderr (never a traceback, never a stale report).
@@ -10,107 +11,31 @@ import os
 import sys
 from typing import Optional
 
-import torch
-
-from bert_torch.convert import resolve_checkpoint, tf_to_torch
+from bert_torch.commands import EXIT_CODES_HELP, HelpFormatter, run_main
 from bert_torch.modeling import BertConfig
-from bert_torch.tf_checkpoint import CheckpointError, read_checkpoint
-from bert_torch.weights import WeightsError, detect_head
+from bert_torch.weights import WeightsError
 
 from .compare import clear_report, compare_sides, write_report
+from .diagnose import add_diagnose_args, run_diagnose
 from .environment import environment
-from .inputs import InputError, make_inputs
-from .metrics import PROFILES, get_profile
-from .precision import Tier, check_supported
-from .sides import TFSide, TorchSide
-
-
-class BadInput(ValueError):
-    pass
-
-
-def add_compare_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--tf-checkpoint", help="checkpoint directory or prefix (required unless --golden)")
-    p.add_argument("--golden", help="compare against a golden file (python -m reference_tf dump) "
-                                    "instead of running TensorFlow")
-    p.add_argument("--bert-config", help="bert_config.json (default: beside the checkpoint)")
-    p.add_argument("--torch-weights", required=True, help="safetensors or .bin/.pt state dict")
-    p.add_argument("--torch-bert-config", help="config for the PyTorch side only (default: --bert-config)")
-    p.add_argument("--vocab-file", help="vocab.txt (default: beside the checkpoint)")
-    p.add_argument("--sentences", help="MRPC-format tsv of sentence pairs (default: the committed MRPC sample)")
-    p.add_argument("--report-dir", required=True)
-    p.add_argument("--batch-size", type=int, default=8)
-    p.add_argument("--seq-len", type=int, default=128)
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--device", default="cpu", help="PyTorch device: cpu, cuda, cuda:1 ...")
-    p.add_argument("--profile", default="fp32-cpu", help=f"tolerance profile: {', '.join(sorted(PROFILES))}")
-    p.add_argument("--tf-threads", type=int, help="TF intra-op threads (default: TF's own)")
-    p.add_argument("--precision", default="fp32",
-                   help="the candidate's arithmetic (the reference stays the float32 graph): fp32 (TF32 off), "
-                        "tf32 (CUDA's, or an exact emulation on CPU), bf16, fp16 (default: fp32)")
-    p.add_argument("--precision-mode", default="autocast",
-                   help="bf16/fp16 as torch.autocast (default) or the whole model cast, as for inference")
-
-
-def find_vocab(path: str, prefix: str, vocab_file: Optional[str]) -> str:
-    if vocab_file:
-        if not os.path.isfile(vocab_file):
-            raise BadInput(f"{vocab_file}: no such vocab file")
-        return vocab_file
-    base = path if os.path.isdir(path) else os.path.dirname(prefix)
-    candidate = os.path.join(base, "vocab.txt")
-    if not os.path.isfile(candidate):
-        raise BadInput(f"{path}: no vocab.txt beside the checkpoint; pass --vocab-file")
-    return candidate
-
-
-def check_device(args) -> Tier:
-    """``--device`` and ``--precision``: the tier, once its kernels have run here (else exit 2)."""
-    if args.device != "cpu" and not (args.device.startswith("cuda") and torch.cuda.is_available()):
-        raise BadInput(f"--device {args.device}: not available on this machine")
-    tier = Tier(getattr(args, "precision", "fp32"), getattr(args, "precision_mode", "autocast"))
-    check_supported(tier, args.device)
-    return tier
-
-
-def prepare(args):
-    """Everything that can be checked before a model runs: exit 2 material."""
-    if not args.tf_checkpoint:
-        raise BadInput("--tf-checkpoint is required (or --golden FILE for compare)")
-    profile = get_profile(args.profile)
-    args.tier = check_device(args)
-    prefix, config_path = resolve_checkpoint(args.tf_checkpoint, args.bert_config)
-    config = BertConfig.from_json_file(config_path)
-    torch_config = BertConfig.from_json_file(args.torch_bert_config) if args.torch_bert_config else config
-    if args.seq_len > config.max_position_embeddings:
-        raise BadInput(f"--seq-len {args.seq_len} exceeds max_position_embeddings "
-                       f"{config.max_position_embeddings} in {config_path}")
-    # Reading every variable checks names, shapes against the config, sizes and checksums.
-    tf_weights, _ = tf_to_torch(read_checkpoint(prefix), config, where=prefix)
-    head, num_labels = detect_head(tf_weights)
-    if head == "classifier":
-        num_labels = tf_weights["classifier.weight"].shape[0]
-    vocab = find_vocab(args.tf_checkpoint, prefix, args.vocab_file)
-    inputs = make_inputs(vocab, args.batch_size, args.seq_len, args.seed, vocab_size=config.vocab_size,
-                         type_vocab_size=config.type_vocab_size, pairs_file=args.sentences)
-    files = {"tf_checkpoint.index": prefix + ".index", "tf_checkpoint.data": prefix + ".data-00000-of-00001",
-             "torch_weights": args.torch_weights, "bert_config": config_path, "vocab": vocab,
-             "torch_bert_config": args.torch_bert_config}
-    return profile, prefix, config, torch_config, head, num_labels, inputs, files
+from .metrics import get_profile
+# Re-exported: callers and tests import the compare arguments and preparation from here.
+from .options import BadInput, add_compare_args, check_device, check_precision, find_vocab, prepare  # noqa: F401
+from .sides import GoldenSide, TFSide, TorchSide
 
 
 def run_compare(args) -> int:
     clear_report(args.report_dir)
     if getattr(args, "golden", None):
         return run_golden_compare(args)
-    profile, prefix, config, torch_config, head, num_labels, inputs, files = prepare(args)
-    candidate = TorchSide.from_weights(args.torch_weights, torch_config, device=args.device, tier=args.tier)
-    reference = TFSide(prefix, config, head=head, num_labels=num_labels, intra_op_threads=args.tf_threads)
+    p = prepare(args)
+    candidate = TorchSide.from_weights(args.torch_weights, p.torch_config, device=args.device, tier=p.tier)
+    reference = TFSide(p.prefix, p.config, head=p.head, num_labels=p.num_labels, intra_op_threads=args.tf_threads)
     try:
-        report = compare_sides(reference, candidate, inputs, profile)
+        report = compare_sides(reference, candidate, p.inputs, p.profile)
     finally:
         reference.close()
-    report["environment"] = environment(args.device, files, args.tf_threads, seeds={"inputs": args.seed})
+    report["environment"] = environment(args.device, p.files, args.tf_threads, seeds={"inputs": args.seed})
     json_path, _ = write_report(report, args.report_dir)
     print_summary(report, json_path)
     return 0 if report["verdict"] == "pass" else 1
@@ -121,14 +46,13 @@ COMPARE_DEFAULTS = {"batch_size": 8, "seq_len": 128, "seed": 0}
 
 def run_golden_compare(args) -> int:
     """``compare --golden``: the reference is a recorded TF run; TensorFlow is never imported."""
-    from .sides import GoldenSide
     if args.tf_checkpoint:
         raise BadInput("give either --tf-checkpoint or --golden, not both")
     for opt in ("sentences", "vocab_file", "tf_threads"):
         if getattr(args, opt):
             raise BadInput(f"--{opt.replace('_', '-')} does not apply to --golden: the golden file holds its inputs")
     profile = get_profile(args.profile)
-    tier = check_device(args)
+    tier = check_precision(args)
     golden = GoldenSide(args.golden)
     recorded = {"batch_size": golden.inputs.shape[0], "seq_len": golden.inputs.shape[1],
                 "seed": golden.inputs.meta.get("seed")}
@@ -159,43 +83,51 @@ def run_golden_compare(args) -> int:
     return 0 if report["verdict"] == "pass" else 1
 
 
+WORST_SHOWN = 5   # taps printed; the full table is in report.md
+
+
 def print_summary(report: dict, json_path: str) -> None:
+    """The verdict, the first divergence, the few taps nearest to (or furthest past) their tolerance, and
+    where the full table is: a failing 12-layer model would otherwise print a hundred lines."""
     taps = report["taps"]
-    worst = max(taps, key=lambda t: -1 if t["tol_ratio"] is None else t["tol_ratio"])
     print(f"reference: {report['sides']['reference']}\ncandidate: {report['sides']['candidate']}")
     print(f"verdict: {report['verdict']} ({sum(t['passed'] for t in taps)}/{len(taps)} taps within "
-          f"{report['profile']['name']}); first divergence: {report['first_divergence']}")
-    for t in taps:
-        if t["name"].endswith("/output") or not t["passed"]:
-            print(f"  {t['name']:<32} max_abs {t['max_abs'] if t['max_abs'] is None else format(t['max_abs'], '.3g'):>9}"
-                  f"  {'ok' if t['passed'] else 'FAIL: ' + str(t['reason'])}")
+          f"{report['profile']['name']}); first divergence: {report['first_divergence'] or 'none'}")
+    # Failures first (a missing tap or a NaN has no ratio), then by the share of the allowed error used.
+    worst = sorted(taps, key=lambda t: (t["passed"], -(t["tol_ratio"] if t["tol_ratio"] is not None else 0.0)))
+    print(f"worst {min(WORST_SHOWN, len(taps))} of {len(taps)} taps (error as a fraction of the allowed error):")
+    for t in worst[:WORST_SHOWN]:
+        ratio = "—" if t["tol_ratio"] is None else format(t["tol_ratio"], ".3g")
+        max_abs = "—" if t["max_abs"] is None else format(t["max_abs"], ".3g")
+        print(f"  {t['name']:<32} max_abs {max_abs:>9}  {ratio:>9} of allowed  "
+              f"{'ok' if t['passed'] else 'FAIL: ' + str(t['reason'])}")
+    failed = len(taps) - sum(t["passed"] for t in taps)
+    if failed > WORST_SHOWN:
+        print(f"  ... and {failed - WORST_SHOWN} more failing taps")
     if report.get("precision"):
         print(f"precision: {report['precision']['description']} on {report['precision']['device']}")
     for h in report.get("hints", []):
         print(f"hint {h['cause']}: {h['evidence']}")
-    if worst["tol_ratio"] is not None:
-        print(f"closest to its tolerance: {worst['name']} ({worst['tol_ratio']:.3g} of the allowed error)")
-    print(f"report: {json_path}")
+    for n in report.get("notes", []):
+        print(f"note: {n}")
+    print(f"full table: {os.path.join(os.path.dirname(json_path), 'report.md')} (and {json_path})")
 
 
 def main(argv: Optional[list[str]] = None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m parity", description="BERT parity: TensorFlow vs PyTorch")
+    """``compare`` and ``diagnose`` (``bert-parity compare|diagnose``, ``python -m parity compare|diagnose``)."""
+    fmt = HelpFormatter
+    ap = argparse.ArgumentParser(prog="bert-parity", description="BERT parity: TensorFlow vs PyTorch",
+                                 epilog=EXIT_CODES_HELP, formatter_class=fmt)
     sub = ap.add_subparsers(dest="command", required=True)
-    add_compare_args(sub.add_parser("compare", help="compare every tap of the two sides"))
-    from .diagnose import add_diagnose_args, run_diagnose
+    add_compare_args(sub.add_parser("compare", help="compare every tap of the two sides", epilog=EXIT_CODES_HELP,
+                                    formatter_class=fmt))
     diagnose = sub.add_parser("diagnose", help="culprit block, root-cause hints, precision ladder, repro "
-                              "(compare's arguments; writes diagnosis.json/.md)")
+                              "(compare's arguments; writes diagnosis.json/.md)", epilog=EXIT_CODES_HELP,
+                              formatter_class=fmt)
     add_compare_args(diagnose)
     add_diagnose_args(diagnose)
     args = ap.parse_args(argv)
-    try:
-        return run_diagnose(args) if args.command == "diagnose" else run_compare(args)
-    except WeightsError as e:
-        for line in e.problems:
-            print(f"error: {line}", file=sys.stderr)
-    except (BadInput, InputError, CheckpointError, ValueError, OSError) as e:
-        print(f"error: {str(e).splitlines()[0] if str(e) else type(e).__name__}", file=sys.stderr)
-    return 2
+    return run_main(run_diagnose if args.command == "diagnose" else run_compare, args)
 
 
 if __name__ == "__main__":

@@ -39,6 +39,7 @@ from .compare import _atomic_write
 from .hints import CAUSES, Context, activation_hints, compare_weights, weight_hints
 from .inputs import Inputs
 from .metrics import Profile, compare_tap
+from .options import BadInput, add_compare_args, find_vocab, prepare
 from .precision import precision_hints
 from .sides import TorchSide
 
@@ -558,7 +559,7 @@ def write_repro(diagnosis: dict, report_dir: str, config: BertConfig, profile: P
 
 
 def print_summary(d: dict, json_path: str) -> None:
-    print(f"verdict: {d['verdict']}; culprit: {d['culprit']}"
+    print(f"verdict: {d['verdict']}; culprit: {d['culprit'] or 'none'}"
           + (f" (block {d['culprit_block']})" if d.get("culprit_block") and d["culprit_block"] != d["culprit"] else ""))
     w = d["weights"]
     print(f"weights: {w['bit_equal']}/{w['checked']} bit-equal")
@@ -583,7 +584,6 @@ def run_diagnose(args) -> int:
     from bert_torch.tokenization import load_vocab
     from bert_torch.weights import WeightsError, model_from_tensors, read_weights
 
-    from .cli import BadInput, find_vocab, prepare
     from .environment import environment
     from .hints import vocab_hint
     from .sides import TFSide
@@ -603,30 +603,30 @@ def run_diagnose(args) -> int:
              "stages": {"inputs": "vocab does not match the checkpoint: nothing was run"}}
         write_diagnosis(d, args.report_dir)
         raise BadInput(f"{h['evidence']} (vocab_mismatch; see {args.report_dir}/diagnosis.md)")
-    profile, prefix, config, torch_config, head, num_labels, inputs, files = prepare(args)
-    tf_weights, _ = tf_to_torch(read_checkpoint(prefix), config, where=prefix)
+    p = prepare(args)
+    tf_weights, _ = tf_to_torch(read_checkpoint(p.prefix), p.config, where=p.prefix)
     torch_weights = read_weights(args.torch_weights)   # unreadable: exit 2
     candidate, problem = None, None
     try:
-        model = model_from_tensors(torch_weights, torch_config, head="auto", device=args.device,
+        model = model_from_tensors(torch_weights, p.torch_config, head="auto", device=args.device,
                                    where=args.torch_weights)
         candidate = TorchSide(model, args.device, {"BertForSequenceClassification": "classifier",
                                                     "BertForQuestionAnswering": "squad",
                                                     "BertForPreTraining": "pretraining"}.get(type(model).__name__),
-                              tier=args.tier)
+                              tier=p.tier)
     except WeightsError as e:
         if not compare_weights(tf_weights, torch_weights)["differences"]:
             raise   # same tensors as the checkpoint, so the PyTorch config is at fault: bad input
         problem = f"the PyTorch weights do not load: {e.problems[0]}"   # diagnosed from the weights
     floors = calibration_floors(getattr(args, "calibration", None))
-    reference = TFSide(prefix, config, head=head, num_labels=num_labels, intra_op_threads=args.tf_threads)
+    reference = TFSide(p.prefix, p.config, head=p.head, num_labels=p.num_labels, intra_op_threads=args.tf_threads)
     try:
-        d = diagnose(reference, candidate, inputs, profile, config=config, tf_weights=tf_weights,
-                     torch_weights=torch_weights, head=head, floors=floors, candidate_problem=problem)
+        d = diagnose(reference, candidate, p.inputs, p.profile, config=p.config, tf_weights=tf_weights,
+                     torch_weights=torch_weights, head=p.head, floors=floors, candidate_problem=problem)
     finally:
         reference.close()
-    d["environment"] = environment(args.device, files, args.tf_threads)
-    write_repro(d, args.report_dir, torch_config, profile, head, num_labels)
+    d["environment"] = environment(args.device, p.files, args.tf_threads)
+    write_repro(d, args.report_dir, p.torch_config, p.profile, p.head, p.num_labels)
     json_path, _ = write_diagnosis(d, args.report_dir)
     print_summary(d, json_path)
     return 0 if d["verdict"] == "pass" else 1
@@ -662,7 +662,6 @@ def release_check(ctx) -> dict:
     if not os.path.isfile(os.path.join(ckpt, "bert_model.ckpt.index")):
         build_checkpoint(ckpt)
     out = os.path.join(ctx.report_dir, "diagnose")
-    from .cli import add_compare_args
     parser = argparse.ArgumentParser()
     add_compare_args(parser)
     add_diagnose_args(parser)

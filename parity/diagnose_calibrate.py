@@ -29,6 +29,8 @@ from typing import Optional
 import numpy as np
 import torch
 
+from bert_torch.commands import EXIT_CODES_HELP, HelpFormatter, run_main
+
 DEFAULTS = dict(bert_config=None, torch_bert_config=None, vocab_file=None, sentences=None, batch_size=8,
                 seq_len=128, seed=0, device="cpu", profile="fp32-cpu", tf_threads=None, golden=None,
                 report_dir=None)
@@ -42,7 +44,7 @@ def _inputs(args) -> list:
     """(spec, Inputs) of every input set, built the way compare builds its inputs."""
     from bert_torch.convert import resolve_checkpoint
     from bert_torch.modeling import BertConfig
-    from .cli import prepare
+    from .options import prepare
     _, config_path = resolve_checkpoint(args.tf_checkpoint, args.bert_config)
     longest = BertConfig.from_json_file(config_path).max_position_embeddings
     out = []
@@ -60,10 +62,10 @@ def _tf_child(args, out: str, threads: Optional[int]) -> None:
     """In a child process: run the official graph once and save every tap (npz)."""
     from .sides import TFSide
     sets = _inputs(args)
-    _, prefix, config, _, head, num_labels, _, _ = sets[0][1]
-    side = TFSide(prefix, config, head=head, num_labels=num_labels, intra_op_threads=threads)
+    first = sets[0][1]
+    side = TFSide(first.prefix, first.config, head=first.head, num_labels=first.num_labels, intra_op_threads=threads)
     try:
-        np.savez(out, **{f"{spec}|{tap}": v for spec, prepared in sets for tap, v in side.run(prepared[6]).items()})
+        np.savez(out, **{f"{spec}|{tap}": v for spec, prepared in sets for tap, v in side.run(prepared.inputs).items()})
     finally:
         side.close()
 
@@ -80,7 +82,7 @@ def _run_child(args, onednn: str, threads: Optional[int], out: str) -> dict:
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True)
     if proc.returncode != 0:
         last = (proc.stderr.strip().splitlines() or ["no output"])[-1]
-        raise RuntimeError(f"TensorFlow run (oneDNN {onednn}, threads {threads or 'default'}) failed: {last}")
+        raise ValueError(f"TensorFlow run (oneDNN {onednn}, threads {threads or 'default'}) failed: {last}")
     with np.load(out) as z:
         return {k: z[k] for k in z.files}
 
@@ -93,7 +95,7 @@ def calibrate(args) -> dict:
     from .environment import environment
     from .sides import TorchSide
     sets = _inputs(args)
-    _, prefix, config, torch_config, head, num_labels, _, files = sets[0][1]
+    torch_config, files = sets[0][1].torch_config, sets[0][1].files
     t0 = time.perf_counter()
     with tempfile.TemporaryDirectory() as tmp:
         runs = {
@@ -105,7 +107,7 @@ def calibrate(args) -> dict:
     side64 = TorchSide.from_weights(args.torch_weights, torch_config, dtype=torch.float64)
     taps: dict = {}
     for spec, prepared in sets:
-        pt32, pt64 = side32.run(prepared[6]), side64.run(prepared[6])
+        pt32, pt64 = side32.run(prepared.inputs), side64.run(prepared.inputs)
         for name in pt32:
             ref = runs["onednn_on"][f"{spec}|{name}"]
             row = {"tf_onednn": _max_abs(ref, runs["onednn_off"][f"{spec}|{name}"]),
@@ -122,33 +124,33 @@ def calibrate(args) -> dict:
         "description": ("per-tap noise floors (max abs over every element): TensorFlow oneDNN on vs off, "
                         "TensorFlow 1 vs all intra-op threads, PyTorch float32 vs float64; floor = the largest"),
         "command": "python -m parity.diagnose_calibrate " + " ".join(sys.argv[1:]),   # as run
-        "input_sets": [{"name": spec, **prepared[6].meta} for spec, prepared in sets],
+        "input_sets": [{"name": spec, **prepared.inputs.meta} for spec, prepared in sets],
         "environment": env, "seconds": round(time.perf_counter() - t0, 1), "taps": taps,
     }
 
 
 def main(argv: Optional[list] = None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m parity.diagnose_calibrate", description=__doc__.split("\n\n")[0])
+    ap = argparse.ArgumentParser(prog="python -m parity.diagnose_calibrate", description=__doc__.split("\n\n")[0],
+                                 epilog=EXIT_CODES_HELP, formatter_class=HelpFormatter)
     ap.add_argument("--tf-checkpoint", required=True)
     ap.add_argument("--torch-weights", required=True)
     ap.add_argument("--bert-config")
     ap.add_argument("--vocab-file")
     ap.add_argument("--sentences")
-    ap.add_argument("--out", help="calibration JSON to write")
+    ap.add_argument("--output", "--out", dest="out", help="calibration JSON to write")
     ap.add_argument("--child-out", help=argparse.SUPPRESS)
     ap.add_argument("--child-threads", type=int, help=argparse.SUPPRESS)
-    ns = ap.parse_args(argv)
+    return run_main(_main, ap.parse_args(argv))
+
+
+def _main(ns) -> int:
     args = _args(ns)
-    try:
-        if ns.child_out:
-            _tf_child(args, ns.child_out, ns.child_threads)
-            return 0
-        if not ns.out:
-            raise ValueError("--out is required")
-        data = calibrate(args)
-    except (ValueError, OSError, RuntimeError) as e:
-        print(f"error: {str(e).splitlines()[0] if str(e) else type(e).__name__}", file=sys.stderr)
-        return 2
+    if ns.child_out:
+        _tf_child(args, ns.child_out, ns.child_threads)
+        return 0
+    if not ns.out:
+        raise ValueError("--output is required")
+    data = calibrate(args)
     os.makedirs(os.path.dirname(os.path.abspath(ns.out)), exist_ok=True)
     with open(ns.out, "w", encoding="utf-8") as f:
         json.dump(data, f, indent=1)

@@ -40,6 +40,7 @@ from typing import Callable, Optional
 import numpy as np
 import torch
 
+from bert_torch.commands import EXIT_CODES_HELP, HelpFormatter, run_main
 from bert_torch.optimization import BertAdam, decays_tf, num_train_steps as official_num_train_steps
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -1083,9 +1084,10 @@ def mrpc_training_data(mrpc: str, vocab: str, train_seq_len: Optional[int] = Non
 
 
 def main(argv: Optional[list[str]] = None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m parity.finetune", description=__doc__.split("\n\n")[0])
+    ap = argparse.ArgumentParser(prog="python -m parity.finetune", description=__doc__.split("\n\n")[0],
+                                 epilog=EXIT_CODES_HELP, formatter_class=HelpFormatter)
     ap.add_argument("--data-dir", default=None, help="folder with mrpc/ (default: ../shared/data from the repo root)")
-    ap.add_argument("--out", help="output folder for finetune.json / finetune.md (required)")
+    ap.add_argument("--report-dir", "--out", dest="out", help="output folder for finetune.json / finetune.md (required)")
     ap.add_argument("--quick", action="store_true", help="CI sizes (a few minutes)")
     ap.add_argument("--device", default="cpu", help="PyTorch device (cuda is untested)")
     ap.add_argument("--train-epochs", type=float, default=3.0, help="deterministic run: MRPC epochs, steps by "
@@ -1105,7 +1107,7 @@ def main(argv: Optional[list[str]] = None) -> int:
     ap.add_argument("--seed-lr", type=float, default=None, help=f"multi-seed learning rate (default {SEED_LR:g})")
     args = ap.parse_args(argv)
     if not args.out:
-        print("error: --out is required", file=sys.stderr)
+        print("error: --report-dir is required", file=sys.stderr)
         return 2
     if not args.train_epochs > 0:
         print(f"error: --train-epochs {args.train_epochs} must be positive", file=sys.stderr)
@@ -1119,17 +1121,15 @@ def main(argv: Optional[list[str]] = None) -> int:
         if value is not None and value < 1:
             print(f"error: --{name.replace('_', '-')} {value} must be positive", file=sys.stderr)
             return 2
-    try:
-        result = run_finetune_checks(args.data_dir, args.out, quick=args.quick, device=args.device,
-                                     train_steps=args.train_steps, train_batch_size=args.train_batch_size,
-                                     train_seq_len=args.train_seq_len, seeds=args.seeds,
-                                     seed_steps=args.seed_steps, squad_steps=args.squad_steps,
-                                     squad_dev=args.squad_dev, train_epochs=args.train_epochs,
-                                     seed_batch_size=args.seed_batch_size, seed_seq_len=args.seed_seq_len,
-                                     seed_lr=args.seed_lr)
-    except (FileNotFoundError, ValueError) as e:
-        print(f"error: {str(e).splitlines()[0]}", file=sys.stderr)
-        return 2
+    result = run_main(run_finetune_checks, args.data_dir, args.out, quick=args.quick, device=args.device,
+                      train_steps=args.train_steps, train_batch_size=args.train_batch_size,
+                      train_seq_len=args.train_seq_len, seeds=args.seeds,
+                      seed_steps=args.seed_steps, squad_steps=args.squad_steps,
+                      squad_dev=args.squad_dev, train_epochs=args.train_epochs,
+                      seed_batch_size=args.seed_batch_size, seed_seq_len=args.seed_seq_len,
+                      seed_lr=args.seed_lr)
+    if not isinstance(result, dict):   # exit 2: bad input, already reported on stderr by run_main
+        return result
     print(result["summary"])
     for c in result["checks"]:
         print(f"  {c['name']}: {c['summary']}")

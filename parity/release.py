@@ -5,7 +5,7 @@ least ``name``, ``verdict`` ("pass"/"fail"), ``summary``), run in order:
 
 - ``gate-suite``: the whole pytest gate (``pytest -m '' parity/``), as a subprocess;
 - ``layerwise/<checkpoint>``: every tap of the official graph against bert_torch, for the
-  real all-MiniLM-L6-v2 weights and three random-init configs of ``parity/test_gate.py``;
+  real all-MiniLM-L6-v2 weights and three random-init configs of ``parity/checkpoints.py``;
 - ``tokens``, ``diagnose``, ``finetune``: registered only when ``parity.tokens``,
   ``parity.diagnose``, ``parity.finetune`` import; such a module joins the report by
   defining ``release_check(ctx) -> section``.
@@ -52,10 +52,11 @@ import xml.etree.ElementTree as ET
 from typing import Callable, Optional
 
 os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")   # before anything imports TensorFlow
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")   # TF C++ logs off (bert-parity --verbose)
 
 import numpy as np  # noqa: E402
 
+from bert_torch.commands import EXIT_CODES_HELP, HelpFormatter, run_main  # noqa: E402
 from bert_torch.modeling import BertConfig  # noqa: E402
 
 from .environment import REPO_ROOT, environment, git_state  # noqa: E402
@@ -260,6 +261,7 @@ class Context:
     seeds: dict = dataclasses.field(default_factory=dict)
     worst: dict = dataclasses.field(default_factory=dict)     # check -> (tap, |c - r| of its worst tap)
     tier: Tier = dataclasses.field(default_factory=Tier)       # the candidate's precision (--precision)
+    require_data: bool = False   # --require-data / PARITY_REQUIRE_DATA=1 (CI): a check without its data fails
 
 
 @dataclasses.dataclass
@@ -373,11 +375,11 @@ def _subset_vocab(path: str, n: int) -> None:
 
 
 def random_check(config_name: str, batch: int = 4, seed: int = 0) -> Check:
-    """A random-init checkpoint of the gate (parity/test_gate.py CONFIGS), written by the official code."""
+    """A random-init checkpoint of the gate (parity/checkpoints.py CONFIGS), written by the official code."""
     def run(ctx: Context) -> dict:
         from bert_torch import convert
         from reference_tf import write_random_checkpoint
-        from .test_gate import CONFIGS, SEQ
+        from .checkpoints import CONFIGS, SEQ
         cfg = dict(CONFIGS[config_name], hidden_act="gelu")
         out = os.path.join(ctx.work_dir, f"random-{config_name}")
         os.makedirs(out, exist_ok=True)
@@ -524,9 +526,12 @@ def run_release(ctx: Context, checks: list[Check], not_run: dict[str, str], base
         try:
             section = check.run(ctx)
         except NotRun as e:
-            not_run = {**not_run, check.name: str(e)}
-            print(f"[release] {check.name}: not run - {e}", flush=True)
-            continue
+            if not ctx.require_data:
+                not_run = {**not_run, check.name: str(e)}
+                print(f"[release] {check.name}: not run - {e}", flush=True)
+                continue
+            section = {"name": check.name, "kind": "not_run", "verdict": "fail",
+                       "summary": f"required (--require-data) but not run: {e}"}
         except Exception as e:   # a check that crashes fails the gate, with its reason in the report
             section = {"name": check.name, "kind": "error", "verdict": "fail",
                        "summary": f"the check crashed: {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"}
@@ -636,7 +641,8 @@ def project_version() -> str:
 
 
 def main(argv: Optional[list[str]] = None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m parity.release", description=__doc__.split("\n\n")[0])
+    ap = argparse.ArgumentParser(prog="python -m parity.release", description=__doc__.split("\n\n")[0],
+                                 epilog=EXIT_CODES_HELP, formatter_class=HelpFormatter)
     ap.add_argument("--report-dir", help="default: reports/<version>-<commit>")
     ap.add_argument("--data-dir", help="real data (MRPC, SQuAD); default ../shared/data beside the repo when present")
     ap.add_argument("--work-dir", help="checkpoints built for the report (default: build/release)")
@@ -652,42 +658,44 @@ def main(argv: Optional[list[str]] = None) -> int:
                     "fp32, tf32, bf16, fp16 (the reference stays the float32 graph)")
     ap.add_argument("--precision-mode", default="autocast", help="bf16/fp16: autocast (default) or cast")
     ap.add_argument("--promote", metavar="REPORT_JSON", help="make this passing report the baseline and exit")
-    args = ap.parse_args(argv)
-    try:
-        if args.promote:
-            return promote(args.promote, args.baseline or DEFAULT_BASELINE)
-        checks, not_run = registry()
-        if args.list:
-            for c in checks:
-                print(f"{c.name:32} {c.what}")
-            for n, why in not_run.items():
-                print(f"{n:32} not run: {why}")
-            return 0
-        if args.checks:
-            globs = [g.strip() for g in args.checks.split(",") if g.strip()]
-            unknown = [g for g in globs if not any(fnmatch.fnmatchcase(c.name, g) for c in checks)]
-            if unknown:
-                raise ReleaseInputError(f"--checks {unknown[0]}: matches no check; `--list` shows them")
-            skipped = {c.name: "not selected (--checks)" for c in checks
-                       if not any(fnmatch.fnmatchcase(c.name, g) for g in globs)}
-            checks = [c for c in checks if c.name not in skipped]
-            not_run = {**skipped, **not_run}
-        version = project_version()
-        commit = (git_state().get("commit") or "nogit")[:7]
-        report_dir = args.report_dir or os.path.join(REPO_ROOT, "reports", f"{version}-{commit}")
-        data_dir = args.data_dir or default_data_dir()
-        if args.data_dir and not os.path.isdir(args.data_dir):
-            raise ReleaseInputError(f"--data-dir {args.data_dir}: no such directory")
-        today = datetime.date.fromisoformat(args.today) if args.today else datetime.datetime.now(datetime.timezone.utc).date()
-        ctx = Context(report_dir=report_dir, work_dir=args.work_dir or os.path.join(REPO_ROOT, "build", "release"),
-                      data_dir=data_dir, profile=PROFILES["fp32-cpu"], waivers=load_waivers(args.waivers),
-                      today=today, pytest_args=shlex.split(args.pytest_args),
-                      tier=Tier(args.precision, args.precision_mode))
-        check_supported(ctx.tier, "cpu")
-        baseline = load_baseline(args.baseline)
-    except (ReleaseInputError, ValueError, OSError) as e:
-        print(f"error: {str(e).splitlines()[0]}", file=sys.stderr)
-        return 2
+    ap.add_argument("--require-data", action="store_true", default=os.environ.get("PARITY_REQUIRE_DATA") == "1",
+                    help="a check whose data set is missing fails the gate instead of being listed as not run "
+                         "(CI; also PARITY_REQUIRE_DATA=1)")
+    return run_main(_release, ap.parse_args(argv))
+
+
+def _release(args) -> int:
+    if args.promote:
+        return promote(args.promote, args.baseline or DEFAULT_BASELINE)
+    checks, not_run = registry()
+    if args.list:
+        for c in checks:
+            print(f"{c.name:32} {c.what}")
+        for n, why in not_run.items():
+            print(f"{n:32} not run: {why}")
+        return 0
+    if args.checks:
+        globs = [g.strip() for g in args.checks.split(",") if g.strip()]
+        unknown = [g for g in globs if not any(fnmatch.fnmatchcase(c.name, g) for c in checks)]
+        if unknown:
+            raise ReleaseInputError(f"--checks {unknown[0]}: matches no check; `--list` shows them")
+        skipped = {c.name: "not selected (--checks)" for c in checks
+                   if not any(fnmatch.fnmatchcase(c.name, g) for g in globs)}
+        checks = [c for c in checks if c.name not in skipped]
+        not_run = {**skipped, **not_run}
+    version = project_version()
+    commit = (git_state().get("commit") or "nogit")[:7]
+    report_dir = args.report_dir or os.path.join(REPO_ROOT, "reports", f"{version}-{commit}")
+    data_dir = args.data_dir or default_data_dir()
+    if args.data_dir and not os.path.isdir(args.data_dir):
+        raise ReleaseInputError(f"--data-dir {args.data_dir}: no such directory")
+    today = datetime.date.fromisoformat(args.today) if args.today else datetime.datetime.now(datetime.timezone.utc).date()
+    ctx = Context(report_dir=report_dir, work_dir=args.work_dir or os.path.join(REPO_ROOT, "build", "release"),
+                  data_dir=data_dir, profile=PROFILES["fp32-cpu"], waivers=load_waivers(args.waivers),
+                  today=today, pytest_args=shlex.split(args.pytest_args), require_data=args.require_data,
+                  tier=Tier(args.precision, args.precision_mode))
+    check_supported(ctx.tier, "cpu")
+    baseline = load_baseline(args.baseline)
     os.makedirs(ctx.report_dir, exist_ok=True)
     os.makedirs(ctx.work_dir, exist_ok=True)
     for name in REPORT_FILES:   # a failed run never leaves last time's report looking current

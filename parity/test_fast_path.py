@@ -17,7 +17,7 @@ from parity.compare import twin_runs
 from parity.inputs import make_inputs
 from parity.metrics import PROFILES, compare_tap
 from parity.sides import FastPathSide, TFSide, TorchSide
-from parity.test_gate import CONFIGS, SEQ
+from parity.checkpoints import CONFIGS, SEQ
 
 
 def fast_against(reference: dict, fast: FastPathSide, inputs, profile) -> list[dict]:

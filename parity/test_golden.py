@@ -13,8 +13,8 @@ from hypothesis import HealthCheck, given, settings, strategies as st
 
 from parity import cli
 from parity.sides import GoldenError, GoldenSide
-from parity.test_gate import CONFIGS
-from reference_tf.__main__ import main as dump_main
+from parity.checkpoints import CONFIGS
+from parity.golden import main as dump_main
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -47,7 +47,7 @@ def golden(random_checkpoint, tmp_path_factory):
     cfg = dict(CONFIGS["tiny-1layer"], num_hidden_layers=2, hidden_act="gelu")
     ck = random_checkpoint(cfg, head="classifier", num_labels=3, perturb=0.02)
     path = str(tmp_path_factory.mktemp("golden") / "tiny.golden.safetensors")
-    assert dump_main(["dump", "--tf-checkpoint", ck["dir"], "--out", path, "--batch-size", "3", "--seq-len", "20",
+    assert dump_main(["--tf-checkpoint", ck["dir"], "--out", path, "--batch-size", "3", "--seq-len", "20",
                       "--seed", "5"]) == 0
     return {"path": path, **ck}
 
@@ -161,6 +161,15 @@ def test_other_safetensors_and_tampered_metadata_are_one_line_exit_2(golden, cap
 
 
 def test_dump_bad_input_is_one_line_exit_2(tmp_path, capsys):
-    assert dump_main(["dump", "--tf-checkpoint", str(tmp_path / "nothing"), "--out", str(tmp_path / "g")]) == 2
+    assert dump_main(["--tf-checkpoint", str(tmp_path / "nothing"), "--out", str(tmp_path / "g")]) == 2
     err = capsys.readouterr().err.strip()
     assert err.startswith("error: ") and "\n" not in err and not (tmp_path / "g").exists()
+
+
+def test_contract_dump_command_still_works(tmp_path):
+    """`python -m reference_tf dump` (CONTRACT.md) hands over to `python -m parity dump`: same arguments, exit codes."""
+    run = subprocess.run([sys.executable, "-m", "reference_tf", "dump", "--tf-checkpoint", str(tmp_path / "nothing"),
+                          "--out", str(tmp_path / "g")], capture_output=True, text=True, cwd=REPO, timeout=300)
+    err = run.stderr.strip()
+    assert run.returncode == 2 and err.startswith("error: ") and "\n" not in err and "nothing" in err, err
+    assert not (tmp_path / "g").exists()

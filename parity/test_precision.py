@@ -159,8 +159,17 @@ def test_a_build_without_fp16_kernels_is_refused_before_anything_runs(monkeypatc
     assert "\n" not in str(e.value) and "fp16" in str(e.value) and "Half" in str(e.value)
 
 
+TINY = dict(vocab_size=120, hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=37,
+            max_position_embeddings=64, type_vocab_size=2, hidden_act="gelu")
+
+
+def one_error_line(err: str) -> str:
+    lines = [line for line in err.splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith("error: ") and "Traceback" not in err, err
+    return lines[0]
+
+
 def test_cli_refuses_bad_tiers_and_devices(compare, random_checkpoint):
-    from parity.test_bad_input import TINY, one_error_line
     ck = random_checkpoint(TINY, perturb=0.02)
     for extra, word in ((["--precision", "fp8"], "--precision fp8"), (["--precision-mode", "half"], "--precision-mode"),
                         (["--device", "cuda"] if not torch.cuda.is_available() else ["--device", "cuda:99"], "--device")):
@@ -170,7 +179,6 @@ def test_cli_refuses_bad_tiers_and_devices(compare, random_checkpoint):
 
 
 def test_cli_runs_a_tier_end_to_end(compare, random_checkpoint):
-    from parity.test_bad_input import TINY
     ck = random_checkpoint(TINY, perturb=0.02)
     run = compare(ck["dir"], ck["torch_weights"], "--batch-size", "2", "--seq-len", "16", "--precision", "bf16")
     assert run.code == 0, run.out + run.err

@@ -26,6 +26,7 @@ import unicodedata
 from dataclasses import asdict, dataclass
 from typing import Callable, Iterable, Optional, Sequence
 
+from bert_torch.commands import EXIT_CODES_HELP, HelpFormatter, run_main
 from bert_torch.tokenization import FullTokenizer, load_vocab
 
 from .inputs import InputError
@@ -484,28 +485,26 @@ def render_text(report: dict) -> str:
 
 def main(argv: Optional[list[str]] = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m parity.tokens",
-                                 description="Token parity against the official BERT tokenizer, id for id")
+                                 description="Token parity against the official BERT tokenizer, id for id",
+                                 epilog=EXIT_CODES_HELP, formatter_class=HelpFormatter)
     ap.add_argument("--data-dir", help="folder with mrpc/{train,dev,test}.tsv and squad/dev-v1.1.json "
                                        "(default: ../shared/data beside the repository when present, "
                                        "else the committed samples)")
     ap.add_argument("--sample", action="store_true", help="use the committed samples even if a data dir exists")
     ap.add_argument("--vocab-file", help="vocab.txt (default: the all-MiniLM-L6-v2 uncased vocab)")
-    ap.add_argument("--out", help="write the report as JSON here")
+    ap.add_argument("--output", "--out", dest="out", help="write the report as JSON here")
     ap.add_argument("--no-hf", action="store_true", help="skip the transformers triangulation")
     ap.add_argument("--limit", type=int, help="compare only the first N texts")
     ap.add_argument("--generated", type=int, default=2000,
                     help="seeded random texts added to the HF triangulation (default 2000)")
-    args = ap.parse_args(argv)
+    return run_main(_tokens, ap.parse_args(argv))
+
+
+def _tokens(args) -> int:
+    # The official tokenizer comes with the `tf` extra; without it, run_main says so (exit 2).
     data_dir = None if args.sample else (args.data_dir or default_data_dir())
-    try:
-        report = check_token_parity(data_dir, args.vocab_file, hf=not args.no_hf, limit=args.limit,
-                                    hf_generated=args.generated)
-    except ImportError as e:   # the official tokenizer comes with TensorFlow + bert-tensorflow
-        print(f"error: the official tokenizer is not importable ({e}); pip install -e '.[tf]'", file=sys.stderr)
-        return 2
-    except (ValueError, OSError) as e:   # InputError, a vocab that is not UTF-8, a missing file
-        print(f"error: {str(e).splitlines()[0] if str(e) else type(e).__name__}", file=sys.stderr)
-        return 2
+    report = check_token_parity(data_dir, args.vocab_file, hf=not args.no_hf, limit=args.limit,
+                                hf_generated=args.generated)
     sys.stdout.write(render_text(report))
     if args.out:
         os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)

@@ -11,6 +11,9 @@ import os
 # The official pooler uses tf.layers.dense, which TF >= 2.16 only provides on top of Keras 2
 # (tf_keras). TensorFlow reads this switch once, when it is first imported.
 os.environ["TF_USE_LEGACY_KERAS"] = "1"
+# TF's C++ log lines (oneDNN notices, a `cuInit` error on machines without a GPU...) are noise to a user
+# of a CPU comparison: silenced unless the caller chose a level (`bert-parity --verbose` sets 0).
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
 import contextlib  # noqa: E402
 import importlib  # noqa: E402
@@ -26,6 +29,11 @@ from typing import Any, Optional  # noqa: E402
 
 import tensorflow.compat.v1 as tf1  # noqa: E402
 from absl import flags  # noqa: E402
+from absl import logging as absl_logging  # noqa: E402
+
+if os.environ["TF_CPP_MIN_LOG_LEVEL"] not in ("0", "1"):   # the Python side of TF's logging, likewise
+    absl_logging.set_verbosity(absl_logging.ERROR)
+    tf1.logging.set_verbosity(tf1.logging.ERROR)
 
 from ._errors import ReferenceError  # noqa: E402
 

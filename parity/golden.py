@@ -1,0 +1,79 @@
+"""``bert-parity dump`` (also ``python -m parity dump`` and, by the contract, ``python -m reference_tf dump``):
+record the official graph's taps in a golden file.
+
+    bert-parity dump --tf-checkpoint CKPT [--bert-config F] --output FILE \\
+        [--batch-size 8] [--seq-len 128] [--seed 0] [--vocab-file V] [--sentences TSV]
+
+The inputs are those ``compare`` builds from the same arguments (``parity.options.prepare``), so
+``bert-parity compare --golden FILE --torch-weights W`` later reproduces the live comparison's
+numbers on a machine without TensorFlow. Format: README, "Golden files"; ``parity.sides.GoldenSide``.
+Exit codes: 0 written; 2 bad input (one line on stderr).
+"""
+from __future__ import annotations
+
+import argparse
+import datetime
+import os
+import sys
+from typing import Optional
+
+from bert_torch.commands import EXIT_CODES_HELP, HelpFormatter, run_main
+
+from .environment import environment
+from .options import BadInput, prepare
+from .sides import TAP_HEADS, GoldenSide, TFSide
+
+
+def dump(args) -> int:
+    # compare's own preparation: the same checks (exit 2) and the same deterministic inputs.
+    args.torch_weights = args.torch_bert_config = None
+    args.device, args.profile = "cpu", "fp32-cpu"
+    out_dir = os.path.dirname(os.path.abspath(args.out))
+    if os.path.isdir(args.out) or not os.path.isdir(out_dir):
+        raise BadInput(f"--output {args.out}: " + ("is a directory; give a file name" if os.path.isdir(args.out)
+                                                   else f"directory {out_dir} does not exist"))
+    p = prepare(args)
+    side = TFSide(p.prefix, p.config, head=p.head, num_labels=p.num_labels, intra_op_threads=args.tf_threads)
+    try:
+        taps = side.run(p.inputs)
+        description, precision = side.description, side.precision
+    finally:
+        side.close()
+    meta = {
+        "tap_names": list(side.tap_names),
+        "head": TAP_HEADS.get(p.head),
+        "num_labels": int(p.num_labels),
+        "bert_config": p.config.to_dict(),
+        "reference": description,
+        "precision": precision,   # the arithmetic of the recorded run; the machine is in "environment"
+        "inputs": dict(p.inputs.meta),
+        "environment": environment("cpu", p.files, args.tf_threads, seeds={"inputs": args.seed}),
+        "created_utc": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+    }
+    GoldenSide.write(args.out, p.inputs, taps, meta)
+    size = os.path.getsize(args.out)
+    print(f"golden file: {args.out} ({len(taps)} taps, inputs {list(p.inputs.shape)}, {size / 1e6:.1f} MB)")
+    return 0
+
+
+def add_dump_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--tf-checkpoint", required=True, help="checkpoint directory or prefix")
+    p.add_argument("--bert-config", help="bert_config.json (default: beside the checkpoint)")
+    p.add_argument("--vocab-file", help="vocab.txt (default: beside the checkpoint)")
+    p.add_argument("--sentences", help="MRPC-format tsv of sentence pairs (default: the committed MRPC sample)")
+    p.add_argument("--output", "--out", dest="out", required=True, help="golden file to write (safetensors)")
+    p.add_argument("--batch-size", type=int, default=8)
+    p.add_argument("--seq-len", type=int, default=128)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--tf-threads", type=int, help="TF intra-op threads (default: TF's own)")
+
+
+def main(argv: Optional[list[str]] = None) -> int:
+    ap = argparse.ArgumentParser(prog="bert-parity dump", description=__doc__.split("\n\n")[0], epilog=EXIT_CODES_HELP,
+                                 formatter_class=HelpFormatter)
+    add_dump_args(ap)
+    return run_main(dump, ap.parse_args(argv))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

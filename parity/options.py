@@ -1,0 +1,115 @@
+"""What every command that runs two sides shares: its arguments and the checks made before a model runs.
+
+``parity.cli`` (compare), ``parity.diagnose``, ``parity.golden`` (dump) and ``parity.diagnose_calibrate``
+import this module; it imports none of them, so the harness's imports run one way (pyproject.toml,
+``[tool.importlinter]``).
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import os
+from typing import Optional
+
+import torch
+
+from bert_torch.convert import resolve_checkpoint, tf_to_torch
+from bert_torch.modeling import BertConfig
+from bert_torch.tf_checkpoint import read_checkpoint
+from bert_torch.weights import detect_head
+
+from .inputs import Inputs, make_inputs
+from .metrics import PROFILES, Profile, get_profile
+from .precision import Tier, check_supported
+
+
+class BadInput(ValueError):
+    pass
+
+
+def add_compare_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--tf-checkpoint", help="checkpoint directory or prefix (required unless --golden)")
+    p.add_argument("--golden", help="compare against a golden file (python -m reference_tf dump) "
+                                    "instead of running TensorFlow")
+    p.add_argument("--bert-config", help="bert_config.json (default: beside the checkpoint)")
+    p.add_argument("--torch-weights", required=True, help="safetensors or .bin/.pt state dict")
+    p.add_argument("--torch-bert-config", help="config for the PyTorch side only (default: --bert-config)")
+    p.add_argument("--vocab-file", help="vocab.txt (default: beside the checkpoint)")
+    p.add_argument("--sentences", help="MRPC-format tsv of sentence pairs (default: the committed MRPC sample)")
+    p.add_argument("--report-dir", required=True, help="folder for report.json and report.md")
+    p.add_argument("--batch-size", type=int, default=8, help="sentence pairs per batch")
+    p.add_argument("--seq-len", type=int, default=128, help="tokens per row (row 0 full, the others padded)")
+    p.add_argument("--seed", type=int, default=0, help="which sentence pairs are drawn")
+    p.add_argument("--device", default="cpu", help="PyTorch device: cpu, cuda, cuda:1 ...")
+    p.add_argument("--profile", default="fp32-cpu", help=f"tolerance profile: {', '.join(sorted(PROFILES))}")
+    p.add_argument("--tf-threads", type=int, help="TF intra-op threads (default: TF's own)")
+    p.add_argument("--precision", default="fp32",
+                   help="the candidate's arithmetic (the reference stays the float32 graph): fp32 (TF32 off), "
+                        "tf32 (CUDA's, or an exact emulation on CPU), bf16, fp16")
+    p.add_argument("--precision-mode", default="autocast",
+                   help="bf16/fp16 as torch.autocast, or cast: the whole model cast, as for inference")
+
+
+def find_vocab(path: str, prefix: str, vocab_file: Optional[str]) -> str:
+    if vocab_file:
+        if not os.path.isfile(vocab_file):
+            raise BadInput(f"{vocab_file}: no such vocab file")
+        return vocab_file
+    base = path if os.path.isdir(path) else os.path.dirname(prefix)
+    candidate = os.path.join(base, "vocab.txt")
+    if not os.path.isfile(candidate):
+        raise BadInput(f"{path}: no vocab.txt beside the checkpoint; pass --vocab-file")
+    return candidate
+
+
+def check_device(device: str) -> None:
+    if device != "cpu" and not (device.startswith("cuda") and torch.cuda.is_available()):
+        raise BadInput(f"--device {device}: not available on this machine")
+
+
+def check_precision(args) -> Tier:
+    """``--device`` and ``--precision``: the tier, once its kernels have run on the device (else exit 2)."""
+    check_device(args.device)
+    tier = Tier(getattr(args, "precision", "fp32"), getattr(args, "precision_mode", "autocast"))
+    check_supported(tier, args.device)
+    return tier
+
+
+@dataclasses.dataclass
+class Prepared:
+    """What ``prepare`` checked and built: everything a run needs before a model runs."""
+    profile: Profile
+    prefix: str                  # checkpoint prefix
+    config: BertConfig           # the checkpoint's config (the TF side's)
+    torch_config: BertConfig     # the PyTorch side's (--torch-bert-config, else ``config``)
+    head: Optional[str]
+    num_labels: int
+    inputs: Inputs
+    files: dict                  # label -> path, hashed into the report's environment
+    tier: Tier = dataclasses.field(default_factory=Tier)   # the candidate's precision (--precision)
+
+
+def prepare(args) -> Prepared:
+    """Everything that can be checked before a model runs: exit 2 material."""
+    if not args.tf_checkpoint:
+        raise BadInput("--tf-checkpoint is required (or --golden FILE for compare)")
+    profile = get_profile(args.profile)
+    tier = check_precision(args)
+    prefix, config_path = resolve_checkpoint(args.tf_checkpoint, args.bert_config)
+    config = BertConfig.from_json_file(config_path)
+    torch_config = BertConfig.from_json_file(args.torch_bert_config) if args.torch_bert_config else config
+    if args.seq_len > config.max_position_embeddings:
+        raise BadInput(f"--seq-len {args.seq_len} exceeds max_position_embeddings "
+                       f"{config.max_position_embeddings} in {config_path}")
+    # Reading every variable checks names, shapes against the config, sizes and checksums.
+    tf_weights, _ = tf_to_torch(read_checkpoint(prefix), config, where=prefix)
+    head, num_labels = detect_head(tf_weights)
+    if head == "classifier":
+        num_labels = tf_weights["classifier.weight"].shape[0]
+    vocab = find_vocab(args.tf_checkpoint, prefix, args.vocab_file)
+    inputs = make_inputs(vocab, args.batch_size, args.seq_len, args.seed, vocab_size=config.vocab_size,
+                         type_vocab_size=config.type_vocab_size, pairs_file=args.sentences)
+    files = {"tf_checkpoint.index": prefix + ".index", "tf_checkpoint.data": prefix + ".data-00000-of-00001",
+             "torch_weights": args.torch_weights, "bert_config": config_path, "vocab": vocab,
+             "torch_bert_config": args.torch_bert_config}
+    return Prepared(profile, prefix, config, torch_config, head, num_labels, inputs, files, tier)

@@ -1,0 +1,53 @@
+"""The CI workflow triggers on every file that can change a verdict, runs the nightly profile on a schedule,
+reads only, and makes the release report require its data."""
+from __future__ import annotations
+
+import fnmatch
+import os
+import subprocess
+
+import pytest
+
+yaml = pytest.importorskip("yaml", reason="PyYAML (a transformers dependency, in the `test` extra) reads the workflow")
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+WORKFLOW = os.path.join(REPO, ".github", "workflows", "parity.yml")
+# Files that cannot change a verdict: prose, and release reports other than the ratchet's baseline.
+NOT_VERDICT = ("*.md", "reports/*", ".gitignore")
+
+
+def workflow() -> dict:
+    with open(WORKFLOW, encoding="utf-8") as f:
+        return yaml.safe_load(f)
+
+
+def triggers(doc: dict) -> dict:
+    return doc.get("on", doc.get(True))   # YAML 1.1 reads a bare `on:` key as True
+
+
+def test_every_tracked_file_that_can_change_a_verdict_triggers_the_gate():
+    paths = triggers(workflow())["pull_request"]["paths"]
+    files = subprocess.run(["git", "ls-files"], cwd=REPO, capture_output=True, text=True, check=True).stdout.split()
+    assert len(files) > 50
+    verdict_files = [f for f in files if f == "reports/baseline.json"
+                     or not any(fnmatch.fnmatch(f, p) for p in NOT_VERDICT)]
+    missed = [f for f in verdict_files if not any(fnmatch.fnmatch(f, p) for p in paths)]
+    assert not missed, missed
+    for must in ("tests/test_convert.py", "reports/baseline.json", "parity/waivers.toml", "Makefile",
+                 ".github/workflows/parity.yml"):
+        assert any(fnmatch.fnmatch(must, p) for p in paths), must
+
+
+def test_nightly_schedule_permissions_and_required_data():
+    doc = workflow()
+    assert doc["permissions"] == {"contents": "read"}
+    assert triggers(doc)["schedule"][0]["cron"]
+    nightly = doc["jobs"]["nightly"]
+    assert "schedule" in nightly["if"]
+    assert any(s.get("env", {}).get("HYPOTHESIS_PROFILE") == "nightly" and "test-all" in s.get("run", "")
+               for s in nightly["steps"])
+    gate = doc["jobs"]["gate"]
+    assert any(s.get("env", {}).get("PARITY_REQUIRE_DATA") == "1" for s in gate["steps"])
+    for job in (gate, nightly):   # the pip cache is keyed on the files holding the pins
+        setup = next(s for s in job["steps"] if s.get("uses", "").startswith("actions/setup-python"))
+        assert set(setup["with"]["cache-dependency-path"].split()) == {"pyproject.toml", "Makefile"}
