@@ -62,10 +62,11 @@ def test_version_comes_from_the_package_metadata(capsys):
 def test_help_lists_every_subcommand_and_the_exit_codes(capsys):
     code, out, _ = exits(capsys, "--help")
     assert code == 0
-    for name in ("convert", "compare", "diagnose", "dump", "tokens", "finetune", "release", "bench", "calibrate"):
+    every = {"convert", "compare", "diagnose", "dump", "tokens", "finetune", "release", "bench", "calibrate",
+             "portability", "gpu-check"}
+    for name in every:
         assert f"\n    {name}" in out, name
-    assert set(frontdoor.COMMANDS) == {"convert", "compare", "diagnose", "dump", "tokens", "finetune", "release",
-                                       "bench", "calibrate"}
+    assert set(frontdoor.COMMANDS) == every
     assert EXIT_CODES_HELP in " ".join(out.split())
     code, out, _ = exits(capsys, "compare", "--help")   # a subcommand's help: its defaults and the exit codes
     assert code == 0 and "(default: 128)" in out and "2 bad input" in out and "(default: None)" not in out
