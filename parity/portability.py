@@ -73,8 +73,27 @@ FAULTS: dict[str, tuple[Optional[Callable], dict]] = {
 }
 
 
-def worker(ckpt: str, batch: int, seq: int, out: str) -> None:
-    """One (setting, shape): the reference once, then the clean candidate and every fault."""
+# Faults of a size: the smallest that fails is the tier's detection threshold for that kind of fault.
+def _layernorm_epsilon(model, eps: float) -> None:
+    from bert_torch.modeling import LayerNorm
+    for m in model.modules():
+        if isinstance(m, LayerNorm):
+            m.eps = eps
+
+
+def _query_scaled(model, delta: float) -> None:
+    model.encoder.layer[0].attention.self.query.weight.mul_(1.0 + delta)
+
+
+SIZED_FAULTS = {"layernorm_epsilon": (_layernorm_epsilon, [1e-10, 1e-8, 1e-7, 1e-6, 1e-5, 1e-4, 1e-3, 1e-2]),
+                "query_kernel_scaled_by_1+d": (_query_scaled, [1e-6, 1e-5, 1e-4, 1e-3, 1e-2, 1e-1])}
+TIERS = [("fp32", "autocast"), ("tf32", "autocast"), ("bf16", "autocast"), ("bf16", "cast"),
+         ("fp16", "autocast"), ("fp16", "cast")]
+
+
+def worker(ckpt: str, batch: int, seq: int, out: str, tiers=(("fp32", "autocast"),), sized: bool = False) -> None:
+    """One (setting, shape): the reference once, then per tier the clean candidate and every fault
+    (``sized``: also each sized fault at growing sizes, until one is caught)."""
     os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
     import torch
@@ -82,6 +101,7 @@ def worker(ckpt: str, batch: int, seq: int, out: str) -> None:
     from .compare import compare_sides
     from .inputs import make_inputs
     from .metrics import get_profile
+    from .precision import Tier
     from .sides import TFSide, TorchSide
 
     config = BertConfig.from_json_file(os.path.join(ckpt, "bert_config.json"))
@@ -97,29 +117,45 @@ def worker(ckpt: str, batch: int, seq: int, out: str) -> None:
             return ref
 
     weights = os.path.join(ckpt, "pytorch_model.safetensors")
-    rows = []
-    for fault, (mutate, cfg) in [("clean", (None, {}))] + list(FAULTS.items()):
-        c = BertConfig.from_dict({**config.to_dict(), **cfg})
-        side = TorchSide.from_weights(weights, c)
+
+    def run_one(tier, cfg=None, mutate=None) -> dict:
+        side = TorchSide.from_weights(weights, BertConfig.from_dict({**config.to_dict(), **(cfg or {})}))
         if mutate:
             with torch.no_grad():
                 mutate(side.model)
         t0 = time.perf_counter()
-        r = compare_sides(Recorded(), side, inputs, get_profile("fp32-cpu"))
+        r = compare_sides(Recorded(), side.with_tier(Tier(*tier)), inputs, get_profile("fp32-cpu"))
         worst = max((t["tol_ratio"] for t in r["taps"] if t["tol_ratio"] is not None), default=None)
-        rows.append({"fault": fault, "verdict": r["verdict"], "first_divergence": r["first_divergence"],
-                     "worst_tol_ratio": worst, "seconds": round(time.perf_counter() - t0, 1)})
+        return {"verdict": r["verdict"], "first_divergence": r["first_divergence"], "worst_tol_ratio": worst,
+                "seconds": round(time.perf_counter() - t0, 1)}
+
+    rows = []
+    for tier in tiers:
+        for fault, (mutate, cfg) in [("clean", (None, {}))] + list(FAULTS.items()):
+            rows.append({"tier": "/".join(tier), "fault": fault, **run_one(tier, cfg, mutate)})
+        for fault, (mutate, sizes) in SIZED_FAULTS.items() if sized else ():
+            tried = []
+            for size in sizes:
+                tried.append({"size": size, **run_one(tier, mutate=lambda m, s=size: mutate(m, s))})
+                if tried[-1]["verdict"] == "fail":
+                    break
+            caught = next((t for t in tried if t["verdict"] == "fail"), None)
+            rows.append({"tier": "/".join(tier), "fault": fault, "sized": True, "tried": tried,
+                         "threshold": caught["size"] if caught else None,
+                         "first_divergence": caught["first_divergence"] if caught else None})
     with open(out, "w", encoding="utf-8") as f:
         json.dump({"rows": rows, "torch_cpu_capability": torch.backends.cpu.get_cpu_capability()}, f)
 
 
-def run_matrix(settings: dict[str, dict[str, str]], shapes, ckpt: str, timeout: float = 1800) -> list[dict]:
+def run_matrix(settings: dict[str, dict[str, str]], shapes, ckpt: str, timeout: float = 1800,
+               tiers=(("fp32", "autocast"),), sized: bool = False) -> list[dict]:
     results = []
     for name, env in settings.items():
         for batch, seq in shapes:
             with tempfile.NamedTemporaryFile(suffix=".json", delete=False) as tmp:
                 out = tmp.name
-            cmd = [sys.executable, "-m", "parity.portability", "--worker", ckpt, str(batch), str(seq), out]
+            cmd = [sys.executable, "-m", "parity.portability", "--worker", ckpt, str(batch), str(seq), out,
+                   ",".join("/".join(t) for t in tiers), "sized" if sized else "plain"]
             proc = subprocess.run(cmd, env={**os.environ, **env}, capture_output=True, text=True, timeout=timeout)
             if proc.returncode != 0:
                 tail = (proc.stderr.strip().splitlines() or ["no output"])[-1]
@@ -129,7 +165,7 @@ def run_matrix(settings: dict[str, dict[str, str]], shapes, ckpt: str, timeout: 
                 data = json.load(f)
             os.remove(out)
             results.append({"setting": name, "shape": [batch, seq], "env": env, **data})
-            print(render_rows([results[-1]]), flush=True)
+            print(render_rows([results[-1]]) if not sized else render_tiers(results[-1]), flush=True)
     return results
 
 
@@ -137,7 +173,8 @@ def judge(results: list[dict]) -> dict:
     false_alarms = [(r["setting"], r["shape"]) for r in results
                     for row in r.get("rows", []) if row["fault"] == "clean" and row["verdict"] != "pass"]
     missed = [(r["setting"], r["shape"], row["fault"]) for r in results
-              for row in r.get("rows", []) if row["fault"] != "clean" and row["verdict"] != "fail"]
+              for row in r.get("rows", []) if row["fault"] != "clean" and not row.get("sized")
+              and row["verdict"] != "fail"]
     errors = [(r["setting"], r["shape"], r["error"]) for r in results if "error" in r]
     return {"false_alarms": false_alarms, "missed_faults": missed, "errors": errors,
             "verdict": "pass" if not (false_alarms or missed or errors) else "fail"}
@@ -159,6 +196,32 @@ def render_rows(results: list[dict]) -> str:
     return "\n".join(lines)
 
 
+def render_tiers(result: dict) -> str:
+    """Tier x fault: caught at which tap, or missed (below the tier's resolution); sized faults: the
+    smallest size caught (the detection threshold) and where."""
+    if "error" in result:
+        return f"error: {result['error']}"
+    faults = [f for f in FAULTS] + list(SIZED_FAULTS)
+    lines = [f"MiniLM-L6, {result['shape'][0]} x {result['shape'][1]}, setting {result['setting']}", "",
+             "| tier | clean (worst fraction) | " + " | ".join(faults) + " |", "| --- " * (len(faults) + 2) + "|"]
+    by_tier: dict = {}
+    for row in result["rows"]:
+        by_tier.setdefault(row["tier"], {})[row["fault"]] = row
+    for tier, rows in by_tier.items():
+        c = rows["clean"]
+        cells = [f"{c['verdict']} ({c['worst_tol_ratio']:.3g})"]
+        for f in faults:
+            r = rows.get(f, {})
+            if r.get("sized"):
+                cells.append(f"threshold {r['threshold']:g} at `{r['first_divergence']}`" if r["threshold"] is not None
+                             else f"not caught up to {r['tried'][-1]['size']:g} (below resolution)")
+            else:
+                cells.append(f"caught at `{r['first_divergence']}`" if r.get("verdict") == "fail"
+                             else "**missed: below this tier's resolution**")
+        lines.append(f"| {tier} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
 def render(results: list[dict], verdict: dict) -> str:
     head = ["# Portability: MiniLM-L6 layerwise and the mutation suite under emulated CPUs", "",
             f"**{verdict['verdict'].upper()}**: {len(verdict['false_alarms'])} false alarms, "
@@ -173,13 +236,17 @@ def render(results: list[dict], verdict: dict) -> str:
 def main(argv: Optional[list[str]] = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     if argv[:1] == ["--worker"]:
-        worker(argv[1], int(argv[2]), int(argv[3]), argv[4])
+        tiers = [tuple(t.split("/")) for t in argv[5].split(",")] if len(argv) > 5 else [("fp32", "autocast")]
+        worker(argv[1], int(argv[2]), int(argv[3]), argv[4], tiers, sized=len(argv) > 6 and argv[6] == "sized")
         return 0
     ap = argparse.ArgumentParser(prog="python -m parity.portability", description=__doc__.split("\n\n")[0])
     ap.add_argument("--report-dir", default="reports/portability")
     ap.add_argument("--short", action="store_true", help="CI: every emulation at once, one small shape")
     ap.add_argument("--settings", help=f"comma-separated subset of {', '.join(SETTINGS)}")
     ap.add_argument("--shapes", help="comma-separated BxT shapes (default: 8x128,4x256,2x512)")
+    ap.add_argument("--tiers", action="store_true",
+                    help="instead: every precision tier x the mutation suite and the sized faults' detection "
+                         "thresholds, native setting, 8 x 128 (writes tiers.md/.json)")
     args = ap.parse_args(argv)
     settings = {"combined": COMBINED} if args.short else dict(SETTINGS)
     if args.settings:
@@ -202,6 +269,12 @@ def main(argv: Optional[list[str]] = None) -> int:
     os.makedirs(args.report_dir, exist_ok=True)
     ckpt = os.path.join(args.report_dir, "minilm")
     build_checkpoint(ckpt)
+    if args.tiers:
+        results = run_matrix({"native": {}}, shapes if args.shapes else [(8, 128)], ckpt, tiers=TIERS, sized=True)
+        from .compare import _atomic_write
+        _atomic_write(os.path.join(args.report_dir, "tiers.json"), json.dumps(results, indent=2) + "\n")
+        _atomic_write(os.path.join(args.report_dir, "tiers.md"), "\n\n".join(map(render_tiers, results)) + "\n")
+        return 0 if all("error" not in r for r in results) else 1
     results = run_matrix(settings, shapes, ckpt)
     verdict = judge(results)
     from .compare import _atomic_write
