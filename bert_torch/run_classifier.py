@@ -25,7 +25,7 @@ from typing import Optional
 import numpy as np
 import torch
 
-from . import glue
+from . import distributed, glue
 from .modeling import BertConfig, BertForSequenceClassification
 from .optimization import (BertAdam, accumulate_gradients, grouped_parameters, micro_batches, num_train_steps,
                            num_warmup_steps)
@@ -114,12 +114,15 @@ def add_common_args(ap: argparse.ArgumentParser) -> None:
     ap.add_argument("--do_lower_case", action="store_true")
     ap.add_argument("--max_seq_length", type=int, default=128)
     ap.add_argument("--do_train", action="store_true")
-    ap.add_argument("--train_batch_size", type=int, default=32)
     ap.add_argument("--learning_rate", type=float, default=5e-5)
     ap.add_argument("--num_train_epochs", type=float, default=3.0)
     ap.add_argument("--warmup_proportion", type=float, default=0.1)
+    ap.add_argument("--train_batch_size", type=int, default=32,
+                    help="examples per optimizer step, over all processes (torchrun) and accumulation steps")
     ap.add_argument("--gradient_accumulation_steps", type=int, default=1,
-                    help="split each train batch into this many forward/backward passes")
+                    help="split each process's share of a train batch into this many forward/backward passes")
+    ap.add_argument("--local_rank", type=int, default=-1,
+                    help="set by the old torch.distributed.launch; torchrun's LOCAL_RANK is read instead")
     ap.add_argument("--seed", type=int, default=42)
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu",
                     help="cpu or cuda[:N] (CUDA is untested in this project)")
@@ -130,9 +133,8 @@ def check_common_args(args, config: BertConfig) -> None:
     if args.max_seq_length > config.max_position_embeddings:
         raise ValueError(f"--max_seq_length {args.max_seq_length} exceeds max_position_embeddings "
                          f"{config.max_position_embeddings} of {args.bert_config_file}")
-    if args.gradient_accumulation_steps < 1 or args.train_batch_size % args.gradient_accumulation_steps:
-        raise ValueError(f"--train_batch_size {args.train_batch_size} must be a positive multiple of "
-                         f"--gradient_accumulation_steps {args.gradient_accumulation_steps}")
+    distributed.check_batch(args.train_batch_size, args.gradient_accumulation_steps,
+                            getattr(args, "world", None) or distributed.World())
     if args.train_batch_size < 1 or args.num_train_epochs <= 0 or args.learning_rate <= 0:
         raise ValueError("--train_batch_size, --num_train_epochs and --learning_rate must be positive")
     for name in ("vocab_file", "bert_config_file"):
@@ -148,24 +150,35 @@ def train_loop(model, arrays: dict, keys: tuple, args, device, loss_fn) -> dict:
         raise ValueError(f"{n} training examples at batch {args.train_batch_size} x {args.num_train_epochs} "
                          "epochs give 0 optimizer steps")
     warmup = num_warmup_steps(steps, args.warmup_proportion)
+    world = getattr(args, "world", None) or distributed.World()
     opt = BertAdam(grouped_parameters(model), lr=args.learning_rate, warmup=warmup / steps if warmup else -1,
                    t_total=steps)
     model.train()
-    micro = args.train_batch_size // args.gradient_accumulation_steps
-    bar = None if args.no_progress else Progress(steps, "train")
+    ddp = distributed.wrap(model, world, str(device))
+    # Examples per optimizer step over all processes and accumulation steps (the official meaning).
+    micro = args.train_batch_size // (world.size * args.gradient_accumulation_steps)
+    bar = None if args.no_progress or not world.main else Progress(steps, "train")
     losses = []
-    for idx in training_batches(n, args.train_batch_size, steps, args.seed):
+    for idx in training_batches(n, args.train_batch_size, steps, args.seed):   # the same order in every process
         opt.zero_grad(set_to_none=True)
-        parts = [idx[s] for s in micro_batches(len(idx), micro)]
-        # Each micro-batch's mean loss weighted by its share of the batch: the full batch's mean-loss gradient.
+        mine = distributed.shard(idx, world)
+        parts = [mine[s] for s in micro_batches(len(mine), micro)]
+        # Each micro-batch's mean loss weighted by its share of this process's shard; DDP averages the equal
+        # shards: the full batch's mean-loss gradient.
         step_loss = accumulate_gradients(
-            [lambda part=part: loss_fn(model, [torch.from_numpy(arrays[key][part]).to(device) for key in keys])
-             for part in parts], [len(part) for part in parts])
+            [lambda part=part, last=(i == len(parts) - 1): _micro_loss(ddp, loss_fn, arrays, keys, part, device, last)
+             for i, part in enumerate(parts)], [len(part) for part in parts])
         opt.step()
-        losses.append(step_loss)
+        losses.append(distributed.mean_over_processes(step_loss, world))
         if bar:
-            bar.update(loss=step_loss, lr=opt.last_lr[0])
-    return {"steps": steps, "warmup_steps": warmup, "loss": float(np.mean(losses[-10:]))}
+            bar.update(loss=losses[-1], lr=opt.last_lr[0])
+    return {"steps": steps, "warmup_steps": warmup, "loss": float(np.mean(losses[-10:])),
+            "processes": world.size}
+
+
+def _micro_loss(model, loss_fn, arrays: dict, keys: tuple, part, device, last: bool) -> torch.Tensor:
+    with distributed.no_sync(model, last):
+        return loss_fn(model, [torch.from_numpy(arrays[key][part]).to(device) for key in keys])
 
 
 def save_model(model, config: BertConfig, output_dir: str) -> str:
@@ -176,6 +189,7 @@ def save_model(model, config: BertConfig, output_dir: str) -> str:
 
 
 def run(args) -> dict:
+    args.world = distributed.world_from_env(getattr(args, "local_rank", None))
     config = BertConfig.from_json_file(args.bert_config_file)
     check_common_args(args, config)
     if not args.do_train and not args.do_eval:
@@ -184,7 +198,7 @@ def run(args) -> dict:
     if task not in TASKS:
         raise ValueError(f"--task_name {args.task_name}: supported tasks are {sorted(TASKS)}")
     processor = TASKS[task]()
-    device = resolve_device(args.device)
+    device = torch.device(distributed.init(args.world, str(resolve_device(args.device))))
     set_seed(args.seed)
     tokenizer = FullTokenizer(args.vocab_file, do_lower_case=args.do_lower_case)
     labels = processor.get_labels()
@@ -203,8 +217,10 @@ def run(args) -> dict:
         train = glue.features_to_arrays(glue.convert_examples_to_features(
             processor.get_train_examples(args.data_dir), labels, args.max_seq_length, tokenizer))
         results.update({f"train_{k}": v for k, v in train_loop(model, train, keys, args, device, loss_fn).items()})
-        save_model(model, config, args.output_dir)
-    if args.do_eval:
+        if args.world.main:   # one writer
+            save_model(model, config, args.output_dir)
+    distributed.finish(args.world)
+    if args.do_eval and args.world.main:
         dev = glue.features_to_arrays(glue.convert_examples_to_features(
             processor.get_dev_examples(args.data_dir), labels, args.max_seq_length, tokenizer))
         model.eval()
@@ -246,8 +262,9 @@ def run_and_print(run_fn, args) -> int:
     except (ValueError, WeightsError, OSError) as e:   # data, config and weight errors are ValueErrors
         print(f"error: {str(e).splitlines()[0]}", file=sys.stderr)
         return 2
-    for k in sorted(results):
-        print(f"{k} = {results[k]}")
+    if getattr(args, "world", None) is None or args.world.main:   # under torchrun, rank 0 speaks for the job
+        for k in sorted(results):
+            print(f"{k} = {results[k]}")
     return 0
 
 

@@ -23,7 +23,7 @@ from typing import Optional
 import numpy as np
 import torch
 
-from . import squad
+from . import distributed, squad
 from .modeling import BertConfig, BertForQuestionAnswering
 from .run_classifier import (Progress, add_common_args, check_common_args, load_body, load_init_weights,
                              resolve_device, run_and_print, save_model, set_seed, train_loop)
@@ -41,6 +41,7 @@ def feature_arrays(features, is_training: bool) -> dict[str, np.ndarray]:
 
 
 def run(args) -> dict:
+    args.world = distributed.world_from_env(getattr(args, "local_rank", None))
     config = BertConfig.from_json_file(args.bert_config_file)
     check_common_args(args, config)
     if not args.do_train and not args.do_predict:
@@ -52,7 +53,7 @@ def run(args) -> dict:
     if args.max_seq_length <= args.max_query_length + 3:
         raise ValueError(f"--max_seq_length {args.max_seq_length} must exceed --max_query_length "
                          f"{args.max_query_length} + 3")
-    device = resolve_device(args.device)
+    device = torch.device(distributed.init(args.world, str(resolve_device(args.device))))
     set_seed(args.seed)
     tokenizer = FullTokenizer(args.vocab_file, do_lower_case=args.do_lower_case)
     model = BertForQuestionAnswering(config)
@@ -69,8 +70,10 @@ def run(args) -> dict:
         trained = train_loop(model, feature_arrays(features, True), keys, args, device,
                              lambda m, b: m(b[0], b[1], b[2], start_positions=b[3], end_positions=b[4]))
         results.update({f"train_{k}": v for k, v in trained.items()})
-        save_model(model, config, args.output_dir)
-    if args.do_predict:
+        if args.world.main:   # one writer
+            save_model(model, config, args.output_dir)
+    distributed.finish(args.world)
+    if args.do_predict and args.world.main:
         examples = squad.read_squad_examples(args.predict_file, is_training=False)
         features = squad.convert_examples_to_features(examples, tokenizer, args.max_seq_length, args.doc_stride,
                                                       args.max_query_length, is_training=False)
