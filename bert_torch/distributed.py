@@ -67,9 +67,9 @@ def shard(idx: np.ndarray, world: World) -> np.ndarray:
 
 def check_batch(train_batch_size: int, accumulation: int, world: World) -> None:
     if accumulation < 1 or train_batch_size < 1 or train_batch_size % (world.size * accumulation):
-        raise ValueError(f"--train_batch_size {train_batch_size} must be a positive multiple of {world.size} "
-                         f"processes x --gradient_accumulation_steps {accumulation} (examples per optimizer "
-                         "step over all processes and accumulation steps)")
+        raise ValueError(f"--train_batch_size {train_batch_size} must be a positive multiple of "
+                         f"--gradient_accumulation_steps {accumulation} x {world.size} processes (examples per "
+                         "optimizer step over all processes and accumulation steps)")
 
 
 def wrap(model: torch.nn.Module, world: World, device: str) -> torch.nn.Module:
