@@ -17,11 +17,12 @@ from bert_torch.modeling import BertConfig
 from bert_torch.tf_checkpoint import CheckpointError, read_checkpoint
 from bert_torch.weights import WeightsError, detect_head
 
-from .compare import clear_report, compare_sides, write_report
+from .compare import clear_report, compare_sides, gelu_line, write_report
 from .environment import environment
 from .inputs import InputError, make_inputs
 from .metrics import PROFILES, get_profile
-from .sides import TFSide, TorchSide
+from .candidates import candidate_spec, make_candidate, official_gelu
+from .sides import TFSide
 
 
 class BadInput(ValueError):
@@ -33,7 +34,9 @@ def add_compare_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--golden", help="compare against a golden file (python -m reference_tf dump) "
                                     "instead of running TensorFlow")
     p.add_argument("--bert-config", help="bert_config.json (default: beside the checkpoint)")
-    p.add_argument("--torch-weights", required=True, help="safetensors or .bin/.pt state dict")
+    p.add_argument("--torch-weights", help="safetensors or .bin/.pt state dict (= --candidate bert_torch:W)")
+    p.add_argument("--candidate", help="KIND:PATH, the PyTorch side: bert_torch:W, hf:DIR, module:pkg.mod:factory "
+                                       "(README, 'Candidates'); exactly one of --candidate and --torch-weights")
     p.add_argument("--torch-bert-config", help="config for the PyTorch side only (default: --bert-config)")
     p.add_argument("--vocab-file", help="vocab.txt (default: beside the checkpoint)")
     p.add_argument("--sentences", help="MRPC-format tsv of sentence pairs (default: the committed MRPC sample)")
@@ -89,9 +92,11 @@ def run_compare(args) -> int:
     clear_report(args.report_dir)
     if getattr(args, "golden", None):
         return run_golden_compare(args)
+    spec = candidate_spec(args)   # before any model loads: a bad spec is exit 2 at once
     profile, prefix, config, torch_config, head, num_labels, inputs, files = prepare(args)
-    candidate = TorchSide.from_weights(args.torch_weights, torch_config, device=args.device)
+    candidate = make_candidate(spec, config=config, torch_config=torch_config, device=args.device)
     reference = TFSide(prefix, config, head=head, num_labels=num_labels, intra_op_threads=args.tf_threads)
+    reference.gelu = official_gelu(config.hidden_act)
     try:
         report = compare_sides(reference, candidate, inputs, profile)
     finally:
@@ -130,8 +135,10 @@ def run_golden_compare(args) -> int:
             raise BadInput(f"{args.bert_config} does not match the config {args.golden} was dumped with: "
                            + ", ".join(diff))
     torch_config = BertConfig.from_json_file(args.torch_bert_config) if args.torch_bert_config else config
+    spec = candidate_spec(args)
+    golden.gelu = official_gelu(config.hidden_act)
     try:
-        candidate = TorchSide.from_weights(args.torch_weights, torch_config, device=args.device)
+        candidate = make_candidate(spec, config=config, torch_config=torch_config, device=args.device)
     except WeightsError as e:
         more = f" (and {len(e.problems) - 1} more)" if len(e.problems) > 1 else ""
         raise BadInput(f"{args.torch_weights} does not fit the bert_config of golden file {args.golden}: "
@@ -150,6 +157,7 @@ def print_summary(report: dict, json_path: str) -> None:
     taps = report["taps"]
     worst = max(taps, key=lambda t: -1 if t["tol_ratio"] is None else t["tol_ratio"])
     print(f"reference: {report['sides']['reference']}\ncandidate: {report['sides']['candidate']}")
+    print(gelu_line(report)[2:])
     print(f"verdict: {report['verdict']} ({sum(t['passed'] for t in taps)}/{len(taps)} taps within "
           f"{report['profile']['name']}); first divergence: {report['first_divergence']}")
     for t in taps:

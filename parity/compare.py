@@ -23,16 +23,25 @@ def compare_sides(reference: Side, candidate: Side, inputs: Inputs, profile: Pro
     cand = candidate.run(inputs)
     rounding = rounding_estimate(candidate, inputs, cand) if profile.rounding_k else {}
     names = list(reference.tap_names) + [n for n in candidate.tap_names if n not in reference.tap_names]
-    taps = [compare_tap(n, ref.get(n), cand.get(n), profile, rounding.get(n)) for n in names]
+    # Taps the candidate declared it cannot observe (parity.candidates) are listed, not compared;
+    # any other tap that does not arrive fails.
+    declared = {n: r for n, r in getattr(candidate, "unobservable", {}).items() if n in names and n not in cand}
+    taps = [compare_tap(n, ref.get(n), cand.get(n), profile, rounding.get(n)) for n in names if n not in declared]
     first = next((t["name"] for t in taps if not t["passed"]), None)
-    return {
+    report = {
         "verdict": "fail" if first or not taps else "pass",
         "first_divergence": first,
         "profile": profile.to_dict(),
         "inputs": dict(inputs.meta),
-        "sides": {"reference": reference.description, "candidate": candidate.description},
+        "sides": {"reference": reference.description, "candidate": candidate.description,
+                  "gelu": {"reference": getattr(reference, "gelu", None), "candidate": getattr(candidate, "gelu", None)}},
         "taps": taps,
+        "taps_compared": len(taps),
+        "not_observable": [{"name": n, "reason": r} for n, r in declared.items()],
     }
+    if hasattr(candidate, "record"):
+        report["candidate"] = candidate.record()
+    return report
 
 
 def rounding_estimate(candidate, inputs: Inputs, cand: dict) -> dict:
@@ -79,6 +88,16 @@ def _cos(x: Optional[float]) -> str:
     return "—" if x is None else f"{x:.9f}"
 
 
+def gelu_line(report: dict) -> str:
+    """Which GELU each side computed, and how many taps the verdict rests on (issue #14)."""
+    g = report["sides"].get("gelu") or {}
+    differ = g.get("reference") and g.get("candidate") and g["reference"] != g["candidate"]
+    hidden = len(report.get("not_observable") or ())
+    return (f"- GELU: reference {g.get('reference') or 'unknown'}, candidate {g.get('candidate') or 'unknown'}"
+            + (" (**they differ**)" if differ else "") + f". The verdict rests on {len(report['taps'])} taps"
+            + (f"; {hidden} not observable in this candidate (listed below)" if hidden else "") + ".")
+
+
 def render_markdown(report: dict) -> str:
     """The same content as report.json, for people: verdict first, then the per-tap table."""
     inp, prof, env = report["inputs"], report["profile"], report.get("environment", {})
@@ -91,6 +110,7 @@ def render_markdown(report: dict) -> str:
         "",
         f"- Reference: {report['sides']['reference']}",
         f"- Candidate: {report['sides']['candidate']}",
+        gelu_line(report),
         f"- Profile `{prof['name']}`: {prof['rule']} (atol {prof['atol']:g}, rtol {prof['rtol']:g}). {prof['description']}",
         f"- Inputs: batch {inp['batch_size']}, sequence {inp['seq_len']}, seed {inp['seed']}, "
         f"{inp['padding_positions']} padding positions in {inp['rows_with_padding']} rows, "
@@ -108,4 +128,7 @@ def render_markdown(report: dict) -> str:
                      f"{t['atol']:g} | {t['rtol']:g} | {'yes' if t['passed'] else '**NO**'} | {t['worst_index']} |")
     if failed:
         lines += ["", "## Failures", ""] + [f"- `{t['name']}`: {t['reason']}" for t in failed]
+    if report.get("not_observable"):
+        lines += ["", "## Not observable in this candidate", ""] + [
+            f"- `{t['name']}`: {t['reason']}" for t in report["not_observable"]]
     return "\n".join(lines) + "\n"

@@ -1,0 +1,297 @@
+"""Any PyTorch BERT as the candidate side: ``--candidate KIND:PATH`` (CONTRACT.md, issue #14).
+
+    side = make_candidate(parse_candidate("hf:out/my-bert"), config=reference_config)
+    side.run(inputs, fetch=None, inject=None)   # the Side protocol of parity.sides
+
+Kinds:
+
+* ``bert_torch:W``: this project's model (what ``--torch-weights W`` always meant).
+* ``hf:DIR``: a transformers ``save_pretrained`` directory (``config.json`` and ``model.safetensors`` or
+  ``pytorch_model.bin``); the class comes from ``architectures``. Taps are read by forward hooks on
+  transformers' own modules and by an attention function registered in HF's attention-function
+  registry (``AttentionInterface``), which observes query/key/value/scores/probs and delegates the
+  attention itself to the implementation the model was loaded with (sdpa, eager, ...).
+* ``module:pkg.mod:factory``: a user's ``nn.Module``; ``factory()`` returns ``{"model": module,
+  "taps": {module path: contract tap}, ...}`` (see ``parity/examples/my_bert.py``).
+
+Every candidate side is a ``parity.sides.TorchSide`` over an adapter module whose
+``forward(input_ids, token_type_ids, attention_mask)`` calls the user's model: the hooks publish
+their tensors through ``bert_torch.taps.tap``, so recording, injection and ``computed`` (diagnose's
+local-vs-inherited analysis) are those of ``bert_torch.taps.Taps``, with nothing re-implemented.
+A candidate declares the contract taps it cannot observe in ``unobservable`` (tap -> reason);
+``parity.compare`` lists them as not observable and says how many taps the verdict rests on.
+"""
+from __future__ import annotations
+
+import copy
+import importlib
+import os
+import sys
+from dataclasses import dataclass
+from typing import Callable, Mapping, Optional
+
+import torch
+
+from bert_torch.modeling import ACTIVATIONS, BertConfig, gelu_erf, gelu_tanh
+from bert_torch.taps import tap, tap_names
+
+from .inputs import sha256
+from .sides import TAP_HEADS, TorchSide
+
+KINDS = ("bert_torch", "hf", "module", "ppb", "onnx")
+NOT_YET = {"ppb": "pytorch-pretrained-bert 0.6.2 state dicts", "onnx": "ONNX exports"}
+
+
+class CandidateError(ValueError):
+    """A candidate that cannot be used as given: exit 2, one line naming the spec at fault."""
+
+
+@dataclass(frozen=True)
+class CandidateSpec:
+    kind: str
+    path: str
+
+    def __str__(self) -> str:
+        return f"{self.kind}:{self.path}"
+
+
+def parse_candidate(text: str) -> CandidateSpec:
+    """``KIND:PATH`` -> spec; an unknown kind or a missing path is a CandidateError (exit 2)."""
+    kind, sep, path = (text or "").partition(":")
+    if not sep or not kind:
+        raise CandidateError(f"--candidate {text!r}: expected KIND:PATH with KIND one of {', '.join(KINDS)}")
+    if kind not in KINDS:
+        raise CandidateError(f"--candidate {text!r}: unknown kind {kind!r}; expected one of {', '.join(KINDS)}")
+    if not path:
+        raise CandidateError(f"--candidate {text!r}: no path after {kind}:")
+    if kind != "module" and not os.path.exists(path):
+        raise CandidateError(f"--candidate {text}: {path}: no such file or directory")
+    return CandidateSpec(kind, path)
+
+
+def candidate_spec(args) -> CandidateSpec:
+    """The candidate of a command line: exactly one of ``--candidate`` and ``--torch-weights``
+    (which means ``bert_torch:W``). For a ``bert_torch`` candidate, ``args.torch_weights`` is set
+    too, so code that reads the weights file (diagnose's bit-for-bit check) finds it."""
+    given = getattr(args, "candidate", None)
+    if bool(given) == bool(args.torch_weights):
+        raise CandidateError("give exactly one of --candidate KIND:PATH and --torch-weights W"
+                             + (" (both were given)" if given else ""))
+    if not given:   # the weights loader names a missing or unreadable file itself
+        return CandidateSpec("bert_torch", args.torch_weights)
+    spec = parse_candidate(given)
+    if spec.kind == "bert_torch":
+        args.torch_weights = spec.path
+    return spec
+
+
+# ---------------------------------------------------------------------------------------------
+# GELU by meaning: the same word names different functions in different vocabularies.
+
+def official_gelu(hidden_act) -> Optional[str]:
+    """``tanh``/``erf`` for a bert_config.json ``hidden_act`` read as the official graph and
+    ``bert_torch`` read it (bert-tensorflow 1.0.4's ``gelu`` is the tanh form); None: no GELU."""
+    fn = ACTIVATIONS.get(str(hidden_act).lower())
+    return {gelu_tanh: "tanh", gelu_erf: "erf"}.get(fn)
+
+
+# transformers' meanings (its ACT2FN): "gelu" is the exact erf form there.
+HF_GELU = {"gelu": "erf", "gelu_python": "erf", "gelu_new": "tanh", "gelu_pytorch_tanh": "tanh",
+           "gelu_fast": "tanh", "gelu_accurate": "tanh"}
+# What to write in each vocabulary to get each form (the gelu_variant hint speaks the user's words).
+HF_GELU_NAMES = {"tanh": "gelu_new", "erf": "gelu", "file": "config.json"}
+OFFICIAL_GELU_NAMES = {"tanh": "gelu", "erf": "gelu_erf", "file": "bert_config.json"}
+
+
+# ---------------------------------------------------------------------------------------------
+# The adapter: any model called as bert_torch models are, taps published by hooks.
+
+class _Adapter(torch.nn.Module):
+    """``forward(input_ids, token_type_ids, attention_mask)`` -> ``call(model, ...)``; ``config``
+    carries what TorchSide reads (num_hidden_layers, hidden_act)."""
+
+    def __init__(self, model: torch.nn.Module, config, call: Callable):
+        super().__init__()
+        self.inner = model
+        self.config = config
+        self._call = call
+
+    def forward(self, input_ids, token_type_ids, attention_mask):
+        return self._call(self.inner, input_ids, token_type_ids, attention_mask)
+
+
+def _keyword_call(model, input_ids, token_type_ids, attention_mask):
+    return model(input_ids=input_ids, token_type_ids=token_type_ids, attention_mask=attention_mask)
+
+
+def output_hook(name: str):
+    """A forward hook publishing a module's output (the first element of a tuple) as tap ``name``;
+    an injected replacement becomes the module's output."""
+    def hook(module, args, out):
+        first = out[0] if isinstance(out, tuple) else out
+        new = tap(name, first)
+        if new is first:
+            return None
+        return (new,) + tuple(out[1:]) if isinstance(out, tuple) else new
+    return hook
+
+
+def input_hook(name: str):
+    """A forward pre-hook publishing a module's first input as tap ``name`` (and replacing it)."""
+    def hook(module, args):
+        new = tap(name, args[0])
+        return None if new is args[0] else (new,) + tuple(args[1:])
+    return hook
+
+
+def position_hook(name: str):
+    """Position-embedding lookups come out [1,T,H] (one row of ids broadcast); the contract's
+    layout is [T,H]."""
+    def hook(module, args, out):
+        if out.dim() != 3 or out.shape[0] != 1:
+            return tap(name, out)
+        new = tap(name, out[0])
+        return None if new is out[0] else new.unsqueeze(0)
+    return hook
+
+
+def squad_hook(module, args, out):
+    """``qa_outputs`` gives [B,T,2]; the contract has start and end logits [B,T] each."""
+    start, end = tap("squad/start_logits", out[..., 0]), tap("squad/end_logits", out[..., 1])
+    if start is out[..., 0] and end is out[..., 1]:
+        return None
+    return torch.stack([start, end], dim=-1)
+
+
+HOOKS = {"output": output_hook, "input": input_hook, "position": position_hook}
+
+
+def install_hooks(model: torch.nn.Module, tap_map: Mapping[str, str], where: str) -> None:
+    """``tap_map``: ``module path[#input|#position]`` -> contract tap. A path naming no module is
+    a CandidateError (exit 2)."""
+    modules = dict(model.named_modules())
+    for spec, name in tap_map.items():
+        path, _, how = spec.partition("#")
+        if path not in modules:
+            raise CandidateError(f"{where}: the tap map names module {path!r} (for {name}), "
+                                 f"which the model does not have")
+        if how not in ("", *HOOKS):
+            raise CandidateError(f"{where}: tap map entry {spec!r}: unknown hook kind {how!r}; "
+                                 f"expected #input or #position")
+        if name == "squad/*":
+            modules[path].register_forward_hook(squad_hook)
+        elif how == "input":
+            modules[path].register_forward_pre_hook(input_hook(name))
+        else:
+            modules[path].register_forward_hook(HOOKS[how or "output"](name))
+
+
+class CandidateSide(TorchSide):
+    """A TorchSide over an adapter, with the candidate's own description, record and GELU words."""
+
+    def __init__(self, model: _Adapter, spec: CandidateSpec, description: str, *, device: str = "cpu",
+                 head: Optional[str] = None, gelu: Optional[str] = None, gelu_names: Optional[dict] = None,
+                 unobservable: Optional[Mapping[str, str]] = None, files: Optional[Mapping[str, str]] = None):
+        super().__init__(model, device, head)
+        self.spec = spec
+        self.description = description
+        self.gelu, self.gelu_names = gelu, gelu_names
+        self.unobservable = dict(unobservable or {})
+        self.tap_names = [t for t in self.tap_names if t not in self.unobservable]
+        self.files = dict(files or {})
+
+    def float64(self) -> "CandidateSide":
+        twin = copy.copy(self)   # the hooks are module attributes: deepcopy takes them along
+        twin.model = copy.deepcopy(self.model).to(torch.float64)
+        return twin
+
+    def record(self) -> dict:
+        """The report's record of the candidate (CONTRACT.md: kind, path, sha256)."""
+        return {"kind": self.spec.kind, "path": self.spec.path,
+                "sha256": {label: sha256(p) for label, p in self.files.items() if os.path.isfile(p)},
+                "gelu": self.gelu, "not_observable": dict(self.unobservable)}
+
+
+# ---------------------------------------------------------------------------------------------
+# The factory.
+
+def make_candidate(spec: CandidateSpec, *, config: BertConfig, torch_config: Optional[BertConfig] = None,
+                   device: str = "cpu"):
+    """The candidate side for ``spec``; ``config`` is the reference's (shapes are checked against
+    it), ``torch_config`` the config a ``bert_torch`` candidate is built with (default ``config``)."""
+    if spec.kind in NOT_YET:
+        raise CandidateError(f"--candidate {spec}: {NOT_YET[spec.kind]} are not supported yet in this "
+                             f"version (kinds available: bert_torch, hf, module)")
+    if spec.kind == "bert_torch":
+        return bert_torch_candidate(spec, torch_config or config, device)
+    if spec.kind == "hf":
+        from .candidates_hf import hf_candidate
+        return hf_candidate(spec, config, device)
+    return module_candidate(spec, config, device)
+
+
+def bert_torch_candidate(spec: CandidateSpec, config: BertConfig, device: str) -> TorchSide:
+    side = TorchSide.from_weights(spec.path, config, device=device)
+    side.gelu, side.gelu_names = official_gelu(config.hidden_act), OFFICIAL_GELU_NAMES
+    side.unobservable = {}
+    side.record = lambda: {"kind": "bert_torch", "path": spec.path, "sha256": {"weights": sha256(spec.path)},
+                           "gelu": side.gelu, "not_observable": {}}
+    return side
+
+
+def check_shapes(values: Mapping[str, int], config: BertConfig, where: str) -> None:
+    """The candidate's sizes against the reference's bert_config: a mismatch is bad input."""
+    keys = ("vocab_size", "hidden_size", "num_hidden_layers", "num_attention_heads", "intermediate_size",
+            "max_position_embeddings", "type_vocab_size")
+    diff = [f"{k} {values.get(k)} (reference: {getattr(config, k)})" for k in keys
+            if values.get(k) is not None and values.get(k) != getattr(config, k)]
+    if diff:
+        raise CandidateError(f"{where}: does not match the reference's bert_config: {', '.join(diff)}")
+
+
+def import_factory(target: str) -> Callable:
+    """``pkg.mod:factory`` -> the callable; anything that does not import is a CandidateError."""
+    mod_name, sep, attr = target.partition(":")
+    if not sep or not mod_name or not attr:
+        raise CandidateError(f"--candidate module:{target}: expected module:pkg.mod:factory")
+    try:
+        module = importlib.import_module(mod_name)
+    except Exception as e:   # a user's module may raise anything at import; one line says what
+        raise CandidateError(f"--candidate module:{target}: cannot import {mod_name} "
+                             f"({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''})") from None
+    fn = getattr(module, attr, None)
+    if not callable(fn):
+        raise CandidateError(f"--candidate module:{target}: {mod_name} has no callable {attr!r}")
+    return fn
+
+
+def module_candidate(spec: CandidateSpec, config: BertConfig, device: str) -> CandidateSide:
+    """``module:pkg.mod:factory``: ``factory(config)`` returns a dict with ``model`` (an nn.Module),
+    ``taps`` (module path -> contract tap; ``path#input`` taps a module's input, ``path#position``
+    a [1,T,H] position lookup, tap ``squad/*`` a [B,T,2] QA output), and optionally ``forward``
+    (``forward(model, input_ids, token_type_ids, attention_mask)``; default: keyword call),
+    ``head``, ``gelu`` ("tanh"/"erf") and ``unobservable`` (tap -> reason)."""
+    where = f"--candidate {spec}"
+    built = import_factory(spec.path)(config)
+    if not isinstance(built, Mapping) or not isinstance(built.get("model"), torch.nn.Module) \
+            or not isinstance(built.get("taps"), Mapping):
+        raise CandidateError(f"{where}: the factory must return a dict with 'model' (an nn.Module) and 'taps'")
+    head = built.get("head")
+    if head not in (None, *TAP_HEADS):
+        raise CandidateError(f"{where}: head {head!r}; expected one of None, {', '.join(TAP_HEADS)}")
+    known = set(tap_names(config.num_hidden_layers, TAP_HEADS.get(head))) | {"squad/*"}
+    unknown = sorted(set(built["taps"].values()) - known)
+    if unknown:
+        raise CandidateError(f"{where}: the tap map names {unknown[0]!r}, which is no contract tap of this model")
+    model = built["model"]
+    install_hooks(model, built["taps"], where)
+    mapped = set(built["taps"].values())
+    if "squad/*" in mapped:
+        mapped |= {"squad/start_logits", "squad/end_logits"}
+    unobservable = {t: "not in the tap map of " + spec.path for t in known - mapped - {"squad/*"}}
+    unobservable.update(built.get("unobservable") or {})
+    adapter = _Adapter(model, config, built.get("forward") or _keyword_call)
+    src = getattr(sys.modules.get(spec.path.partition(":")[0]), "__file__", None)
+    return CandidateSide(adapter, spec, f"module {spec.path} ({type(model).__name__}, "
+                         f"{len(mapped - {'squad/*'})} taps mapped)", device=device, head=head,
+                         gelu=built.get("gelu"), unobservable=unobservable, files={"module": src} if src else {})
