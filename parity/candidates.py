@@ -205,6 +205,13 @@ class CandidateSide(TorchSide):
         twin.model = copy.deepcopy(self.model).to(torch.float64)
         return twin
 
+    def tensors(self) -> dict:
+        """The model's tensors under weight-file names (diagnose's bit-for-bit check): the adapter's
+        ``inner.`` and a task model's ``bert.`` prefix dropped; buffers that are no weights left out."""
+        from bert_torch.weights import file_name
+        return {file_name(k[len("inner."):]): v.detach().cpu().float().numpy()
+                for k, v in self.model.state_dict().items() if not k.endswith("position_ids")}
+
     def record(self) -> dict:
         """The report's record of the candidate (CONTRACT.md: kind, path, sha256)."""
         return {"kind": self.spec.kind, "path": self.spec.path,

@@ -25,7 +25,8 @@ def compare_sides(reference: Side, candidate: Side, inputs: Inputs, profile: Pro
     names = list(reference.tap_names) + [n for n in candidate.tap_names if n not in reference.tap_names]
     # Taps the candidate declared it cannot observe (parity.candidates) are listed, not compared;
     # any other tap that does not arrive fails.
-    declared = {n: r for n, r in getattr(candidate, "unobservable", {}).items() if n in names and n not in cand}
+    unobservable = getattr(candidate, "unobservable", {})
+    declared = {n: unobservable[n] for n in names if n in unobservable and n not in cand}
     taps = [compare_tap(n, ref.get(n), cand.get(n), profile, rounding.get(n)) for n in names if n not in declared]
     first = next((t["name"] for t in taps if not t["passed"]), None)
     report = {

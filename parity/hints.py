@@ -216,6 +216,9 @@ class Context:
     weights: Mapping[str, np.ndarray]   # the checkpoint's tensors, under file names
     block_input: Optional[str]          # the tap feeding the block
     tolerance: Callable[[str], tuple]   # tap -> (atol, rtol) for TensorFlow's end-to-end values
+    # The candidate's words for each GELU form and its config file (parity.candidates), so that
+    # gelu_variant says what to write where: {"tanh": "gelu_new", "erf": "gelu", "file": "config.json"}.
+    gelu_names: Optional[Mapping[str, str]] = None
 
     def layer(self) -> Optional[int]:
         m = re.match(r"layer_(\d+)/", self.block)
@@ -264,8 +267,11 @@ def gelu_variant(ctx: Context) -> Optional[dict]:
     return hint("gelu_variant", ctx.block,
                 f"{tap}: PyTorch computes the {pt_form} GELU (max error {pt_err:.2g} against it, {other:.2g} against "
                 f"the {tf_form} form); TensorFlow computes the {tf_form} form (max error {tf[tf_form]:.2g}). "
-                f"Set hidden_act to {'gelu_erf' if tf_form == 'erf' else 'gelu'} on the PyTorch side, or compare "
-                f"against the graph with the same GELU",
+                + (f"Set hidden_act to {ctx.gelu_names[tf_form]} in the candidate's {ctx.gelu_names['file']}, or "
+                   f"compare against the {pt_form} reference (hidden_act {'gelu_erf' if pt_form == 'erf' else 'gelu'} "
+                   f"in bert_config.json)" if ctx.gelu_names else
+                   f"Set hidden_act to {'gelu_erf' if tf_form == 'erf' else 'gelu'} on the PyTorch side, or compare "
+                   f"against the graph with the same GELU"),
                 pytorch=pt_form, tensorflow=tf_form, pytorch_error=pt, tensorflow_error=tf)
 
 
