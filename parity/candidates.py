@@ -23,8 +23,10 @@ A candidate declares the contract taps it cannot observe in ``unobservable`` (ta
 """
 from __future__ import annotations
 
+import contextlib
 import copy
 import importlib
+import importlib.util
 import os
 import sys
 from dataclasses import dataclass
@@ -65,7 +67,7 @@ def parse_candidate(text: str) -> CandidateSpec:
     if not path:
         raise CandidateError(f"--candidate {text!r}: no path after {kind}:")
     if kind != "module" and not os.path.exists(path):
-        raise CandidateError(f"--candidate {text}: {path}: no such file or directory")
+        raise CandidateError(f"--candidate {text!r}: {path!r}: no such file or directory")
     return CandidateSpec(kind, path)
 
 
@@ -101,6 +103,25 @@ HF_GELU = {"gelu": "erf", "gelu_python": "erf", "gelu_new": "tanh", "gelu_pytorc
 # What to write in each vocabulary to get each form (the gelu_variant hint speaks the user's words).
 HF_GELU_NAMES = {"tanh": "gelu_new", "erf": "gelu", "file": "config.json"}
 OFFICIAL_GELU_NAMES = {"tanh": "gelu", "erf": "gelu_erf", "file": "bert_config.json"}
+
+
+@contextlib.contextmanager
+def quiet_transformers():
+    """transformers' loading progress bars and warnings off while a candidate loads (stderr is for
+    the one-line error of bad input); its settings are restored after. A no-op without transformers."""
+    if "transformers" not in sys.modules and importlib.util.find_spec("transformers") is None:
+        yield
+        return
+    from transformers.utils import logging as hf_logging
+    bar, level = hf_logging.is_progress_bar_enabled(), hf_logging.get_verbosity()
+    hf_logging.disable_progress_bar()
+    hf_logging.set_verbosity(hf_logging.ERROR)
+    try:
+        yield
+    finally:
+        hf_logging.set_verbosity(level)
+        if bar:
+            hf_logging.enable_progress_bar()
 
 
 # ---------------------------------------------------------------------------------------------
@@ -231,10 +252,11 @@ def make_candidate(spec: CandidateSpec, *, config: BertConfig, torch_config: Opt
                              f"version (kinds available: bert_torch, hf, module)")
     if spec.kind == "bert_torch":
         return bert_torch_candidate(spec, torch_config or config, device)
-    if spec.kind == "hf":
-        from .candidates_hf import hf_candidate
-        return hf_candidate(spec, config, device)
-    return module_candidate(spec, config, device)
+    with quiet_transformers():
+        if spec.kind == "hf":
+            from .candidates_hf import hf_candidate
+            return hf_candidate(spec, config, device)
+        return module_candidate(spec, config, device)
 
 
 def bert_torch_candidate(spec: CandidateSpec, config: BertConfig, device: str) -> TorchSide:

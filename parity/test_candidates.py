@@ -1,0 +1,313 @@
+"""Any PyTorch BERT as the candidate (issue #14): ``--candidate hf:DIR`` and ``module:pkg.mod:factory``
+against the official graph on the real MiniLM-L6 weights, tap for tap.
+
+The official graph runs once per session at 2 x 32 (a golden file, ``python -m reference_tf dump``);
+the candidates replay against it, and one test runs the live graph. The GELU trap is the
+known error planted by nature: HF's "gelu" is erf, the shipped graph's is tanh.
+"""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import textwrap
+
+import numpy as np
+import pytest
+import torch
+from hypothesis import given, settings, strategies as st
+
+from bert_torch.modeling import BertConfig, gelu_erf, gelu_tanh
+from bert_torch.taps import tap_names, tap_shape
+from parity import cli
+from parity.candidates import (HF_GELU, CandidateError, CandidateSpec, make_candidate, official_gelu,
+                               parse_candidate)
+from parity.compare import compare_sides
+from parity.inputs import make_inputs
+from parity.metrics import get_profile
+from parity.sides import TorchSide
+from reference_tf.__main__ import main as dump_main
+
+transformers = pytest.importorskip("transformers", reason="the hf extra (transformers) is not installed")
+
+B, T = 2, 32
+
+
+def save_hf(path: str, minilm: dict, hidden_act: str, edit=None) -> str:
+    """An HF directory as a user has one: config.json by ``BertConfig.save_pretrained``, weights by
+    ``save_pretrained`` of a ``BertModel`` that loaded the converted MiniLM tensors."""
+    from safetensors.torch import load_file
+    c = BertConfig.from_json_file(minilm["bert_config"])
+    config = transformers.BertConfig(
+        vocab_size=c.vocab_size, hidden_size=c.hidden_size, num_hidden_layers=c.num_hidden_layers,
+        num_attention_heads=c.num_attention_heads, intermediate_size=c.intermediate_size, hidden_act=hidden_act,
+        max_position_embeddings=c.max_position_embeddings, type_vocab_size=c.type_vocab_size,
+        layer_norm_eps=1e-12, architectures=["BertModel"])
+    config.save_pretrained(path)
+    model = transformers.BertModel(config)
+    state = load_file(minilm["torch_weights"])
+    state.pop("embeddings.position_ids", None)   # a buffer older transformers saved; 5.x does not keep it
+    if edit:
+        edit(state)
+    model.load_state_dict(state, strict=True)
+    model.save_pretrained(path)
+    return path
+
+
+def plant_value_bias(state):
+    """The planted weight fault: layer 3's value bias off by 0.05 in one element."""
+    state["encoder.layer.3.attention.self.value.bias"][7] += 0.05
+
+
+@pytest.fixture(scope="session")
+def hf_dirs(minilm, tmp_path_factory):
+    root = tmp_path_factory.mktemp("hf")
+    return {"gelu_new": save_hf(str(root / "gelu_new"), minilm, "gelu_new"),
+            "gelu": save_hf(str(root / "gelu"), minilm, "gelu"),
+            "fault": save_hf(str(root / "fault"), minilm, "gelu_new", plant_value_bias)}
+
+
+@pytest.fixture(scope="session")
+def golden(minilm, tmp_path_factory):
+    path = str(tmp_path_factory.mktemp("golden") / "minilm.golden.safetensors")
+    assert dump_main(["dump", "--tf-checkpoint", minilm["dir"], "--out", path,
+                      "--batch-size", str(B), "--seq-len", str(T)]) == 0
+    return path
+
+
+def run_cli(capsys, tmp_path, *argv) -> tuple[int, str, dict | None, str]:
+    report_dir = tmp_path / f"r{len(list(tmp_path.iterdir()))}"
+    code = cli.main([*argv, "--report-dir", str(report_dir)])
+    err = capsys.readouterr().err.strip()
+    path = report_dir / "report.json"
+    report = json.loads(path.read_text()) if path.exists() else None
+    md = (report_dir / "report.md").read_text() if report else ""
+    return code, err, report, md
+
+
+def worst(report) -> float:
+    return max(t["tol_ratio"] for t in report["taps"])
+
+
+# ---------------------------------------------------------------------------------------------
+# Against the official graph.
+
+def test_hf_gelu_new_passes_every_tap(hf_dirs, golden, capsys, tmp_path):
+    code, err, report, md = run_cli(capsys, tmp_path, "compare", "--golden", golden,
+                                    "--candidate", f"hf:{hf_dirs['gelu_new']}")
+    assert code == 0, err
+    assert report["verdict"] == "pass" and report["not_observable"] == []
+    assert [t["name"] for t in report["taps"]] == tap_names(6)   # every contract tap compared
+    assert report["taps_compared"] == 72 and worst(report) <= 1.0
+    assert report["sides"]["gelu"] == {"reference": "tanh", "candidate": "tanh"}
+    cand = report["candidate"]
+    assert cand["kind"] == "hf" and cand["path"] == hf_dirs["gelu_new"]
+    assert len(cand["sha256"]["model.safetensors"]) == 64 and len(cand["sha256"]["config.json"]) == 64
+    assert "GELU: reference tanh, candidate tanh" in "\n".join(md.splitlines()[:8])
+
+
+def test_hf_gelu_means_erf_and_fails_at_layer_0_intermediate(hf_dirs, minilm, capsys, tmp_path):
+    """Live graph: an HF config.json saying "gelu" is read with HF's meaning (erf), not as tanh."""
+    code, err, report, md = run_cli(capsys, tmp_path, "compare", "--tf-checkpoint", minilm["dir"],
+                                    "--candidate", f"hf:{hf_dirs['gelu']}", "--batch-size", str(B),
+                                    "--seq-len", str(T))
+    assert code == 1, err
+    assert report["first_divergence"] == "layer_0/intermediate"
+    assert all(t["passed"] for t in report["taps"][:report["taps"].index(
+        next(t for t in report["taps"] if t["name"] == "layer_0/intermediate"))])
+    assert report["sides"]["gelu"] == {"reference": "tanh", "candidate": "erf"}
+    assert "candidate erf (**they differ**)" in "\n".join(md.splitlines()[:8])
+
+
+def test_planted_weight_fault_in_hf_candidate_is_caught_at_its_tap(hf_dirs, golden, capsys, tmp_path):
+    code, err, report, _ = run_cli(capsys, tmp_path, "compare", "--golden", golden,
+                                   "--candidate", f"hf:{hf_dirs['fault']}")
+    assert code == 1, err
+    assert report["first_divergence"] == "layer_3/attention/value"
+    value = next(t for t in report["taps"] if t["name"] == "layer_3/attention/value")
+    # bias element 7 is head 0 (D = 32), feature 7 of every position: 0.05 off, exactly where planted
+    assert value["worst_index"][1] == 0 and value["worst_index"][3] == 7
+    assert value["max_abs"] == pytest.approx(0.05, rel=1e-3)
+
+
+def test_module_example_declares_what_it_cannot_observe(golden, capsys, tmp_path):
+    code, err, report, md = run_cli(capsys, tmp_path, "compare", "--golden", golden,
+                                    "--candidate", "module:parity.examples.my_bert:minilm_hf")
+    assert code == 0, err
+    hidden = {t["name"] for t in report["not_observable"]}
+    assert hidden == {f"layer_{i}/attention/{k}" for i in range(6) for k in ("query", "key", "value", "scores", "probs")}
+    assert all("attention function" in t["reason"] for t in report["not_observable"])
+    assert report["taps_compared"] == 72 - 30 == len(report["taps"]) and worst(report) <= 1.0
+    assert "The verdict rests on 42 taps; 30 not observable" in md and "## Not observable in this candidate" in md
+
+
+def test_a_mapped_tap_that_never_arrives_is_a_failure(minilm, tmp_path, monkeypatch):
+    """A tap the map promises but whose module never runs: missing, hence failing, never skipped."""
+    (tmp_path / "spare_bert.py").write_text(textwrap.dedent("""
+        import torch
+        from parity.examples.my_bert import minilm_hf
+
+        class WithSpare(torch.nn.Module):
+            def __init__(self, inner):
+                super().__init__()
+                self.inner, self.spare = inner, torch.nn.Linear(2, 2)
+            def forward(self, **kw):
+                return self.inner(**kw)
+
+        def factory(config):
+            built = minilm_hf(config)
+            taps = {"inner." + k: v for k, v in built["taps"].items()}
+            taps["spare"] = "layer_0/attention/query"
+            unobservable = dict(built["unobservable"])
+            del unobservable["layer_0/attention/query"]
+            return {"model": WithSpare(built["model"]), "taps": taps, "unobservable": unobservable}
+    """))
+    monkeypatch.syspath_prepend(str(tmp_path))
+    config = BertConfig.from_json_file(minilm["bert_config"])
+    side = make_candidate(parse_candidate("module:spare_bert:factory"), config=config)
+    reference = TorchSide.from_weights(minilm["torch_weights"], config)   # bert_torch, tanh GELU as the graph
+    inputs = make_inputs(minilm["vocab"], B, T, 0, vocab_size=config.vocab_size, type_vocab_size=config.type_vocab_size)
+    report = compare_sides(reference, side, inputs, get_profile("fp32-cpu"))
+    assert report["verdict"] == "fail" and report["first_divergence"] == "layer_0/attention/query"
+    assert next(t for t in report["taps"] if t["name"] == "layer_0/attention/query")["reason"] == "missing on the pytorch side"
+    assert len(report["not_observable"]) == 29
+
+
+# ---------------------------------------------------------------------------------------------
+# The HF side alone: every tap, in the contract layout, and injection through hooks and the registry.
+
+@pytest.fixture(scope="module")
+def hf_side(hf_dirs, minilm):
+    config = BertConfig.from_json_file(minilm["bert_config"])
+    inputs = make_inputs(minilm["vocab"], B, T, 0, vocab_size=config.vocab_size, type_vocab_size=config.type_vocab_size)
+    return make_candidate(CandidateSpec("hf", hf_dirs["gelu_new"]), config=config), inputs, config
+
+
+def test_every_contract_tap_arrives_in_the_contract_layout(hf_side):
+    side, inputs, c = hf_side
+    out = side.run(inputs)
+    assert list(out) == [n for n in tap_names(6) if n in out] and set(out) == set(tap_names(6))
+    for name, value in out.items():
+        assert value.shape == tap_shape(name, B, T, c.hidden_size, c.num_attention_heads, c.intermediate_size), name
+        assert np.isfinite(value).all() and np.abs(value).max() > 0, name
+    # scores carry the official adder: -10000 (plus QK^T/sqrt(D)) exactly at padded keys
+    mask = inputs.input_mask.astype(bool)
+    scores = out["layer_0/attention/scores"]
+    assert scores[~np.broadcast_to(mask[:, None, None, :], scores.shape)].max() < -9000
+    assert scores[np.broadcast_to(mask[:, None, None, :], scores.shape)].min() > -1000
+
+
+def test_injection_replaces_taps_inside_transformers(hf_side):
+    side, inputs, c = hf_side
+    base = side.run(inputs)
+    # probs one-hot on key 0: every query's context is key 0's value (heads merged)
+    probs = np.zeros_like(base["layer_1/attention/probs"])
+    probs[..., 0] = 1.0
+    computed = {}
+    out = side.run(inputs, inject={"layer_1/attention/probs": probs}, computed=computed)
+    v = base["layer_1/attention/value"]                   # [B,N,T,D], upstream: unchanged by the injection
+    want = np.broadcast_to(v[:, :, :1, :], v.shape).transpose(0, 2, 1, 3).reshape(B, T, -1)
+    np.testing.assert_allclose(out["layer_1/attention/context"], want, rtol=0, atol=1e-6)
+    np.testing.assert_array_equal(computed["layer_1/attention/probs"], base["layer_1/attention/probs"])
+    # a module-hook injection: zero position embeddings leave word + type in the sum
+    out = side.run(inputs, inject={"embeddings/position_embeddings": np.zeros((T, c.hidden_size), np.float32)})
+    np.testing.assert_array_equal(out["embeddings/sum"], base["embeddings/word_embeddings"]
+                                  + base["embeddings/token_type_embeddings"])
+    assert not np.allclose(out["layer_5/output"], base["layer_5/output"], atol=1e-3)
+
+
+def test_float64_twin_rounds_less_than_float32(hf_side):
+    side, inputs, _ = hf_side
+    out32, out64 = side.run(inputs), side.float64().run(inputs)
+    assert out64["layer_5/output"].dtype == np.float64
+    err = np.abs(out32["layer_5/output"] - out64["layer_5/output"]).max()
+    assert 0 < err < 1e-4   # float32 rounding, not a different model
+
+
+# ---------------------------------------------------------------------------------------------
+# GELU by meaning, checked against transformers' own activations.
+
+@pytest.mark.parametrize("name", sorted(HF_GELU))
+def test_hf_gelu_meanings_are_transformers_own(name):
+    from transformers.activations import ACT2FN
+    x = torch.linspace(-6, 6, 2001, dtype=torch.float64)
+    y = ACT2FN[name](x)
+    err = {form: float((y - fn(x)).abs().max()) for form, fn in (("tanh", gelu_tanh), ("erf", gelu_erf))}
+    assert err[HF_GELU[name]] * 100 < err["erf" if HF_GELU[name] == "tanh" else "tanh"], err
+
+
+def test_official_gelu_meanings():
+    assert [official_gelu(a) for a in ("gelu", "gelu_new", "gelu_erf", "relu")] == ["tanh", "tanh", "erf", None]
+
+
+# ---------------------------------------------------------------------------------------------
+# Bad input: exit 2, one line naming the culprit.
+
+def one_line(code, err, *words):
+    assert code == 2 and err.startswith("error: ") and "\n" not in err, err
+    assert all(w in err for w in words), err
+
+
+def test_hf_directory_without_weights(hf_dirs, minilm, capsys, tmp_path):
+    bare = tmp_path / "bare"
+    bare.mkdir()
+    shutil.copy(os.path.join(hf_dirs["gelu_new"], "config.json"), bare / "config.json")
+    code, err, report, _ = run_cli(capsys, tmp_path, "compare", "--tf-checkpoint", minilm["dir"],
+                                   "--candidate", f"hf:{bare}")
+    one_line(code, err, str(bare), "no weights", "model.safetensors")
+    assert report is None
+
+
+def test_non_bert_model_type(hf_dirs, minilm, capsys, tmp_path):
+    other = tmp_path / "roberta"
+    shutil.copytree(hf_dirs["gelu_new"], other)
+    cfg = json.loads((other / "config.json").read_text())
+    (other / "config.json").write_text(json.dumps({**cfg, "model_type": "roberta"}))
+    code, err, _, _ = run_cli(capsys, tmp_path, "compare", "--tf-checkpoint", minilm["dir"], "--candidate", f"hf:{other}")
+    one_line(code, err, "model_type 'roberta'", "config.json")
+
+
+def test_module_that_does_not_import(minilm, capsys, tmp_path):
+    code, err, _, _ = run_cli(capsys, tmp_path, "compare", "--tf-checkpoint", minilm["dir"],
+                              "--candidate", "module:no_such_pkg.bert:factory")
+    one_line(code, err, "no_such_pkg.bert", "cannot import")
+
+
+def test_tap_map_naming_a_missing_module(minilm, capsys, tmp_path, monkeypatch):
+    (tmp_path / "typo_bert.py").write_text(textwrap.dedent("""
+        from parity.examples.my_bert import minilm_hf
+
+        def factory(config):
+            built = minilm_hf(config)
+            built["taps"]["encoder.layer.9.output"] = built["taps"].pop("encoder.layer.5.output")
+            return built
+    """))
+    monkeypatch.syspath_prepend(str(tmp_path))
+    code, err, _, _ = run_cli(capsys, tmp_path, "compare", "--tf-checkpoint", minilm["dir"],
+                              "--candidate", "module:typo_bert:factory")
+    one_line(code, err, "'encoder.layer.9.output'", "layer_5/output", "does not have")
+
+
+@pytest.mark.parametrize("argv, words", [
+    (["--candidate", "keras:model.h5"], ["unknown kind 'keras'"]),
+    (["--candidate", "hf:"], ["no path after hf:"]),
+    (["--candidate", "hf:/no/such/dir"], ["/no/such/dir", "no such file"]),
+    (["--candidate", "nokind"], ["expected KIND:PATH"]),
+    ([], ["exactly one of --candidate"]),
+    (["--candidate", "hf:/tmp", "--torch-weights", "w.safetensors"], ["both were given"]),
+    (["--candidate", "ppb:/tmp"], ["not supported yet"]),
+])
+def test_bad_candidate_specs(minilm, capsys, tmp_path, argv, words):
+    code, err, _, _ = run_cli(capsys, tmp_path, "compare", "--tf-checkpoint", minilm["dir"], *argv)
+    one_line(code, err, *words)
+
+
+@settings(max_examples=50, deadline=None, derandomize=True, database=None)
+@given(st.text(max_size=40))
+def test_parse_candidate_accepts_or_names_the_spec(text):
+    try:
+        spec = parse_candidate(text)
+    except CandidateError as e:
+        assert "\n" not in str(e) and "--candidate" in str(e)
+    else:
+        assert str(spec) == text and spec.kind in ("bert_torch", "hf", "module", "ppb", "onnx")
