@@ -311,3 +311,20 @@ def test_parse_candidate_accepts_or_names_the_spec(text):
         assert "\n" not in str(e) and "--candidate" in str(e)
     else:
         assert str(spec) == text and spec.kind in ("bert_torch", "hf", "module", "ppb", "onnx")
+
+
+@pytest.mark.slow
+def test_diagnose_names_the_gelu_in_the_candidates_words(hf_dirs, minilm, capsys, tmp_path):
+    """diagnose on an HF candidate: weights bit-equal through the hooks' model, the culprit found by
+    injection (local vs inherited), and gelu_variant saying what to write in config.json."""
+    report_dir = tmp_path / "d"
+    code = cli.main(["diagnose", "--tf-checkpoint", minilm["dir"], "--candidate", f"hf:{hf_dirs['gelu']}",
+                     "--batch-size", str(B), "--seq-len", str(T), "--report-dir", str(report_dir)])
+    d = json.loads((report_dir / "diagnosis.json").read_text())
+    assert code == 1 and d["culprit"] == "layer_0/ffn"
+    assert d["weights"]["differences"] == []
+    gelu = next(h for h in d["hints"] if h["cause"] == "gelu_variant")
+    assert "hidden_act to gelu_new in the candidate's config.json" in gelu["evidence"]
+    assert "erf reference" in gelu["evidence"]
+    attention = next(b for b in d["blocks"] if b["name"] == "layer_1/attention")
+    assert attention["status"] == "inherited error"   # the injection separated it from layer 0's error
