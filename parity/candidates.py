@@ -41,7 +41,7 @@ from .inputs import sha256
 from .sides import TAP_HEADS, TorchSide
 
 KINDS = ("bert_torch", "hf", "module", "ppb", "onnx")
-NOT_YET = {"ppb": "pytorch-pretrained-bert 0.6.2 state dicts", "onnx": "ONNX exports"}
+NOT_YET = {"onnx": "ONNX exports"}
 
 
 class CandidateError(ValueError):
@@ -166,13 +166,13 @@ def input_hook(name: str):
 
 
 def position_hook(name: str):
-    """Position-embedding lookups come out [1,T,H] (one row of ids broadcast); the contract's
-    layout is [T,H]."""
+    """Position-embedding lookups come out [1,T,H] (HF: one row of ids, broadcast) or [B,T,H] (the
+    original port: the same ids in every row); the contract's layout is [T,H], the first row."""
     def hook(module, args, out):
-        if out.dim() != 3 or out.shape[0] != 1:
+        if out.dim() != 3:
             return tap(name, out)
         new = tap(name, out[0])
-        return None if new is out[0] else new.unsqueeze(0)
+        return None if new is out[0] else new.unsqueeze(0).expand_as(out)
     return hook
 
 
@@ -249,13 +249,16 @@ def make_candidate(spec: CandidateSpec, *, config: BertConfig, torch_config: Opt
     it), ``torch_config`` the config a ``bert_torch`` candidate is built with (default ``config``)."""
     if spec.kind in NOT_YET:
         raise CandidateError(f"--candidate {spec}: {NOT_YET[spec.kind]} are not supported yet in this "
-                             f"version (kinds available: bert_torch, hf, module)")
+                             f"version (kinds available: bert_torch, hf, ppb, module)")
     if spec.kind == "bert_torch":
         return bert_torch_candidate(spec, torch_config or config, device)
     with quiet_transformers():
         if spec.kind == "hf":
             from .candidates_hf import hf_candidate
             return hf_candidate(spec, config, device)
+        if spec.kind == "ppb":
+            from .candidates_ppb import ppb_candidate
+            return ppb_candidate(spec, config, device)
         return module_candidate(spec, config, device)
 
 

@@ -7,6 +7,7 @@ known error planted by nature: HF's "gelu" is erf, the shipped graph's is tanh.
 """
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 import shutil
@@ -295,7 +296,7 @@ def test_tap_map_naming_a_missing_module(minilm, capsys, tmp_path, monkeypatch):
     (["--candidate", "nokind"], ["expected KIND:PATH"]),
     ([], ["exactly one of --candidate"]),
     (["--candidate", "hf:/tmp", "--torch-weights", "w.safetensors"], ["both were given"]),
-    (["--candidate", "ppb:/tmp"], ["not supported yet"]),
+    (["--candidate", "onnx:/tmp"], ["not supported yet"]),
 ])
 def test_bad_candidate_specs(minilm, capsys, tmp_path, argv, words):
     code, err, _, _ = run_cli(capsys, tmp_path, "compare", "--tf-checkpoint", minilm["dir"], *argv)
@@ -328,3 +329,48 @@ def test_diagnose_names_the_gelu_in_the_candidates_words(hf_dirs, minilm, capsys
     assert "erf reference" in gelu["evidence"]
     attention = next(b for b in d["blocks"] if b["name"] == "layer_1/attention")
     assert attention["status"] == "inherited error"   # the injection separated it from layer 0's error
+
+
+# ---------------------------------------------------------------------------------------------
+# The original port (pytorch-pretrained-bert 0.6.2, extra "ppb"), converted by its own script.
+
+@pytest.fixture(scope="session")
+def ppb_file(minilm, tmp_path_factory):
+    if importlib.util.find_spec("pytorch_pretrained_bert") is None:   # not importorskip: it imports boto3 unstubbed
+        pytest.skip("the ppb extra (pytorch-pretrained-bert 0.6.2) is not installed")
+    from parity.candidates_ppb import import_ppb
+    import_ppb()   # stubs boto3/botocore when absent, before the converter imports the port
+    from pytorch_pretrained_bert.convert_tf_checkpoint_to_pytorch import convert_tf_checkpoint_to_pytorch
+    out = tmp_path_factory.mktemp("ppb")
+    cfg = json.loads(open(minilm["bert_config"]).read())
+    (out / "bert_config.json").write_text(json.dumps({**cfg, "hidden_act": "gelu"}))   # the port's only GELU: erf
+    convert_tf_checkpoint_to_pytorch(minilm["prefix"], str(out / "bert_config.json"), str(out / "pytorch_model.bin"))
+    return str(out / "pytorch_model.bin")
+
+
+def test_ppb_gelu_is_erf_against_the_shipped_tanh_graph(ppb_file, golden, capsys, tmp_path):
+    code, err, report, md = run_cli(capsys, tmp_path, "compare", "--golden", golden, "--candidate", f"ppb:{ppb_file}")
+    assert code == 1, err
+    assert [t["name"] for t in report["taps"]] == tap_names(6) and report["not_observable"] == []
+    assert report["first_divergence"] == "layer_0/intermediate"
+    assert all(t["passed"] for t in report["taps"][:13])   # the embeddings and layer 0's attention, scores included
+    assert report["sides"]["gelu"] == {"reference": "tanh", "candidate": "erf"}
+    assert report["candidate"]["kind"] == "ppb" and len(report["candidate"]["sha256"]["weights"]) == 64
+
+
+@pytest.mark.slow
+def test_ppb_passes_the_erf_graph_and_catches_a_planted_fault(ppb_file, tmp_path_factory, capsys, tmp_path):
+    from parity.minilm import build_checkpoint
+    erf = build_checkpoint(str(tmp_path_factory.mktemp("minilm_erf")), hidden_act="gelu_erf")
+    code, err, report, _ = run_cli(capsys, tmp_path, "compare", "--tf-checkpoint", erf["dir"], "--candidate",
+                                   f"ppb:{ppb_file}", "--batch-size", str(B), "--seq-len", str(T))
+    assert code == 0, err
+    assert report["taps_compared"] == 72 and worst(report) <= 1.0
+    assert report["sides"]["gelu"] == {"reference": "erf", "candidate": "erf"}
+    state = torch.load(ppb_file, weights_only=True)
+    state["bert.encoder.layer.3.attention.self.value.bias"][7] += 0.05
+    faulty = tmp_path / "faulty.bin"
+    torch.save(state, faulty)
+    code, err, report, _ = run_cli(capsys, tmp_path, "compare", "--tf-checkpoint", erf["dir"], "--candidate",
+                                   f"ppb:{faulty}", "--batch-size", str(B), "--seq-len", str(T))
+    assert code == 1 and report["first_divergence"] == "layer_3/attention/value"
