@@ -271,7 +271,7 @@ def bert_torch_candidate(spec: CandidateSpec, config: BertConfig, device: str) -
     return side
 
 
-def check_shapes(values: Mapping[str, int], config: BertConfig, where: str) -> None:
+def check_sizes(values: Mapping[str, int], config: BertConfig, where: str) -> None:
     """The candidate's sizes against the reference's bert_config: a mismatch is bad input."""
     keys = ("vocab_size", "hidden_size", "num_hidden_layers", "num_attention_heads", "intermediate_size",
             "max_position_embeddings", "type_vocab_size")
@@ -311,7 +311,8 @@ def module_candidate(spec: CandidateSpec, config: BertConfig, device: str) -> Ca
     head = built.get("head")
     if head not in (None, *TAP_HEADS):
         raise CandidateError(f"{where}: head {head!r}; expected one of None, {', '.join(TAP_HEADS)}")
-    known = set(tap_names(config.num_hidden_layers, TAP_HEADS.get(head))) | {"squad/*"}
+    ordered = tap_names(config.num_hidden_layers, TAP_HEADS.get(head))
+    known = set(ordered) | {"squad/*"}
     unknown = sorted(set(built["taps"].values()) - known)
     if unknown:
         raise CandidateError(f"{where}: the tap map names {unknown[0]!r}, which is no contract tap of this model")
@@ -320,8 +321,8 @@ def module_candidate(spec: CandidateSpec, config: BertConfig, device: str) -> Ca
     mapped = set(built["taps"].values())
     if "squad/*" in mapped:
         mapped |= {"squad/start_logits", "squad/end_logits"}
-    unobservable = {t: "not in the tap map of " + spec.path for t in known - mapped - {"squad/*"}}
-    unobservable.update(built.get("unobservable") or {})
+    declared = {**{t: "not in the tap map of " + spec.path for t in known - mapped}, **(built.get("unobservable") or {})}
+    unobservable = {t: declared[t] for t in ordered if t in declared}   # in forward order
     adapter = _Adapter(model, config, built.get("forward") or _keyword_call)
     src = getattr(sys.modules.get(spec.path.partition(":")[0]), "__file__", None)
     return CandidateSide(adapter, spec, f"module {spec.path} ({type(model).__name__}, "

@@ -27,7 +27,7 @@ from bert_torch.modeling import BertConfig
 from bert_torch.taps import LAYER_TAPS, _ACTIVE, tap
 
 from .candidates import (HF_GELU, HF_GELU_NAMES, CandidateError, CandidateSide, CandidateSpec, _Adapter,
-                         _keyword_call, check_shapes, install_hooks)
+                         _keyword_call, check_sizes, install_hooks)
 
 # architectures entry -> the contract's head (None: the bare encoder and pooler)
 ARCHITECTURES = {"BertModel": None, "BertForSequenceClassification": "classifier",
@@ -156,7 +156,7 @@ def hf_candidate(spec: CandidateSpec, config: BertConfig, device: str = "cpu") -
     weights = [os.path.join(spec.path, f) for f in WEIGHT_FILES if os.path.isfile(os.path.join(spec.path, f))]
     if not weights:
         raise CandidateError(f"{where}: no weights in {spec.path} (expected {' or '.join(WEIGHT_FILES)})")
-    check_shapes(cfg, config, where)
+    check_sizes(cfg, config, where)
     import transformers
     try:
         # weights_only: a .bin is unpickled without code (safetensors needs no such care).

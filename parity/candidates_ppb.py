@@ -27,13 +27,12 @@ import torch
 from bert_torch.modeling import BertConfig
 from bert_torch.taps import tap
 
-from .candidates import (CandidateError, CandidateSide, CandidateSpec, _Adapter, check_shapes, install_hooks,
+from .candidates import (CandidateError, CandidateSide, CandidateSpec, _Adapter, check_sizes, install_hooks,
                          official_gelu)
 
 HEAD_KEYS = {"classifier.weight": ("BertForSequenceClassification", "classifier"),
              "qa_outputs.weight": ("BertForQuestionAnswering", "squad")}
-PPB_GELU_NAMES = {"erf": "gelu", "tanh": "(none: pytorch-pretrained-bert 0.6.2 has only the erf GELU)",
-                  "file": "bert_config.json"}
+PPB_GELU_NAMES = {"erf": "gelu", "tanh": None, "file": "bert_config.json"}   # the port has only the erf GELU
 
 
 def import_ppb():
@@ -140,7 +139,7 @@ def ppb_candidate(spec: CandidateSpec, config: BertConfig, device: str = "cpu") 
     else:   # the reference's file, as the port would read it; its erf spellings name the port's "gelu"
         cfg = config.to_dict()
         cfg["hidden_act"] = "gelu" if official_gelu(cfg["hidden_act"]) == "erf" else cfg["hidden_act"]
-    check_shapes(cfg, config, where)
+    check_sizes(cfg, config, where)
     if cfg.get("hidden_act") not in ppb.ACT2FN:
         raise CandidateError(f"{where}: hidden_act {cfg.get('hidden_act')!r} is none of the port's "
                              f"({', '.join(ppb.ACT2FN)})")

@@ -596,6 +596,10 @@ def run_diagnose(args) -> int:
     tf_weights, _ = tf_to_torch(read_checkpoint(prefix), config, where=prefix)
     if spec.kind != "bert_torch":   # hf:, module: (parity.candidates): weights under file names from the model
         candidate, problem = make_candidate(spec, config=config, device=args.device), None
+        if candidate.unobservable:   # blocks are judged by all their taps, and fed by the reference's
+            hidden = list(candidate.unobservable)
+            raise BadInput(f"--candidate {spec}: diagnose needs every tap, and {len(hidden)} are not observable "
+                           f"in this candidate (e.g. {hidden[0]}); map them, or use compare")
         torch_weights = candidate.tensors()
     else:
         torch_weights = read_weights(args.torch_weights)   # unreadable: exit 2

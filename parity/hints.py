@@ -247,6 +247,17 @@ def _best(errors: dict) -> tuple:
     return ranked[0][0], ranked[0][1]
 
 
+def _gelu_advice(names: Optional[Mapping[str, str]], pt_form: str, tf_form: str) -> str:
+    """What to change, in the candidate's own words when it gave them (parity.candidates)."""
+    official = {"erf": "gelu_erf", "tanh": "gelu"}   # bert_config.json's words for the reference
+    if not names:
+        return (f"Set hidden_act to {official[tf_form]} on the PyTorch side, or compare "
+                f"against the graph with the same GELU")
+    change = (f"Set hidden_act to {names[tf_form]} in the candidate's {names['file']}, or "
+              if names.get(tf_form) else f"The candidate has no {tf_form} GELU ({names['file']} offers none): ")
+    return change + f"compare against the {pt_form} reference (hidden_act {official[pt_form]} in bert_config.json)"
+
+
 def gelu_variant(ctx: Context) -> Optional[dict]:
     i = ctx.layer()
     tap = f"layer_{i}/intermediate"
@@ -267,11 +278,7 @@ def gelu_variant(ctx: Context) -> Optional[dict]:
     return hint("gelu_variant", ctx.block,
                 f"{tap}: PyTorch computes the {pt_form} GELU (max error {pt_err:.2g} against it, {other:.2g} against "
                 f"the {tf_form} form); TensorFlow computes the {tf_form} form (max error {tf[tf_form]:.2g}). "
-                + (f"Set hidden_act to {ctx.gelu_names[tf_form]} in the candidate's {ctx.gelu_names['file']}, or "
-                   f"compare against the {pt_form} reference (hidden_act {'gelu_erf' if pt_form == 'erf' else 'gelu'} "
-                   f"in bert_config.json)" if ctx.gelu_names else
-                   f"Set hidden_act to {'gelu_erf' if tf_form == 'erf' else 'gelu'} on the PyTorch side, or compare "
-                   f"against the graph with the same GELU"),
+                + _gelu_advice(ctx.gelu_names, pt_form, tf_form),
                 pytorch=pt_form, tensorflow=tf_form, pytorch_error=pt, tensorflow_error=tf)
 
 

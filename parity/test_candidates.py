@@ -289,6 +289,13 @@ def test_tap_map_naming_a_missing_module(minilm, capsys, tmp_path, monkeypatch):
     one_line(code, err, "'encoder.layer.9.output'", "layer_5/output", "does not have")
 
 
+def test_diagnose_refuses_a_candidate_with_taps_not_observable(minilm, capsys, tmp_path):
+    code = cli.main(["diagnose", "--tf-checkpoint", minilm["dir"], "--candidate", "module:parity.examples.my_bert:minilm_hf",
+                     "--batch-size", str(B), "--seq-len", str(T), "--report-dir", str(tmp_path / "d")])
+    one_line(code, capsys.readouterr().err.strip(), "30 are not observable", "layer_0/attention/query")
+    assert not (tmp_path / "d" / "diagnosis.json").exists()
+
+
 @pytest.mark.parametrize("argv, words", [
     (["--candidate", "keras:model.h5"], ["unknown kind 'keras'"]),
     (["--candidate", "hf:"], ["no path after hf:"]),
@@ -374,3 +381,15 @@ def test_ppb_passes_the_erf_graph_and_catches_a_planted_fault(ppb_file, tmp_path
     code, err, report, _ = run_cli(capsys, tmp_path, "compare", "--tf-checkpoint", erf["dir"], "--candidate",
                                    f"ppb:{faulty}", "--batch-size", str(B), "--seq-len", str(T))
     assert code == 1 and report["first_divergence"] == "layer_3/attention/value"
+
+
+def test_gelu_advice_speaks_each_vocabulary():
+    from parity.candidates import HF_GELU_NAMES, OFFICIAL_GELU_NAMES
+    from parity.candidates_ppb import PPB_GELU_NAMES
+    from parity.hints import _gelu_advice
+    assert _gelu_advice(HF_GELU_NAMES, "erf", "tanh").startswith("Set hidden_act to gelu_new in the candidate's config.json")
+    assert _gelu_advice(HF_GELU_NAMES, "tanh", "erf").startswith("Set hidden_act to gelu in the candidate's config.json")
+    assert _gelu_advice(OFFICIAL_GELU_NAMES, "erf", "tanh").startswith("Set hidden_act to gelu in the candidate's bert_config.json")
+    assert _gelu_advice(PPB_GELU_NAMES, "erf", "tanh") == ("The candidate has no tanh GELU (bert_config.json offers "
+                                                          "none): compare against the erf reference (hidden_act "
+                                                          "gelu_erf in bert_config.json)")
