@@ -41,7 +41,6 @@ from .inputs import sha256
 from .sides import TAP_HEADS, TorchSide
 
 KINDS = ("bert_torch", "hf", "module", "ppb", "onnx")
-NOT_YET = {"onnx": "ONNX exports"}
 
 
 class CandidateError(ValueError):
@@ -244,12 +243,16 @@ class CandidateSide(TorchSide):
 # The factory.
 
 def make_candidate(spec: CandidateSpec, *, config: BertConfig, torch_config: Optional[BertConfig] = None,
-                   device: str = "cpu"):
+                   device: str = "cpu", onnx_optimization: str = "all"):
     """The candidate side for ``spec``; ``config`` is the reference's (shapes are checked against
-    it), ``torch_config`` the config a ``bert_torch`` candidate is built with (default ``config``)."""
-    if spec.kind in NOT_YET:
-        raise CandidateError(f"--candidate {spec}: {NOT_YET[spec.kind]} are not supported yet in this "
-                             f"version (kinds available: bert_torch, hf, ppb, module)")
+    it), ``torch_config`` the config a ``bert_torch`` candidate is built with (default ``config``);
+    ``onnx_optimization``: onnxruntime's graph optimisation for an ``onnx`` candidate (all, off)."""
+    if spec.kind == "onnx":
+        if device != "cpu":
+            raise CandidateError(f"--candidate {spec}: onnx candidates run on onnxruntime's CPU provider; "
+                                 f"--device {device} does not apply")
+        from .candidates_onnx import OnnxSide
+        return OnnxSide(spec, config, onnx_optimization)
     if spec.kind == "bert_torch":
         return bert_torch_candidate(spec, torch_config or config, device)
     with quiet_transformers():

@@ -37,6 +37,8 @@ def add_compare_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--torch-weights", help="safetensors or .bin/.pt state dict (= --candidate bert_torch:W)")
     p.add_argument("--candidate", help="KIND:PATH, the PyTorch side: bert_torch:W, hf:DIR, module:pkg.mod:factory "
                                        "(README, 'Candidates'); exactly one of --candidate and --torch-weights")
+    p.add_argument("--onnx-optimization", default="all", choices=("all", "off"),
+                   help="onnxruntime graph optimisation of an onnx: candidate (default: all)")
     p.add_argument("--torch-bert-config", help="config for the PyTorch side only (default: --bert-config)")
     p.add_argument("--vocab-file", help="vocab.txt (default: beside the checkpoint)")
     p.add_argument("--sentences", help="MRPC-format tsv of sentence pairs (default: the committed MRPC sample)")
@@ -94,7 +96,8 @@ def run_compare(args) -> int:
         return run_golden_compare(args)
     spec = candidate_spec(args)   # before any model loads: a bad spec is exit 2 at once
     profile, prefix, config, torch_config, head, num_labels, inputs, files = prepare(args)
-    candidate = make_candidate(spec, config=config, torch_config=torch_config, device=args.device)
+    candidate = make_candidate(spec, config=config, torch_config=torch_config, device=args.device,
+                                   onnx_optimization=args.onnx_optimization)
     reference = TFSide(prefix, config, head=head, num_labels=num_labels, intra_op_threads=args.tf_threads)
     reference.gelu = official_gelu(config.hidden_act)
     try:
@@ -138,7 +141,8 @@ def run_golden_compare(args) -> int:
     spec = candidate_spec(args)
     golden.gelu = official_gelu(config.hidden_act)
     try:
-        candidate = make_candidate(spec, config=config, torch_config=torch_config, device=args.device)
+        candidate = make_candidate(spec, config=config, torch_config=torch_config, device=args.device,
+                                   onnx_optimization=args.onnx_optimization)
     except WeightsError as e:
         more = f" (and {len(e.problems) - 1} more)" if len(e.problems) > 1 else ""
         raise BadInput(f"{args.torch_weights} does not fit the bert_config of golden file {args.golden}: "

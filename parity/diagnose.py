@@ -594,7 +594,10 @@ def run_diagnose(args) -> int:
         raise BadInput(f"{h['evidence']} (vocab_mismatch; see {args.report_dir}/diagnosis.md)")
     profile, prefix, config, torch_config, head, num_labels, inputs, files = prepare(args)
     tf_weights, _ = tf_to_torch(read_checkpoint(prefix), config, where=prefix)
-    if spec.kind != "bert_torch":   # hf:, module: (parity.candidates): weights under file names from the model
+    if spec.kind == "onnx":
+        raise BadInput(f"--candidate {spec}: diagnose feeds blocks the reference's inputs, and onnxruntime "
+                       f"cannot replace an intermediate value; use compare")
+    if spec.kind != "bert_torch":   # hf:, ppb:, module: (parity.candidates): weights under file names from the model
         candidate, problem = make_candidate(spec, config=config, device=args.device), None
         if candidate.unobservable:   # blocks are judged by all their taps, and fed by the reference's
             hidden = list(candidate.unobservable)

@@ -303,7 +303,7 @@ def test_diagnose_refuses_a_candidate_with_taps_not_observable(minilm, capsys, t
     (["--candidate", "nokind"], ["expected KIND:PATH"]),
     ([], ["exactly one of --candidate"]),
     (["--candidate", "hf:/tmp", "--torch-weights", "w.safetensors"], ["both were given"]),
-    (["--candidate", "onnx:/tmp"], ["not supported yet"]),
+    (["--candidate", "onnx:/tmp"], ["onnxruntime cannot load it"]),
 ])
 def test_bad_candidate_specs(minilm, capsys, tmp_path, argv, words):
     code, err, _, _ = run_cli(capsys, tmp_path, "compare", "--tf-checkpoint", minilm["dir"], *argv)
@@ -339,7 +339,8 @@ def test_diagnose_names_the_gelu_in_the_candidates_words(hf_dirs, minilm, capsys
 
 
 # ---------------------------------------------------------------------------------------------
-# The original port (pytorch-pretrained-bert 0.6.2, extra "ppb"), converted by its own script.
+# The original port (pytorch-pretrained-bert 0.6.2, extra "ppb"), converted by its own script (slow: the
+# conversion runs TensorFlow).
 
 @pytest.fixture(scope="session")
 def ppb_file(minilm, tmp_path_factory):
@@ -355,6 +356,7 @@ def ppb_file(minilm, tmp_path_factory):
     return str(out / "pytorch_model.bin")
 
 
+@pytest.mark.slow
 def test_ppb_gelu_is_erf_against_the_shipped_tanh_graph(ppb_file, golden, capsys, tmp_path):
     code, err, report, md = run_cli(capsys, tmp_path, "compare", "--golden", golden, "--candidate", f"ppb:{ppb_file}")
     assert code == 1, err
@@ -393,3 +395,54 @@ def test_gelu_advice_speaks_each_vocabulary():
     assert _gelu_advice(PPB_GELU_NAMES, "erf", "tanh") == ("The candidate has no tanh GELU (bert_config.json offers "
                                                           "none): compare against the erf reference (hidden_act "
                                                           "gelu_erf in bert_config.json)")
+
+
+# ---------------------------------------------------------------------------------------------
+# ONNX (extra "onnx"): an export of the HF candidate with its taps as graph outputs, at both of
+# onnxruntime's optimisation extremes (slow: two exports).
+
+@pytest.fixture(scope="session")
+def onnx_files(hf_dirs, minilm, tmp_path_factory):
+    pytest.importorskip("onnxruntime", reason="the onnx extra (onnx, onnxruntime) is not installed")
+    from parity.candidates_onnx import main as export_main
+    out = tmp_path_factory.mktemp("onnx")
+    files = {}
+    for name in ("gelu_new", "fault"):
+        files[name] = str(out / f"{name}.onnx")
+        assert export_main(["--candidate", f"hf:{hf_dirs[name]}", "--bert-config", minilm["bert_config"],
+                            "--out", files[name]]) == 0
+    return files
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("optimization", ["all", "off"])
+def test_onnx_export_passes_at_both_optimisation_levels(onnx_files, golden, capsys, tmp_path, optimization):
+    code, err, report, _ = run_cli(capsys, tmp_path, "compare", "--golden", golden, "--candidate",
+                                   f"onnx:{onnx_files['gelu_new']}", "--onnx-optimization", optimization)
+    assert code == 0, err
+    assert [t["name"] for t in report["taps"]] == tap_names(6) and worst(report) <= 1.0
+    assert report["candidate"]["onnx_optimization"] == optimization
+    assert report["sides"]["gelu"] == {"reference": "tanh", "candidate": "tanh"}   # from the file's metadata
+
+
+@pytest.mark.slow
+def test_onnx_planted_fault_is_caught_at_its_tap(onnx_files, golden, capsys, tmp_path):
+    code, err, report, _ = run_cli(capsys, tmp_path, "compare", "--golden", golden, "--candidate",
+                                   f"onnx:{onnx_files['fault']}")
+    assert code == 1 and report["first_divergence"] == "layer_3/attention/value", err
+
+
+def test_onnx_without_taps_and_onnx_diagnose_are_bad_input(minilm, capsys, tmp_path):
+    onnx = pytest.importorskip("onnx", reason="the onnx extra (onnx, onnxruntime) is not installed")
+    from onnx import TensorProto, helper
+    ins = [helper.make_tensor_value_info(n, TensorProto.INT64, ["b", "t"])
+           for n in ("input_ids", "token_type_ids", "attention_mask")]
+    out = helper.make_tensor_value_info("hidden", TensorProto.INT64, ["b", "t"])
+    graph = helper.make_graph([helper.make_node("Identity", ["input_ids"], ["hidden"])], "plain", ins, [out])
+    plain = tmp_path / "plain.onnx"
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), str(plain))
+    code, err, _, _ = run_cli(capsys, tmp_path, "compare", "--tf-checkpoint", minilm["dir"], "--candidate", f"onnx:{plain}")
+    one_line(code, err, "no graph output is named as a contract tap")
+    code, err, _, _ = run_cli(capsys, tmp_path, "diagnose", "--tf-checkpoint", minilm["dir"], "--candidate",
+                              f"onnx:{plain}")
+    one_line(code, err, "onnxruntime cannot replace an intermediate value")
