@@ -81,6 +81,9 @@ def candidate_spec(args) -> CandidateSpec:
     if not given:   # the weights loader names a missing or unreadable file itself
         return CandidateSpec("bert_torch", args.torch_weights)
     spec = parse_candidate(given)
+    if spec.kind != "bert_torch" and getattr(args, "torch_bert_config", None):
+        raise CandidateError(f"--torch-bert-config applies to bert_torch candidates; {spec.kind}: candidates "
+                             f"bring their own config")
     if spec.kind == "bert_torch":
         args.torch_weights = spec.path
     return spec
@@ -236,7 +239,7 @@ class CandidateSide(TorchSide):
         """The report's record of the candidate (CONTRACT.md: kind, path, sha256)."""
         return {"kind": self.spec.kind, "path": self.spec.path,
                 "sha256": {label: sha256(p) for label, p in self.files.items() if os.path.isfile(p)},
-                "gelu": self.gelu, "not_observable": dict(self.unobservable)}
+                "gelu": self.gelu, "device": str(self.device), "not_observable": dict(self.unobservable)}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -270,7 +273,7 @@ def bert_torch_candidate(spec: CandidateSpec, config: BertConfig, device: str) -
     side.gelu, side.gelu_names = official_gelu(config.hidden_act), OFFICIAL_GELU_NAMES
     side.unobservable = {}
     side.record = lambda: {"kind": "bert_torch", "path": spec.path, "sha256": {"weights": sha256(spec.path)},
-                           "gelu": side.gelu, "not_observable": {}}
+                           "gelu": side.gelu, "device": device, "not_observable": {}}
     return side
 
 

@@ -89,7 +89,7 @@ class OnnxSide:
 
     def record(self) -> dict:
         return {"kind": "onnx", "path": self.spec.path, "sha256": {"onnx": sha256(self.spec.path)},
-                "gelu": self.gelu, "onnx_optimization": self.optimization,
+                "gelu": self.gelu, "device": "cpu", "onnx_optimization": self.optimization,
                 "not_observable": dict(self.unobservable)}
 
 

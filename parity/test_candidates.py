@@ -304,6 +304,7 @@ def test_diagnose_refuses_a_candidate_with_taps_not_observable(minilm, capsys, t
     ([], ["exactly one of --candidate"]),
     (["--candidate", "hf:/tmp", "--torch-weights", "w.safetensors"], ["both were given"]),
     (["--candidate", "onnx:/tmp"], ["onnxruntime cannot load it"]),
+    (["--candidate", "hf:/tmp", "--torch-bert-config", "c.json"], ["--torch-bert-config applies to bert_torch"]),
 ])
 def test_bad_candidate_specs(minilm, capsys, tmp_path, argv, words):
     code, err, _, _ = run_cli(capsys, tmp_path, "compare", "--tf-checkpoint", minilm["dir"], *argv)
