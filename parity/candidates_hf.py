@@ -127,7 +127,7 @@ def register_attention(model) -> str:
     return impl
 
 
-def hf_tap_map(num_layers: int, head: Optional[str], prefix: str) -> dict:
+def hf_tap_map(num_layers: int, head: Optional[str], prefix: str, pooler: bool = True) -> dict:
     """module path (``#input``: its input; ``#position``: [1,T,H] -> [T,H]) -> contract tap."""
     p = prefix
     m = {f"{p}embeddings.word_embeddings": "embeddings/word_embeddings",
@@ -141,7 +141,8 @@ def hf_tap_map(num_layers: int, head: Optional[str], prefix: str) -> dict:
     assert set(modules) <= set(LAYER_TAPS)
     for i in range(num_layers):
         m.update({f"{p}encoder.layer.{i}.{path}": f"layer_{i}/{t}" for t, path in modules.items()})
-    m[f"{p}pooler"] = "pooler/output"
+    if pooler:
+        m[f"{p}pooler"] = "pooler/output"
     if head == "classifier":
         m["classifier"] = "classifier/logits"
     elif head == "squad":
@@ -174,7 +175,9 @@ def hf_candidate(spec: CandidateSpec, config: BertConfig, device: str = "cpu") -
     head = ARCHITECTURES[arch]
     impl = register_attention(model)
     prefix = "" if arch == "BertModel" else model.base_model_prefix + "."
-    install_hooks(model, hf_tap_map(model.config.num_hidden_layers, head, prefix), where)
+    pooler = getattr(model.base_model, "pooler", None) is not None
+    install_hooks(model, hf_tap_map(model.config.num_hidden_layers, head, prefix, pooler), where)
+    unobservable = {} if pooler else {"pooler/output": f"transformers' {arch} has no pooler (add_pooling_layer=False)"}
     act = str(model.config.hidden_act)
     gelu = HF_GELU.get(act)
     description = (f"transformers {transformers.__version__} {arch} from {spec.path} (hidden_act={act}: "
@@ -182,4 +185,4 @@ def hf_candidate(spec: CandidateSpec, config: BertConfig, device: str = "cpu") -
     files = {os.path.basename(w): w for w in weights}
     files["config.json"] = os.path.join(spec.path, "config.json")
     return CandidateSide(_Adapter(model, model.config, _keyword_call), spec, description, device=device,
-                         head=head, gelu=gelu, gelu_names=HF_GELU_NAMES, files=files)
+                         head=head, gelu=gelu, gelu_names=HF_GELU_NAMES, unobservable=unobservable, files=files)

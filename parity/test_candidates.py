@@ -447,3 +447,31 @@ def test_onnx_without_taps_and_onnx_diagnose_are_bad_input(minilm, capsys, tmp_p
     code, err, _, _ = run_cli(capsys, tmp_path, "diagnose", "--tf-checkpoint", minilm["dir"], "--candidate",
                               f"onnx:{plain}")
     one_line(code, err, "onnxruntime cannot replace an intermediate value")
+
+
+# ---------------------------------------------------------------------------------------------
+# Task heads: the class picked from config.json's architectures, the head's taps compared too.
+
+@pytest.mark.parametrize("head, arch, num_labels", [("classifier", "BertForSequenceClassification", 3),
+                                                    ("squad", "BertForQuestionAnswering", 2)])
+def test_hf_task_heads_pass(random_checkpoint, capsys, tmp_path, head, arch, num_labels):
+    from safetensors.torch import load_file
+    from parity.test_gate import CONFIGS
+    cfg = dict(CONFIGS["tiny-1layer"], num_hidden_layers=2, hidden_act="gelu")
+    ck = random_checkpoint(cfg, head=head, num_labels=num_labels, perturb=0.02)
+    config = transformers.BertConfig(**{k: v for k, v in cfg.items() if k != "hidden_act"}, hidden_act="gelu_new",
+                                     layer_norm_eps=1e-12, num_labels=num_labels, architectures=[arch])
+    model = getattr(transformers, arch)(config)
+    state = {("" if k.startswith(("classifier.", "qa_outputs.")) else "bert.") + k: v
+             for k, v in load_file(ck["torch_weights"]).items()}
+    if head == "squad":   # transformers' QA model has no pooler: pooler/output is declared not observable
+        state = {k: v for k, v in state.items() if not k.startswith("bert.pooler.")}
+    model.load_state_dict(state, strict=True)
+    model.save_pretrained(str(tmp_path / "hf"))
+    code, err, report, _ = run_cli(capsys, tmp_path, "compare", "--tf-checkpoint", ck["dir"], "--candidate",
+                                   f"hf:{tmp_path / 'hf'}", "--batch-size", "3", "--seq-len", "20")
+    assert code == 0, err
+    hidden = ["pooler/output"] if head == "squad" else []
+    assert [t["name"] for t in report["taps"]] == [n for n in tap_names(2, head) if n not in hidden]
+    assert [t["name"] for t in report["not_observable"]] == hidden and worst(report) <= 1.0
+    assert arch in report["sides"]["candidate"]
