@@ -15,7 +15,8 @@ from bert_torch.commands import EXIT_CODES_HELP, HelpFormatter, run_main
 from bert_torch.modeling import BertConfig
 from bert_torch.weights import WeightsError
 
-from .compare import clear_report, compare_sides, write_report
+from .candidates import candidate_spec, make_candidate, official_gelu
+from .compare import clear_report, compare_sides, gelu_line, write_report
 from .diagnose import add_diagnose_args, run_diagnose
 from .environment import environment
 from .metrics import get_profile
@@ -28,9 +29,12 @@ def run_compare(args) -> int:
     clear_report(args.report_dir)
     if getattr(args, "golden", None):
         return run_golden_compare(args)
+    spec = candidate_spec(args)   # before any model loads: a bad spec is exit 2 at once
     p = prepare(args)
-    candidate = TorchSide.from_weights(args.torch_weights, p.torch_config, device=args.device, tier=p.tier)
+    candidate = make_candidate(spec, config=p.config, torch_config=p.torch_config, device=args.device,
+                               onnx_optimization=args.onnx_optimization, tier=p.tier)
     reference = TFSide(p.prefix, p.config, head=p.head, num_labels=p.num_labels, intra_op_threads=args.tf_threads)
+    reference.gelu = official_gelu(p.config.hidden_act)
     try:
         report = compare_sides(reference, candidate, p.inputs, p.profile)
     finally:
@@ -67,8 +71,11 @@ def run_golden_compare(args) -> int:
             raise BadInput(f"{args.bert_config} does not match the config {args.golden} was dumped with: "
                            + ", ".join(diff))
     torch_config = BertConfig.from_json_file(args.torch_bert_config) if args.torch_bert_config else config
+    spec = candidate_spec(args)
+    golden.gelu = official_gelu(config.hidden_act)
     try:
-        candidate = TorchSide.from_weights(args.torch_weights, torch_config, device=args.device, tier=tier)
+        candidate = make_candidate(spec, config=config, torch_config=torch_config, device=args.device,
+                                   onnx_optimization=args.onnx_optimization, tier=tier)
     except WeightsError as e:
         more = f" (and {len(e.problems) - 1} more)" if len(e.problems) > 1 else ""
         raise BadInput(f"{args.torch_weights} does not fit the bert_config of golden file {args.golden}: "
@@ -91,6 +98,8 @@ def print_summary(report: dict, json_path: str) -> None:
     where the full table is: a failing 12-layer model would otherwise print a hundred lines."""
     taps = report["taps"]
     print(f"reference: {report['sides']['reference']}\ncandidate: {report['sides']['candidate']}")
+    print(gelu_line(report)[2:])
+    print(gelu_line(report)[2:])
     print(f"verdict: {report['verdict']} ({sum(t['passed'] for t in taps)}/{len(taps)} taps within "
           f"{report['profile']['name']}); first divergence: {report['first_divergence'] or 'none'}")
     # Failures first (a missing tap or a NaN has no ratio), then by the share of the allowed error used.

@@ -28,16 +28,23 @@ def compare_sides(reference: Side, candidate: Side, inputs: Inputs, profile: Pro
     tier = getattr(candidate, "tier", None)
     names = list(reference.tap_names) + [n for n in candidate.tap_names if n not in reference.tap_names]
     ref_rounding = reference_tier_rounding(reference, candidate, inputs, c64)
+    # Taps the candidate declared it cannot observe (parity.candidates) are listed, not compared;
+    # any other tap that does not arrive fails.
+    unobservable = getattr(candidate, "unobservable", {})
+    declared = {n: unobservable[n] for n in names if n in unobservable and n not in cand}
     taps = [compare_tap(n, ref.get(n), cand.get(n), profile, rounding.get(n), tier, tier_rounding.get(n),
-                        ref_rounding.get(n)) for n in names]
+                        ref_rounding.get(n)) for n in names if n not in declared]
     first = next((t["name"] for t in taps if not t["passed"]), None)
     report = {
         "verdict": "fail" if first or not taps else "pass",
         "first_divergence": first,
         "profile": profile.to_dict(),
         "inputs": dict(inputs.meta),
-        "sides": {"reference": reference.description, "candidate": candidate.description},
+        "sides": {"reference": reference.description, "candidate": candidate.description,
+                  "gelu": {"reference": getattr(reference, "gelu", None), "candidate": getattr(candidate, "gelu", None)}},
         "taps": taps,
+        "taps_compared": len(taps),
+        "not_observable": [{"name": n, "reason": r} for n, r in declared.items()],
     }
     if tier is not None:
         report["precision"] = tier.to_dict(str(getattr(candidate, "device", "cpu")))
@@ -51,6 +58,8 @@ def compare_sides(reference: Side, candidate: Side, inputs: Inputs, profile: Pro
         hints = [h for h in hints if h["cause"] != "tf32_reference"]
     if hints:
         report["hints"] = hints
+    if hasattr(candidate, "record"):
+        report["candidate"] = candidate.record()
     return report
 
 
@@ -182,6 +191,16 @@ def environments_table(report: dict) -> list[str]:
     return out
 
 
+def gelu_line(report: dict) -> str:
+    """Which GELU each side computed, and how many taps the verdict rests on (issue #14)."""
+    g = report["sides"].get("gelu") or {}
+    differ = g.get("reference") and g.get("candidate") and g["reference"] != g["candidate"]
+    hidden = len(report.get("not_observable") or ())
+    return (f"- GELU: reference {g.get('reference') or 'unknown'}, candidate {g.get('candidate') or 'unknown'}"
+            + (" (**they differ**)" if differ else "") + f". The verdict rests on {len(report['taps'])} taps"
+            + (f"; {hidden} not observable in this candidate (listed below)" if hidden else "") + ".")
+
+
 def render_markdown(report: dict) -> str:
     """The same content as report.json, for people: verdict first, then the per-tap table."""
     inp, prof, env = report["inputs"], report["profile"], report.get("environment", {})
@@ -194,6 +213,7 @@ def render_markdown(report: dict) -> str:
         "",
         f"- Reference: {report['sides']['reference']}",
         f"- Candidate: {report['sides']['candidate']}",
+        gelu_line(report),
         f"- Profile `{prof['name']}`: {prof['rule']} (atol {prof['atol']:g}, rtol {prof['rtol']:g}). {prof['description']}",
         f"- Inputs: batch {inp['batch_size']}, sequence {inp['seq_len']}, seed {inp['seed']}, "
         f"{inp['padding_positions']} padding positions in {inp['rows_with_padding']} rows, "
@@ -219,4 +239,7 @@ def render_markdown(report: dict) -> str:
                      f"{t['atol']:g} | {t['rtol']:g} | {'yes' if t['passed'] else '**NO**'} | {t['worst_index']} |")
     if failed:
         lines += ["", "## Failures", ""] + [f"- `{t['name']}`: {t['reason']}" for t in failed]
+    if report.get("not_observable"):
+        lines += ["", "## Not observable in this candidate", ""] + [
+            f"- `{t['name']}`: {t['reason']}" for t in report["not_observable"]]
     return "\n".join(lines) + "\n"

@@ -40,7 +40,7 @@ from .hints import CAUSES, Context, activation_hints, compare_weights, weight_hi
 from .inputs import Inputs
 from .metrics import Profile, compare_tap
 from .options import BadInput, add_compare_args, find_vocab, prepare
-from .precision import precision_hints
+from .precision import Tier, precision_hints
 from .sides import TorchSide
 
 DIAGNOSIS_FILES = ("diagnosis.json", "diagnosis.md")
@@ -334,7 +334,8 @@ def diagnose(reference, candidate, inputs: Inputs, profile: Profile, *, config: 
                          ) or br.get("local_ladder", {}).get("formulas_differ", [])
         b = next(x for x in bs if x.name == br["name"])
         ctx = Context(block=b.name, failing=failing, ref=ref, local=pt_local, input_mask=mask, weights=tf_weights,
-                      block_input=b.input, tolerance=lambda t: profile.tolerance(t, ref.get(t), rounding.get(t)))
+                      block_input=b.input, tolerance=lambda t: profile.tolerance(t, ref.get(t), rounding.get(t)),
+                      gelu_names=getattr(candidate, "gelu_names", None))
         found = activation_hints(ctx)
         if not found and not any(h["block"] == b.name for h in hints):
             found = [_ladder_hint(b, [r for r in rows if r["block"] == b.name and r["name"] in failing], local=True)]
@@ -582,13 +583,15 @@ def run_diagnose(args) -> int:
     from bert_torch.convert import resolve_checkpoint, tf_to_torch
     from bert_torch.tf_checkpoint import read_checkpoint
     from bert_torch.tokenization import load_vocab
-    from bert_torch.weights import WeightsError, model_from_tensors, read_weights
+    from bert_torch.weights import read_weights
 
     from .environment import environment
     from .hints import vocab_hint
+    from .candidates import candidate_spec, make_candidate
     from .sides import TFSide
 
     clear_diagnosis(args.report_dir)
+    spec = candidate_spec(args)
     if getattr(args, "golden", None):
         raise BadInput("diagnose runs the TensorFlow graph itself (blocks are fed each other's inputs): "
                        "give --tf-checkpoint, not --golden")
@@ -605,19 +608,19 @@ def run_diagnose(args) -> int:
         raise BadInput(f"{h['evidence']} (vocab_mismatch; see {args.report_dir}/diagnosis.md)")
     p = prepare(args)
     tf_weights, _ = tf_to_torch(read_checkpoint(p.prefix), p.config, where=p.prefix)
-    torch_weights = read_weights(args.torch_weights)   # unreadable: exit 2
-    candidate, problem = None, None
-    try:
-        model = model_from_tensors(torch_weights, p.torch_config, head="auto", device=args.device,
-                                   where=args.torch_weights)
-        candidate = TorchSide(model, args.device, {"BertForSequenceClassification": "classifier",
-                                                    "BertForQuestionAnswering": "squad",
-                                                    "BertForPreTraining": "pretraining"}.get(type(model).__name__),
-                              tier=p.tier)
-    except WeightsError as e:
-        if not compare_weights(tf_weights, torch_weights)["differences"]:
-            raise   # same tensors as the checkpoint, so the PyTorch config is at fault: bad input
-        problem = f"the PyTorch weights do not load: {e.problems[0]}"   # diagnosed from the weights
+    if spec.kind == "onnx":
+        raise BadInput(f"--candidate {spec}: diagnose feeds blocks the reference's inputs, and onnxruntime "
+                       f"cannot replace an intermediate value; use compare")
+    if spec.kind != "bert_torch":   # hf:, ppb:, module: (parity.candidates): weights under file names from the model
+        candidate, problem = make_candidate(spec, config=p.config, device=args.device, tier=p.tier), None
+        if candidate.unobservable:   # blocks are judged by all their taps, and fed by the reference's
+            hidden = list(candidate.unobservable)
+            raise BadInput(f"--candidate {spec}: diagnose needs every tap, and {len(hidden)} are not observable "
+                           f"in this candidate (e.g. {hidden[0]}); map them, or use compare")
+        torch_weights = candidate.tensors()
+    else:
+        torch_weights = read_weights(args.torch_weights)   # unreadable: exit 2
+        candidate, problem = bert_torch_side(args, p.torch_config, tf_weights, torch_weights, p.tier)
     floors = calibration_floors(getattr(args, "calibration", None))
     reference = TFSide(p.prefix, p.config, head=p.head, num_labels=p.num_labels, intra_op_threads=args.tf_threads)
     try:
@@ -626,10 +629,30 @@ def run_diagnose(args) -> int:
     finally:
         reference.close()
     d["environment"] = environment(args.device, p.files, args.tf_threads)
-    write_repro(d, args.report_dir, p.torch_config, p.profile, p.head, p.num_labels)
+    if spec.kind == "bert_torch":   # repro.py runs bert_torch alone; other candidates' code is theirs
+        write_repro(d, args.report_dir, p.torch_config, p.profile, p.head, p.num_labels)
+    else:
+        d["stages"]["repro"] = f"not written: repro.py runs bert_torch, and the candidate is {spec.kind}:"
     json_path, _ = write_diagnosis(d, args.report_dir)
     print_summary(d, json_path)
     return 0 if d["verdict"] == "pass" else 1
+
+
+def bert_torch_side(args, torch_config: BertConfig, tf_weights, torch_weights, tier=None) -> tuple:
+    """(side, None), or (None, why) when the weights do not load but differ from the checkpoint's
+    (then the diagnosis rests on the weights); the same tensors that do not load are bad input."""
+    from bert_torch.weights import WeightsError, model_from_tensors
+    try:
+        model = model_from_tensors(torch_weights, torch_config, head="auto", device=args.device,
+                                   where=args.torch_weights)
+        return TorchSide(model, args.device, {"BertForSequenceClassification": "classifier",
+                                              "BertForQuestionAnswering": "squad",
+                                              "BertForPreTraining": "pretraining"}.get(type(model).__name__),
+                         tier=tier or Tier()), None
+    except WeightsError as e:
+        if not compare_weights(tf_weights, torch_weights)["differences"]:
+            raise   # same tensors as the checkpoint, so the PyTorch config is at fault: bad input
+        return None, f"the PyTorch weights do not load: {e.problems[0]}"   # diagnosed from the weights
 
 
 def calibration_floors(path: Optional[str]) -> Optional[dict]:

@@ -219,6 +219,9 @@ class Context:
     weights: Mapping[str, np.ndarray]   # the checkpoint's tensors, under file names
     block_input: Optional[str]          # the tap feeding the block
     tolerance: Callable[[str], tuple]   # tap -> (atol, rtol) for TensorFlow's end-to-end values
+    # The candidate's words for each GELU form and its config file (parity.candidates), so that
+    # gelu_variant says what to write where: {"tanh": "gelu_new", "erf": "gelu", "file": "config.json"}.
+    gelu_names: Optional[Mapping[str, str]] = None
 
     def layer(self) -> Optional[int]:
         m = re.match(r"layer_(\d+)/", self.block)
@@ -247,6 +250,17 @@ def _best(errors: dict) -> tuple:
     return ranked[0][0], ranked[0][1]
 
 
+def _gelu_advice(names: Optional[Mapping[str, str]], pt_form: str, tf_form: str) -> str:
+    """What to change, in the candidate's own words when it gave them (parity.candidates)."""
+    official = {"erf": "gelu_erf", "tanh": "gelu"}   # bert_config.json's words for the reference
+    if not names:
+        return (f"Set hidden_act to {official[tf_form]} on the PyTorch side, or compare "
+                f"against the graph with the same GELU")
+    change = (f"Set hidden_act to {names[tf_form]} in the candidate's {names['file']}, or "
+              if names.get(tf_form) else f"The candidate has no {tf_form} GELU ({names['file']} offers none): ")
+    return change + f"compare against the {pt_form} reference (hidden_act {official[pt_form]} in bert_config.json)"
+
+
 def gelu_variant(ctx: Context) -> Optional[dict]:
     i = ctx.layer()
     tap = f"layer_{i}/intermediate"
@@ -267,8 +281,7 @@ def gelu_variant(ctx: Context) -> Optional[dict]:
     return hint("gelu_variant", ctx.block,
                 f"{tap}: PyTorch computes the {pt_form} GELU (max error {pt_err:.2g} against it, {other:.2g} against "
                 f"the {tf_form} form); TensorFlow computes the {tf_form} form (max error {tf[tf_form]:.2g}). "
-                f"Set hidden_act to {'gelu_erf' if tf_form == 'erf' else 'gelu'} on the PyTorch side, or compare "
-                f"against the graph with the same GELU",
+                + _gelu_advice(ctx.gelu_names, pt_form, tf_form),
                 pytorch=pt_form, tensorflow=tf_form, pytorch_error=pt, tensorflow_error=tf)
 
 

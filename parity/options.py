@@ -32,7 +32,12 @@ def add_compare_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--golden", help="compare against a golden file (python -m reference_tf dump) "
                                     "instead of running TensorFlow")
     p.add_argument("--bert-config", help="bert_config.json (default: beside the checkpoint)")
-    p.add_argument("--torch-weights", required=True, help="safetensors or .bin/.pt state dict")
+    p.add_argument("--torch-weights", help="safetensors or .bin/.pt state dict (= --candidate bert_torch:W)")
+    p.add_argument("--candidate", help="KIND:PATH, the PyTorch side: bert_torch:W, hf:DIR, ppb:FILE, onnx:FILE, "
+                                       "module:pkg.mod:factory (README, 'Candidates'); exactly one of --candidate "
+                                       "and --torch-weights")
+    p.add_argument("--onnx-optimization", default="all", choices=("all", "off"),
+                   help="onnxruntime graph optimisation of an onnx: candidate")
     p.add_argument("--torch-bert-config", help="config for the PyTorch side only (default: --bert-config)")
     p.add_argument("--vocab-file", help="vocab.txt (default: beside the checkpoint)")
     p.add_argument("--sentences", help="MRPC-format tsv of sentence pairs (default: the committed MRPC sample)")

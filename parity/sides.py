@@ -63,12 +63,22 @@ class TorchSide:
         return cls(model, device, head, tier)
 
     def with_tier(self, tier: Tier) -> "TorchSide":
-        """The same model (the same object: patches included) run in another precision tier."""
-        return TorchSide(self.source, device=str(self.device), head=self.head, tier=tier)
+        """The same model (the same object: patches included) run in another precision tier. A shallow
+        copy, so that a subclass (parity.candidates) keeps its hooks, taps and record."""
+        side = copy.copy(self)
+        side.tier = tier
+        side.model = copy.deepcopy(self.source).to(tier.cast_dtype) if tier.cast_dtype else self.source
+        if tier.reduced:
+            side.description = f"{self.description} [precision {tier.describe(str(self.device))}]"
+        return side
 
     def _twin(self, dtype: torch.dtype) -> "TorchSide":
-        # A deep copy keeps any patched attribute; plain fp32 arithmetic (no autocast, TF32 off).
-        return TorchSide(copy.deepcopy(self.source).to(dtype), device=str(self.device), head=self.head)
+        # A deep copy keeps any patched attribute (and a candidate's hooks); plain arithmetic in ``dtype``
+        # (no autocast, TF32 off), from the uncast weights.
+        twin = copy.copy(self)
+        twin.source = twin.model = copy.deepcopy(self.source).to(dtype)
+        twin.tier = Tier()
+        return twin
 
     def float64(self) -> "TorchSide":
         """The same model in float64: the precision ladder's rung, and the reference of every tier's rounding."""

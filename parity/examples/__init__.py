@@ -1,0 +1,1 @@
+"""Example candidates for ``--candidate module:...`` (README, "Candidates")."""
