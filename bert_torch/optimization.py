@@ -110,20 +110,22 @@ def micro_batches(batch_size: int, micro: int) -> list[slice]:
     return [slice(k, min(k + micro, batch_size)) for k in range(0, batch_size, micro)]
 
 
-def accumulate_gradients(losses: Iterable[Callable[[], torch.Tensor]], sizes: Sequence[int]) -> float:
+def accumulate_gradients(losses: Iterable[Callable[[], torch.Tensor]], sizes: Sequence[int],
+                         scale: Optional[Callable[[torch.Tensor], torch.Tensor]] = None) -> float:
     """Backpropagates the full batch's mean loss through its micro-batches; returns that loss.
 
     ``losses[i]()`` computes micro-batch i's mean loss (a fresh forward, so only one micro-batch's
     activations are alive at a time); it is weighted by the micro-batch's share of the examples,
     ``n_i / N``, so that the gradients add up to the full batch's. Dividing each by the *number* of
     micro-batches instead, the common mistake, over-weights a short last micro-batch (and is exact only
-    when all are equal).
+    when all are equal). ``scale``: fp16's loss scaling (``GradScaler.scale``), applied to what is
+    backpropagated, not to the loss returned.
     """
     total = sum(sizes)
     out = 0.0
     for loss_fn, n in zip(losses, sizes):
         loss = loss_fn() * (n / total)
-        loss.backward()
+        (scale(loss) if scale else loss).backward()
         out += float(loss.detach())
     return out
 

@@ -121,6 +121,10 @@ def add_common_args(ap: argparse.ArgumentParser) -> None:
                     help="examples per optimizer step, over all processes (torchrun) and accumulation steps")
     ap.add_argument("--gradient_accumulation_steps", type=int, default=1,
                     help="split each process's share of a train batch into this many forward/backward passes")
+    ap.add_argument("--fp16", action="store_true",
+                    help="torch.autocast float16 with loss scaling (GradScaler): a step whose gradients overflow is "
+                         "skipped, and neither the optimizer's step count nor its schedule moves")
+    ap.add_argument("--bf16", action="store_true", help="torch.autocast bfloat16 (no loss scaling needed)")
     ap.add_argument("--local_rank", type=int, default=-1,
                     help="set by the old torch.distributed.launch; torchrun's LOCAL_RANK is read instead")
     ap.add_argument("--seed", type=int, default=42)
@@ -135,6 +139,8 @@ def check_common_args(args, config: BertConfig) -> None:
                          f"{config.max_position_embeddings} of {args.bert_config_file}")
     distributed.check_batch(args.train_batch_size, args.gradient_accumulation_steps,
                             getattr(args, "world", None) or distributed.World())
+    if getattr(args, "fp16", False) and getattr(args, "bf16", False):
+        raise ValueError("--fp16 and --bf16: choose one")
     if args.train_batch_size < 1 or args.num_train_epochs <= 0 or args.learning_rate <= 0:
         raise ValueError("--train_batch_size, --num_train_epochs and --learning_rate must be positive")
     for name in ("vocab_file", "bert_config_file"):
@@ -158,7 +164,8 @@ def train_loop(model, arrays: dict, keys: tuple, args, device, loss_fn) -> dict:
     # Examples per optimizer step over all processes and accumulation steps (the official meaning).
     micro = args.train_batch_size // (world.size * args.gradient_accumulation_steps)
     bar = None if args.no_progress or not world.main else Progress(steps, "train")
-    losses = []
+    amp = mixed_precision(args, torch.device(device).type)
+    losses, skipped = [], 0
     for idx in training_batches(n, args.train_batch_size, steps, args.seed):   # the same order in every process
         opt.zero_grad(set_to_none=True)
         mine = distributed.shard(idx, world)
@@ -166,19 +173,62 @@ def train_loop(model, arrays: dict, keys: tuple, args, device, loss_fn) -> dict:
         # Each micro-batch's mean loss weighted by its share of this process's shard; DDP averages the equal
         # shards: the full batch's mean-loss gradient.
         step_loss = accumulate_gradients(
-            [lambda part=part, last=(i == len(parts) - 1): _micro_loss(ddp, loss_fn, arrays, keys, part, device, last)
-             for i, part in enumerate(parts)], [len(part) for part in parts])
-        opt.step()
+            [lambda part=part, last=(i == len(parts) - 1):
+             _micro_loss(ddp, loss_fn, arrays, keys, part, device, last, amp)
+             for i, part in enumerate(parts)], [len(part) for part in parts], amp.scaler.scale if amp.scaler else None)
+        skipped += not amp.step(opt)
         losses.append(distributed.mean_over_processes(step_loss, world))
         if bar:
-            bar.update(loss=losses[-1], lr=opt.last_lr[0])
+            bar.update(loss=losses[-1], lr=opt.last_lr[0] if opt.last_lr else 0.0)
     return {"steps": steps, "warmup_steps": warmup, "loss": float(np.mean(losses[-10:])),
-            "processes": world.size}
+            "processes": world.size, "skipped_steps": skipped, "optimizer_steps": opt.global_step}
 
 
-def _micro_loss(model, loss_fn, arrays: dict, keys: tuple, part, device, last: bool) -> torch.Tensor:
-    with distributed.no_sync(model, last):
-        return loss_fn(model, [torch.from_numpy(arrays[key][part]).to(device) for key in keys])
+class MixedPrecision:
+    """``--fp16``/``--bf16`` with torch.amp: the forward under autocast; for fp16 a GradScaler whose
+    unscaling comes before BertAdam's global-norm clipping (clipping scaled gradients would clip at
+    scale x the threshold), and whose skipped steps (Inf/NaN gradients) never reach the optimizer, so
+    neither its step count nor the learning-rate schedule moves on them."""
+
+    def __init__(self, dtype: Optional[torch.dtype], device_type: str):
+        self.dtype, self.device_type = dtype, device_type
+        self.scaler = torch.amp.GradScaler(device_type) if dtype == torch.float16 else None
+
+    def autocast(self):
+        return torch.autocast(self.device_type, dtype=self.dtype, enabled=self.dtype is not None)
+
+    def step(self, opt) -> bool:
+        """One optimizer step; False when fp16's gradients overflowed and the step was skipped."""
+        if self.scaler is None:
+            opt.step()
+            return True
+        self.scaler.unscale_(opt)   # BertAdam clips these, the true gradients
+        before = opt.global_step
+        self.scaler.step(opt)       # calls opt.step() only when every gradient is finite
+        self.scaler.update()
+        return opt.global_step > before
+
+
+def mixed_precision(args, device_type: str) -> MixedPrecision:
+    """The run's mixed precision; a device (or torch build) without the dtype's kernels is bad input."""
+    dtype = torch.float16 if getattr(args, "fp16", False) else torch.bfloat16 if getattr(args, "bf16", False) else None
+    amp = MixedPrecision(dtype, device_type)
+    if dtype is not None:
+        try:   # one tiny forward and backward under autocast, before any real work
+            w = torch.ones(3, 4, device=device_type, requires_grad=True)
+            with amp.autocast():
+                y = torch.nn.functional.linear(torch.ones(2, 4, device=device_type), w)
+            (amp.scaler.scale(y.float().sum()) if amp.scaler else y.float().sum()).backward()
+        except (RuntimeError, NotImplementedError) as e:
+            flag = "--fp16" if dtype == torch.float16 else "--bf16"
+            raise ValueError(f"{flag} on {device_type}: this torch build has no such kernels here "
+                             f"({str(e).splitlines()[0]})") from None
+    return amp
+
+
+def _micro_loss(model, loss_fn, arrays: dict, keys: tuple, part, device, last: bool, amp) -> torch.Tensor:
+    with distributed.no_sync(model, last), amp.autocast():
+        return loss_fn(model, [torch.from_numpy(arrays[key][part]).to(device) for key in keys]).float()
 
 
 def save_model(model, config: BertConfig, output_dir: str) -> str:
