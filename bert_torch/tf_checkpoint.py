@@ -21,6 +21,8 @@ from typing import Iterable, Mapping
 import google_crc32c
 import numpy as np
 
+from ._io import atomic_outputs
+
 _MAGIC = 0xDB4775248B80FB57
 _FOOTER_LEN = 48  # metaindex and index BlockHandles, zero-padded to 40 bytes, then the magic
 _BLOCK_SIZE = 262144  # TF's table::Options default; TF never compresses checkpoint indexes
@@ -395,9 +397,11 @@ def _read_tensor(f, path: str, name: str, e: _Entry) -> np.ndarray:
     return array
 
 
-def write_checkpoint(prefix: str, tensors: Mapping[str, np.ndarray]) -> None:
+def write_checkpoint(prefix: str, tensors: Mapping[str, np.ndarray], extra_files: Mapping[str, bytes] = None) -> None:
     """Write PREFIX.index, PREFIX.data-00000-of-00001 and a `checkpoint` state file naming
-    PREFIX in its directory (so tf.train.latest_checkpoint finds it)."""
+    PREFIX in its directory (so tf.train.latest_checkpoint finds it), plus ``extra_files``
+    (path -> contents, e.g. bert_config.json): all of them or, on any failure or signal, none
+    (temporary names renamed when every file is complete; the index last)."""
     prefix = os.fspath(prefix)
     arrays = []
     for name, value in tensors.items():
@@ -418,30 +422,20 @@ def write_checkpoint(prefix: str, tensors: Mapping[str, np.ndarray]) -> None:
     # The state file is text-format; octal escapes keep any basename a valid string.
     base = "".join(chr(b) if 32 <= b < 127 and b not in b'"\\' else f"\\{b:03o}"
                    for b in os.path.basename(prefix).encode("utf-8"))
-    try:
-        os.makedirs(directory, exist_ok=True)
-        with _atomic_open(f"{prefix}.data-00000-of-00001") as f:
+    extra = dict(extra_files or {})
+    finals = [*extra, os.path.join(directory, "checkpoint"), f"{prefix}.data-00000-of-00001", prefix + ".index"]
+    with atomic_outputs(finals, "TF checkpoint") as tmps:
+        for tmp, data in zip(tmps, extra.values()):
+            with open(tmp, "wb") as f:
+                f.write(data)
+        *_, state, data_tmp, index_tmp = tmps
+        with open(data_tmp, "wb") as f:
             for key, enum, array in arrays:
                 buf = memoryview(array.reshape(-1).view(np.uint8))
                 f.write(buf)
                 items.append((key, _encode_entry(enum, array.shape, offset, len(buf), _mask(_crc32c(buf)))))
                 offset += len(buf)
-        with _atomic_open(prefix + ".index") as f:
+        with open(index_tmp, "wb") as f:
             f.write(_build_table(items))
-        with _atomic_open(os.path.join(directory, "checkpoint")) as f:
+        with open(state, "wb") as f:
             f.write(f'model_checkpoint_path: "{base}"\nall_model_checkpoint_paths: "{base}"\n'.encode())
-    except OSError as e:
-        raise CheckpointError(f"cannot write TF checkpoint {prefix}: {e}") from None
-
-
-@contextlib.contextmanager
-def _atomic_open(path: str):
-    """Write to a temporary file renamed into place, so no reader sees a half-written file."""
-    tmp = f"{path}.tmp{os.getpid()}"
-    try:
-        with open(tmp, "wb") as f:
-            yield f
-        os.replace(tmp, path)
-    finally:
-        with contextlib.suppress(FileNotFoundError):
-            os.remove(tmp)

@@ -21,6 +21,7 @@ from .compare import clear_report, compare_sides, write_report
 from .environment import environment
 from .inputs import InputError, make_inputs
 from .metrics import PROFILES, get_profile
+from .report_render import fmt, num
 from .sides import TFSide, TorchSide
 
 
@@ -148,16 +149,16 @@ def run_golden_compare(args) -> int:
 
 def print_summary(report: dict, json_path: str) -> None:
     taps = report["taps"]
-    worst = max(taps, key=lambda t: -1 if t["tol_ratio"] is None else t["tol_ratio"])
+    worst = max(taps, key=lambda t: -1 if num(t["tol_ratio"]) is None else num(t["tol_ratio"]))
     print(f"reference: {report['sides']['reference']}\ncandidate: {report['sides']['candidate']}")
     print(f"verdict: {report['verdict']} ({sum(t['passed'] for t in taps)}/{len(taps)} taps within "
           f"{report['profile']['name']}); first divergence: {report['first_divergence']}")
     for t in taps:
         if t["name"].endswith("/output") or not t["passed"]:
-            print(f"  {t['name']:<32} max_abs {t['max_abs'] if t['max_abs'] is None else format(t['max_abs'], '.3g'):>9}"
+            print(f"  {t['name']:<32} max_abs {fmt(t['max_abs']):>9}"
                   f"  {'ok' if t['passed'] else 'FAIL: ' + str(t['reason'])}")
-    if worst["tol_ratio"] is not None:
-        print(f"closest to its tolerance: {worst['name']} ({worst['tol_ratio']:.3g} of the allowed error)")
+    if num(worst["tol_ratio"]) is not None:
+        print(f"closest to its tolerance: {worst['name']} ({fmt(worst['tol_ratio'])} of the allowed error)")
     print(f"report: {json_path}")
 
 

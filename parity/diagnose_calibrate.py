@@ -29,6 +29,8 @@ from typing import Optional
 import numpy as np
 import torch
 
+from bert_torch._io import write_json
+
 DEFAULTS = dict(bert_config=None, torch_bert_config=None, vocab_file=None, sentences=None, batch_size=8,
                 seq_len=128, seed=0, device="cpu", profile="fp32-cpu", tf_threads=None, golden=None,
                 report_dir=None)
@@ -149,10 +151,11 @@ def main(argv: Optional[list] = None) -> int:
     except (ValueError, OSError, RuntimeError) as e:
         print(f"error: {str(e).splitlines()[0] if str(e) else type(e).__name__}", file=sys.stderr)
         return 2
-    os.makedirs(os.path.dirname(os.path.abspath(ns.out)), exist_ok=True)
-    with open(ns.out, "w", encoding="utf-8") as f:
-        json.dump(data, f, indent=1)
-        f.write("\n")
+    try:
+        write_json(ns.out, data, "--out", indent=1)
+    except OSError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
     worst = max(data["taps"].items(), key=lambda kv: kv[1]["floor"])
     print(f"wrote {ns.out}: {len(data['taps'])} taps in {data['seconds']} s; largest floor {worst[1]['floor']:.3g} "
           f"at {worst[0]}")

@@ -171,22 +171,14 @@ class GoldenSide:
     @classmethod
     def write(cls, path: str, inputs: Inputs, taps: Mapping[str, np.ndarray], meta: dict) -> None:
         """Writes a golden file atomically; ``meta`` holds the JSON fields listed in the class docstring."""
-        import json
-        import tempfile
-        from safetensors.numpy import save_file
+        from bert_torch._io import atomic_output, dumps, save_safetensors
         tensors = {f"inputs/{k}": np.ascontiguousarray(v, np.int32) for k, v in
                    (("input_ids", inputs.input_ids), ("token_type_ids", inputs.token_type_ids),
                     ("input_mask", inputs.input_mask))}
         tensors.update({f"taps/{k}": np.ascontiguousarray(v, np.float32) for k, v in taps.items()})
-        header = {"format": cls.FORMAT, "format_version": cls.FORMAT_VERSION, "golden": json.dumps(meta, sort_keys=True)}
-        fd, tmp = tempfile.mkstemp(dir=os.path.dirname(os.path.abspath(path)), prefix=".golden-")
-        os.close(fd)
-        try:
-            save_file(tensors, tmp, metadata=header)
-            os.replace(tmp, path)
-        finally:
-            if os.path.exists(tmp):
-                os.remove(tmp)
+        header = {"format": cls.FORMAT, "format_version": cls.FORMAT_VERSION, "golden": dumps(meta, sort_keys=True)}
+        with atomic_output(path, "golden file") as tmp:   # removed on failure, full disk, SIGTERM/SIGINT
+            save_safetensors(tmp, tensors, metadata=header)
 
     def run(self, inputs: Inputs, fetch=None, inject=None) -> dict[str, np.ndarray]:
         if inject:

@@ -8,6 +8,7 @@ import pytest
 from safetensors.numpy import load_file, save_file
 
 from bert_torch.taps import tap_names
+from parity.report_schema import check_json_file
 
 # Random-init checkpoints written by the official code: odd head sizes, 1 to 3 layers,
 # type_vocab_size 2 and 16 (16 is also the official default when the json omits it),
@@ -86,7 +87,7 @@ def minilm_run(minilm, tmp_path_factory):
     report_dir = tmp_path_factory.mktemp("minilm-report")
     code = cli.main(["compare", "--tf-checkpoint", minilm["dir"], "--torch-weights", minilm["torch_weights"],
                      "--report-dir", str(report_dir), "--batch-size", "8", "--seq-len", "128"])
-    return code, json.loads((report_dir / "report.json").read_text())
+    return code, check_json_file(str(report_dir / "report.json"), "report")
 
 
 def test_real_minilm_weights_match_the_official_graph(minilm_run):

@@ -26,6 +26,7 @@ import unicodedata
 from dataclasses import asdict, dataclass
 from typing import Callable, Iterable, Optional, Sequence
 
+from bert_torch._io import write_json
 from bert_torch.tokenization import FullTokenizer, load_vocab
 
 from .inputs import InputError
@@ -508,10 +509,11 @@ def main(argv: Optional[list[str]] = None) -> int:
         return 2
     sys.stdout.write(render_text(report))
     if args.out:
-        os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
-        with open(args.out, "w", encoding="utf-8") as f:
-            json.dump(report, f, indent=2)   # ASCII escapes: probes hold lone surrogates
-            f.write("\n")
+        try:   # ASCII escapes (dumps' default): probes hold lone surrogates
+            write_json(args.out, report, "--out", indent=2)
+        except OSError as e:
+            print(f"error: {e}", file=sys.stderr)
+            return 2
         print(f"report: {args.out}")
     return 1 if report["differences"] else 0
 
