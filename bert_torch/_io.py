@@ -205,9 +205,9 @@ def atomic_dir(path: str, what: str = "output folder") -> Iterator[str]:
         shutil.rmtree(tmp, ignore_errors=True)
 
 
-def save_safetensors(path: str, arrays: dict, metadata: Optional[dict] = None) -> None:
+def save_safetensors(arrays: dict, path: str, metadata: Optional[dict] = None) -> None:
     """A safetensors file written with plain file writes, so that a full disk is an ``OSError``
-    (``safetensors.numpy.save_file`` raises its own error type for it)."""
+    (``safetensors.numpy.save_file``, whose arguments these are, raises its own error type for it)."""
     from safetensors.numpy import save
     data = save({k: np.ascontiguousarray(v) for k, v in arrays.items()}, metadata=metadata)
     with open(path, "wb") as f:

@@ -289,7 +289,7 @@ def checkpoint_prefix(path: str) -> str:
 
 
 def _prefix_in_dir(directory: str) -> str:
-    candidates = []
+    candidates, outside = [], None
     with contextlib.suppress(OSError, ValueError):  # an unreadable state file is just ignored
         with open(os.path.join(directory, "checkpoint"), encoding="utf-8") as f:
             m = re.search(r'^model_checkpoint_path:\s*"((?:[^"\\]|\\.)*)"', f.read(), re.M)
@@ -299,8 +299,16 @@ def _prefix_in_dir(directory: str) -> str:
             # them) is used by its base name only: a copied or moved checkpoint directory must
             # resolve to its own files, never silently to the original it was copied from.
             if not os.path.isabs(named):
-                candidates.append(os.path.join(directory, named))
+                inside = os.path.normpath(os.path.join(directory, named))
+                if os.path.commonpath([os.path.abspath(inside), os.path.abspath(directory)]) != \
+                        os.path.abspath(directory):
+                    # Reads stay where they were pointed: never follow a state file out of the directory.
+                    outside = (f"{os.path.join(directory, 'checkpoint')} names {named!r}, outside {directory}; "
+                               f"pass that prefix explicitly to read it")
+                candidates.append(inside)
             candidates.append(os.path.join(directory, os.path.basename(named)))
+    if outside:
+        raise CheckpointError(outside)
     candidates.append(os.path.join(directory, "bert_model.ckpt"))
     for prefix in candidates:
         if os.path.isfile(prefix + ".index"):
@@ -364,9 +372,18 @@ def read_checkpoint(prefix: str, names: Iterable[str] | None = None) -> dict[str
                                   "slices, which is not supported")
         if e.dtype not in _NUMPY:
             raise CheckpointError(f"{prefix}.index: variable {name} has unsupported dtype {_dtype_name(e.dtype)}")
+        if any(d < 0 for d in e.shape) or not 0 <= e.shard < num_shards:
+            raise CheckpointError(f"{prefix}.index: variable {name} has shape {e.shape} in shard {e.shard} of "
+                                  f"{num_shards}: not a valid entry")
         if e.size != math.prod(e.shape) * np.dtype(_NUMPY[e.dtype]).itemsize:
             raise CheckpointError(f"{prefix}.index: variable {name} is stored as {e.size} bytes, "
                                   f"which does not fit shape {e.shape} of {_dtype_name(e.dtype)}")
+        # The index's claims against the data file's real size, before a byte is allocated for them.
+        path = f"{prefix}.data-{e.shard:05d}-of-{num_shards:05d}"
+        size = _file_size(path, name)
+        if e.offset + e.size > size:
+            raise CheckpointError(f"{path} is truncated: variable {name} needs bytes "
+                                  f"[{e.offset}, {e.offset + e.size}) but the file has {size}")
     arrays = {}
     with contextlib.ExitStack() as files:
         opened = {}
@@ -380,6 +397,13 @@ def read_checkpoint(prefix: str, names: Iterable[str] | None = None) -> dict[str
                     raise CheckpointError(f"cannot open {path} (needed for variable {name}): {err.strerror}") from None
             arrays[name] = _read_tensor(opened[path], path, name, e)
     return {name: arrays[name] for name in wanted}
+
+
+def _file_size(path: str, name: str) -> int:
+    try:
+        return os.path.getsize(path)
+    except OSError as err:
+        raise CheckpointError(f"cannot open {path} (needed for variable {name}): {err.strerror}") from None
 
 
 def _read_tensor(f, path: str, name: str, e: _Entry) -> np.ndarray:

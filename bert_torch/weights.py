@@ -60,7 +60,7 @@ def write_weights(path: str, tensors: Mapping[str, np.ndarray], metadata: Option
             with open(tmp, "wb") as f:
                 torch.save({k: torch.from_numpy(v) for k, v in arrays.items()}, f)
         else:
-            save_safetensors(tmp, arrays, metadata={"format": "pt", **(metadata or {})})
+            save_safetensors(arrays, tmp, metadata={"format": "pt", **(metadata or {})})
 
 
 def detect_head(names) -> tuple[Optional[str], int]:

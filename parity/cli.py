@@ -19,7 +19,7 @@ from bert_torch.weights import WeightsError, detect_head
 
 from .compare import clear_report, compare_sides, write_report
 from .environment import environment
-from .inputs import InputError, make_inputs
+from .inputs import BYTES_PER_TAP_ELEMENT, InputError, check_run_size, make_inputs
 from .metrics import PROFILES, get_profile
 from .report_render import fmt, num
 from .sides import TFSide, TorchSide
@@ -72,6 +72,9 @@ def prepare(args):
     if args.seq_len > config.max_position_embeddings:
         raise BadInput(f"--seq-len {args.seq_len} exceeds max_position_embeddings "
                        f"{config.max_position_embeddings} in {config_path}")
+    command = getattr(args, "command", None)
+    check_run_size(args.batch_size, args.seq_len, args.seed, config, command if command in BYTES_PER_TAP_ELEMENT
+                   else "compare", args.tf_threads, config_path)   # bounds and memory before any allocation
     # Reading every variable checks names, shapes against the config, sizes and checksums.
     tf_weights, _ = tf_to_torch(read_checkpoint(prefix), config, where=prefix)
     head, num_labels = detect_head(tf_weights)
@@ -82,7 +85,7 @@ def prepare(args):
                          type_vocab_size=config.type_vocab_size, pairs_file=args.sentences)
     files = {"tf_checkpoint.index": prefix + ".index", "tf_checkpoint.data": prefix + ".data-00000-of-00001",
              "torch_weights": args.torch_weights, "bert_config": config_path, "vocab": vocab,
-             "torch_bert_config": args.torch_bert_config}
+             "torch_bert_config": args.torch_bert_config, "sentences": args.sentences}
     return profile, prefix, config, torch_config, head, num_labels, inputs, files
 
 

@@ -173,7 +173,8 @@ def compare_tap(name: str, ref: Optional[np.ndarray], cand: Optional[np.ndarray]
         ratio = diff / allowed
     ratio = np.where(np.isfinite(ratio), ratio, np.inf)
     worst = np.unravel_index(int(np.argmax(ratio)), ratio.shape)
-    norm = np.linalg.norm(r.ravel()) * np.linalg.norm(c.ravel())
+    with np.errstate(invalid="ignore", over="ignore"):   # Inf * 0: the cosine is None then anyway
+        norm = np.linalg.norm(r.ravel()) * np.linalg.norm(c.ravel())
     finite = not bad
     row.update(
         max_abs=_f(diff.max()),

@@ -178,7 +178,7 @@ class GoldenSide:
         tensors.update({f"taps/{k}": np.ascontiguousarray(v, np.float32) for k, v in taps.items()})
         header = {"format": cls.FORMAT, "format_version": cls.FORMAT_VERSION, "golden": dumps(meta, sort_keys=True)}
         with atomic_output(path, "golden file") as tmp:   # removed on failure, full disk, SIGTERM/SIGINT
-            save_safetensors(tmp, tensors, metadata=header)
+            save_safetensors(tensors, tmp, metadata=header)
 
     def run(self, inputs: Inputs, fetch=None, inject=None) -> dict[str, np.ndarray]:
         if inject:
