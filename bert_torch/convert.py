@@ -220,6 +220,9 @@ def main(argv: Optional[list[str]] = None) -> int:
     except (CheckpointError, ValueError, OSError) as e:
         print(f"error: {str(e).splitlines()[0] if str(e) else type(e).__name__}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:   # Ctrl-C: the partial output is already gone (bert_torch._io)
+        print("error: interrupted; nothing was written", file=sys.stderr)
+        return 130
     return 0
 
 

@@ -182,6 +182,9 @@ def main(argv: Optional[list[str]] = None) -> int:
             print(f"error: {line}", file=sys.stderr)
     except (BadInput, InputError, CheckpointError, ValueError, OSError) as e:
         print(f"error: {str(e).splitlines()[0] if str(e) else type(e).__name__}", file=sys.stderr)
+    except KeyboardInterrupt:   # Ctrl-C: outputs are written atomically, so none is half there
+        print("error: interrupted", file=sys.stderr)
+        return 130
     return 2
 
 

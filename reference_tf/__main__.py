@@ -60,7 +60,11 @@ def dump(args) -> int:
     if not os.path.isdir(out_dir):
         print(f"error: --out {args.out}: directory {out_dir} does not exist", file=sys.stderr)
         return 2
-    GoldenSide.write(args.out, inputs, taps, meta)
+    try:
+        GoldenSide.write(args.out, inputs, taps, meta)   # atomic: nothing at --out unless complete
+    except OSError as e:   # a directory, a read-only folder, a full disk: one line naming --out
+        print(f"error: {e}", file=sys.stderr)
+        return 2
     size = os.path.getsize(args.out)
     print(f"golden file: {args.out} ({len(taps)} taps, inputs {list(inputs.shape)}, {size / 1e6:.1f} MB)")
     return 0
