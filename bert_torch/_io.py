@@ -102,6 +102,13 @@ def _install_handlers() -> None:
                 _HANDLED[sig] = signal.signal(sig, _on_signal)
 
 
+def _umask() -> int:
+    with _LOCK:
+        mask = os.umask(0o022)
+        os.umask(mask)
+    return mask
+
+
 def _describe(e: OSError) -> str:
     return e.strerror or str(e) or type(e).__name__
 
@@ -133,6 +140,7 @@ def atomic_outputs(paths: Sequence[str], what: str = "output") -> Iterator[list[
     try:
         for final in finals:
             fd, tmp = tempfile.mkstemp(dir=os.path.dirname(final), prefix=f".{os.path.basename(final)}.", suffix=".tmp")
+            os.fchmod(fd, 0o666 & ~_umask())   # mkstemp's 0600 would make outputs private; open() would not
             os.close(fd)
             tmps.append(tmp)
             _PENDING.add(tmp)
@@ -188,6 +196,7 @@ def atomic_dir(path: str, what: str = "output folder") -> Iterator[str]:
     try:
         os.makedirs(parent, exist_ok=True)
         tmp = tempfile.mkdtemp(dir=parent, prefix=f".{os.path.basename(path)}.", suffix=".tmp")
+        os.chmod(tmp, 0o777 & ~_umask())
     except OSError as e:
         raise OutputError(f"{what} {path}: cannot write ({_describe(e)})") from None
     with _LOCK:

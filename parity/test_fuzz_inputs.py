@@ -192,7 +192,8 @@ def fresh(base: dict, tmp_path, n: int) -> dict:
     return {"work": str(work), "dir": ck, "prefix": os.path.join(ck, "bert_model.ckpt"),
             "config": os.path.join(ck, "bert_config.json"), "vocab": os.path.join(ck, "vocab.txt"),
             "weights": str(work / "w.safetensors"), "golden": str(work / "g.golden"),
-            "data": os.path.join(ck, "bert_model.ckpt.data-00000-of-00001")}
+            "data": os.path.join(ck, "bert_model.ckpt.data-00000-of-00001"),
+            "sentences": str(work / "pairs.tsv")}
 
 
 def rewrite(path: str, how) -> None:
@@ -214,12 +215,17 @@ checkpoint_case = st.one_of(
 )
 to_tf_case = st.one_of(
     st.tuples(st.just("weights_bytes"), byte_corruption),
+    st.tuples(st.just("weights_bin_bytes"), byte_corruption),
     st.tuples(st.just("weights_lie"), st.tuples(st.integers(0, 100), shapes,
                                                 st.one_of(st.none(), st.tuples(st.integers(-5, 1 << 40),
                                                                                st.integers(-5, 1 << 40))))),
     st.tuples(st.just("vocab_bytes"), byte_corruption),
     st.tuples(st.just("config_value"), st.tuples(st.sampled_from(CONFIG_FIELDS), EXTREME)),
 )
+cell = st.one_of(st.just(""), st.text(max_size=30), st.sampled_from(["\x00", " ", "[SEP]", "\u200b", "a" * 200000]))
+sentences_case = st.tuples(st.just("sentences"), st.tuples(
+    st.lists(st.lists(cell, min_size=0, max_size=6), min_size=0, max_size=5),
+    st.sampled_from(["utf-8", "utf-16", "utf-8"])))
 golden_case = st.one_of(
     st.tuples(st.just("golden_bytes"), byte_corruption),
     st.tuples(st.just("golden_lie"), st.tuples(st.integers(0, 1000), shapes,
@@ -247,6 +253,16 @@ def apply_case(f: dict, case) -> None:
             fh.write(f'model_checkpoint_path: "{how}"\n')
     elif target == "weights_bytes":
         rewrite(f["weights"], how)
+    elif target == "weights_bin_bytes":   # a torch state dict (zip), loaded with weights_only=True
+        from bert_torch.weights import read_weights, write_weights
+        f["weights"] = f["weights"][:-len(".safetensors")] + ".bin"
+        write_weights(f["weights"], read_weights(f["weights"][:-len(".bin")] + ".safetensors"))
+        rewrite(f["weights"], how)
+    elif target == "sentences":
+        rows, encoding = how
+        with open(f["sentences"], "wb") as fh:
+            fh.write(("Quality\t#1 ID\t#2 ID\t#1 String\t#2 String\n" + "\n".join(
+                "\t".join(r) for r in rows) + "\n").encode(encoding, errors="surrogatepass"))
     elif target == "weights_lie":
         lie_safetensors(f["weights"], *how)
     elif target == "vocab_bytes":
@@ -316,6 +332,22 @@ def test_fuzz_convert(base, tmp_path, case):
 @given(case=to_tf_case)
 def test_fuzz_to_tf(base, tmp_path, case):
     to_tf_case_run(fresh(base, tmp_path, next(_n)), case)
+
+
+def sentences_case_run(f: dict, case) -> None:
+    """compare --sentences: a file refused is exit 2 before TensorFlow starts; one accepted runs both sides."""
+    apply_case(f, case)
+    report_dir = os.path.join(f["work"], "report")
+    run_command(["-m", "parity", "compare", "--tf-checkpoint", f["dir"], "--torch-weights", f["weights"],
+                 "--sentences", f["sentences"], "--report-dir", report_dir, "--batch-size", "2", "--seq-len", "16"],
+                [os.path.join(report_dir, "report.json")], "compare:sentences")
+
+
+@pytest.mark.slow
+@settings(MANY, max_examples=max(SLOW_EXAMPLES // 4, 3))   # an accepted file runs TensorFlow: ~30 s
+@given(case=sentences_case)
+def test_fuzz_sentences(base, tmp_path, case):
+    sentences_case_run(fresh(base, tmp_path, next(_n)), case)
 
 
 @pytest.mark.slow

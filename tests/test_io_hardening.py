@@ -236,3 +236,13 @@ def test_utf16_sentences_named(tmp_path):
     with pytest.raises(ValueError) as e:
         read_pairs(str(p))
     assert str(p) in str(e.value) and "UTF-16" in str(e.value)
+
+
+def test_outputs_get_the_usual_permissions(tmp_path):
+    """Temporaries are private (mkstemp: 0600); the renamed output has open()'s mode under the umask."""
+    mask = os.umask(0o027)
+    try:
+        write_text(str(tmp_path / "r.json"), "{}")
+        assert os.stat(tmp_path / "r.json").st_mode & 0o777 == 0o640
+    finally:
+        os.umask(mask)
