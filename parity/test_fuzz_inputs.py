@@ -10,7 +10,9 @@ contract promises whatever the input:
 * the exit code is 0, 1 or 2 (never a crash, never killed by the limits);
 * no ``Traceback`` on stderr; on exit 2 every stderr line is an ``error: `` line naming a culprit,
   and there is at least one;
-* on failure nothing is left at the output's final name, and no temporary beside it.
+* on exit 2 nothing is left at the output's final name; never a temporary beside it; a report
+  written (exit 0 or 1) is strict JSON valid against ``parity/schemas/report.schema.json``;
+* on exit 2 the first error line names one of the input files that may be at fault.
 
 ``make test`` runs a handful of examples (derandomized); ``-m slow`` runs many more
 (``FUZZ_EXAMPLES``, default 40 per target). Every run is counted in ``COUNTS``, printed at the
@@ -29,7 +31,9 @@ import subprocess
 import sys
 
 import pytest
-from hypothesis import HealthCheck, given, settings, strategies as st
+from hypothesis import HealthCheck, example, given, settings, strategies as st
+
+from parity.report_schema import check_json_file
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TINY = dict(vocab_size=120, hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=37,
@@ -45,8 +49,10 @@ def _limits():
     signal.signal(signal.SIGXFSZ, signal.SIG_IGN)   # an RLIMIT_FSIZE test: writes fail with EFBIG instead
 
 
-def run_command(argv: list[str], outputs: list[str], target: str, extra_limits=None) -> subprocess.CompletedProcess:
-    """Runs ``python argv`` under the limits and asserts the contract's promises about its ending."""
+def run_command(argv: list[str], outputs: list[str], target: str, extra_limits=None,
+                named: list[str] = ()) -> subprocess.CompletedProcess:
+    """Runs ``python argv`` under the limits and asserts the contract's promises about its ending;
+    on exit 2 the error names one of the ``named`` files (the inputs that may be at fault)."""
     def preexec():
         _limits()
         if extra_limits:
@@ -65,9 +71,14 @@ def run_command(argv: list[str], outputs: list[str], target: str, extra_limits=N
     if proc.returncode == 2:
         lines = [l for l in err.splitlines() if l.strip()]
         assert lines and all(l.startswith("error: ") for l in lines), f"{argv}: stderr on exit 2:\n{err[-3000:]}"
-    if proc.returncode != 0:
+        if named:
+            assert any(os.path.basename(p) in lines[0] for p in named), f"{argv}: names no input file: {lines[0]}"
+    if proc.returncode == 2:   # bad input writes nothing (exit 1 is a verdict: its report is the point)
         for out in outputs:
             assert not os.path.exists(out), f"{argv}: exit {proc.returncode} left {out} behind"
+    for out in outputs:   # a report that was written is strict JSON and valid against its schema
+        if out.endswith("report.json") and os.path.exists(out):
+            check_json_file(out, "report")
     for out in outputs:
         d = os.path.dirname(out)
         stray = [n for n in os.listdir(d) if n.endswith(".tmp")] if os.path.isdir(d) else []
@@ -277,7 +288,7 @@ def convert_case(f: dict, case) -> None:
     apply_case(f, case)
     out = os.path.join(f["work"], "out", "model.bin")
     proc = run_command(["-m", "bert_torch.convert", "--tf-checkpoint", f["dir"], "--output", out], [out],
-                       "convert:" + case[0])
+                       "convert:" + case[0], named=[f["dir"], f["config"]])
     if case[0] == "state_file" and ".." in case[1]:
         assert proc.returncode == 2 and "outside" in proc.stderr, proc.stderr   # reads stay where pointed
 
@@ -289,7 +300,8 @@ def to_tf_case_run(f: dict, case) -> None:
     outputs = [prefix + ".index", prefix + ".data-00000-of-00001", os.path.join(out_dir, "vocab.txt"),
                os.path.join(out_dir, "bert_config.json"), os.path.join(out_dir, "checkpoint")]
     run_command(["-m", "bert_torch.convert", "--to-tf", "--torch-weights", f["weights"], "--bert-config",
-                 f["config"], "--vocab-file", f["vocab"], "--output", prefix], outputs, "to-tf:" + case[0])
+                 f["config"], "--vocab-file", f["vocab"], "--output", prefix], outputs, "to-tf:" + case[0],
+                named=[f["weights"], f["config"], f["vocab"]])
 
 
 def golden_case_run(f: dict, case) -> None:
@@ -297,7 +309,8 @@ def golden_case_run(f: dict, case) -> None:
     report_dir = os.path.join(f["work"], "report")
     run_command(["-m", "parity", "compare", "--golden", f["golden"], "--torch-weights", f["weights"],
                  "--report-dir", report_dir], [os.path.join(report_dir, "report.json"),
-                                               os.path.join(report_dir, "report.md")], "golden:" + case[0])
+                                               os.path.join(report_dir, "report.md")], "golden:" + case[0],
+                named=[f["golden"], f["weights"]])
 
 
 QUICK = settings(max_examples=int(os.environ.get("FUZZ_QUICK_EXAMPLES", "2")), derandomize=True, database=None, deadline=None,
@@ -322,6 +335,12 @@ def test_fuzz_to_tf_and_golden_quick(base, tmp_path, case):
 
 @pytest.mark.slow
 @MANY
+@example(case=("state_file", "../elsewhere/bert_model.ckpt"))
+@example(case=("config_value", ("num_hidden_layers", 1_000_000_000)))
+@example(case=("config_value", ("hidden_dropout_prob", "0.1")))
+@example(case=("config_value", ("hidden_act", {"a": {"b": [1]}})))
+@example(case=("config_bytes", ("utf16", None)))
+@example(case=("index_lie", (0, [100000, 100000], 0, 100000 * 100000 * 4)))
 @given(case=checkpoint_case)
 def test_fuzz_convert(base, tmp_path, case):
     convert_case(fresh(base, tmp_path, next(_n)), case)
@@ -329,6 +348,8 @@ def test_fuzz_convert(base, tmp_path, case):
 
 @pytest.mark.slow
 @MANY
+@example(case=("vocab_bytes", ("utf16", None)))
+@example(case=("weights_lie", (0, [100000, 100000], None)))
 @given(case=to_tf_case)
 def test_fuzz_to_tf(base, tmp_path, case):
     to_tf_case_run(fresh(base, tmp_path, next(_n)), case)
@@ -340,11 +361,14 @@ def sentences_case_run(f: dict, case) -> None:
     report_dir = os.path.join(f["work"], "report")
     run_command(["-m", "parity", "compare", "--tf-checkpoint", f["dir"], "--torch-weights", f["weights"],
                  "--sentences", f["sentences"], "--report-dir", report_dir, "--batch-size", "2", "--seq-len", "16"],
-                [os.path.join(report_dir, "report.json")], "compare:sentences")
+                [os.path.join(report_dir, "report.json")], "compare:sentences", named=[f["sentences"]])
 
 
 @pytest.mark.slow
 @settings(MANY, max_examples=max(SLOW_EXAMPLES // 4, 3))   # an accepted file runs TensorFlow: ~30 s
+@example(case=("sentences", ([["1", "a", "b", "", ""]], "utf-8")))
+@example(case=("sentences", ([["1", "a", "b", "The cat.", ""]], "utf-8")))
+@example(case=("sentences", ([["1", "a", "b", "The cat.", "A dog."]], "utf-16")))
 @given(case=sentences_case)
 def test_fuzz_sentences(base, tmp_path, case):
     sentences_case_run(fresh(base, tmp_path, next(_n)), case)

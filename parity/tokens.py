@@ -137,7 +137,7 @@ def squad_texts(path: str, label: str) -> list[Text]:
             for p, para in enumerate(article["paragraphs"]):
                 out.append(Text(f"{label}:{article['title']}/{p} context", para["context"]))
                 out += [Text(f"{label}:{qa['id']} question", qa["question"]) for qa in para["qas"]]
-    except (ValueError, KeyError, TypeError) as e:
+    except (ValueError, KeyError, TypeError, RecursionError) as e:   # RecursionError: absurd nesting
         raise InputError(f"{path}: not a SQuAD v1.1 json ({type(e).__name__}: {e})") from None
     if not out:
         raise InputError(f"{path}: no SQuAD paragraphs")
