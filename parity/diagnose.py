@@ -32,7 +32,7 @@ from typing import Mapping, Optional
 import numpy as np
 import torch
 
-from bert_torch._io import atomic_dir, dumps
+from bert_torch._io import atomic_dir, dumps, read_json
 from bert_torch.modeling import BertConfig
 from bert_torch.taps import EMBEDDING_TAPS, LAYER_TAPS
 
@@ -650,10 +650,9 @@ def calibration_floors(path: Optional[str]) -> Optional[dict]:
     if not path:
         return None
     try:
-        with open(path, encoding="utf-8") as f:
-            data = json.load(f)
+        data = read_json(path, "calibration file")   # size, encoding and nesting bounded
         return {name: float(v["floor"]) for name, v in data["taps"].items()}
-    except (OSError, ValueError, KeyError, TypeError) as e:
+    except (OSError, ValueError, KeyError, TypeError, AttributeError) as e:
         raise ValueError(f"{path}: not a calibration file ({type(e).__name__}: {e})") from None
 
 
