@@ -369,6 +369,7 @@ def sentences_case_run(f: dict, case) -> None:
 @example(case=("sentences", ([["1", "a", "b", "", ""]], "utf-8")))
 @example(case=("sentences", ([["1", "a", "b", "The cat.", ""]], "utf-8")))
 @example(case=("sentences", ([["1", "a", "b", "The cat.", "A dog."]], "utf-16")))
+@example(case=("sentences", ([["1", "a", "b", "The cat sat on the mat.", "A dog ran home."]], "utf-8")))   # runs
 @given(case=sentences_case)
 def test_fuzz_sentences(base, tmp_path, case):
     sentences_case_run(fresh(base, tmp_path, next(_n)), case)
