@@ -29,7 +29,7 @@ import re
 import unicodedata
 from typing import Iterable, List, Mapping, Union
 
-from ._io import MAX_TEXT_BYTES, InputFileError
+from ._io import MAX_TEXT_BYTES, InputFileError, decode
 
 __all__ = [
     "BasicTokenizer",
@@ -101,10 +101,11 @@ def load_vocab(vocab_file: Union[str, "os.PathLike[str]"]) -> "collections.Order
                     vocab[token] = len(vocab)
     except FileNotFoundError:
         raise FileNotFoundError(f"BERT vocab file not found: {path!r}") from None
-    except UnicodeDecodeError as e:   # one line naming the file (e.g. a UTF-16 vocab), not the codec's
-        raise InputFileError(f"vocab {path}: not UTF-8 text ({e.reason} at byte offset {e.start} of a line)"
-                             + (" (it looks like UTF-16: save it as UTF-8)" if e.object[:2] in (b"\xff\xfe", b"\xfe\xff")
-                                else "")) from None
+    except UnicodeDecodeError:   # one line naming the file and the byte (e.g. a UTF-16 vocab)
+        with open(path, "rb") as f:
+            data = f.read()
+        decode(data, path, "vocab")   # raises InputFileError with the file offset of the first bad byte
+        raise
     except OSError as e:   # a directory, no permission
         raise InputFileError(f"vocab {path}: cannot read ({e.strerror or e})") from None
     return vocab
