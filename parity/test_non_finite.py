@@ -106,3 +106,23 @@ def test_printers_never_crash_on_non_finite(capsys):
         assert "inf" in render_markdown(report).lower()
         assert tap_cells(t)[2] in ("inf", "—")
     assert "pooler/output" in capsys.readouterr().out
+
+
+def test_schemas_know_every_cause_and_reject_what_they_should():
+    import jsonschema
+    from parity.hints import CAUSES
+    from parity.report_schema import schema
+    assert set(CAUSES) <= set(schema("diagnosis")["$defs"]["hint"]["properties"]["cause"]["enum"])
+    row = compare_tap("pooler/output", np.ones((2, 3), np.float32), np.ones((2, 3), np.float32), get_profile("fp32-cpu"))
+    good = {"verdict": "pass", "first_divergence": None, "inputs": {"batch_size": 2, "seq_len": 3},
+            "profile": get_profile("fp32-cpu").to_dict(), "taps": [row]}
+    validate(good, "report")
+    for broken in ({**good, "verdict": "ok"}, {**good, "taps": [{**row, "max_abs": "NaN"}]},
+                   {**good, "taps": [{**row, "passed": False, "reason": None}]}):   # planted faults
+        with pytest.raises(jsonschema.ValidationError):
+            validate(broken, "report")
+    with pytest.raises(ValueError, match="bare NaN"):
+        strict_loads('{"max_abs": NaN}')
+    with pytest.raises(jsonschema.ValidationError):
+        validate({"verdict": "fail", "culprit": "weights", "hints": [{"cause": "bad_luck", "evidence": "x"}]},
+                 "diagnosis")
