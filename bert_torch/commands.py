@@ -44,6 +44,9 @@ def run_main(body: Callable[..., int], *args, **kwargs) -> int:
     """``body(*args, **kwargs)``'s exit code; a bad-input error becomes exit 2 and its line(s) on stderr."""
     try:
         return body(*args, **kwargs)
+    except KeyboardInterrupt:   # Ctrl-C: outputs are written atomically (bert_torch._io), none is half there
+        print("error: interrupted; no partial output was left", file=sys.stderr)
+        return 130
     except Exception as e:   # noqa: BLE001 - only what error_lines classifies is caught; the rest re-raised
         lines = error_lines(e)
         if lines is None:

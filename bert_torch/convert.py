@@ -12,7 +12,6 @@ from __future__ import annotations
 import argparse
 import os
 import re
-import shutil
 import sys
 from collections import Counter
 from dataclasses import dataclass, field
@@ -21,7 +20,9 @@ from typing import Mapping, Optional
 import numpy as np
 
 from .commands import EXIT_CODES_HELP, HelpFormatter, run_main
+from ._io import read_bytes, sha256
 from .modeling import BertConfig
+from .tokenization import load_vocab
 from .tf_checkpoint import CheckpointError, checkpoint_prefix, list_variables, read_checkpoint, write_checkpoint
 from .weights import check_shapes, detect_head, expected_shapes, read_weights, write_weights
 
@@ -158,23 +159,36 @@ def convert_tf_to_torch(tf_checkpoint: str, output: str, bert_config: Optional[s
     prefix, config_path = resolve_checkpoint(tf_checkpoint, bert_config)
     config = BertConfig.from_json_file(config_path)
     tensors, summary = tf_to_torch(read_checkpoint(prefix), config, where=prefix, body_only=body_only)
-    write_weights(output, tensors, metadata={"source": os.path.basename(prefix)})
+    # What was actually read, by absolute path and content (a state file may name another prefix).
+    index, data = prefix + ".index", prefix + ".data-00000-of-00001"
+    write_weights(output, tensors, metadata={
+        "source": os.path.basename(prefix), "source_prefix": os.path.abspath(prefix),
+        "source_index_sha256": sha256(index), "source_data_sha256": sha256(data),
+        "bert_config": os.path.abspath(config_path), "bert_config_sha256": sha256(config_path)})
     return summary
 
 
 def convert_torch_to_tf(torch_weights: str, bert_config: str, output: str, vocab_file: Optional[str] = None) -> int:
+    """Everything is validated (weights, config, vocab) before anything is written; then the
+    checkpoint, its bert_config.json and vocab.txt are written as one atomic set."""
     config = BertConfig.from_json_file(bert_config)
     tf_vars = torch_to_tf(read_weights(torch_weights), config, where=torch_weights)
-    write_checkpoint(output, tf_vars)
     out_dir = os.path.dirname(os.path.abspath(output))
     config_out = os.path.join(out_dir, "bert_config.json")
+    extra = {}
     if os.path.abspath(bert_config) != config_out:
         # The official fields only: the official BertConfig.from_dict accepts any key, but a
         # directory laid out like Google's should hold a config like Google's.
         official = {k: v for k, v in config.to_dict().items() if k not in config.extra}
-        BertConfig.from_dict(official).to_json_file(config_out)
+        extra[config_out] = BertConfig.from_dict(official).to_json_string().encode()
     if vocab_file:
-        shutil.copyfile(vocab_file, os.path.join(out_dir, "vocab.txt"))
+        vocab = load_vocab(vocab_file)   # one line naming the file when unreadable or not UTF-8
+        n = max(vocab.values()) + 1 if vocab else 0
+        if n > config.vocab_size:   # ids past the embedding table
+            raise ValueError(f"vocab {vocab_file}: {n} tokens, but {bert_config} says vocab_size {config.vocab_size}")
+        if os.path.abspath(vocab_file) != os.path.join(out_dir, "vocab.txt"):
+            extra[os.path.join(out_dir, "vocab.txt")] = read_bytes(vocab_file, "vocab")
+    write_checkpoint(output, tf_vars, extra_files=extra)
     return len(tf_vars)
 
 

@@ -94,7 +94,9 @@ def main(argv: Optional[list[str]] = None) -> int:
         return 2
     os.makedirs(os.path.dirname(os.path.abspath(args.output_file)), exist_ok=True)
     bar = None if args.no_progress else Progress((len(lines) + args.batch_size - 1) // args.batch_size, "extract")
-    with open(args.output_file, "w", encoding="utf-8") as out, torch.no_grad():
+    from ._io import atomic_output, dumps   # strict JSON lines, the file renamed into place when complete
+    with atomic_output(args.output_file, "--output-file") as tmp, open(tmp, "w", encoding="utf-8") as out, \
+            torch.no_grad():
         for start in range(0, len(lines), args.batch_size):
             feats = [featurize(a, b, tokenizer, args.max_seq_length) for a, b in lines[start:start + args.batch_size]]
             ids, mask, seg = (torch.tensor([f[k] for f in feats], device=device) for k in (1, 2, 3))
@@ -105,7 +107,7 @@ def main(argv: Optional[list[str]] = None) -> int:
                     features.append({"token": token, "layers": [
                         {"index": i, "values": [round(float(x), 6) for x in encoded[i][row, t].cpu().tolist()]}
                         for i in layers]})
-                out.write(json.dumps({"linex_index": start + row, "features": features}) + "\n")
+                out.write(dumps({"linex_index": start + row, "features": features}) + "\n")
             if bar:
                 bar.update()
     return 0

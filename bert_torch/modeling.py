@@ -34,6 +34,24 @@ def fast() -> bool:
     return FAST_PATH and not tapping()
 
 
+# Bounds checked before anything is built: generous (BERT-large is 24 layers of 1024, 16 heads,
+# 4096 intermediate, 30522 x 512 tables), yet a config cannot ask for more than a machine holds.
+SIZE_LIMITS = {"vocab_size": 1 << 22, "hidden_size": 1 << 16, "num_hidden_layers": 1024,
+               "num_attention_heads": 1024, "intermediate_size": 1 << 18,
+               "max_position_embeddings": 1 << 17, "type_vocab_size": 1 << 16}
+BERT_LARGE = {"vocab_size": 30522, "hidden_size": 1024, "num_hidden_layers": 24, "num_attention_heads": 16,
+              "intermediate_size": 4096, "max_position_embeddings": 512, "type_vocab_size": 2}
+FLOAT_RANGES = {"hidden_dropout_prob": (0.0, 1.0), "attention_probs_dropout_prob": (0.0, 1.0),
+                "initializer_range": (0.0, 1e3)}
+MAX_PARAMETERS = 1 << 34   # 17e9 parameters, 64 GiB of float32: past any BERT
+
+
+def _show(value) -> str:
+    """A config value in an error line: short, whatever its type or nesting."""
+    text = repr(value)
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
 @dataclass
 class BertConfig:
     """The fields of Google's ``bert_config.json``, with the official defaults.
@@ -60,11 +78,22 @@ class BertConfig:
     extra: dict = field(default_factory=dict, repr=False, compare=False)
 
     def __post_init__(self):
-        for name in ("vocab_size", "hidden_size", "num_hidden_layers", "num_attention_heads",
-                     "intermediate_size", "max_position_embeddings", "type_vocab_size"):
+        for name, limit in SIZE_LIMITS.items():
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ValueError(f"bert config: {name} must be a positive integer, got {value!r}")
+                raise ValueError(f"bert config: {name} must be a positive integer, got {_show(value)}")
+            if value > limit:
+                raise ValueError(f"bert config: {name} {value} is over the limit {limit} "
+                                 f"(BERT-large has {BERT_LARGE.get(name, '-')})")
+        for name, (low, high) in FLOAT_RANGES.items():
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not low <= value <= high:
+                raise ValueError(f"bert config: {name} must be a number in [{low:g}, {high:g}], got {_show(value)}")
+        if not isinstance(self.hidden_act, str):
+            raise ValueError(f"bert config: hidden_act must be a string, got {_show(self.hidden_act)}")
+        if self.num_parameters() > MAX_PARAMETERS:
+            raise ValueError(f"bert config: {self.num_parameters():.3g} parameters, over the limit "
+                             f"{MAX_PARAMETERS:.3g} (BERT-large has 3.4e8)")
         if self.hidden_size % self.num_attention_heads:
             raise ValueError(f"bert config: hidden_size {self.hidden_size} is not a multiple of "
                              f"num_attention_heads {self.num_attention_heads}")
@@ -81,13 +110,8 @@ class BertConfig:
 
     @classmethod
     def from_json_file(cls, path: str) -> "BertConfig":
-        try:
-            with open(path, encoding="utf-8") as f:
-                d = json.load(f)
-        except OSError as e:
-            raise ValueError(f"bert config {path}: cannot read ({e.strerror})") from None
-        except json.JSONDecodeError as e:
-            raise ValueError(f"bert config {path}: not valid JSON ({e.msg}, line {e.lineno})") from None
+        from ._io import read_json   # size, encoding, nesting and syntax errors name the file
+        d = read_json(path, "bert config", max_bytes=1 << 20)
         if not isinstance(d, dict):
             raise ValueError(f"bert config {path}: expected a JSON object")
         try:
@@ -101,11 +125,19 @@ class BertConfig:
         return d
 
     def to_json_string(self) -> str:
-        return json.dumps(self.to_dict(), indent=2, sort_keys=True) + "\n"
+        from ._io import dumps
+        return dumps(self.to_dict(), indent=2, sort_keys=True) + "\n"
 
     def to_json_file(self, path: str) -> None:
-        with open(path, "w", encoding="utf-8") as f:
-            f.write(self.to_json_string())
+        from ._io import write_text
+        write_text(path, self.to_json_string(), "bert config")
+
+    def num_parameters(self) -> int:
+        """Parameters of the body, computed from the fields (nothing allocated)."""
+        H, I = self.hidden_size, self.intermediate_size
+        layer = 4 * (H * H + H) + 2 * H * I + I + H + 4 * H   # attention, FFN, two LayerNorms
+        embeddings = (self.vocab_size + self.max_position_embeddings + self.type_vocab_size + 2) * H
+        return embeddings + self.num_hidden_layers * layer + H * H + H
 
     @property
     def head_size(self) -> int:

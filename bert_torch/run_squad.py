@@ -92,10 +92,9 @@ def run(args) -> dict:
                     bar.update()
         predictions, nbest = squad.write_predictions(examples, features, raw, args.n_best_size,
                                                      args.max_answer_length, args.do_lower_case)
-        with open(os.path.join(args.output_dir, "predictions.json"), "w", encoding="utf-8") as f:
-            f.write(json.dumps(predictions, indent=4) + "\n")
-        with open(os.path.join(args.output_dir, "nbest_predictions.json"), "w", encoding="utf-8") as f:
-            f.write(json.dumps(nbest, indent=4) + "\n")
+        from ._io import write_json   # strict JSON (NaN as "nan"), written atomically
+        write_json(os.path.join(args.output_dir, "predictions.json"), predictions, "predictions", indent=4)
+        write_json(os.path.join(args.output_dir, "nbest_predictions.json"), nbest, "predictions", indent=4)
         with open(args.predict_file, encoding="utf-8") as f:
             dataset = json.load(f)["data"]
         if any(qa.get("answers") for a in dataset for p in a["paragraphs"] for qa in p["qas"]):

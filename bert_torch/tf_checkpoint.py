@@ -21,6 +21,8 @@ from typing import Iterable, Mapping
 import google_crc32c
 import numpy as np
 
+from ._io import atomic_outputs
+
 _MAGIC = 0xDB4775248B80FB57
 _FOOTER_LEN = 48  # metaindex and index BlockHandles, zero-padded to 40 bytes, then the magic
 _BLOCK_SIZE = 262144  # TF's table::Options default; TF never compresses checkpoint indexes
@@ -287,7 +289,7 @@ def checkpoint_prefix(path: str) -> str:
 
 
 def _prefix_in_dir(directory: str) -> str:
-    candidates = []
+    candidates, outside = [], None
     with contextlib.suppress(OSError, ValueError):  # an unreadable state file is just ignored
         with open(os.path.join(directory, "checkpoint"), encoding="utf-8") as f:
             m = re.search(r'^model_checkpoint_path:\s*"((?:[^"\\]|\\.)*)"', f.read(), re.M)
@@ -297,8 +299,16 @@ def _prefix_in_dir(directory: str) -> str:
             # them) is used by its base name only: a copied or moved checkpoint directory must
             # resolve to its own files, never silently to the original it was copied from.
             if not os.path.isabs(named):
-                candidates.append(os.path.join(directory, named))
+                inside = os.path.normpath(os.path.join(directory, named))
+                if os.path.commonpath([os.path.abspath(inside), os.path.abspath(directory)]) != \
+                        os.path.abspath(directory):
+                    # Reads stay where they were pointed: never follow a state file out of the directory.
+                    outside = (f"{os.path.join(directory, 'checkpoint')} names {named!r}, outside {directory}; "
+                               f"pass that prefix explicitly to read it")
+                candidates.append(inside)
             candidates.append(os.path.join(directory, os.path.basename(named)))
+    if outside:
+        raise CheckpointError(outside)
     candidates.append(os.path.join(directory, "bert_model.ckpt"))
     for prefix in candidates:
         if os.path.isfile(prefix + ".index"):
@@ -362,9 +372,18 @@ def read_checkpoint(prefix: str, names: Iterable[str] | None = None) -> dict[str
                                   "slices, which is not supported")
         if e.dtype not in _NUMPY:
             raise CheckpointError(f"{prefix}.index: variable {name} has unsupported dtype {_dtype_name(e.dtype)}")
+        if any(d < 0 for d in e.shape) or not 0 <= e.shard < num_shards:
+            raise CheckpointError(f"{prefix}.index: variable {name} has shape {e.shape} in shard {e.shard} of "
+                                  f"{num_shards}: not a valid entry")
         if e.size != math.prod(e.shape) * np.dtype(_NUMPY[e.dtype]).itemsize:
             raise CheckpointError(f"{prefix}.index: variable {name} is stored as {e.size} bytes, "
                                   f"which does not fit shape {e.shape} of {_dtype_name(e.dtype)}")
+        # The index's claims against the data file's real size, before a byte is allocated for them.
+        path = f"{prefix}.data-{e.shard:05d}-of-{num_shards:05d}"
+        size = _file_size(path, name)
+        if e.offset + e.size > size:
+            raise CheckpointError(f"{path} is truncated: variable {name} needs bytes "
+                                  f"[{e.offset}, {e.offset + e.size}) but the file has {size}")
     arrays = {}
     with contextlib.ExitStack() as files:
         opened = {}
@@ -378,6 +397,13 @@ def read_checkpoint(prefix: str, names: Iterable[str] | None = None) -> dict[str
                     raise CheckpointError(f"cannot open {path} (needed for variable {name}): {err.strerror}") from None
             arrays[name] = _read_tensor(opened[path], path, name, e)
     return {name: arrays[name] for name in wanted}
+
+
+def _file_size(path: str, name: str) -> int:
+    try:
+        return os.path.getsize(path)
+    except OSError as err:
+        raise CheckpointError(f"cannot open {path} (needed for variable {name}): {err.strerror}") from None
 
 
 def _read_tensor(f, path: str, name: str, e: _Entry) -> np.ndarray:
@@ -395,9 +421,11 @@ def _read_tensor(f, path: str, name: str, e: _Entry) -> np.ndarray:
     return array
 
 
-def write_checkpoint(prefix: str, tensors: Mapping[str, np.ndarray]) -> None:
+def write_checkpoint(prefix: str, tensors: Mapping[str, np.ndarray], extra_files: Mapping[str, bytes] = None) -> None:
     """Write PREFIX.index, PREFIX.data-00000-of-00001 and a `checkpoint` state file naming
-    PREFIX in its directory (so tf.train.latest_checkpoint finds it)."""
+    PREFIX in its directory (so tf.train.latest_checkpoint finds it), plus ``extra_files``
+    (path -> contents, e.g. bert_config.json): all of them or, on any failure or signal, none
+    (temporary names renamed when every file is complete; the index last)."""
     prefix = os.fspath(prefix)
     arrays = []
     for name, value in tensors.items():
@@ -418,30 +446,20 @@ def write_checkpoint(prefix: str, tensors: Mapping[str, np.ndarray]) -> None:
     # The state file is text-format; octal escapes keep any basename a valid string.
     base = "".join(chr(b) if 32 <= b < 127 and b not in b'"\\' else f"\\{b:03o}"
                    for b in os.path.basename(prefix).encode("utf-8"))
-    try:
-        os.makedirs(directory, exist_ok=True)
-        with _atomic_open(f"{prefix}.data-00000-of-00001") as f:
+    extra = dict(extra_files or {})
+    finals = [*extra, os.path.join(directory, "checkpoint"), f"{prefix}.data-00000-of-00001", prefix + ".index"]
+    with atomic_outputs(finals, "TF checkpoint") as tmps:
+        for tmp, data in zip(tmps, extra.values()):
+            with open(tmp, "wb") as f:
+                f.write(data)
+        *_, state, data_tmp, index_tmp = tmps
+        with open(data_tmp, "wb") as f:
             for key, enum, array in arrays:
                 buf = memoryview(array.reshape(-1).view(np.uint8))
                 f.write(buf)
                 items.append((key, _encode_entry(enum, array.shape, offset, len(buf), _mask(_crc32c(buf)))))
                 offset += len(buf)
-        with _atomic_open(prefix + ".index") as f:
+        with open(index_tmp, "wb") as f:
             f.write(_build_table(items))
-        with _atomic_open(os.path.join(directory, "checkpoint")) as f:
+        with open(state, "wb") as f:
             f.write(f'model_checkpoint_path: "{base}"\nall_model_checkpoint_paths: "{base}"\n'.encode())
-    except OSError as e:
-        raise CheckpointError(f"cannot write TF checkpoint {prefix}: {e}") from None
-
-
-@contextlib.contextmanager
-def _atomic_open(path: str):
-    """Write to a temporary file renamed into place, so no reader sees a half-written file."""
-    tmp = f"{path}.tmp{os.getpid()}"
-    try:
-        with open(tmp, "wb") as f:
-            yield f
-        os.replace(tmp, path)
-    finally:
-        with contextlib.suppress(FileNotFoundError):
-            os.remove(tmp)

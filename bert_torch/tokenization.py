@@ -29,6 +29,8 @@ import re
 import unicodedata
 from typing import Iterable, List, Mapping, Union
 
+from ._io import MAX_TEXT_BYTES, InputFileError, decode
+
 __all__ = [
     "BasicTokenizer",
     "BertTokenizer",
@@ -77,6 +79,8 @@ def load_vocab(vocab_file: Union[str, "os.PathLike[str]"]) -> "collections.Order
     """
     path = os.fspath(vocab_file)
     vocab: "collections.OrderedDict[str, int]" = collections.OrderedDict()
+    if os.path.isfile(path) and os.path.getsize(path) > MAX_TEXT_BYTES:   # bounded before it is read
+        raise InputFileError(f"vocab {path}: {os.path.getsize(path)} bytes, more than {MAX_TEXT_BYTES}")
     try:
         # newline="\n": tf.gfile's readline splits on "\n" only. Python's
         # universal newlines would also split on a lone "\r".
@@ -97,6 +101,13 @@ def load_vocab(vocab_file: Union[str, "os.PathLike[str]"]) -> "collections.Order
                     vocab[token] = len(vocab)
     except FileNotFoundError:
         raise FileNotFoundError(f"BERT vocab file not found: {path!r}") from None
+    except UnicodeDecodeError:   # one line naming the file and the byte (e.g. a UTF-16 vocab)
+        with open(path, "rb") as f:
+            data = f.read()
+        decode(data, path, "vocab")   # raises InputFileError with the file offset of the first bad byte
+        raise
+    except OSError as e:   # a directory, no permission
+        raise InputFileError(f"vocab {path}: cannot read ({e.strerror or e})") from None
     return vocab
 
 

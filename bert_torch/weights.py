@@ -14,6 +14,7 @@ from typing import Mapping, Optional
 import numpy as np
 import torch
 
+from ._io import atomic_output, save_safetensors
 from .modeling import HEADS, BertConfig
 
 # Buffers some HF versions save beside the parameters; they carry no learned values.
@@ -52,13 +53,14 @@ def read_weights(path: str) -> dict[str, np.ndarray]:
 
 def write_weights(path: str, tensors: Mapping[str, np.ndarray], metadata: Optional[dict] = None) -> None:
     """Writes safetensors unless the name ends in ``.bin``/``.pt`` (a torch state dict)."""
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     arrays = {k: np.ascontiguousarray(v) for k, v in tensors.items()}
-    if path.endswith((".bin", ".pt")):
-        torch.save({k: torch.from_numpy(v) for k, v in arrays.items()}, path)
-    else:
-        from safetensors.numpy import save_file
-        save_file(arrays, path, metadata={"format": "pt", **(metadata or {})})
+    # A temporary name, renamed when complete: a failure, a full disk or a signal leaves nothing.
+    with atomic_output(path, "weights file") as tmp:
+        if path.endswith((".bin", ".pt")):
+            with open(tmp, "wb") as f:
+                torch.save({k: torch.from_numpy(v) for k, v in arrays.items()}, f)
+        else:
+            save_safetensors(arrays, tmp, metadata={"format": "pt", **(metadata or {})})
 
 
 def detect_head(names) -> tuple[Optional[str], int]:

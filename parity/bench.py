@@ -15,7 +15,6 @@ Writes ``bench.json`` and ``bench.png``. It asserts nothing: timings are not tes
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import statistics
 import sys
@@ -28,6 +27,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
 import torch  # noqa: E402
 
+from bert_torch._io import write_json  # noqa: E402
 from bert_torch.commands import HelpFormatter  # noqa: E402
 from bert_torch.modeling import BertConfig  # noqa: E402
 
@@ -215,8 +215,8 @@ def main(argv: Optional[list[str]] = None) -> int:
     print(f"load average before: {os.getloadavg()}, torch threads {torch.get_num_threads()}")
     results = [bench_shape(s, args.batch_size, args.seq_len, args.repeats, not args.no_tf) for s in shapes]
     os.makedirs(args.report_dir, exist_ok=True)
-    with open(os.path.join(args.report_dir, "bench.json"), "w", encoding="utf-8") as f:
-        json.dump({"results": results, "load_average_after": os.getloadavg()}, f, indent=2)
+    write_json(os.path.join(args.report_dir, "bench.json"), {"results": results, "load_average_after": os.getloadavg()},
+               "--report-dir", indent=2)
     plot(results, os.path.join(args.report_dir, "bench.png"))
     for r in results:
         print(f"\n{r['shape']}, batch {r['batch_size']} x {r['seq_len']}, median of {args.repeats} interleaved rounds:")

@@ -23,6 +23,7 @@ from .metrics import get_profile
 # Re-exported: callers and tests import the compare arguments and preparation from here.
 from .options import BadInput, add_compare_args, check_device, check_precision, find_vocab, prepare  # noqa: F401
 from .sides import GoldenSide, TFSide, TorchSide
+from .report_render import fmt, num
 
 
 def run_compare(args) -> int:
@@ -103,12 +104,11 @@ def print_summary(report: dict, json_path: str) -> None:
     print(f"verdict: {report['verdict']} ({sum(t['passed'] for t in taps)}/{len(taps)} taps within "
           f"{report['profile']['name']}); first divergence: {report['first_divergence'] or 'none'}")
     # Failures first (a missing tap or a NaN has no ratio), then by the share of the allowed error used.
-    worst = sorted(taps, key=lambda t: (t["passed"], -(t["tol_ratio"] if t["tol_ratio"] is not None else 0.0)))
+    worst = sorted(taps, key=lambda t: (t["passed"], -(num(t["tol_ratio"]) if num(t["tol_ratio"]) is not None
+                                                     else 0.0)))
     print(f"worst {min(WORST_SHOWN, len(taps))} of {len(taps)} taps (error as a fraction of the allowed error):")
     for t in worst[:WORST_SHOWN]:
-        ratio = "—" if t["tol_ratio"] is None else format(t["tol_ratio"], ".3g")
-        max_abs = "—" if t["max_abs"] is None else format(t["max_abs"], ".3g")
-        print(f"  {t['name']:<32} max_abs {max_abs:>9}  {ratio:>9} of allowed  "
+        print(f"  {t['name']:<32} max_abs {fmt(t['max_abs']):>9}  {fmt(t['tol_ratio']):>9} of allowed  "
               f"{'ok' if t['passed'] else 'FAIL: ' + str(t['reason'])}")
     failed = len(taps) - sum(t["passed"] for t in taps)
     if failed > WORST_SHOWN:

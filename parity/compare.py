@@ -1,17 +1,18 @@
 """Run two sides on the same inputs, compare every tap, write report.json and report.md."""
 from __future__ import annotations
 
-import json
 import os
-import tempfile
 from typing import Optional
 
 import numpy as np
+
+from bert_torch._io import dumps, write_text
 
 from .environment import machine, same_machine
 from .inputs import Inputs
 from .metrics import Profile, compare_tap
 from .precision import Tier, precision_hints
+from .report_render import fmt
 from .sides import Side
 
 
@@ -138,10 +139,7 @@ def rounding_estimate(candidate, inputs: Inputs, cand: dict) -> dict:
 
 
 def _atomic_write(path: str, text: str) -> None:
-    fd, tmp = tempfile.mkstemp(dir=os.path.dirname(path), prefix=".tmp-")
-    with os.fdopen(fd, "w", encoding="utf-8") as f:
-        f.write(text)
-    os.replace(tmp, path)
+    write_text(path, text, "report")   # temporary name, renamed when complete, removed on failure or signal
 
 
 def clear_report(report_dir: str, names=("report.json", "report.md")) -> None:
@@ -153,20 +151,19 @@ def clear_report(report_dir: str, names=("report.json", "report.md")) -> None:
 
 
 def write_report(report: dict, report_dir: str, stem: str = "report") -> tuple[str, str]:
-    os.makedirs(report_dir, exist_ok=True)
     j = os.path.join(report_dir, f"{stem}.json")
     m = os.path.join(report_dir, f"{stem}.md")
-    _atomic_write(j, json.dumps(report, indent=2) + "\n")
+    _atomic_write(j, dumps(report, indent=2) + "\n")   # strict JSON: NaN/Inf as "nan"/"inf"/"-inf"
     _atomic_write(m, render_markdown(report))
     return j, m
 
 
 def _g(x: Optional[float]) -> str:
-    return "—" if x is None else f"{x:.3g}"
+    return fmt(x)
 
 
 def _cos(x: Optional[float]) -> str:
-    return "—" if x is None else f"{x:.9f}"
+    return fmt(x, ".9f")
 
 
 def environments_table(report: dict) -> list[str]:
@@ -236,7 +233,7 @@ def render_markdown(report: dict) -> str:
     for t in report["taps"]:
         lines.append(f"| `{t['name']}` | {t['shape']} | {_g(t['max_abs'])} | {_g(t['max_rel'])} | {_g(t['mean_abs'])} | "
                      f"{_g(t['rms'])} | {_cos(t['cosine'])} | "
-                     f"{t['atol']:g} | {t['rtol']:g} | {'yes' if t['passed'] else '**NO**'} | {t['worst_index']} |")
+                     f"{fmt(t['atol'], 'g')} | {fmt(t['rtol'], 'g')} | {'yes' if t['passed'] else '**NO**'} | {t['worst_index']} |")
     if failed:
         lines += ["", "## Failures", ""] + [f"- `{t['name']}`: {t['reason']}" for t in failed]
     if report.get("not_observable"):

@@ -17,6 +17,7 @@ from bert_torch.tokenization import FullTokenizer  # noqa: E402
 from parity import cli  # noqa: E402
 from parity.inputs import SAMPLE, read_pairs  # noqa: E402
 from parity.minilm import build_checkpoint, minilm_dir  # noqa: E402
+from parity.report_schema import check_json_file  # noqa: E402
 
 
 @pytest.fixture(scope="session")
@@ -89,7 +90,8 @@ def compare(tmp_path, capsys):
         out, err = capsys.readouterr()
         sys.stdout.write(out)
         path = report_dir / "report.json"
-        return Run(code, out, err, json.loads(path.read_text()) if path.exists() else None, report_dir)
+        # Every report a test writes is strict JSON valid against parity/schemas/report.schema.json.
+        return Run(code, out, err, check_json_file(str(path), "report") if path.exists() else None, report_dir)
     return run
 
 

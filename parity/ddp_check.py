@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import argparse
 import copy
-import json
 import os
 import sys
 from typing import Optional
@@ -26,6 +25,7 @@ import numpy as np
 import torch
 
 from bert_torch import distributed
+from bert_torch._io import write_json
 from bert_torch.modeling import BertConfig, BertForSequenceClassification
 from bert_torch.optimization import BertAdam, accumulate_gradients, grouped_parameters, micro_batches
 from bert_torch.weights import model_from_tensors, read_weights
@@ -121,8 +121,7 @@ def run(args) -> dict:
                       f"{args.steps} BertAdam steps max|diff| {out['parameters']['max_abs_diff']:.3g}")
     distributed.finish(world)
     if world.main and args.output:
-        with open(args.output, "w", encoding="utf-8") as f:
-            json.dump(out, f, indent=2)
+        write_json(args.output, out, "--output", indent=2)
     return out
 
 

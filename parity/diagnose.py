@@ -32,15 +32,17 @@ from typing import Mapping, Optional
 import numpy as np
 import torch
 
+from bert_torch._io import atomic_dir, dumps, read_json
 from bert_torch.modeling import BertConfig
 from bert_torch.taps import EMBEDDING_TAPS, LAYER_TAPS
 
 from .compare import _atomic_write
-from .hints import CAUSES, Context, activation_hints, compare_weights, weight_hints
+from .hints import CAUSES, Context, activation_hints, compare_weights, non_finite_hint, weight_hints
 from .inputs import Inputs
 from .metrics import Profile, compare_tap
 from .options import BadInput, add_compare_args, find_vocab, prepare
 from .precision import Tier, precision_hints
+from .report_render import fmt
 from .sides import TorchSide
 
 DIAGNOSIS_FILES = ("diagnosis.json", "diagnosis.md")
@@ -308,6 +310,13 @@ def diagnose(reference, candidate, inputs: Inputs, profile: Profile, *, config: 
         })
     diagnosis["taps"], diagnosis["blocks"] = rows, block_rows
     diagnosis["first_divergence"] = next((r["name"] for r in rows if not r["passed"]), None)
+    block_of_tap = {r["name"]: r["block"] for r in rows}
+    nf = non_finite_hint([r["name"] for r in rows], ref, cand, block_of_tap.get,
+                         {"tensorflow": tf_weights, "pytorch": torch_weights})
+    if nf:   # a NaN/Inf explains everything downstream: name where it entered, blame no formula
+        return _non_finite_diagnosis(diagnosis, nf, hints, weights_bad, t0,
+                                     {"ref": ref, "pt_local": pt_local, "inputs": inputs, "blocks": bs,
+                                      "torch_weights": torch_weights})
 
     # The culprit: the first block over its budget locally. When every block is within its
     # tolerance yet errors add up past it downstream, the first block whose own ladder says
@@ -353,6 +362,20 @@ def diagnose(reference, candidate, inputs: Inputs, profile: Profile, *, config: 
     diagnosis["hints"] = merge_hints(hints)
     diagnosis["_arrays"] = {"ref": ref, "pt_local": pt_local, "inputs": inputs, "blocks": bs,
                             "torch_weights": torch_weights}
+    diagnosis["seconds"] = round(time.perf_counter() - t0, 3)
+    return diagnosis
+
+
+def _non_finite_diagnosis(diagnosis: dict, nf: dict, hints: list, weights_bad: bool, t0: float,
+                          arrays: dict) -> dict:
+    diagnosis["verdict"] = "fail"
+    if nf["block"]:
+        if diagnosis["culprit"] != "weights":   # bit-identical weights are never the culprit
+            diagnosis["culprit"] = nf["block"]
+        if diagnosis["culprit_block"] is None or not weights_bad:
+            diagnosis["culprit_block"] = nf["block"]
+    diagnosis["hints"] = merge_hints([nf] + hints)
+    diagnosis["_arrays"] = arrays
     diagnosis["seconds"] = round(time.perf_counter() - t0, 3)
     return diagnosis
 
@@ -406,7 +429,7 @@ def public(diagnosis: dict) -> dict:
 def write_diagnosis(diagnosis: dict, report_dir: str) -> tuple[str, str]:
     os.makedirs(report_dir, exist_ok=True)
     j, m = (os.path.join(report_dir, n) for n in DIAGNOSIS_FILES)
-    _atomic_write(j, json.dumps(public(diagnosis), indent=2) + "\n")
+    _atomic_write(j, dumps(public(diagnosis), indent=2) + "\n")   # strict JSON: NaN/Inf as strings
     _atomic_write(m, render_markdown(diagnosis))
     return j, m
 
@@ -420,7 +443,7 @@ def clear_diagnosis(report_dir: str) -> None:
 
 
 def _g(x) -> str:
-    return "—" if x is None else f"{x:.3g}"
+    return fmt(x)
 
 
 def render_markdown(d: dict) -> str:
@@ -532,10 +555,17 @@ def write_repro(diagnosis: dict, report_dir: str, config: BertConfig, profile: P
     b = next((x for x in arrays["blocks"] if x.name == block_name), None)
     if b is None:
         return None
-    from safetensors.numpy import save_file
+    final = os.path.join(report_dir, "repro")
+    with atomic_dir(final, "repro folder") as out:   # written aside, renamed into place when complete
+        _write_repro_files(out, b, arrays, config, profile, head, num_labels)
+    diagnosis["repro"] = final
+    return final
+
+
+def _write_repro_files(out: str, b, arrays: dict, config: BertConfig, profile: Profile, head: Optional[str],
+                       num_labels: int) -> None:
+    from bert_torch._io import save_safetensors as save_file   # plain writes: a full disk is an OSError
     from .hints import block_of_weight
-    out = os.path.join(report_dir, "repro")
-    os.makedirs(out, exist_ok=True)
     inputs, ref = arrays["inputs"], arrays["ref"]
     tensors = {"input_ids": np.asarray(inputs.input_ids, np.int64), "token_type_ids": np.asarray(inputs.token_type_ids, np.int64),
                "input_mask": np.asarray(inputs.input_mask, np.int64)}
@@ -555,8 +585,6 @@ def write_repro(diagnosis: dict, report_dir: str, config: BertConfig, profile: P
         taps={t: profile.tolerance(t) for t in b.taps})
     with open(os.path.join(out, "repro.py"), "w", encoding="utf-8") as f:
         f.write(script)
-    diagnosis["repro"] = out
-    return out
 
 
 def print_summary(d: dict, json_path: str) -> None:
@@ -660,10 +688,9 @@ def calibration_floors(path: Optional[str]) -> Optional[dict]:
     if not path:
         return None
     try:
-        with open(path, encoding="utf-8") as f:
-            data = json.load(f)
+        data = read_json(path, "calibration file")   # size, encoding and nesting bounded
         return {name: float(v["floor"]) for name, v in data["taps"].items()}
-    except (OSError, ValueError, KeyError, TypeError) as e:
+    except (OSError, ValueError, KeyError, TypeError, AttributeError) as e:
         raise ValueError(f"{path}: not a calibration file ({type(e).__name__}: {e})") from None
 
 

@@ -30,6 +30,7 @@ import numpy as np
 import torch
 
 from bert_torch.commands import EXIT_CODES_HELP, HelpFormatter, run_main
+from bert_torch._io import write_json
 
 DEFAULTS = dict(bert_config=None, torch_bert_config=None, vocab_file=None, sentences=None, batch_size=8,
                 seq_len=128, seed=0, device="cpu", profile="fp32-cpu", tf_threads=None, golden=None,
@@ -151,10 +152,7 @@ def _main(ns) -> int:
     if not ns.out:
         raise ValueError("--output is required")
     data = calibrate(args)
-    os.makedirs(os.path.dirname(os.path.abspath(ns.out)), exist_ok=True)
-    with open(ns.out, "w", encoding="utf-8") as f:
-        json.dump(data, f, indent=1)
-        f.write("\n")
+    write_json(ns.out, data, "--output", indent=1)   # atomic; an unwritable --output is one line, exit 2
     worst = max(data["taps"].items(), key=lambda kv: kv[1]["floor"])
     print(f"wrote {ns.out}: {len(data['taps'])} taps in {data['seconds']} s; largest floor {worst[1]['floor']:.3g} "
           f"at {worst[0]}")

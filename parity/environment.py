@@ -128,4 +128,6 @@ def environment(device: str, files: dict[str, str], tf_threads=None, seeds: Opti
         "git": git_state(),
         "argv": sys.argv,
         "sha256": {label: sha256(path) for label, path in files.items() if path and os.path.isfile(path)},
+        # What was actually read, by absolute path (a state file or a default may have chosen it).
+        "files": {label: os.path.abspath(path) for label, path in files.items() if path and os.path.isfile(path)},
     }

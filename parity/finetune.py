@@ -41,6 +41,7 @@ import numpy as np
 import torch
 
 from bert_torch.commands import EXIT_CODES_HELP, HelpFormatter, run_main
+from bert_torch._io import write_json, write_text
 from bert_torch.optimization import BertAdam, decays_tf, num_train_steps as official_num_train_steps
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -961,8 +962,8 @@ def run_finetune_checks(data_dir: Optional[str], out_dir: str, quick: bool = Fal
     def log(message: str) -> None:
         # Each phase starts by saving what is done so far, marked incomplete: a run cut short
         # leaves its finished checks behind, never a report that looks complete.
-        with open(os.path.join(out_dir, "finetune.partial.json"), "w", encoding="utf-8") as f:
-            json.dump({"verdict": "incomplete", "checks": checks}, f, indent=1, default=float)
+        write_json(os.path.join(out_dir, "finetune.partial.json"), {"verdict": "incomplete", "checks": checks},
+                   "finetune report", default=float, indent=1)
         outer_log(message)
     log("optimizer parity and planted faults")
     opt = optimizer_check(BertAdam, source="synthetic" if quick else "minilm", keep_states=False)
@@ -1040,10 +1041,8 @@ def run_finetune_checks(data_dir: Optional[str], out_dir: str, quick: bool = Fal
                            "distribution takes far more steps than the 60-minute report allows on 2 cores)",
                            "GPU runs (--device exists, untested on GPU: no GPU was lent to this project's sessions)"],
               "checks": checks}
-    with open(os.path.join(out_dir, "finetune.json"), "w", encoding="utf-8") as f:
-        json.dump(result, f, indent=1, default=float)
-    with open(os.path.join(out_dir, "finetune.md"), "w", encoding="utf-8") as f:
-        f.write(render_markdown(result))
+    write_json(os.path.join(out_dir, "finetune.json"), result, "finetune report", default=float, indent=1)
+    write_text(os.path.join(out_dir, "finetune.md"), render_markdown(result), "finetune report")
     partial = os.path.join(out_dir, "finetune.partial.json")
     if os.path.exists(partial):
         os.remove(partial)

@@ -16,7 +16,6 @@ and passed; 1 otherwise (a failure, or rows not run); 2 bad input.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import subprocess
 import sys
@@ -162,7 +161,7 @@ def main(argv: Optional[list[str]] = None) -> int:
         print(f"error: --data-dir {args.data_dir}: no such directory", file=sys.stderr)
         return 2
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
-    from .compare import _atomic_write
+    from bert_torch._io import write_json, write_text
     from .environment import environment
     from .minilm import build_checkpoint
     from .release import default_data_dir
@@ -177,8 +176,8 @@ def main(argv: Optional[list[str]] = None) -> int:
         "fail" if "fail" in statuses else "not run")
     report = {"verdict": verdict, "device": args.device, "goldens": goldens, "tiers": tiers, "mrpc": mrpc,
               "environment": environment(args.device, {})}
-    _atomic_write(os.path.join(args.report_dir, "gpu_check.json"), json.dumps(report, indent=2) + "\n")
-    _atomic_write(os.path.join(args.report_dir, "gpu_check.md"), render(report))
+    write_json(os.path.join(args.report_dir, "gpu_check.json"), report, "--report-dir", indent=2)
+    write_text(os.path.join(args.report_dir, "gpu_check.md"), render(report), "--report-dir")
     print(render(report))
     return 0 if verdict == "pass" else 1
 

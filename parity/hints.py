@@ -43,6 +43,7 @@ CAUSES = {
     "tf32_reference": "the reference was recorded with TF32 matmuls (TensorFlow's default on Ampere+ GPUs)",
     "reduced_precision": "the candidate computes in bf16/fp16 while fp32 was asked (--precision)",
     "fp16_overflow": "an fp16 candidate overflowed: Inf/NaN or values saturated at 65504 where float64 is finite",
+    "non_finite": "a NaN or Inf: in the weights, or produced by a tap; named where it first appears",
 }
 
 # A hypothesis must explain the PyTorch side this many times better than the official behaviour.
@@ -87,7 +88,7 @@ def compare_weights(tf_w: Mapping[str, np.ndarray], pt_w: Mapping[str, np.ndarra
         entry["pt_shape"] = list(np.shape(cand))
         if np.shape(cand) != np.shape(ref):
             diffs.append(dict(entry, kind="shape", max_abs=None, differing=None))
-        elif not np.array_equal(np.asarray(cand), np.asarray(ref)):
+        elif not bit_equal(cand, ref):
             d = np.abs(np.asarray(cand, np.float64) - np.asarray(ref, np.float64))
             diffs.append(dict(entry, kind="value", max_abs=float(np.nanmax(d)) if d.size else 0.0,
                               differing=int((np.asarray(cand) != np.asarray(ref)).sum())))
@@ -100,8 +101,54 @@ def compare_weights(tf_w: Mapping[str, np.ndarray], pt_w: Mapping[str, np.ndarra
             "differences": diffs}
 
 
+def bit_equal(a, b) -> bool:
+    """Same shape and the same bits: a NaN copied bit for bit is equal to itself (it is not
+    under ``==``), so a checkpoint holding a NaN, converted exactly, is not "weights that differ"."""
+    a, b = np.asarray(a), np.asarray(b)
+    if a.shape != b.shape:
+        return False
+    if a.dtype == b.dtype:
+        return np.ascontiguousarray(a).tobytes() == np.ascontiguousarray(b).tobytes()
+    return bool(np.array_equal(a, b, equal_nan=a.dtype.kind in "fc" and b.dtype.kind in "fc"))
+
+
 def _eq(a, b) -> bool:
-    return np.shape(a) == np.shape(b) and np.array_equal(np.asarray(a), np.asarray(b))
+    return bit_equal(a, b)
+
+
+def non_finite_hint(taps: list, ref: Mapping[str, np.ndarray], cand: Mapping[str, np.ndarray],
+                    block_of_tap: Callable[[str], Optional[str]], weights: Mapping[str, Mapping[str, np.ndarray]]
+                    ) -> Optional[dict]:
+    """Where a NaN or Inf first appears: the weights holding one (per side), and the first tap in
+    forward order (``taps``) that holds one on either side. None when everything is finite."""
+    from .metrics import _count_words, non_finite
+    bad_weights = []
+    for side, w in weights.items():
+        for name, t in (w or {}).items():
+            t = np.asarray(t)
+            if t.dtype.kind in "fc" and not np.isfinite(t).all():
+                nf = non_finite(t)
+                bad_weights.append(f"{side} {name} ({_count_words(nf)}, first at {nf['first_index']})")
+    first = None
+    for t in taps:
+        sides = {s: non_finite(np.asarray(v[t], np.float64)) for s, v in (("tensorflow", ref), ("pytorch", cand))
+                 if t in v and np.size(v[t]) and not np.isfinite(v[t]).all()}
+        if sides:
+            first = (t, sides)
+            break
+    if first is None and not bad_weights:
+        return None
+    parts = []
+    if first:
+        t, sides = first
+        parts.append(f"first non-finite tap: {t} (" + "; ".join(f"{s}: {_count_words(nf)}, first at {nf['first_index']}"
+                                                                 for s, nf in sides.items()) + ")")
+    if bad_weights:
+        parts.append("weights holding NaN/Inf: " + ", ".join(bad_weights[:4])
+                     + (f" and {len(bad_weights) - 4} more" if len(bad_weights) > 4 else ""))
+    block = block_of_tap(first[0]) if first else block_of_weight(bad_weights[0].split(" ")[1])
+    return hint("non_finite", block, "; ".join(parts), tap=first[0] if first else None,
+                sides=sorted(first[1]) if first else [], weights=bad_weights)
 
 
 def _looks_initialised(name: str, t: np.ndarray, initializer_range: float) -> Optional[str]:

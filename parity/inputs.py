@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import csv
 import hashlib
+import io
 import math
 import os
 from dataclasses import dataclass, field
@@ -16,6 +17,7 @@ from typing import Optional
 
 import numpy as np
 
+from bert_torch._io import read_text
 from bert_torch.tokenization import FullTokenizer, load_vocab
 
 SAMPLE = os.path.join(os.path.dirname(__file__), "data", "mrpc_sample.tsv")
@@ -45,13 +47,65 @@ def sha256(path: str) -> str:
     return h.hexdigest()
 
 
+# Flag bounds, checked before anything is allocated (the memory estimate below is the real guard).
+MAX_BATCH = 1 << 16
+MAX_SEED = (1 << 32) - 1
+MAX_THREADS = 1024
+# Bytes held per tap element over a run: TF float32, PyTorch float32, its float64 twin (compare);
+# diagnose adds each side fed the other's inputs and a local float64 run.
+BYTES_PER_TAP_ELEMENT = {"compare": 4 + 4 + 8, "diagnose": 2 * (4 + 4 + 8), "dump": 4}
+
+
+def tap_elements(config, batch_size: int, seq_len: int) -> int:
+    """Elements of every contract tap of one forward pass (CONTRACT.md, Taps)."""
+    B, T, H = batch_size, seq_len, config.hidden_size
+    N, I = config.num_attention_heads, config.intermediate_size
+    per_layer = 8 * B * T * H + 2 * B * N * T * T + B * T * I
+    return 4 * B * T * H + T * H + config.num_hidden_layers * per_layer + B * H
+
+
+def available_memory() -> Optional[int]:
+    """Bytes the kernel says can be allocated without swapping (MemAvailable), or None if unknown."""
+    try:
+        with open("/proc/meminfo", encoding="ascii") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    try:
+        return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (ValueError, OSError, AttributeError):
+        return None
+
+
+def check_run_size(batch_size: int, seq_len: int, seed: int, config, command: str = "compare",
+                   tf_threads: Optional[int] = None, source: str = "the config") -> None:
+    """Every size flag in range, and the run's memory (taps of every side, and the weights)
+    against what is available: one line naming the flags, before anything is allocated."""
+    for flag, value, low, high in (("--batch-size", batch_size, 1, MAX_BATCH), ("--seq-len", seq_len, 1,
+                                   config.max_position_embeddings), ("--seed", seed, 0, MAX_SEED)):
+        if not low <= value <= high:
+            limit = f"max_position_embeddings of {source}" if flag == "--seq-len" else "the limit"
+            raise InputError(f"{flag} {value}: must be between {low} and {high} ({limit})")
+    if tf_threads is not None and not 1 <= tf_threads <= MAX_THREADS:
+        raise InputError(f"--tf-threads {tf_threads}: must be between 1 and {MAX_THREADS}")
+    need = tap_elements(config, batch_size, seq_len) * BYTES_PER_TAP_ELEMENT[command] \
+        + config.num_parameters() * (4 + 4 + 8)
+    have = available_memory()
+    if have is not None and need > have:
+        raise InputError(f"--batch-size {batch_size} x --seq-len {seq_len} x {config.num_hidden_layers} layers: "
+                         f"{command} needs about {need / 2**30:.1f} GiB for its taps and weights, "
+                         f"{have / 2**30:.1f} GiB is available; use a smaller batch or sequence")
+
+
 def read_pairs(path: str) -> list[tuple[str, str]]:
     """Sentence pairs from a GLUE MRPC tsv (columns: label, id1, id2, sentence1, sentence2)."""
+    text = read_text(path, "sentences file", encoding="utf-8-sig")   # size, encoding, permission: one line
     try:
-        with open(path, encoding="utf-8-sig", newline="") as f:
-            rows = list(csv.reader(f, delimiter="\t", quoting=csv.QUOTE_NONE))
-    except OSError as e:
-        raise InputError(f"{path}: cannot read sentence pairs ({e.strerror})") from None
+        rows = list(csv.reader(io.StringIO(text, newline=""), delimiter="\t", quoting=csv.QUOTE_NONE))
+    except csv.Error as e:   # a field over csv's size limit, a NUL byte
+        raise InputError(f"sentences file {path}: not a readable tsv ({e})") from None
     pairs = [(r[3], r[4]) for r in rows[1:] if len(r) >= 5]
     if not pairs:
         raise InputError(f"{path}: no sentence pairs (expected MRPC tsv rows with 5 columns)")
@@ -67,6 +121,25 @@ def truncate_seq_pair(a: list, b: list, max_length: int) -> None:
     """The official rule: pop from the end of the longer list until the pair fits."""
     while len(a) + len(b) > max_length:
         (a if len(a) > len(b) else b).pop()
+
+
+# A row of T tokens draws at most this many pairs per token (plus one per pair in the file).
+MAX_DRAWS_PER_TOKEN = 64
+
+
+def _pair_tokenizer(pairs: list, tokenizer, path: str):
+    """Pair index -> (tokens of sentence 1, of sentence 2), memoised; refuses a file in which no
+    pair gives tokens in one of the two columns (the empty-columns case), naming the column."""
+    cache: dict[int, tuple[list, list]] = {}
+
+    def tokens_of(i: int) -> tuple[list, list]:
+        if i not in cache:
+            cache[i] = (tokenizer.tokenize(pairs[i][0]), tokenizer.tokenize(pairs[i][1]))
+        return cache[i]
+    for column, name in ((0, "sentence1 (column 4)"), (1, "sentence2 (column 5)")):
+        if not any(tokens_of(i)[column] for i in range(len(pairs))):
+            raise InputError(f"{path}: every {name} is empty after tokenization; nothing to build inputs from")
+    return tokens_of
 
 
 def make_inputs(vocab_file: str, batch_size: int = 8, seq_len: int = 128, seed: int = 0,
@@ -94,13 +167,20 @@ def make_inputs(vocab_file: str, batch_size: int = 8, seq_len: int = 128, seed: 
     types = np.zeros((B, T), np.int32)
     mask = np.zeros((B, T), np.int32)
     lengths = [T] + [int(rng.integers(math.ceil(T / 4), T)) if T > 1 else T for _ in range(B - 1)]
+    tokens_of = _pair_tokenizer(pairs, tokenizer, pairs_file)
     for row, length in enumerate(lengths):
         a, b = [], []
-        # Keep drawing pairs until both segments could fill the row, then truncate.
-        while len(a) < length or len(b) < length:
-            s1, s2 = pairs[int(rng.integers(len(pairs)))]
-            a += tokenizer.tokenize(s1)
-            b += tokenizer.tokenize(s2)
+        # Keep drawing pairs until both segments could fill the row, then truncate. Bounded: a file
+        # whose sentences are nearly all empty would otherwise loop (and grow the other segment) forever.
+        for _ in range(MAX_DRAWS_PER_TOKEN * length + len(pairs)):
+            if len(a) >= length and len(b) >= length:
+                break
+            ta, tb = tokens_of(int(rng.integers(len(pairs))))
+            a += ta
+            b += tb
+        else:
+            raise InputError(f"{pairs_file}: too few non-empty sentences to fill a row of {length} tokens in "
+                             f"both segments (drew {MAX_DRAWS_PER_TOKEN * length + len(pairs)} pairs)")
         truncate_seq_pair(a, b, max(length - 3, 0))
         tokens = (["[CLS]"] + a + ["[SEP]"] + b + ["[SEP]"])[:length]
         segments = ([0] * (len(a) + 2) + [1] * (len(b) + 1))[:length]

@@ -54,7 +54,7 @@ class Profile:
             finite = np.abs(np.asarray(ref, np.float64))
             finite = finite[np.isfinite(finite)]
             atol += scale * float(finite.max()) if finite.size else 0.0
-        if self.rounding_k and rounding:
+        if self.rounding_k and rounding and np.isfinite(rounding):   # a NaN run measures no rounding
             # Calibrated profiles: the floor measured elsewhere, or this machine's own float32 rounding on these
             # very inputs, whichever is larger (a file from another machine never makes a tap stricter than its
             # arithmetic here); other profiles add the rounding term.
@@ -194,7 +194,8 @@ def compare_tap(name: str, ref: Optional[np.ndarray], cand: Optional[np.ndarray]
         ratio = diff / allowed
     ratio = np.where(np.isfinite(ratio), ratio, np.inf)
     worst = np.unravel_index(int(np.argmax(ratio)), ratio.shape)
-    norm = np.linalg.norm(r.ravel()) * np.linalg.norm(c.ravel())
+    with np.errstate(invalid="ignore", over="ignore"):   # Inf * 0: the cosine is None then anyway
+        norm = np.linalg.norm(r.ravel()) * np.linalg.norm(c.ravel())
     finite = not bad
     row.update(
         max_abs=_f(diff.max()),
@@ -207,7 +208,9 @@ def compare_tap(name: str, ref: Optional[np.ndarray], cand: Optional[np.ndarray]
         tol_ratio=_f(ratio[worst]),
     )
     if bad:
-        row["reason"] = f"NaN or Inf on the {' and '.join(bad)} side"
+        row["non_finite"] = {side: non_finite(a) for side, a in (("tensorflow", r), ("pytorch", c)) if side in bad}
+        row["reason"] = "; ".join(f"{side} holds {_count_words(nf)}, first at {nf['first_index']}"
+                                  for side, nf in row["non_finite"].items())
     elif ratio[worst] > 1:
         row["reason"] = (f"{int((ratio > 1).sum())} of {ratio.size} elements over tolerance; worst at "
                          f"{row['worst_index']}: tensorflow {r[worst]:.9g}, pytorch {c[worst]:.9g}")
@@ -221,6 +224,18 @@ def compare_tap(name: str, ref: Optional[np.ndarray], cand: Optional[np.ndarray]
         err = row["max_abs"]
         row["error_over_floor"] = None if err is None else (0.0 if err == 0 else (err / floor if floor else None))
     return row
+
+
+def non_finite(a: np.ndarray) -> dict:
+    """How many NaN / +Inf / -Inf ``a`` holds, and the first (C order) non-finite element's index."""
+    flat = np.flatnonzero(~np.isfinite(a))
+    return {"nan": int(np.isnan(a).sum()), "inf": int(np.isposinf(a).sum()), "-inf": int(np.isneginf(a).sum()),
+            "first_index": [int(i) for i in np.unravel_index(int(flat[0]), a.shape)] if flat.size else None}
+
+
+def _count_words(nf: dict) -> str:
+    return " and ".join(f"{nf[k]} {label}" for k, label in (("nan", "NaN"), ("inf", "+Inf"), ("-inf", "-Inf"))
+                        if nf[k])
 
 
 def _f(x) -> Optional[float]:

@@ -18,7 +18,7 @@ from bert_torch.modeling import BertConfig
 from bert_torch.tf_checkpoint import read_checkpoint
 from bert_torch.weights import detect_head
 
-from .inputs import Inputs, make_inputs
+from .inputs import BYTES_PER_TAP_ELEMENT, Inputs, check_run_size, make_inputs
 from .metrics import PROFILES, Profile, get_profile
 from .precision import Tier, check_supported
 
@@ -106,6 +106,9 @@ def prepare(args) -> Prepared:
     if args.seq_len > config.max_position_embeddings:
         raise BadInput(f"--seq-len {args.seq_len} exceeds max_position_embeddings "
                        f"{config.max_position_embeddings} in {config_path}")
+    command = getattr(args, "command", None)
+    check_run_size(args.batch_size, args.seq_len, args.seed, config, command if command in BYTES_PER_TAP_ELEMENT
+                   else "compare", args.tf_threads, config_path)   # bounds and memory before any allocation
     # Reading every variable checks names, shapes against the config, sizes and checksums.
     tf_weights, _ = tf_to_torch(read_checkpoint(prefix), config, where=prefix)
     head, num_labels = detect_head(tf_weights)
@@ -116,5 +119,5 @@ def prepare(args) -> Prepared:
                          type_vocab_size=config.type_vocab_size, pairs_file=args.sentences)
     files = {"tf_checkpoint.index": prefix + ".index", "tf_checkpoint.data": prefix + ".data-00000-of-00001",
              "torch_weights": args.torch_weights, "bert_config": config_path, "vocab": vocab,
-             "torch_bert_config": args.torch_bert_config}
+             "torch_bert_config": args.torch_bert_config, "sentences": args.sentences}
     return Prepared(profile, prefix, config, torch_config, head, num_labels, inputs, files, tier)

@@ -23,6 +23,8 @@ import tempfile
 import time
 from typing import Callable, Optional
 
+from bert_torch._io import write_json, write_text
+
 SETTINGS: dict[str, dict[str, str]] = {
     "native": {},
     "aten-default": {"ATEN_CPU_CAPABILITY": "default"},            # PyTorch's portable kernels, no SIMD ISA
@@ -143,8 +145,7 @@ def worker(ckpt: str, batch: int, seq: int, out: str, tiers=(("fp32", "autocast"
             rows.append({"tier": "/".join(tier), "fault": fault, "sized": True, "tried": tried,
                          "threshold": caught["size"] if caught else None,
                          "first_divergence": caught["first_divergence"] if caught else None})
-    with open(out, "w", encoding="utf-8") as f:
-        json.dump({"rows": rows, "torch_cpu_capability": torch.backends.cpu.get_cpu_capability()}, f)
+    write_json(out, {"rows": rows, "torch_cpu_capability": torch.backends.cpu.get_cpu_capability()}, "worker output")
 
 
 def run_matrix(settings: dict[str, dict[str, str]], shapes, ckpt: str, timeout: float = 1800,
@@ -271,16 +272,15 @@ def main(argv: Optional[list[str]] = None) -> int:
     build_checkpoint(ckpt)
     if args.tiers:
         results = run_matrix({"native": {}}, shapes if args.shapes else [(8, 128)], ckpt, tiers=TIERS, sized=True)
-        from .compare import _atomic_write
-        _atomic_write(os.path.join(args.report_dir, "tiers.json"), json.dumps(results, indent=2) + "\n")
-        _atomic_write(os.path.join(args.report_dir, "tiers.md"), "\n\n".join(map(render_tiers, results)) + "\n")
+        write_json(os.path.join(args.report_dir, "tiers.json"), results, "--report-dir", indent=2)
+        write_text(os.path.join(args.report_dir, "tiers.md"), "\n\n".join(map(render_tiers, results)) + "\n",
+                   "--report-dir")
         return 0 if all("error" not in r for r in results) else 1
     results = run_matrix(settings, shapes, ckpt)
     verdict = judge(results)
-    from .compare import _atomic_write
-    _atomic_write(os.path.join(args.report_dir, "portability.json"),
-                  json.dumps({"verdict": verdict, "results": results}, indent=2) + "\n")
-    _atomic_write(os.path.join(args.report_dir, "portability.md"), render(results, verdict))
+    write_json(os.path.join(args.report_dir, "portability.json"), {"verdict": verdict, "results": results},
+               "--report-dir", indent=2)
+    write_text(os.path.join(args.report_dir, "portability.md"), render(results, verdict), "--report-dir")
     print(f"{verdict['verdict']}: {len(verdict['false_alarms'])} false alarms, {len(verdict['missed_faults'])} "
           f"missed faults, {len(verdict['errors'])} errors; {args.report_dir}/portability.md")
     return 0 if verdict["verdict"] == "pass" else 1

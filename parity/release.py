@@ -59,6 +59,7 @@ import numpy as np  # noqa: E402
 from bert_torch.commands import EXIT_CODES_HELP, HelpFormatter, run_main  # noqa: E402
 from bert_torch.modeling import BertConfig  # noqa: E402
 
+from bert_torch._io import atomic_output, dumps  # noqa: E402
 from .environment import REPO_ROOT, environment, git_state  # noqa: E402
 from .inputs import SAMPLE, Inputs, make_inputs  # noqa: E402
 from .metrics import PROFILES, Profile, compare_tap  # noqa: E402
@@ -592,7 +593,7 @@ def write_release(report: dict, ctx: Context) -> list[str]:
     os.makedirs(ctx.report_dir, exist_ok=True)
     plots = report_render.make_plots(report, ctx.worst, ctx.report_dir)
     report["plots"] = [os.path.basename(p) for p in plots]
-    _write(os.path.join(ctx.report_dir, "report.json"), json.dumps(portable(report), indent=2, default=str) + "\n")
+    _write(os.path.join(ctx.report_dir, "report.json"), dumps(portable(report), indent=2, default=str) + "\n")
     _write(os.path.join(ctx.report_dir, "report.md"), report_render.markdown(report))
     _write(os.path.join(ctx.report_dir, "report.html"), report_render.html(report, ctx.report_dir))
     return [os.path.join(ctx.report_dir, f) for f in REPORT_FILES] + plots
@@ -613,11 +614,10 @@ def portable(obj):
 
 def _write(path: str, text: str) -> None:
     """Atomic (a reader never sees half a report) and world-readable (CI uploads it)."""
-    tmp = f"{path}.tmp-{os.getpid()}"
-    with open(tmp, "w", encoding="utf-8") as f:
-        f.write(text)
-    os.chmod(tmp, 0o644)
-    os.replace(tmp, path)
+    with atomic_output(path, "release report") as tmp:   # removed on failure or SIGTERM/SIGINT
+        with open(tmp, "w", encoding="utf-8") as f:
+            f.write(text)
+        os.chmod(tmp, 0o644)
 
 
 def promote(src: str, dst: str = DEFAULT_BASELINE) -> int:
@@ -628,7 +628,7 @@ def promote(src: str, dst: str = DEFAULT_BASELINE) -> int:
     if report.get("verdict") != "pass":
         raise ReleaseInputError(f"{src}: the report's verdict is {report.get('verdict')!r}; only a passing "
                                 f"report can become the baseline ({report.get('headline')})")
-    _write(dst, json.dumps(portable(report), indent=2) + "\n")
+    _write(dst, dumps(portable(report), indent=2) + "\n")
     ran = ", ".join(report.get("checks_run", []))
     print(f"baseline: {dst} <- {src} (version {report.get('version')}, commit "
           f"{(report.get('git') or {}).get('commit')}; checks: {ran})")

@@ -32,8 +32,8 @@ def _layer_grid(section: dict, key: str) -> tuple[np.ndarray, int]:
     for i in range(L):
         for j, kind in enumerate(LAYER_KINDS):
             t = taps.get(f"layer_{i}/{kind}")
-            if t is not None and t.get(key) is not None:
-                grid[i, j] = t[key]
+            if t is not None and num(t.get(key)) is not None:
+                grid[i, j] = num(t[key])
     return grid, L
 
 
@@ -50,6 +50,7 @@ def make_plots(report: dict, worst: dict, out_dir: str) -> list[str]:
         grid, L = _layer_grid(s, "max_abs")
         if L == 0:
             continue
+        grid[~np.isfinite(grid)] = np.nan   # NaN/Inf taps leave a gap in the plot, never a crash
         # Error growth through the layers, one line per tap kind, log scale.
         fig, ax = plt.subplots(figsize=(8, 4.5), dpi=110)
         x = np.arange(L)
@@ -70,6 +71,7 @@ def make_plots(report: dict, worst: dict, out_dir: str) -> list[str]:
         paths.append(p)
         # Heatmap layer x tap kind of the fraction of the tolerance used (log colour scale).
         ratio, _ = _layer_grid(s, "tol_ratio")
+        ratio[~np.isfinite(ratio)] = np.nan
         fig, ax = plt.subplots(figsize=(8.5, 1.2 + 0.45 * L), dpi=110)
         data = np.log10(np.clip(ratio, 1e-6, None))
         im = ax.imshow(data, aspect="auto", cmap="viridis", vmin=-4, vmax=0)
@@ -95,11 +97,12 @@ def make_plots(report: dict, worst: dict, out_dir: str) -> list[str]:
         def ratio_of(item):
             check, (tap, _) = item
             t = next((t for t in sections.get(check, {}).get("taps", []) if t["name"] == tap), None)
-            return (t or {}).get("tol_ratio") or 0.0
+            r = num((t or {}).get("tol_ratio"))
+            return r if r is not None and np.isfinite(r) else 0.0
         check, (tap, diff) = max(worst.items(), key=ratio_of)
         t = next(t for t in sections[check]["taps"] if t["name"] == tap)
         fig, ax = plt.subplots(figsize=(8, 4), dpi=110)
-        nz = diff[diff > 0]
+        nz = diff[np.isfinite(diff) & (diff > 0)]
         if nz.size:
             bins = np.logspace(np.log10(nz.min()), np.log10(max(nz.max(), t["atol"]) * 1.5), 60)
             ax.hist(nz, bins=bins, color="#4c72b0")
@@ -109,7 +112,7 @@ def make_plots(report: dict, worst: dict, out_dir: str) -> list[str]:
         ax.set_xlabel("|pytorch - tensorflow| per element (exact zeros not shown)")
         ax.set_ylabel("elements")
         ax.set_title(f"worst tap: {check} {tap} ({diff.size - nz.size} of {diff.size} elements exact; "
-                     f"{t['tol_ratio']:.3g} of tolerance)", fontsize=9)
+                     f"{_g(t['tol_ratio'])} of tolerance)", fontsize=9)
         ax.legend()
         fig.tight_layout()
         p = os.path.join(out_dir, "worst-tap-histogram.png")
@@ -119,8 +122,25 @@ def make_plots(report: dict, worst: dict, out_dir: str) -> list[str]:
     return paths
 
 
+def num(x) -> Optional[float]:
+    """A report number as a float: strict JSON writes NaN/Inf as "nan"/"inf"/"-inf" (CONTRACT.md);
+    None, and anything that is no number, is None."""
+    if x is None or isinstance(x, bool):
+        return None
+    try:
+        return float(x)
+    except (TypeError, ValueError):
+        return None
+
+
+def fmt(x, spec: str = ".3g") -> str:
+    """A number for people; "—" when absent; NaN and Inf spelled out. Never raises."""
+    v = num(x)
+    return "—" if v is None else (format(v, spec) if np.isfinite(v) else str(v))
+
+
 def _g(x) -> str:
-    return "—" if x is None else f"{x:.3g}"
+    return fmt(x)
 
 
 TAP_COLUMNS = ["tap", "shape", "max_abs", "max_rel", "mean_abs", "rms", "cosine", "atol", "rtol", "tol_ratio",
@@ -129,7 +149,7 @@ TAP_COLUMNS = ["tap", "shape", "max_abs", "max_rel", "mean_abs", "rms", "cosine"
 
 def tap_cells(t: dict) -> list[str]:
     return [t["name"], str(t["shape"]), _g(t["max_abs"]), _g(t["max_rel"]), _g(t["mean_abs"]), _g(t["rms"]),
-            "—" if t["cosine"] is None else f"{t['cosine']:.9f}", f"{t['atol']:g}", f"{t['rtol']:g}",
+            fmt(t["cosine"], ".9f"), fmt(t["atol"], "g"), fmt(t["rtol"], "g"),
             _g(t.get("tol_ratio")), "yes" if t["passed"] else "NO", str(t["worst_index"]), t.get("waiver") or ""]
 
 

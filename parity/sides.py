@@ -211,8 +211,8 @@ class GoldenSide:
             raise GoldenError(f"{path}: golden format version {header.get('format_version')!r}; "
                               f"this bert-parity reads version {self.FORMAT_VERSION}")
         try:
-            import json
-            self.meta = json.loads(header["golden"])
+            from bert_torch._io import loads   # bounded nesting, one line naming the file
+            self.meta = loads(header["golden"], path, "golden file metadata")
             self.config = BertConfig.from_dict(self.meta["bert_config"])
             self.tap_names = list(self.meta["tap_names"])
             self.head = self.meta["head"]
@@ -243,22 +243,14 @@ class GoldenSide:
     @classmethod
     def write(cls, path: str, inputs: Inputs, taps: Mapping[str, np.ndarray], meta: dict) -> None:
         """Writes a golden file atomically; ``meta`` holds the JSON fields listed in the class docstring."""
-        import json
-        import tempfile
-        from safetensors.numpy import save_file
+        from bert_torch._io import atomic_output, dumps, save_safetensors
         tensors = {f"inputs/{k}": np.ascontiguousarray(v, np.int32) for k, v in
                    (("input_ids", inputs.input_ids), ("token_type_ids", inputs.token_type_ids),
                     ("input_mask", inputs.input_mask))}
         tensors.update({f"taps/{k}": np.ascontiguousarray(v, np.float32) for k, v in taps.items()})
-        header = {"format": cls.FORMAT, "format_version": cls.FORMAT_VERSION, "golden": json.dumps(meta, sort_keys=True)}
-        fd, tmp = tempfile.mkstemp(dir=os.path.dirname(os.path.abspath(path)), prefix=".golden-")
-        os.close(fd)
-        try:
-            save_file(tensors, tmp, metadata=header)
-            os.replace(tmp, path)
-        finally:
-            if os.path.exists(tmp):
-                os.remove(tmp)
+        header = {"format": cls.FORMAT, "format_version": cls.FORMAT_VERSION, "golden": dumps(meta, sort_keys=True)}
+        with atomic_output(path, "golden file") as tmp:   # removed on failure, full disk, SIGTERM/SIGINT
+            save_safetensors(tensors, tmp, metadata=header)
 
     def run(self, inputs: Inputs, fetch=None, inject=None) -> dict[str, np.ndarray]:
         if inject:

@@ -27,6 +27,7 @@ from parity.diagnose import blocks, diagnose, schedule, write_diagnosis, write_r
 from parity.hints import CAUSES
 from parity.inputs import make_inputs
 from parity.metrics import get_profile
+from parity.report_schema import check_json_file
 from parity.sides import TFSide, TorchSide
 
 PROFILE = get_profile("fp32-cpu")
@@ -252,7 +253,7 @@ def test_repro_script_reproduces_with_bert_torch_alone(real, tmp_path):
     with pytest.raises(SystemExit) as done:
         runpy.run_path(str(tmp_path / "repro" / "repro.py"), run_name="__main__")
     assert done.value.code == 0
-    saved = json.loads((tmp_path / "diagnosis.json").read_text())
+    saved = check_json_file(str(tmp_path / "diagnosis.json"), "diagnosis")
     assert saved["culprit"] == "weights" and saved["repro"] and "_arrays" not in saved
 
 
@@ -297,7 +298,7 @@ TINY = dict(vocab_size=120, hidden_size=32, num_hidden_layers=2, num_attention_h
 def test_cli_clean_and_missing_head_weights(random_checkpoint, tmp_path, capsys):
     ck = random_checkpoint(TINY, head="classifier", num_labels=3, perturb=0.02)
     assert diagnose_cli(ck, tmp_path / "ok") == 0
-    d = json.loads((tmp_path / "ok" / "diagnosis.json").read_text())
+    d = check_json_file(str(tmp_path / "ok" / "diagnosis.json"), "diagnosis")
     assert (d["verdict"], d["culprit"], d["hints"]) == ("pass", None, [])
     assert d["blocks"][-1]["name"] == "classifier" and (tmp_path / "ok" / "diagnosis.md").exists()
     # The head dropped: the file loads as a bare BertModel, and diagnose names the block and the cause.
@@ -305,7 +306,7 @@ def test_cli_clean_and_missing_head_weights(random_checkpoint, tmp_path, capsys)
     t = load_file(ck["torch_weights"])
     save_file({k: v for k, v in t.items() if not k.startswith("classifier.")}, str(tmp_path / "nohead.safetensors"))
     code = diagnose_cli(dict(ck, torch_weights=str(tmp_path / "nohead.safetensors")), tmp_path / "bad")
-    d = json.loads((tmp_path / "bad" / "diagnosis.json").read_text())
+    d = check_json_file(str(tmp_path / "bad" / "diagnosis.json"), "diagnosis")
     assert code == 1 and (d["culprit"], d["culprit_block"]) == ("weights", "classifier")
     assert {h["cause"] for h in d["hints"]} == {"missing_weights"}
     classifier = next(t for t in d["taps"] if t["name"] == "classifier/logits")
@@ -321,7 +322,7 @@ def test_cli_vocab_mismatch_is_bad_input_with_a_hint(random_checkpoint, subset_v
     err = capsys.readouterr().err
     lines = [l for l in err.splitlines() if l.strip()]
     assert code == 2 and len(lines) == 1 and "vocab_mismatch" in lines[0] and "150 tokens" in lines[0], err
-    d = json.loads((tmp_path / "r" / "diagnosis.json").read_text())
+    d = check_json_file(str(tmp_path / "r" / "diagnosis.json"), "diagnosis")
     assert d["verdict"] == "bad_input" and d["hints"][0]["cause"] == "vocab_mismatch"
 
 
@@ -387,5 +388,5 @@ def test_no_false_alarms_over_configurations(random_checkpoint, tmp_path_factory
     out = tmp_path_factory.mktemp("diag")
     code = cli.main(["diagnose", "--tf-checkpoint", ck["dir"], "--torch-weights", ck["torch_weights"],
                      "--report-dir", str(out), "--batch-size", "3", "--seq-len", str(seq), "--seed", str(seed)])
-    d = json.loads((out / "diagnosis.json").read_text())
+    d = check_json_file(str(out / "diagnosis.json"), "diagnosis")
     assert code == 0 and (d["verdict"], d["culprit"], d["hints"]) == ("pass", None, []), d["blocks"]

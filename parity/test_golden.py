@@ -12,6 +12,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings, strategies as st
 
 from parity import cli
+from parity.report_schema import check_json_file
 from parity.sides import GoldenError, GoldenSide
 from parity.checkpoints import CONFIGS
 from parity.golden import main as dump_main
@@ -68,7 +69,7 @@ def test_golden_round_trip_without_tensorflow_matches_the_live_comparison(golden
         "assert not [m for m in sys.modules if m.split('.')[0] in ('tensorflow', 'bert', 'reference_tf')]\n"
         "sys.exit(code)\n")
     assert run.returncode == 0, run.stderr[-3000:]
-    replayed = json.loads((out / "report.json").read_text())
+    replayed = check_json_file(str(out / "report.json"), "report")
     assert replayed["verdict"] == live.report["verdict"] == "pass"
     assert replayed["first_divergence"] == live.report["first_divergence"]
     assert replayed["inputs"] == live.report["inputs"]

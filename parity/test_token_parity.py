@@ -178,7 +178,7 @@ def test_cli_bad_input_exits_2_with_one_line(tmp_path, capsys):
     assert "vocab.txt: no such vocab file" in capsys.readouterr().err
     (tmp_path / "latin1.txt").write_bytes(b"[UNK]\ncaf\xe9\n")
     assert tokens.main(["--sample", "--no-hf", "--vocab-file", str(tmp_path / "latin1.txt")]) == 2
-    assert "latin1.txt: not a UTF-8 vocab file (byte 9)" in capsys.readouterr().err
+    assert "latin1.txt: not UTF-8 text: byte 0xe9 at offset 9" in capsys.readouterr().err
 
 
 # ---------------------------------------------------------------------------------------------

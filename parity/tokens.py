@@ -27,6 +27,7 @@ from dataclasses import asdict, dataclass
 from typing import Callable, Iterable, Optional, Sequence
 
 from bert_torch.commands import EXIT_CODES_HELP, HelpFormatter, run_main
+from bert_torch._io import write_json
 from bert_torch.tokenization import FullTokenizer, load_vocab
 
 from .inputs import InputError
@@ -137,7 +138,7 @@ def squad_texts(path: str, label: str) -> list[Text]:
             for p, para in enumerate(article["paragraphs"]):
                 out.append(Text(f"{label}:{article['title']}/{p} context", para["context"]))
                 out += [Text(f"{label}:{qa['id']} question", qa["question"]) for qa in para["qas"]]
-    except (ValueError, KeyError, TypeError) as e:
+    except (ValueError, KeyError, TypeError, RecursionError) as e:   # RecursionError: absurd nesting
         raise InputError(f"{path}: not a SQuAD v1.1 json ({type(e).__name__}: {e})") from None
     if not out:
         raise InputError(f"{path}: no SQuAD paragraphs")
@@ -507,10 +508,11 @@ def _tokens(args) -> int:
                                 hf_generated=args.generated)
     sys.stdout.write(render_text(report))
     if args.out:
-        os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
-        with open(args.out, "w", encoding="utf-8") as f:
-            json.dump(report, f, indent=2)   # ASCII escapes: probes hold lone surrogates
-            f.write("\n")
+        try:   # ASCII escapes (dumps' default): probes hold lone surrogates
+            write_json(args.out, report, "--out", indent=2)
+        except OSError as e:
+            print(f"error: {e}", file=sys.stderr)
+            return 2
         print(f"report: {args.out}")
     return 1 if report["differences"] else 0
 
