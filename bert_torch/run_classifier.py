@@ -148,8 +148,10 @@ def check_common_args(args, config: BertConfig) -> None:
             raise ValueError(f"--{name} {getattr(args, name)}: no such file")
 
 
-def train_loop(model, arrays: dict, keys: tuple, args, device, loss_fn) -> dict:
-    """The official training loop; returns {"steps", "loss"} (mean of the last 10 step losses)."""
+def train_loop(model, arrays: dict, keys: tuple, args, device, loss_fn, amp: Optional["MixedPrecision"] = None) -> dict:
+    """The official training loop; returns {"steps", "loss"} (mean of the last 10 step losses) and, per
+    step, "step_losses" and "step_lrs" (the learning rate each applied step used, None when skipped).
+    ``amp``: the mixed precision to use (default: from ``--fp16``/``--bf16``)."""
     n = len(arrays[keys[0]])
     steps = num_train_steps(n, args.train_batch_size, args.num_train_epochs)
     if steps < 1:
@@ -164,8 +166,8 @@ def train_loop(model, arrays: dict, keys: tuple, args, device, loss_fn) -> dict:
     # Examples per optimizer step over all processes and accumulation steps (the official meaning).
     micro = args.train_batch_size // (world.size * args.gradient_accumulation_steps)
     bar = None if args.no_progress or not world.main else Progress(steps, "train")
-    amp = mixed_precision(args, torch.device(device).type)
-    losses, skipped = [], 0
+    amp = amp or mixed_precision(args, torch.device(device).type)
+    losses, lrs, skipped = [], [], 0
     for idx in training_batches(n, args.train_batch_size, steps, args.seed):   # the same order in every process
         opt.zero_grad(set_to_none=True)
         mine = distributed.shard(idx, world)
@@ -176,12 +178,15 @@ def train_loop(model, arrays: dict, keys: tuple, args, device, loss_fn) -> dict:
             [lambda part=part, last=(i == len(parts) - 1):
              _micro_loss(ddp, loss_fn, arrays, keys, part, device, last, amp)
              for i, part in enumerate(parts)], [len(part) for part in parts], amp.scaler.scale if amp.scaler else None)
-        skipped += not amp.step(opt)
+        applied = amp.step(opt)
+        skipped += not applied
+        lrs.append(opt.last_lr[0] if applied else None)
         losses.append(distributed.mean_over_processes(step_loss, world))
         if bar:
             bar.update(loss=losses[-1], lr=opt.last_lr[0] if opt.last_lr else 0.0)
     return {"steps": steps, "warmup_steps": warmup, "loss": float(np.mean(losses[-10:])),
-            "processes": world.size, "skipped_steps": skipped, "optimizer_steps": opt.global_step}
+            "processes": world.size, "skipped_steps": skipped, "optimizer_steps": opt.global_step,
+            "step_losses": losses, "step_lrs": lrs}
 
 
 class MixedPrecision:
@@ -266,7 +271,8 @@ def run(args) -> dict:
     if args.do_train:
         train = glue.features_to_arrays(glue.convert_examples_to_features(
             processor.get_train_examples(args.data_dir), labels, args.max_seq_length, tokenizer))
-        results.update({f"train_{k}": v for k, v in train_loop(model, train, keys, args, device, loss_fn).items()})
+        results.update({f"train_{k}": v for k, v in train_loop(model, train, keys, args, device, loss_fn).items()
+                        if not k.startswith("step_")})
         if args.world.main:   # one writer
             save_model(model, config, args.output_dir)
     distributed.finish(args.world)

@@ -69,7 +69,7 @@ def run(args) -> dict:
         keys = ("input_ids", "segment_ids", "input_mask", "start_positions", "end_positions")
         trained = train_loop(model, feature_arrays(features, True), keys, args, device,
                              lambda m, b: m(b[0], b[1], b[2], start_positions=b[3], end_positions=b[4]))
-        results.update({f"train_{k}": v for k, v in trained.items()})
+        results.update({f"train_{k}": v for k, v in trained.items() if not k.startswith("step_")})
         if args.world.main:   # one writer
             save_model(model, config, args.output_dir)
     distributed.finish(args.world)
