@@ -8,7 +8,6 @@ with segment ids 0 then 1 (both segments), A and B cut by the official
 from __future__ import annotations
 
 import csv
-import hashlib
 import io
 import math
 import os
@@ -17,7 +16,7 @@ from typing import Optional
 
 import numpy as np
 
-from bert_torch._io import read_text
+from bert_torch._io import read_text, sha256  # noqa: F401  (re-exported: parity's callers)
 from bert_torch.tokenization import FullTokenizer, load_vocab
 
 SAMPLE = os.path.join(os.path.dirname(__file__), "data", "mrpc_sample.tsv")
@@ -39,12 +38,6 @@ class Inputs:
         return tuple(self.input_ids.shape)
 
 
-def sha256(path: str) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 # Flag bounds, checked before anything is allocated (the memory estimate below is the real guard).
