@@ -100,7 +100,6 @@ def print_summary(report: dict, json_path: str) -> None:
     taps = report["taps"]
     print(f"reference: {report['sides']['reference']}\ncandidate: {report['sides']['candidate']}")
     print(gelu_line(report)[2:])
-    print(gelu_line(report)[2:])
     print(f"verdict: {report['verdict']} ({sum(t['passed'] for t in taps)}/{len(taps)} taps within "
           f"{report['profile']['name']}); first divergence: {report['first_divergence'] or 'none'}")
     # Failures first (a missing tap or a NaN has no ratio), then by the share of the allowed error used.

@@ -142,7 +142,8 @@ def _atomic_write(path: str, text: str) -> None:
     write_text(path, text, "report")   # temporary name, renamed when complete, removed on failure or signal
 
 
-def clear_report(report_dir: str, names=("report.json", "report.md")) -> None:
+def clear_report(report_dir: str, names=("report.json", "report.md", "report.html", "report.csv", "report-growth.png",
+                                         "report-heatmap.png")) -> None:
     """Removes a previous run's report first, so a failed run never leaves one that looks current."""
     for n in names:
         p = os.path.join(report_dir, n)
@@ -151,10 +152,32 @@ def clear_report(report_dir: str, names=("report.json", "report.md")) -> None:
 
 
 def write_report(report: dict, report_dir: str, stem: str = "report") -> tuple[str, str]:
+    """report.json and report.md, and for people report.html (self-contained: the plots embedded),
+    report.csv (the per-tap table, pandas) and the plots (report-growth.png, report-heatmap.png).
+    The pictures and the table need matplotlib and pandas (the ``test`` extra): without them the report
+    says which files were not written, and why."""
+    from . import report_render
+    os.makedirs(report_dir, exist_ok=True)
+    files = {"written": [f"{stem}.json", f"{stem}.md"], "not_written": {}}
+    try:
+        plots = report_render.compare_plots(report, report_dir, stem)
+        files["written"] += plots
+    except ImportError as e:
+        plots = []
+        files["not_written"]["plots"] = f"matplotlib is not installed ({e.name})"
+    try:
+        frame = report_render.taps_frame(report["taps"])
+        write_text(os.path.join(report_dir, f"{stem}.csv"), frame.to_csv(index=False), "--report-dir")
+        files["written"].append(f"{stem}.csv")
+    except ImportError as e:
+        files["not_written"][f"{stem}.csv"] = f"pandas is not installed ({e.name})"
+    files["written"].append(f"{stem}.html")
+    report["files"] = files
     j = os.path.join(report_dir, f"{stem}.json")
     m = os.path.join(report_dir, f"{stem}.md")
     _atomic_write(j, dumps(report, indent=2) + "\n")   # strict JSON: NaN/Inf as "nan"/"inf"/"-inf"
     _atomic_write(m, render_markdown(report))
+    _atomic_write(os.path.join(report_dir, f"{stem}.html"), report_render.compare_html(report, report_dir, plots))
     return j, m
 
 

@@ -46,6 +46,8 @@ from .report_render import fmt
 from .sides import TorchSide
 
 DIAGNOSIS_FILES = ("diagnosis.json", "diagnosis.md")
+# Written beside them when the activations ran (and matplotlib is there, for the plots).
+DIAGNOSIS_PICTURES = ("diagnosis.html", "diagnosis-growth.png", "diagnosis-heatmap.png")
 # Precision ladder: |TF32 - PT64| this many times |PT32 - PT64| (and over the floor) means the
 # formulas differ; below it, both sides are rounding the same formula.
 LADDER_FACTOR = 30.0
@@ -431,11 +433,19 @@ def write_diagnosis(diagnosis: dict, report_dir: str) -> tuple[str, str]:
     j, m = (os.path.join(report_dir, n) for n in DIAGNOSIS_FILES)
     _atomic_write(j, dumps(public(diagnosis), indent=2) + "\n")   # strict JSON: NaN/Inf as strings
     _atomic_write(m, render_markdown(diagnosis))
+    if diagnosis.get("taps") and diagnosis.get("sides"):   # the end-to-end taps as pictures and a page
+        from . import report_render
+        try:
+            plots = report_render.compare_plots(diagnosis, report_dir, "diagnosis")
+        except ImportError:   # matplotlib is in the test extra; the page stands without the plots
+            plots = []
+        _atomic_write(os.path.join(report_dir, "diagnosis.html"),
+                      report_render.compare_html(diagnosis, report_dir, plots))
     return j, m
 
 
 def clear_diagnosis(report_dir: str) -> None:
-    for n in DIAGNOSIS_FILES:
+    for n in DIAGNOSIS_FILES + DIAGNOSIS_PICTURES:
         p = os.path.join(report_dir, n)
         if os.path.exists(p):
             os.remove(p)
