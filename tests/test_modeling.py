@@ -114,7 +114,12 @@ def test_injection_replaces_a_tap_downstream_only():
             model(ids, tt, mask)
 
 
-def test_no_taps_means_no_recording_and_the_same_numbers():
+def test_no_taps_means_no_recording_and_the_same_numbers(monkeypatch):
+    """Recording changes nothing: the op-for-op path gives the same bits with and without a Taps context.
+    (Without one the model normally takes its fast path, fused kernels: parity/test_fast_path.py proves that
+    path against the official graph and against this one within their rounding.)"""
+    from bert_torch import modeling
+    monkeypatch.setattr(modeling, "FAST_PATH", False)
     config = small_config()
     model = BertModel(config).eval()
     ids, tt, mask = batch(config, 2, 5)
@@ -122,7 +127,9 @@ def test_no_taps_means_no_recording_and_the_same_numbers():
         plain = model(ids, tt, mask)[1]
         with Taps(record=["pooler/output"]) as taps:
             tapped = model(ids, tt, mask)[1]
-    assert torch.equal(plain, tapped) and list(taps.values) == ["pooler/output"]
+        with Taps(record=False):
+            unrecorded = model(ids, tt, mask)[1]
+    assert torch.equal(plain, tapped) and torch.equal(plain, unrecorded) and list(taps.values) == ["pooler/output"]
 
 
 def test_config_json_round_trip_and_defaults(tmp_path):
