@@ -155,10 +155,15 @@ def resolve_checkpoint(path: str, bert_config: Optional[str]) -> tuple[str, str]
 
 
 def convert_tf_to_torch(tf_checkpoint: str, output: str, bert_config: Optional[str] = None,
-                        body_only: bool = False) -> Summary:
+                        body_only: bool = False, output_format: Optional[str] = None) -> Summary:
     prefix, config_path = resolve_checkpoint(tf_checkpoint, bert_config)
     config = BertConfig.from_json_file(config_path)
     tensors, summary = tf_to_torch(read_checkpoint(prefix), config, where=prefix, body_only=body_only)
+    if output_format == "hf":   # a transformers directory (bert_torch.hf_dir), the tokenizer files with it
+        from .hf_dir import write_hf_dir
+        vocab = os.path.join(os.path.dirname(prefix), "vocab.txt")
+        write_hf_dir(output, tensors, config, vocab if os.path.isfile(vocab) else None)
+        return summary
     # What was actually read, by absolute path and content (a state file may name another prefix).
     index, data = prefix + ".index", prefix + ".data-00000-of-00001"
     write_weights(output, tensors, metadata={
@@ -168,11 +173,26 @@ def convert_tf_to_torch(tf_checkpoint: str, output: str, bert_config: Optional[s
     return summary
 
 
-def convert_torch_to_tf(torch_weights: str, bert_config: str, output: str, vocab_file: Optional[str] = None) -> int:
+def convert_torch_to_tf(torch_weights: str, bert_config: Optional[str], output: str,
+                        vocab_file: Optional[str] = None) -> int:
     """Everything is validated (weights, config, vocab) before anything is written; then the
-    checkpoint, its bert_config.json and vocab.txt are written as one atomic set."""
-    config = BertConfig.from_json_file(bert_config)
-    tf_vars = torch_to_tf(read_weights(torch_weights), config, where=torch_weights)
+    checkpoint, its bert_config.json and vocab.txt are written as one atomic set. ``torch_weights``
+    may be an HF directory (config.json + weights): its config is read with HF's meanings."""
+    from .hf_dir import is_hf_dir, read_hf_dir
+    if is_hf_dir(torch_weights):
+        weights, config = read_hf_dir(torch_weights)
+        if bert_config:
+            raise ValueError(f"--bert-config {bert_config}: {torch_weights} is an HF directory and brings its own "
+                             f"config.json")
+        if vocab_file is None and os.path.isfile(os.path.join(torch_weights, "vocab.txt")):
+            vocab_file = os.path.join(torch_weights, "vocab.txt")
+        bert_config = os.path.join(torch_weights, "config.json")
+    else:
+        if not bert_config:
+            raise ValueError("--to-tf needs --bert-config (or --torch-weights naming an HF directory)")
+        config = BertConfig.from_json_file(bert_config)
+        weights = read_weights(torch_weights)
+    tf_vars = torch_to_tf(weights, config, where=torch_weights)
     out_dir = os.path.dirname(os.path.abspath(output))
     config_out = os.path.join(out_dir, "bert_config.json")
     extra = {}
@@ -206,10 +226,14 @@ def main(argv: Optional[list[str]] = None) -> int:
     ap.add_argument("--body-only", action="store_true",
                     help="skip head variables (cls/, output_*), so the file loads into a plain BertModel")
     ap.add_argument("--output", "--pytorch_dump_path", dest="output", required=True,
-                    help="OUT.safetensors (or .bin), or with --to-tf a checkpoint prefix")
+                    help="OUT.safetensors (or .bin), a folder with --output-format hf, or with --to-tf a "
+                         "checkpoint prefix")
+    ap.add_argument("--output-format", choices=("weights", "hf"), default="weights",
+                    help="weights: one file (safetensors, or a .bin state dict); hf: a transformers directory "
+                         "(config.json, model.safetensors, tokenizer files) that AutoModel/AutoTokenizer load")
     args = ap.parse_args(argv)
-    if args.to_tf and (not args.torch_weights or not args.bert_config):
-        ap.error("--to-tf needs --torch-weights and --bert-config")
+    if args.to_tf and not args.torch_weights:
+        ap.error("--to-tf needs --torch-weights (a weights file with --bert-config, or an HF directory)")
     if not args.to_tf and not args.tf_checkpoint:
         ap.error("give --tf-checkpoint (TF -> PyTorch) or --to-tf")
     return run_main(_convert, args)
@@ -224,12 +248,16 @@ def check_output_path(output: str) -> None:
 
 
 def _convert(args) -> int:
-    check_output_path(args.output)
+    if args.output_format != "hf" or args.to_tf:
+        check_output_path(args.output)
+    elif os.path.isfile(args.output):
+        raise ValueError(f"--output {args.output}: is a file; --output-format hf writes a folder")
     if args.to_tf:
         n = convert_torch_to_tf(args.torch_weights, args.bert_config, args.output, args.vocab_file)
         print(f"wrote {n} variables to {args.output}.index / .data-00000-of-00001")
     else:
-        summary = convert_tf_to_torch(args.tf_checkpoint, args.output, args.bert_config, args.body_only)
+        summary = convert_tf_to_torch(args.tf_checkpoint, args.output, args.bert_config, args.body_only,
+                                      args.output_format)
         print(f"{summary}; wrote {args.output}")
     return 0
 
