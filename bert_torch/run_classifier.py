@@ -125,6 +125,9 @@ def add_common_args(ap: argparse.ArgumentParser) -> None:
                     help="torch.autocast float16 with loss scaling (GradScaler): a step whose gradients overflow is "
                          "skipped, and neither the optimizer's step count nor its schedule moves")
     ap.add_argument("--bf16", action="store_true", help="torch.autocast bfloat16 (no loss scaling needed)")
+    ap.add_argument("--optimize_on_cpu", action="store_true",
+                    help="keep float32 master weights and Adam's moments in host memory; the model runs on "
+                         "--device, its gradients are copied to the host for each step and the weights back")
     ap.add_argument("--local_rank", type=int, default=-1,
                     help="set by the old torch.distributed.launch; torchrun's LOCAL_RANK is read instead")
     ap.add_argument("--seed", type=int, default=42)
@@ -141,6 +144,9 @@ def check_common_args(args, config: BertConfig) -> None:
                             getattr(args, "world", None) or distributed.World())
     if getattr(args, "fp16", False) and getattr(args, "bf16", False):
         raise ValueError("--fp16 and --bf16: choose one")
+    if getattr(args, "fp16", False) and getattr(args, "optimize_on_cpu", False):
+        raise ValueError("--fp16 with --optimize_on_cpu: the loss scaler runs on the device; use --bf16, or drop "
+                         "--optimize_on_cpu")
     if args.train_batch_size < 1 or args.num_train_epochs <= 0 or args.learning_rate <= 0:
         raise ValueError("--train_batch_size, --num_train_epochs and --learning_rate must be positive")
     for name in ("vocab_file", "bert_config_file"):
@@ -159,8 +165,9 @@ def train_loop(model, arrays: dict, keys: tuple, args, device, loss_fn, amp: Opt
                          "epochs give 0 optimizer steps")
     warmup = num_warmup_steps(steps, args.warmup_proportion)
     world = getattr(args, "world", None) or distributed.World()
-    opt = BertAdam(grouped_parameters(model), lr=args.learning_rate, warmup=warmup / steps if warmup else -1,
-                   t_total=steps)
+    host = HostOptimizer(model) if getattr(args, "optimize_on_cpu", False) else None
+    opt = BertAdam(grouped_parameters(host.master if host else model), lr=args.learning_rate,
+                   warmup=warmup / steps if warmup else -1, t_total=steps)
     model.train()
     ddp = distributed.wrap(model, world, str(device))
     # Examples per optimizer step over all processes and accumulation steps (the official meaning).
@@ -178,7 +185,7 @@ def train_loop(model, arrays: dict, keys: tuple, args, device, loss_fn, amp: Opt
             [lambda part=part, last=(i == len(parts) - 1):
              _micro_loss(ddp, loss_fn, arrays, keys, part, device, last, amp)
              for i, part in enumerate(parts)], [len(part) for part in parts], amp.scaler.scale if amp.scaler else None)
-        applied = amp.step(opt)
+        applied = amp.step(opt) if host is None else host.step(amp, opt)
         skipped += not applied
         lrs.append(opt.last_lr[0] if applied else None)
         losses.append(distributed.mean_over_processes(step_loss, world))
@@ -187,6 +194,31 @@ def train_loop(model, arrays: dict, keys: tuple, args, device, loss_fn, amp: Opt
     return {"steps": steps, "warmup_steps": warmup, "loss": float(np.mean(losses[-10:])),
             "processes": world.size, "skipped_steps": skipped, "optimizer_steps": opt.global_step,
             "step_losses": losses, "step_lrs": lrs}
+
+
+class HostOptimizer:
+    """``--optimize_on_cpu``: the optimizer steps a float32 copy of the parameters in host memory (with its
+    Adam moments there too), so a device's memory holds only the model; each step copies the device's
+    gradients to the host copy, steps it, and copies the weights back. The same BertAdam on the same float32
+    numbers: the result equals the on-device optimizer's (``tests/test_optimization.py`` checks it). Not with
+    ``--fp16``: the loss scaler's state lives on the device (refused, exit 2)."""
+
+    def __init__(self, model: torch.nn.Module):
+        import copy
+        self.model = model
+        self.master = copy.deepcopy(model).to("cpu", torch.float32)   # same names, so grouped_parameters agrees
+        self.pairs = list(zip(model.parameters(), self.master.parameters()))
+
+    def step(self, amp: "MixedPrecision", opt) -> bool:
+        for p, m in self.pairs:   # a copy even where device and dtype already match: never alias the model's
+            m.grad = None if p.grad is None else p.grad.detach().to("cpu", torch.float32, copy=True)
+            p.grad = None         # the model's gradients are consumed: the next step starts from zero
+        applied = amp.step(opt)
+        if applied:
+            with torch.no_grad():
+                for p, m in self.pairs:
+                    p.copy_(m.to(p.device, p.dtype))
+        return applied
 
 
 class MixedPrecision:

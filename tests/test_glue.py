@@ -108,6 +108,8 @@ def test_run_classifier_trains_and_evaluates(tiny, tmp_path, capsys):
     (["--max_seq_length", "1000"], "exceeds max_position_embeddings"),
     (["--task_name", "cola"], "supported tasks"),
     (["--init_checkpoint", "/nonexistent/ckpt"], "/nonexistent/ckpt"),
+    (["--fp16", "--bf16"], "choose one"),
+    (["--fp16", "--optimize_on_cpu"], "--fp16 with --optimize_on_cpu"),
 ])
 def test_run_classifier_bad_input_exit_2(tiny, tmp_path, capsys, extra, message):
     from bert_torch import run_classifier

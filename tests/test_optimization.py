@@ -118,3 +118,32 @@ def test_intended_order_is_deterministic_lr_t():
     with OfficialOptimizer(ONE, 1e-3, 10, 5) as opt:
         opt.step = 1    # the lr(t + 1) outcome of the race
         assert opt.apply({"probe/bias": np.ones(1, np.float32)}) == pytest.approx(expected[1], rel=1e-6)
+
+
+def test_optimize_on_cpu_gives_the_on_device_optimizers_parameters():
+    """--optimize_on_cpu: host float32 masters, the same BertAdam on the same numbers: the same parameters,
+    bit for bit, after a few steps (here the device is the CPU too; the copies and the host step still run)."""
+    from types import SimpleNamespace
+    from bert_torch.modeling import BertConfig, BertForSequenceClassification
+    from bert_torch.run_classifier import train_loop
+    config = BertConfig(vocab_size=50, hidden_size=16, num_hidden_layers=2, num_attention_heads=2,
+                        intermediate_size=24, max_position_embeddings=16, hidden_dropout_prob=0.0,
+                        attention_probs_dropout_prob=0.0)
+    g = np.random.default_rng(0)
+    arrays = {"input_ids": g.integers(0, 50, (32, 8)), "segment_ids": np.zeros((32, 8), np.int64),
+              "input_mask": np.ones((32, 8), np.int64), "label_ids": g.integers(0, 2, 32)}
+    keys = ("input_ids", "segment_ids", "input_mask", "label_ids")
+    runs = []
+    for on_cpu in (False, True):
+        torch.manual_seed(0)
+        model = BertForSequenceClassification(config, num_labels=2)
+        args = SimpleNamespace(train_batch_size=8, num_train_epochs=1.0, warmup_proportion=0.25, learning_rate=1e-3,
+                               gradient_accumulation_steps=2, seed=0, no_progress=True, optimize_on_cpu=on_cpu)
+        out = train_loop(model, arrays, keys, args, "cpu", lambda m, b: m(b[0], b[1], b[2], labels=b[3]))
+        runs.append((out, {k: v.clone() for k, v in model.state_dict().items()}))
+    (a, pa), (b, pb) = runs
+    assert a["optimizer_steps"] == b["optimizer_steps"] == 4 and a["step_losses"] == b["step_losses"]
+    assert all(torch.equal(pa[k], pb[k]) for k in pa)
+    torch.manual_seed(0)
+    assert not torch.equal(pa["classifier.weight"], BertForSequenceClassification(config, num_labels=2)
+                           .state_dict()["classifier.weight"])   # it trained: not the initial weights
