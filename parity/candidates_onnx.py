@@ -77,7 +77,7 @@ def main(argv: Optional[list[str]] = None) -> int:
     ap.add_argument("--candidate", required=True, help="KIND:PATH (bert_torch:, hf:, ppb:, module:)")
     ap.add_argument("--bert-config", required=True, help="the reference's bert_config.json (sizes, and "
                     "the GELU of a bert_torch candidate)")
-    ap.add_argument("--out", required=True, help="ONNX file to write")
+    ap.add_argument("--output", "--out", dest="out", required=True, help="ONNX file to write")
     args = ap.parse_args(argv)
     try:
         spec = parse_candidate(args.candidate)

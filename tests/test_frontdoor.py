@@ -63,7 +63,7 @@ def test_help_lists_every_subcommand_and_the_exit_codes(capsys):
     code, out, _ = exits(capsys, "--help")
     assert code == 0
     every = {"convert", "compare", "diagnose", "dump", "tokens", "finetune", "release", "bench", "calibrate",
-             "portability", "gpu-check"}
+             "portability", "gpu-check", "export-onnx"}
     for name in every:
         assert f"\n    {name}" in out, name
     assert set(frontdoor.COMMANDS) == every
