@@ -444,7 +444,9 @@ def compare_html(report: dict, report_dir: str, plots: list[str]) -> str:
             parts.append(f"<h2>{label}</h2><ul>" + "".join(f"<li>{e(x)}</li>" for x in items) + "</ul>")
     parts.append('<h2>Worst taps</h2><table id="worst"><tr><th>tap</th><th>max_abs</th><th>atol</th>'
                  "<th>fraction of tolerance</th><th>verdict</th></tr>")
-    for t in worst_taps(report["taps"]):
+    worst = worst_taps(report["taps"])
+    lead = [t for t in report["taps"] if t["name"] == first]   # the first divergence leads, whatever its ratio
+    for t in (lead + [t for t in worst if t["name"] != first])[:len(worst)]:
         cls = "bad" if not t["passed"] else ""
         mark = " (first divergence)" if t["name"] == first else ""
         parts.append(f'<tr class="{cls}"><td><code>{e(t["name"])}</code>{mark}</td><td class="num">{fmt(t["max_abs"])}'

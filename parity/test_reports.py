@@ -53,6 +53,7 @@ def test_compare_writes_html_csv_and_plots_for_its_own_run(compare, random_check
     assert first == "embeddings/position_embeddings"
     worst = page[page.index('id="worst"'):page.index("</table>", page.index('id="worst"'))]
     assert f"<code>{first}</code> (first divergence)" in worst and "FAIL" in worst
+    assert worst.index("<tr", worst.index("</tr>")) == worst.index(f'<tr class="bad"><td><code>{first}</code>')
     assert 'class="bad first"' in page and "data:image/png;base64," in page
     frame = pd.read_csv(d / "report.csv")
     assert list(frame["name"]) == [t["name"] for t in run.report["taps"]]
