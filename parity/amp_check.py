@@ -64,9 +64,9 @@ def train(tier: str, steps: int, planted: Optional[str] = None, init_scale: Opti
     args = SimpleNamespace(train_batch_size=8, num_train_epochs=steps * 8 / len(arrays["label_ids"]),
                            warmup_proportion=0.25, learning_rate=lr, gradient_accumulation_steps=1, seed=0,
                            no_progress=True, fp16=tier == "fp16", bf16=tier == "bf16")
-    amp = runner.mixed_precision(args, "cpu")
+    amp = runner.mixed_precision(args, "cpu")   # checks the tier's kernels run here
     if planted:
-        amp.__class__ = PLANTED[planted]
+        amp = PLANTED[planted](amp.dtype, "cpu")
     if amp.scaler is not None and init_scale:   # a scale that overflows: the first steps are skipped, and each
         # skip divides it by 2**12 (not 2), so that a few steps later the scale fits and steps are applied
         amp.scaler = torch.amp.GradScaler("cpu", init_scale=init_scale, backoff_factor=2.0 ** -12)

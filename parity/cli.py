@@ -22,7 +22,7 @@ from .environment import environment
 from .metrics import get_profile
 # Re-exported: callers and tests import the compare arguments and preparation from here.
 from .options import BadInput, add_compare_args, check_device, check_precision, find_vocab, prepare  # noqa: F401
-from .sides import GoldenSide, TFSide, TorchSide
+from .sides import GoldenSide, TFSide
 from .report_render import fmt, num
 
 

@@ -133,11 +133,6 @@ def candidate_rounding(candidate, inputs: Inputs, cand: dict) -> tuple[dict, dic
     return _rounding(c32, c64), _rounding(cand, c64)
 
 
-def rounding_estimate(candidate, inputs: Inputs, cand: dict) -> dict:
-    """Per tap, max |float32 - float64| of the candidate on these inputs (see ``candidate_rounding``)."""
-    return candidate_rounding(candidate, inputs, cand)[0]
-
-
 def _atomic_write(path: str, text: str) -> None:
     write_text(path, text, "report")   # temporary name, renamed when complete, removed on failure or signal
 

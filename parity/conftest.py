@@ -27,6 +27,31 @@ def minilm(tmp_path_factory) -> dict:
 
 
 @pytest.fixture(scope="session")
+def minilm_reference(minilm):
+    """The official graph's taps on real MiniLM weights for real inputs of a shape, one TF run per shape:
+    ``make(batch, seq) -> {"config", "inputs", "ref", "names", "weights"}``."""
+    from bert_torch.modeling import BertConfig
+    from parity.inputs import make_inputs
+    from parity.sides import TFSide
+    cache = {}
+
+    def make(batch: int, seq: int) -> dict:
+        if (batch, seq) not in cache:
+            config = BertConfig.from_json_file(minilm["bert_config"])
+            inputs = make_inputs(minilm["vocab"], batch, seq, 0, vocab_size=config.vocab_size)
+            tf = TFSide(minilm["prefix"], config)
+            try:
+                ref = tf.run(inputs)
+            finally:
+                tf.close()
+            cache[batch, seq] = {"config": config, "inputs": inputs, "ref": ref, "names": tf.tap_names,
+                                 "weights": minilm["torch_weights"]}
+        return cache[batch, seq]
+
+    return make
+
+
+@pytest.fixture(scope="session")
 def subset_vocab(tmp_path_factory):
     """A real WordPiece vocab cut to ``n`` entries: the specials, then the sample's most common pieces."""
     cache = {}

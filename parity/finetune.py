@@ -437,6 +437,25 @@ def tf_gradients(minilm: dict, batch: dict, task: str = "classifier") -> tuple[d
     return head, tf_loss, tf_grads
 
 
+def gradient_row(name: str, g: Optional[np.ndarray], ref: np.ndarray) -> dict:
+    """One variable's gradient ``g`` against the reference gradient ``ref``, under the gradient rule:
+    max|diff| <= GRAD_RTOL * max|ref| + GRAD_ATOL, cosine >= GRAD_COS, finite (parity.ddp_check uses it too)."""
+    if g is None or np.shape(g) != np.shape(ref):
+        return {"variable": name, "passed": False, "problem": "missing or misshapen on the PyTorch side"}
+    a, b = np.asarray(g, np.float64).ravel(), np.asarray(ref, np.float64).ravel()
+    scale = float(np.abs(b).max())
+    err = float(np.abs(a - b).max())
+    cos = float(a @ b / (np.linalg.norm(a) * np.linalg.norm(b))) if np.linalg.norm(b) > 0 else float(np.allclose(a, b))
+    # The attention key bias has an exactly-zero gradient (it shifts every score of a query's
+    # row by the same q.b, which softmax ignores): both sides give rounding noise ~1e-11 there,
+    # so direction (cosine) is judged only for gradients well above atol.
+    ok = err <= GRAD_RTOL * scale + GRAD_ATOL and (cos >= GRAD_COS or scale < 1e3 * GRAD_ATOL) \
+        and bool(np.isfinite(a).all())
+    return {"variable": name, "shape": list(np.shape(ref)), "max_abs_tf": scale, "max_abs_diff": err,
+            "rel_to_max": err / max(scale, 1e-30), "cosine": cos, "passed": bool(ok),
+            "tol_ratio": err / (GRAD_RTOL * scale + GRAD_ATOL)}
+
+
 def gradient_check(minilm: dict, batch: dict, device: str = "cpu", task: str = "classifier",
                    micro: Optional[int] = None, per_micro_mean: bool = False, tf: Optional[tuple] = None) -> dict:
     """dLoss/dθ of every variable for one batch: TF ``tf.gradients`` vs PyTorch autograd, MiniLM
@@ -451,28 +470,8 @@ def gradient_check(minilm: dict, batch: dict, device: str = "cpu", task: str = "
     head, tf_loss, tf_grads = tf or tf_gradients(minilm, batch, task)
     model = torch_model(minilm, head, task, device)
     pt_loss, pt_grads = torch_gradients(model, batch, device, micro, per_micro_mean)
-    rows = []
-    for name, g_tf in tf_grads.items():
-        g_pt = pt_grads.get(name)
-        if g_pt is None or g_pt.shape != g_tf.shape:
-            rows.append({"variable": name, "passed": False, "problem": "missing or misshapen on the PyTorch side"})
-            continue
-        a, b = g_pt.astype(np.float64).ravel(), g_tf.astype(np.float64).ravel()
-        scale = float(np.abs(b).max())
-        err = float(np.abs(a - b).max())
-        cos = float(a @ b / (np.linalg.norm(a) * np.linalg.norm(b))) if np.linalg.norm(b) > 0 else float(np.allclose(a, b))
-        # The attention key bias has an exactly-zero gradient (it shifts every score of a query's
-        # row by the same q.b, which softmax ignores): both sides give rounding noise ~1e-11 there,
-        # so direction (cosine) is judged only for gradients well above atol.
-        ok = err <= GRAD_RTOL * scale + GRAD_ATOL and (cos >= GRAD_COS or scale < 1e3 * GRAD_ATOL) \
-            and bool(np.isfinite(a).all())
-        rows.append({"variable": name, "shape": list(g_tf.shape), "max_abs_tf": scale, "max_abs_diff": err,
-                     "rel_to_max": err / max(scale, 1e-30), "cosine": cos, "passed": bool(ok)})
-    # Worst first: by error as a fraction of the allowed error.
-    for r in rows:
-        if "max_abs_diff" in r:
-            r["tol_ratio"] = r["max_abs_diff"] / (GRAD_RTOL * r["max_abs_tf"] + GRAD_ATOL)
-    rows.sort(key=lambda r: -r.get("tol_ratio", np.inf))
+    rows = [gradient_row(name, pt_grads.get(name), g_tf) for name, g_tf in tf_grads.items()]
+    rows.sort(key=lambda r: -r.get("tol_ratio", np.inf))   # worst first: the error as a fraction of the allowed
     missing = sorted(set(pt_grads) - set(tf_grads))
     ok = all(r["passed"] for r in rows) and not missing and len(rows) == len(pt_grads)
     loss_rel = abs(pt_loss - tf_loss) / abs(tf_loss)

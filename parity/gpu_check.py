@@ -57,6 +57,7 @@ def tier_rows(goldens: list[dict], weights: str, device: str) -> list[dict]:
     from .sides import GoldenSide, TorchSide
     rows = []
     for g in goldens:
+        golden = GoldenSide(g["path"]) if g.get("path") else None   # read once, replayed for every tier
         for name, mode in TIERS:
             row = {"reference": g["reference"], "tier": name, "mode": mode if name in ("bf16", "fp16") else None,
                    "device": device}
@@ -72,7 +73,6 @@ def tier_rows(goldens: list[dict], weights: str, device: str) -> list[dict]:
                     row["status"] = f"not run: {e}"
                     rows.append(row)
                     continue
-                golden = GoldenSide(g["path"])
                 t0 = time.perf_counter()
                 side = TorchSide.from_weights(weights, golden.config, device=device, tier=tier)
                 r = compare_sides(golden, side, golden.inputs, get_profile("fp32-cpu"))

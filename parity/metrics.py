@@ -24,6 +24,8 @@ from typing import Optional
 
 import numpy as np
 
+# A precision tier's atol term is MARGIN x its measured rounding (parity/precision.py says why).
+MARGIN = 2.0
 # Denominator floor of max_rel, so exact zeros in the reference do not divide by zero.
 REL_EPS = 1e-8
 
@@ -169,7 +171,7 @@ def compare_tap(name: str, ref: Optional[np.ndarray], cand: Optional[np.ndarray]
     if tier is not None and tier.reduced and tier_rounding is not None and np.isfinite(tier_rounding):
         atol += tier.margin * tier_rounding
     if reference_rounding is not None and np.isfinite(reference_rounding):
-        atol += 2.0 * reference_rounding   # the margin of precision.MARGIN, for the reference's tier
+        atol += MARGIN * reference_rounding   # the reference's own tier rounding, with the candidate's margin
     row = {"name": name, "shape": None, "max_abs": None, "max_rel": None, "mean_abs": None, "rms": None,
            "cosine": None, "atol": atol, "rtol": rtol, "passed": False, "worst_index": None,
            "tol_ratio": None, "reason": None, "rounding": rounding,

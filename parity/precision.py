@@ -27,6 +27,8 @@ from typing import Iterator, Optional
 import numpy as np
 import torch
 
+from .metrics import MARGIN
+
 # u = 2**-(p) for a p-bit significand (implicit bit included): half the spacing of 1.0.
 UNIT_ROUNDOFF = {"fp32": 2.0 ** -24, "tf32": 2.0 ** -11, "bf16": 2.0 ** -8, "fp16": 2.0 ** -11}
 DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
@@ -35,10 +37,10 @@ MODES = ("autocast", "cast")
 # overflow / saturation / lost precision. Measured on MiniLM (README, "Precision tiers") the clean tiers
 # use at most a small fraction of it; an Inf, a NaN or a saturated fp16 value use millions.
 CEILING = 16.0
-# The tier's atol term is MARGIN x e_t. MARGIN 1 is the exact triangle bound, but then a clean run sits at
-# ~0.99 of its tolerance (the worst element is where e_t is attained) and "fraction of the tolerance" stops
-# saying anything; with 2, a clean run reads ~0.5: half the allowance is the candidate's own measured rounding.
-MARGIN = 2.0
+# The tier's atol term is MARGIN x e_t (defined in parity.metrics, which applies it). MARGIN 1 is the exact
+# triangle bound, but then a clean run sits at ~0.99 of its tolerance (the worst element is where e_t is
+# attained) and "fraction of the tolerance" stops saying anything; with 2, a clean run reads ~0.5: half the
+# allowance is the candidate's own measured rounding.
 
 
 class PrecisionError(ValueError):

@@ -28,13 +28,9 @@ def fast_against(reference: dict, fast: FastPathSide, inputs, profile) -> list[d
 
 
 @pytest.fixture(scope="module")
-def minilm_run(minilm):
-    config = BertConfig.from_json_file(minilm["bert_config"])
-    inputs = make_inputs(minilm["vocab"], 4, 64, 0, vocab_size=config.vocab_size)
-    tf = TFSide(minilm["prefix"], config)
-    ref = tf.run(inputs)
-    tf.close()
-    return config, inputs, ref, minilm["torch_weights"]
+def minilm_run(minilm_reference):
+    r = minilm_reference(4, 64)
+    return r["config"], r["inputs"], r["ref"], r["weights"]
 
 
 @pytest.mark.parametrize("profile", ["fp32-cpu", "fp32-cpu-strict", "calibrated-minilm-l6"])

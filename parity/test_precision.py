@@ -9,13 +9,11 @@ import pytest
 import torch
 from hypothesis import given, settings, strategies as st
 
-from bert_torch.modeling import BertConfig
 from parity import precision
 from parity.compare import compare_sides
-from parity.inputs import make_inputs
 from parity.metrics import get_profile
 from parity.precision import PrecisionError, Tier, round_to_tf32
-from parity.sides import TFSide, TorchSide
+from parity.sides import TorchSide
 
 TIERS = [("fp32", "autocast"), ("tf32", "autocast"), ("bf16", "autocast"), ("bf16", "cast"),
          ("fp16", "autocast"), ("fp16", "cast")]
@@ -56,14 +54,9 @@ def test_tf32_emulation_rounds_the_operands_of_every_matmul_and_nothing_else():
 # ------------------------------------------------------------------ the tiers on real weights
 
 @pytest.fixture(scope="module")
-def minilm_ref(minilm):
-    """The official graph's taps on real MiniLM weights, 2 x 32 real inputs (one TF run, kept)."""
-    config = BertConfig.from_json_file(minilm["bert_config"])
-    inputs = make_inputs(minilm["vocab"], 2, 32, 0, vocab_size=config.vocab_size)
-    tf = TFSide(minilm["prefix"], config)
-    ref = tf.run(inputs)
-    tf.close()
-    return {"config": config, "inputs": inputs, "ref": ref, "names": tf.tap_names, "weights": minilm["torch_weights"]}
+def minilm_ref(minilm_reference):
+    """The official graph's taps on real MiniLM weights, 2 x 32 real inputs (one TF run, shared)."""
+    return minilm_reference(2, 32)
 
 
 class Recorded:

@@ -20,19 +20,7 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 # Loaded by a .pth file in the fresh venv: TensorFlow, tf_keras and the official bert package cannot be imported
 # there (the project venv's site-packages, which the fresh venv sees for torch and numpy, holds them).
-NO_TF = """import importlib.machinery, sys
-class _Absent:
-    def create_module(self, spec):
-        raise ModuleNotFoundError(f"No module named {spec.name!r}", name=spec.name)
-    def exec_module(self, module):
-        pass
-class _NoTensorFlow:
-    def find_spec(self, name, path=None, target=None):
-        if name.split(".")[0] in ("tensorflow", "tf_keras", "bert"):
-            return importlib.machinery.ModuleSpec(name, _Absent(), origin=None)
-        return None
-sys.meta_path.insert(0, _NoTensorFlow())
-"""
+from no_tensorflow import NO_TF  # noqa: E402  (tests/ is on sys.path: tests/conftest.py)
 
 
 def run(cmd, **kw) -> subprocess.CompletedProcess:
