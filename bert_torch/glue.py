@@ -4,7 +4,7 @@
 ``"<set>-<row>"``, columns 3/4 the sentences, column 0 the label; test labels all "0");
 ``convert_single_example`` builds ``[CLS] a [SEP] b [SEP]`` exactly as the official function
 (pair truncation from the end of the longer side, segment ids 0 then 1, zero padding).
-``parity/finetune.py`` checks every field of every MRPC train/dev feature against the official code.
+``parity/finetune/`` checks every field of every MRPC train/dev feature against the official code.
 """
 from __future__ import annotations
 

@@ -6,7 +6,7 @@ token's "max context" span, ``[CLS] question [SEP] context [SEP]``); ``write_pre
 official n-best search (20 best starts x 20 best ends per feature, answers of at most 30 tokens,
 projected back to the original text by ``get_final_text``); ``evaluate`` is the official SQuAD
 v1.1 evaluation script's exact match and F1 (normalised answers, max over the gold answers).
-``parity/finetune.py`` checks features and predictions against the official code.
+``parity/finetune/`` checks features and predictions against the official code.
 """
 from __future__ import annotations
 

@@ -1,7 +1,7 @@
 """The checkpoints the gate and the release report run: real MiniLM weights and random-init configurations.
 
 ``CONFIGS``/``SEQ`` are shared by the gate's tests (``parity/test_gate.py``, ``parity/test_golden.py``)
-and the release report (``parity/release.py``): product code never imports a test module, so they
+and the release report (``parity/release/``): product code never imports a test module, so they
 live here. ``build_checkpoint``/``minilm_dir`` (``parity/minilm.py``) give the real MiniLM weights.
 """
 from __future__ import annotations

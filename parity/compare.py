@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 import os
-from typing import Optional
+from typing import Callable, Optional
 
 import numpy as np
 
@@ -13,28 +13,41 @@ from .inputs import Inputs
 from .metrics import Profile, compare_tap
 from .precision import Tier, precision_hints
 from .report_render import fmt
-from .sides import Side
+from .sides import Side, complete
 
 
-def compare_sides(reference: Side, candidate: Side, inputs: Inputs, profile: Profile) -> dict:
+# A per-tap rule on top of the profile: (row, reference array, candidate array, rounding) -> row.
+# The release gate applies its waivers through it.
+Adjust = Callable[[dict, Optional[np.ndarray], Optional[np.ndarray], Optional[float]], dict]
+
+
+def compare_sides(reference: Side, candidate: Side, inputs: Inputs, profile: Profile,
+                  adjust: Optional[Adjust] = None) -> dict:
     """The contract's report (less ``environment``): every tap of either side, in forward order.
 
     A tap one side lacks is a failure, never a skip; taps only the candidate publishes are
-    appended after the reference's.
+    appended after the reference's. ``adjust``, when given, sees each tap's row with its arrays
+    and returns the row the verdict uses (every caller compares taps here, and only here).
     """
+    reference, candidate = complete(reference), complete(candidate)
     ref = reference.run(inputs)
     cand = candidate.run(inputs)
     c32, c64 = twin_runs(candidate, inputs, cand) if profile.rounding_k else (cand, {})
     rounding, tier_rounding = _rounding(c32, c64), _rounding(cand, c64)
-    tier = getattr(candidate, "tier", None)
+    tier = candidate.tier
     names = list(reference.tap_names) + [n for n in candidate.tap_names if n not in reference.tap_names]
     ref_rounding = reference_tier_rounding(reference, candidate, inputs, c64)
     # Taps the candidate declared it cannot observe (parity.candidates) are listed, not compared;
     # any other tap that does not arrive fails.
-    unobservable = getattr(candidate, "unobservable", {})
+    unobservable = candidate.unobservable
     declared = {n: unobservable[n] for n in names if n in unobservable and n not in cand}
-    taps = [compare_tap(n, ref.get(n), cand.get(n), profile, rounding.get(n), tier, tier_rounding.get(n),
-                        ref_rounding.get(n)) for n in names if n not in declared]
+    taps = []
+    for n in names:
+        if n in declared:
+            continue
+        row = compare_tap(n, ref.get(n), cand.get(n), profile, rounding.get(n), tier, tier_rounding.get(n),
+                          ref_rounding.get(n))
+        taps.append(adjust(row, ref.get(n), cand.get(n), rounding.get(n)) if adjust else row)
     first = next((t["name"] for t in taps if not t["passed"]), None)
     report = {
         "verdict": "fail" if first or not taps else "pass",
@@ -42,16 +55,16 @@ def compare_sides(reference: Side, candidate: Side, inputs: Inputs, profile: Pro
         "profile": profile.to_dict(),
         "inputs": dict(inputs.meta),
         "sides": {"reference": reference.description, "candidate": candidate.description,
-                  "gelu": {"reference": getattr(reference, "gelu", None), "candidate": getattr(candidate, "gelu", None)}},
+                  "gelu": {"reference": reference.gelu, "candidate": candidate.gelu}},
         "taps": taps,
         "taps_compared": len(taps),
         "not_observable": [{"name": n, "reason": r} for n, r in declared.items()],
     }
     if tier is not None:
-        report["precision"] = tier.to_dict(str(getattr(candidate, "device", "cpu")))
-    if getattr(reference, "precision", None):
+        report["precision"] = tier.to_dict(str(candidate.device))
+    if reference.precision:
         report["reference_precision"] = reference.precision
-    notes = machine_notes(profile, getattr(reference, "meta", None))
+    notes = machine_notes(profile, reference.meta)
     if notes:
         report["notes"] = notes
     hints = precision_hints(names, ref, cand, c32, c64, tier) if c64 else []
@@ -59,7 +72,7 @@ def compare_sides(reference: Side, candidate: Side, inputs: Inputs, profile: Pro
         hints = [h for h in hints if h["cause"] != "tf32_reference"]
     if hints:
         report["hints"] = hints
-    if hasattr(candidate, "record"):
+    if candidate.record() is not None:
         report["candidate"] = candidate.record()
     return report
 
@@ -67,8 +80,7 @@ def compare_sides(reference: Side, candidate: Side, inputs: Inputs, profile: Pro
 def reference_tier_rounding(reference, candidate, inputs: Inputs, c64: dict) -> dict:
     """A reference recorded in TF32 (its ``precision``): per tap, an estimate of its own TF32 rounding, the
     candidate's under the exact TF32 emulation against its float64 twin. Empty for a float32 reference."""
-    if (getattr(reference, "precision", None) or {}).get("tier") != "tf32" or not c64 \
-            or not hasattr(candidate, "with_tier"):
+    if (reference.precision or {}).get("tier") != "tf32" or not c64 or not candidate.capabilities.tiers:
         return {}
     return _rounding(candidate.with_tier(Tier("tf32")).run(inputs), c64)
 
@@ -114,12 +126,13 @@ def twin_runs(candidate, inputs: Inputs, cand: dict) -> tuple[dict, dict]:
     """The candidate's plain-float32 taps ``c32`` and its float64 twin's ``c64`` on these inputs.
 
     ``c32`` is ``cand`` itself when the candidate is plain float32 (no ``float32()`` twin). Sides
-    that cannot run in float64 (no ``float64()``) give ``(cand, {})``: no rounding term."""
-    make64 = getattr(candidate, "float64", None)
-    if make64 is None:
+    that cannot run in float64 (``capabilities.float64`` false) give ``(cand, {})``: no rounding term."""
+    candidate = complete(candidate)
+    twin64 = candidate.float64() if candidate.capabilities.float64 else None
+    if twin64 is None:
         return cand, {}
-    c64 = make64().run(inputs)
-    twin32 = getattr(candidate, "float32", lambda: None)()
+    c64 = twin64.run(inputs)
+    twin32 = candidate.float32()
     return (cand if twin32 is None else twin32.run(inputs)), c64
 
 
@@ -131,10 +144,6 @@ def candidate_rounding(candidate, inputs: Inputs, cand: dict) -> tuple[dict, dic
     - ``tier_rounding``: max |c - c64| of the candidate as it ran (its precision tier)."""
     c32, c64 = twin_runs(candidate, inputs, cand)
     return _rounding(c32, c64), _rounding(cand, c64)
-
-
-def _atomic_write(path: str, text: str) -> None:
-    write_text(path, text, "report")   # temporary name, renamed when complete, removed on failure or signal
 
 
 def clear_report(report_dir: str, names=("report.json", "report.md", "report.html", "report.csv", "report-growth.png",
@@ -170,9 +179,9 @@ def write_report(report: dict, report_dir: str, stem: str = "report") -> tuple[s
     report["files"] = files
     j = os.path.join(report_dir, f"{stem}.json")
     m = os.path.join(report_dir, f"{stem}.md")
-    _atomic_write(j, dumps(report, indent=2) + "\n")   # strict JSON: NaN/Inf as "nan"/"inf"/"-inf"
-    _atomic_write(m, render_markdown(report))
-    _atomic_write(os.path.join(report_dir, f"{stem}.html"), report_render.compare_html(report, report_dir, plots))
+    write_text(j, dumps(report, indent=2) + "\n", "report")   # strict JSON: NaN/Inf as "nan"/"inf"/"-inf"
+    write_text(m, render_markdown(report), "report")
+    write_text(os.path.join(report_dir, f"{stem}.html"), report_render.compare_html(report, report_dir, plots), "report")
     return j, m
 
 

@@ -4,7 +4,10 @@ from __future__ import annotations
 import collections
 import json
 import os
+import shutil
+import subprocess
 import sys
+import tempfile
 from typing import Optional
 
 import pytest
@@ -132,3 +135,49 @@ settings.register_profile("ci", max_examples=10, derandomize=True, database=None
                           suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
 settings.register_profile("nightly", max_examples=100, deadline=None, print_blob=True,
                           suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
+
+
+# ---------------------------------------------------------------------------------------------
+# A real headless browser for the HTML pages (CI installs Debian's chromium: .ci/run).
+
+class Browser:
+    def __init__(self, path: str):
+        self.path = path
+
+    def run(self, *args: str) -> subprocess.CompletedProcess:
+        profile = tempfile.mkdtemp(prefix="chromium-")
+        try:
+            return subprocess.run([self.path, "--headless", "--no-sandbox", "--disable-gpu",
+                                   "--disable-background-networking", "--disable-component-update", "--disable-sync",
+                                   "--no-first-run", "--disable-quic", f"--user-data-dir={profile}",
+                                   "--enable-logging=stderr", "--v=0", *args],
+                                  capture_output=True, text=True, timeout=120)
+        finally:
+            shutil.rmtree(profile, ignore_errors=True)
+
+    @staticmethod
+    def console_messages(stderr: str) -> list[str]:
+        return [line for line in stderr.splitlines() if ":CONSOLE" in line or "Uncaught" in line]
+
+    def dom(self, page: str) -> str:
+        """The page's DOM after it ran, asserting that it loaded and logged nothing to the console."""
+        run = self.run("--dump-dom", "file://" + os.path.abspath(page))
+        assert run.returncode == 0, run.stderr[-2000:]
+        assert self.console_messages(run.stderr) == []
+        return run.stdout
+
+
+def find_browser() -> Optional[str]:
+    for name in ("chromium", "chromium-browser", "google-chrome", "google-chrome-stable"):
+        if shutil.which(name):
+            return shutil.which(name)
+    return None
+
+
+@pytest.fixture(scope="session")
+def browser() -> Browser:
+    path = find_browser()
+    if path is None:   # visible in the summary (-ra); CI installs chromium so that it runs there
+        pytest.skip("no headless browser installed (Debian: apt-get install chromium); the HTML page is not "
+                    "checked in a browser here")
+    return Browser(path)

@@ -15,9 +15,9 @@ from typing import Optional
 
 import torch
 
+from .files import REPO_ROOT
 from .inputs import sha256
 
-REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def _version(dist: str):

@@ -32,7 +32,7 @@ COMMANDS = {
     "finetune": ("parity.finetune", False, "fine-tuning parity: optimizer, features, gradients, training"),
     "release": ("parity.release", False, "the release gate and its report (make report)"),
     "bench": ("parity.bench", False, "bert_torch against HF, TF and the GEMM floor, forward and training step (asserts nothing)"),
-    "calibrate": ("parity.diagnose_calibrate", False, "measure per-tap noise floors for a calibrated profile"),
+    "calibrate": ("parity.diagnose.calibrate", False, "measure per-tap noise floors for a calibrated profile"),
     "export-onnx": ("parity.candidates_onnx", False, "write an ONNX file with every tap as a graph output, from any "
                                                      "PyTorch candidate (--candidate KIND:PATH)"),
     "portability": ("parity.portability", False, "MiniLM and the mutation suite under emulated CPUs (make portability)"),

@@ -164,7 +164,7 @@ def main(argv: Optional[list[str]] = None) -> int:
     from bert_torch._io import write_json, write_text
     from .environment import environment
     from .minilm import build_checkpoint
-    from .release import default_data_dir
+    from .files import default_data_dir
     os.makedirs(args.report_dir, exist_ok=True)
     ckpt = os.path.join(args.report_dir, "minilm")
     build_checkpoint(ckpt)

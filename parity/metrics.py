@@ -116,7 +116,7 @@ CALIBRATION_K = 4.0
 
 
 def calibrated_profile(path: str, k: float = CALIBRATION_K, name: Optional[str] = None) -> Profile:
-    """A profile allowing ``k`` x each tap's noise floor (``python -m parity.diagnose_calibrate``).
+    """A profile allowing ``k`` x each tap's noise floor (``python -m parity.diagnose.calibrate``).
 
     Layer taps take the largest floor of their kind over the calibrated layers (layers round
     alike, and deeper models have layers the calibration lacks). A zero floor (the lookups are

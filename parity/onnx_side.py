@@ -10,6 +10,7 @@ from bert_torch.modeling import BertConfig
 from bert_torch.taps import tap_names
 
 from .candidate_side import CandidateError, CandidateSpec
+from .sides import SideBase
 from .inputs import sha256
 
 
@@ -17,7 +18,7 @@ INPUTS = ("input_ids", "token_type_ids", "attention_mask")
 OPTIMIZATION = ("all", "off")
 
 
-class OnnxSide:
+class OnnxSide(SideBase):
     """A Side over an onnxruntime session; taps are the graph outputs named as contract taps."""
 
     name = "onnx"

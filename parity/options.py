@@ -1,6 +1,6 @@
 """What every command that runs two sides shares: its arguments and the checks made before a model runs.
 
-``parity.cli`` (compare), ``parity.diagnose``, ``parity.golden`` (dump) and ``parity.diagnose_calibrate``
+``parity.cli`` (compare), ``parity.diagnose``, ``parity.golden`` (dump) and ``parity.diagnose.calibrate``
 import this module; it imports none of them, so the harness's imports run one way (pyproject.toml,
 ``[tool.importlinter]``).
 """

@@ -1,15 +1,19 @@
 """The one interface the harness knows: a *side* runs inputs and returns named taps.
 
-    side.run(inputs, fetch=None, inject=None) -> {tap name: float32 array in contract layout}
+    side.run(inputs, fetch=None, inject=None, computed=None) -> {tap name: float32 array in contract layout}
 
-``fetch`` picks taps (None: all); ``inject`` replaces taps by given arrays. The harness
-never looks behind this: a TensorFlow graph, a PyTorch model and (later) a saved golden
-file are interchangeable.
+``fetch`` picks taps (None: all); ``inject`` replaces taps by given arrays; ``computed`` (a dict)
+receives what the side computed at each injected tap. The harness never looks behind this: a
+TensorFlow graph, a PyTorch model, a golden file and an ONNX session are interchangeable, and each
+says what it can do (``capabilities``) instead of being probed for it. ``SideBase`` holds the
+protocol's defaults (a side that runs and nothing more); each side overrides what it offers.
 """
 from __future__ import annotations
 
 import copy
+import dataclasses
 import os
+import types
 from typing import Iterable, Mapping, Optional, Protocol
 
 import numpy as np
@@ -23,22 +27,157 @@ from .inputs import Inputs
 from .precision import Tier, arithmetic
 
 
+@dataclasses.dataclass(frozen=True)
+class Capabilities:
+    """What a side can do beyond running: what callers ask instead of probing its class."""
+    inject: bool = False     # run(inject=...) replaces taps by given arrays
+    computed: bool = False   # run(computed=...) also returns what was computed at the injected taps
+    float64: bool = False    # float64() gives the same model in float64 (the precision ladder, rounding)
+    tiers: bool = False      # with_tier() runs it in another precision tier (fp32, tf32, bf16, fp16)
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+
 class Side(Protocol):
     name: str
     description: str
     tap_names: list[str]
+    capabilities: Capabilities
+    tier: Optional[Tier]             # the arithmetic a candidate runs in; None for a reference
+    device: str
+    gelu: Optional[str]              # "erf" or "tanh": the GELU it computes, when known
+    gelu_names: Optional[dict]       # how its own configuration names each GELU (the hints speak it)
+    unobservable: Mapping[str, str]  # taps it declares it cannot observe -> why
+    precision: Optional[dict]        # a reference's recorded arithmetic (fp32, or TF32 on a GPU)
+    meta: Optional[dict]             # a golden file's metadata (the machine it was recorded on)
 
     def run(self, inputs: Inputs, fetch: Optional[Iterable[str]] = None,
-            inject: Optional[Mapping[str, np.ndarray]] = None) -> dict[str, np.ndarray]: ...
+            inject: Optional[Mapping[str, np.ndarray]] = None,
+            computed: Optional[dict] = None) -> dict[str, np.ndarray]: ...
+
+    def float64(self) -> Optional["Side"]: ...
+
+    def float32(self) -> Optional["Side"]: ...
+
+    def with_tier(self, tier: Tier) -> "Side": ...
+
+    def tensors(self) -> Optional[dict]: ...
+
+    def record(self) -> Optional[dict]: ...
+
+    def close(self) -> None: ...
+
+
+class SideBase:
+    """The Side protocol's defaults: runs, and nothing more. A side that can do more says so in
+    ``capabilities`` and overrides the method; a side that holds resources overrides ``close``."""
+
+    name = "side"
+    description = "side"
+    tap_names: list = []
+    capabilities = Capabilities()
+    tier: Optional[Tier] = None
+    device = "cpu"
+    gelu: Optional[str] = None
+    gelu_names: Optional[dict] = None
+    unobservable: Mapping[str, str] = types.MappingProxyType({})
+    precision: Optional[dict] = None
+    meta: Optional[dict] = None
+
+    def run(self, inputs: Inputs, fetch=None, inject=None, computed=None) -> dict[str, np.ndarray]:
+        raise NotImplementedError
+
+    def float64(self) -> Optional["Side"]:
+        """The same model in float64, or None (``capabilities.float64``)."""
+        return None
+
+    def float32(self) -> Optional["Side"]:
+        """The same model in plain float32, or None when this side is exactly that (or cannot)."""
+        return None
+
+    def with_tier(self, tier: Tier) -> "Side":
+        raise ValueError(f"{self.name}: runs in one precision only (--precision {tier.name})")
+
+    def tensors(self) -> Optional[dict]:
+        """The weights the side computes with, under the contract's file names, when it can say."""
+        return None
+
+    def record(self) -> Optional[dict]:
+        """What the report records about a candidate (kind, path, sha256, ...), or None."""
+        return None
+
+    def close(self) -> None:
+        pass
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+PROTOCOL_ATTRIBUTES = ("name", "description", "tap_names", "tier", "device", "gelu", "gelu_names", "unobservable",
+                       "precision", "meta", "head")
+
+
+class _Completed(SideBase):
+    """A duck-typed side (any object with ``description``, ``tap_names`` and ``run``, as this harness's
+    earlier versions and users' own adapters wrote them) completed with the protocol's defaults: what it
+    defines is used, what it lacks reads as "cannot"."""
+
+    def __init__(self, side):
+        self._side = side
+        for attr in PROTOCOL_ATTRIBUTES:
+            if hasattr(side, attr):
+                setattr(self, attr, getattr(side, attr))
+        self.capabilities = Capabilities(
+            inject=True, computed=bool(getattr(side, "supports_computed", False)),
+            float64=callable(getattr(side, "float64", None)), tiers=callable(getattr(side, "with_tier", None)))
+
+    def run(self, inputs: Inputs, fetch=None, inject=None, computed=None) -> dict[str, np.ndarray]:
+        if computed is not None:
+            return self._side.run(inputs, fetch=fetch, inject=inject, computed=computed)
+        return self._side.run(inputs, fetch, inject)
+
+    def _delegate(self, method: str, *args):
+        fn = getattr(self._side, method, None)
+        return fn(*args) if callable(fn) else getattr(SideBase, method)(self, *args)
+
+    def float64(self):
+        twin = self._delegate("float64")
+        return complete(twin) if twin is not None else None
+
+    def float32(self):
+        twin = self._delegate("float32")
+        return complete(twin) if twin is not None else None
+
+    def with_tier(self, tier: Tier):
+        return complete(self._delegate("with_tier", tier))
+
+    def tensors(self):
+        return self._delegate("tensors")
+
+    def record(self):
+        return self._delegate("record")
+
+    def close(self) -> None:
+        self._delegate("close")
+
+
+def complete(side):
+    """``side`` as a full ``Side``: itself when it is one (a ``SideBase``), else completed (``_Completed``)."""
+    return side if side is None or isinstance(side, SideBase) else _Completed(side)
 
 
 TAP_HEADS = {"classifier": "classifier", "squad": "squad"}   # heads with taps of their own
 
 
-class TorchSide:
+class TorchSide(SideBase):
     """A ``bert_torch`` model; taps are read (and replaced) through ``bert_torch.taps.Taps``."""
 
     name = "pytorch"
+    capabilities = Capabilities(inject=True, computed=True, float64=True, tiers=True)
 
     def __init__(self, model: torch.nn.Module, device: str = "cpu", head: Optional[str] = None,
                  tier: Tier = Tier()):
@@ -89,6 +228,10 @@ class TorchSide:
         plain = not self.tier.reduced and all(p.dtype == torch.float32 for p in self.model.parameters())
         return None if plain else self._twin(torch.float32)
 
+    def tensors(self) -> dict:
+        from bert_torch.weights import model_tensors
+        return model_tensors(self.source)
+
     def run(self, inputs: Inputs, fetch=None, inject=None, computed: Optional[dict] = None) -> dict[str, np.ndarray]:
         """``computed``, when given a dict, receives what the model computed at each injected
         tap before the injection replaced it (``Taps.computed``): with every block's input
@@ -113,13 +256,14 @@ class TorchSide:
         return {k: out(v) for k, v in taps.values.items()}
 
 
-class FastPathSide:
+class FastPathSide(SideBase):
     """A ``bert_torch`` model on its fast path (no ``Taps`` context: fused kernels, what users run).
 
     It exposes what a plain forward returns: every ``layer_i/output`` (``all_encoder_layers``), the
     pooler, and the head's logits; inner taps do not exist on this path. No injection."""
 
     name = "pytorch (fast path)"
+    capabilities = Capabilities(float64=True)
 
     def __init__(self, side: TorchSide):
         self.side = side
@@ -133,7 +277,7 @@ class FastPathSide:
     def float64(self) -> "FastPathSide":
         return FastPathSide(self.side.float64())
 
-    def run(self, inputs: Inputs, fetch=None, inject=None) -> dict[str, np.ndarray]:
+    def run(self, inputs: Inputs, fetch=None, inject=None, computed=None) -> dict[str, np.ndarray]:
         if inject:
             raise ValueError("the fast path has no taps to inject into; use the tapped side")
         model, dev = self.side.model, self.side.device
@@ -152,10 +296,11 @@ class FastPathSide:
         return {k: as_np(v) for k, v in out.items() if fetch is None or k in fetch}
 
 
-class TFSide:
+class TFSide(SideBase):
     """Google's official graph through ``reference_tf`` (imported only when this side is used)."""
 
     name = "tensorflow"
+    capabilities = Capabilities(inject=True)
 
     def __init__(self, checkpoint_prefix: str, config: BertConfig, head: Optional[str] = None,
                  num_labels: int = 2, intra_op_threads: Optional[int] = None):
@@ -166,7 +311,9 @@ class TFSide:
         self.description = self.ref.description
         self.precision = self.ref.precision   # float32, or TF32 on a GPU that has it (see TFReference.precision)
 
-    def run(self, inputs: Inputs, fetch=None, inject=None) -> dict[str, np.ndarray]:
+    def run(self, inputs: Inputs, fetch=None, inject=None, computed=None) -> dict[str, np.ndarray]:
+        if computed is not None:   # a fed tensor cannot also be fetched as computed in one TF run
+            raise ValueError("tensorflow side: computed values need a second run (parity.diagnose.blocks)")
         out = self.ref.run(inputs.input_ids, inputs.token_type_ids, inputs.input_mask, fetch=fetch, inject=inject)
         return {k: np.asarray(v, dtype=np.float32) for k, v in out.items()}
 
@@ -178,7 +325,7 @@ class GoldenError(ValueError):
     """A golden file that is corrupt, of another format, or not for these weights: one line, exit 2."""
 
 
-class GoldenSide:
+class GoldenSide(SideBase):
     """A reference side replayed from a golden file: TF's taps saved by ``python -m reference_tf dump``.
 
     Lets a machine without TensorFlow (a GPU box, a lean CI job) compare against the official
@@ -252,7 +399,7 @@ class GoldenSide:
         with atomic_output(path, "golden file") as tmp:   # removed on failure, full disk, SIGTERM/SIGINT
             save_safetensors(tensors, tmp, metadata=header)
 
-    def run(self, inputs: Inputs, fetch=None, inject=None) -> dict[str, np.ndarray]:
+    def run(self, inputs: Inputs, fetch=None, inject=None, computed=None) -> dict[str, np.ndarray]:
         if inject:
             raise GoldenError(f"{self.path}: a golden file holds one recorded run and cannot be re-run with "
                               f"injected taps ({sorted(inject)[0]}); use --tf-checkpoint for injection")

@@ -360,7 +360,7 @@ def test_calibrated_profile_on_real_weights(minilm, compare):
 
 @pytest.mark.slow
 def test_calibration_command(random_checkpoint, tmp_path):
-    from parity import diagnose_calibrate
+    from parity.diagnose import calibrate as diagnose_calibrate
     ck = random_checkpoint(TINY, perturb=0.02)
     out = tmp_path / "tiny.json"
     assert diagnose_calibrate.main(["--tf-checkpoint", ck["dir"], "--torch-weights", ck["torch_weights"],

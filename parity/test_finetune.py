@@ -12,23 +12,23 @@ import pytest
 from hypothesis import assume, given, settings, strategies as st
 
 from bert_torch.optimization import BertAdam
-from parity import finetune
+from parity import files, finetune
 from parity.inputs import SAMPLE
 
 
 def test_optimizer_matches_official_and_catches_planted_faults():
     """20 steps of BertAdam from identical weights and gradients match the official
     AdamWeightDecayOptimizer (every variable, slot and lr); each planted fault fails."""
-    clean = finetune.optimizer_check(BertAdam)
+    history = finetune.official_history()
+    clean = finetune.optimizer_check(BertAdam, history=history)
     assert clean["verdict"] == "pass", clean["summary"]
     assert clean["tf_global_step_order"] == "unordered"     # the documented race is still there
     lrs = [r["lr_tf"] for r in clean["steps"]]
     assert lrs[0] == 0.0 and lrs[4] > 0 and lrs[5] < lrs[4]  # lr(t): zero first step, warmup 5, then decay
     # Clipping was active on some steps and not others (global norms 5.0 and 0.3 by construction).
-    states = clean.pop("_tf_states")
     faults = {}
     for fault, cls in finetune.PLANTED_FAULTS.items():
-        r = finetune.optimizer_check(cls, tf_states=states)
+        r = finetune.optimizer_check(cls, history=history)
         faults[fault] = (r["verdict"], r["first_divergent_step"])
     assert all(v == "fail" for v, _ in faults.values()), faults
     assert faults["the original port's v0.6 warmup formula"][1] == 0   # lr(t+1) shows at the first step
@@ -46,7 +46,7 @@ def test_lr_t_plus_one_order_is_caught():
             tf_lrs.append(opt.apply(g))
             tf_vars.append(opt.variables())
         slots = opt.slots()
-    r = finetune.optimizer_check(BertAdam, tf_states=(tf_vars, tf_lrs, slots, "shifted"))
+    r = finetune.optimizer_check(BertAdam, history=finetune.OfficialHistory(tf_vars, tf_lrs, slots, "shifted"))
     assert r["verdict"] == "fail" and r["first_divergent_step"] == 0
 
 
@@ -152,9 +152,9 @@ def test_training_check_catches_optimizer_faults(minilm, sample_mrpc, monkeypatc
 
 
 def _data_dir():
-    d = finetune.default_data_dir()
+    d = files.default_data_dir()
     if d is None or not os.path.isfile(os.path.join(d, "mrpc", "train.tsv")):
-        pytest.skip(f"no MRPC data under {os.path.join(finetune.REPO, '..', 'shared', 'data')} (pass --data-dir to parity.finetune)")
+        pytest.skip(f"no MRPC data under {os.path.join(files.REPO_ROOT, '..', 'shared', 'data')} (pass --data-dir to parity.finetune)")
     return d
 
 

@@ -2,7 +2,6 @@
 without TensorFlow and must give the live comparison's verdict and numbers exactly."""
 from __future__ import annotations
 
-import json
 import os
 import subprocess
 import sys

@@ -13,7 +13,7 @@ from parity import precision
 from parity.compare import compare_sides
 from parity.metrics import get_profile
 from parity.precision import PrecisionError, Tier, round_to_tf32
-from parity.sides import TorchSide
+from parity.sides import SideBase, TorchSide
 
 TIERS = [("fp32", "autocast"), ("tf32", "autocast"), ("bf16", "autocast"), ("bf16", "cast"),
          ("fp16", "autocast"), ("fp16", "cast")]
@@ -59,7 +59,7 @@ def minilm_ref(minilm_reference):
     return minilm_reference(2, 32)
 
 
-class Recorded:
+class Recorded(SideBase):
     """A reference side replaying recorded taps (a TF run, or a planted one)."""
     name = "recorded"
 

@@ -1,4 +1,4 @@
-"""The release gate (parity/release.py): ratchet, waivers, verdict and exit codes, the report files, the HTML
+"""The release gate (parity/release/): ratchet, waivers, verdict and exit codes, the report files, the HTML
 page in a real browser. Real weights against the real official graph throughout."""
 from __future__ import annotations
 
@@ -14,10 +14,11 @@ from hypothesis import given, settings, strategies as st
 
 from bert_torch import modeling
 from bert_torch.modeling import BertConfig
-from parity import release, report_render
+from parity import files, release
+from parity.release import render as release_render
 from parity.inputs import make_inputs
 from parity.metrics import PROFILES
-from parity.sides import TFSide, TorchSide
+from parity.sides import Capabilities, SideBase, TFSide, TorchSide
 
 TODAY = datetime.date(2026, 6, 1)
 MINILM = "layerwise/minilm-l6-v2"
@@ -94,8 +95,10 @@ def test_same_model_twice_does_not_move_the_ratchet(minilm_sides, clean_section,
     assert report["ratchet"]["regressions"] == []
 
 
-class _Planted:
+class _Planted(SideBase):
     """A candidate side that returns the clean side's taps with one element of one tap moved by ``delta``."""
+
+    capabilities = Capabilities(float64=True)
 
     def __init__(self, side, tap: str, delta: float):
         self.side, self.tap, self.delta = side, tap, delta
@@ -174,7 +177,7 @@ def test_needed_waiver_is_applied_and_printed(minilm_sides, tmp_path, monkeypatc
     assert report["verdict"] == "pass", report["headline"]
     (row,) = report["waivers"]
     assert row["status"] == "applied" and row["needed_by"] == [f"{MINILM}:{t['name']}" for t in waived]
-    md = report_render.markdown(report)
+    md = release_render.markdown(report)
     assert "| w1 |" in md and "applied" in md
 
 
@@ -312,7 +315,7 @@ def test_real_failure_makes_the_release_exit_nonzero(clean_release, monkeypatch)
 
 def test_makefile_report_runs_the_release_and_propagates_its_exit():
     out = subprocess.run(["make", "-n", "report", "baseline", "BIN=py"], capture_output=True, text=True,
-                         cwd=release.REPO_ROOT)
+                         cwd=files.REPO_ROOT)
     lines = [line for line in out.stdout.splitlines() if "parity.release" in line]
     assert len(lines) == 2 and "--report-dir reports/" in lines[0] and "--promote" in lines[1], out.stdout
     assert "|| true" not in out.stdout and not lines[0].lstrip().startswith("-")
@@ -320,50 +323,21 @@ def test_makefile_report_runs_the_release_and_propagates_its_exit():
 
 # ------------------------------------------------------------------ the HTML page in a real browser
 
-def find_browser():
-    for name in ("chromium", "chromium-browser", "google-chrome", "google-chrome-stable"):
-        path = shutil.which(name)
-        if path:
-            return path
-    return None
-
-
-def chromium(browser: str, *args: str) -> subprocess.CompletedProcess:
-    profile = tempfile.mkdtemp(prefix="chromium-")
-    try:
-        return subprocess.run([browser, "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-                               "--disable-component-update", "--disable-sync", "--no-first-run", "--disable-quic",
-                               f"--user-data-dir={profile}", "--enable-logging=stderr", "--v=0", *args],
-                              capture_output=True, text=True, timeout=120)
-    finally:
-        shutil.rmtree(profile, ignore_errors=True)
-
-
-def console_messages(stderr: str) -> list[str]:
-    return [line for line in stderr.splitlines() if ":CONSOLE" in line or "Uncaught" in line]
-
-
-@pytest.mark.skipif(find_browser() is None, reason="no headless browser installed (Debian: apt-get install chromium); "
-                                                    "the HTML report is not checked in a browser here")
-def test_html_report_in_a_real_browser(clean_release, tmp_path):
-    browser = find_browser()
+def test_html_report_in_a_real_browser(clean_release, tmp_path, browser):
     # The console check can fail: a page that logs an error is caught.
     bad = tmp_path / "bad.html"
     bad.write_text('<html><body><script>console.error("planted")</script></body></html>')
-    assert any("planted" in m for m in console_messages(chromium(browser, "--dump-dom", bad.as_uri()).stderr))
+    assert any("planted" in m for m in browser.console_messages(browser.run("--dump-dom", bad.as_uri()).stderr))
 
     _, out, _ = clean_release
     page = "file://" + os.path.abspath(os.path.join(out, "report.html"))
-    dom = chromium(browser, "--dump-dom", page)
-    assert dom.returncode == 0, dom.stderr[-2000:]
-    assert console_messages(dom.stderr) == []
-    html = dom.stdout
+    html = browser.dom(os.path.join(out, "report.html"))
     assert 'id="verdict"' in html and "Release gate PASS" in html
     assert 'id="checks"' in html and 'class="taps"' in html and html.count("<tr") > 17
     assert html.count('src="data:image/png;base64,') == 3 and "http://" not in html and "https://" not in html
     shot = os.path.join(out, "report.png")
-    run = chromium(browser, f"--screenshot={shot}", "--window-size=1280,1800", "--hide-scrollbars", page)
-    assert run.returncode == 0 and console_messages(run.stderr) == []
+    run = browser.run(f"--screenshot={shot}", "--window-size=1280,1800", "--hide-scrollbars", page)
+    assert run.returncode == 0 and browser.console_messages(run.stderr) == []
     with open(shot, "rb") as f:
         head = f.read(24)
     assert head[:8] == b"\x89PNG\r\n\x1a\n" and int.from_bytes(head[16:20], "big") == 1280
@@ -376,3 +350,40 @@ def test_check_that_cannot_run_here_is_listed_not_failed(tmp_path):
     report = release.run_release(make_ctx(tmp_path), [release.Check("finetune", needs_data, "x")], {}, None, "test")
     assert report["checks_not_run"] == {"finetune": "needs the MRPC data set"} and report["checks_run"] == []
     assert report["verdict"] == "fail" and report["reasons"] == ["no check ran"]   # nothing ran: nothing proven
+
+
+# ------------------------------------------------------------------ --candidate: another model in the release report
+
+@pytest.mark.slow
+def test_release_report_proves_the_candidate_given(minilm, tmp_path):
+    """`--candidate hf:DIR` (the real MiniLM weights as a transformers directory) in the primary check: it
+    passes with the candidate recorded; the same directory saying hidden_act "gelu" (erf, in HF's words)
+    against the shipped tanh graph fails that check, first at layer_0's intermediate output."""
+    from bert_torch import convert
+    hf = str(tmp_path / "hf")
+    assert convert.main(["--tf-checkpoint", minilm["dir"], "--output-format", "hf", "--output", hf]) == 0
+    work = tmp_path / "work"
+
+    def run(candidate: str, out: str):
+        code = release.main(["--checks", "layerwise/minilm-l6-v2", "--candidate", candidate, "--baseline", "",
+                             "--report-dir", str(tmp_path / out), "--work-dir", str(work)])
+        return code, json.loads((tmp_path / out / "report.json").read_text())
+
+    code, report = run(f"hf:{hf}", "good")
+    section = report["checks"][0]
+    assert code == 0 and section["verdict"] == "pass", section["summary"]
+    assert section["candidate"]["kind"] == "hf" and section["sides"]["gelu"]["candidate"] == "tanh"
+    assert len(section["taps"]) == 5 + 11 * 6 + 1
+    cfg = json.loads((tmp_path / "hf" / "config.json").read_text())
+    (tmp_path / "hf" / "config.json").write_text(json.dumps({**cfg, "hidden_act": "gelu"}))
+    code, report = run(f"hf:{hf}", "erf")
+    section = report["checks"][0]
+    assert code == 1 and section["verdict"] == "fail" and section["sides"]["gelu"]["candidate"] == "erf"
+    assert section["first_divergence"] == "layer_0/intermediate"
+
+
+def test_release_candidate_bad_spec_is_one_line(tmp_path, capsys):
+    code = release.main(["--checks", "layerwise/minilm-l6-v2", "--candidate", "tflite:model.tflite", "--baseline", "",
+                         "--report-dir", str(tmp_path / "out"), "--work-dir", str(tmp_path / "work")])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and len(err) == 1 and "--candidate 'tflite:model.tflite'" in err[0], err

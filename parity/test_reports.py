@@ -34,8 +34,8 @@ def test_the_heatmap_colour_scale_is_centred_on_the_tolerance():
     assert np.abs(within - past).sum() > 150       # 0.8 and 71 are not the same colour any more
 
 
-def test_compare_writes_html_csv_and_plots_for_its_own_run(compare, random_checkpoint, tmp_path):
-    """A planted fault (one position row shifted) in a small official checkpoint: every output names it."""
+def broken_compare(compare, random_checkpoint, tmp_path):
+    """compare on a planted fault (one position row shifted) in a small official checkpoint."""
     from bert_torch.weights import read_weights, write_weights
     ck = random_checkpoint(CONFIGS["tiny-1layer"], perturb=0.02)
     tensors = dict(read_weights(ck["torch_weights"]))
@@ -44,6 +44,12 @@ def test_compare_writes_html_csv_and_plots_for_its_own_run(compare, random_check
     write_weights(broken, tensors)
     run = compare(ck["dir"], broken, "--batch-size", "2", "--seq-len", "16")
     assert run.code == 1
+    return run
+
+
+def test_compare_writes_html_csv_and_plots_for_its_own_run(compare, random_checkpoint, tmp_path):
+    """A planted fault (one position row shifted): every output names it."""
+    run = broken_compare(compare, random_checkpoint, tmp_path)
     d = run.report_dir
     written = run.report["files"]["written"]
     for name in ("report.html", "report.csv", "report-growth.png", "report-heatmap.png"):
@@ -59,6 +65,20 @@ def test_compare_writes_html_csv_and_plots_for_its_own_run(compare, random_check
     assert list(frame["name"]) == [t["name"] for t in run.report["taps"]]
     assert not bool(frame.loc[frame["name"] == first, "passed"].item())
     assert json.loads((d / "report.json").read_text())["files"]["not_written"] == {}
+
+
+def test_compare_page_in_a_real_browser(compare, random_checkpoint, tmp_path, browser):
+    """The failing run's own page, as a browser renders it: worst taps first with the first divergence
+    marked, both plots embedded, nothing fetched from anywhere, nothing logged to the console."""
+    d = broken_compare(compare, random_checkpoint, tmp_path).report_dir
+    dom = browser.dom(str(d / "report.html"))
+    worst = dom[dom.index('id="worst"'):]
+    assert worst.index("embeddings/position_embeddings") < worst.index("</table>")
+    assert dom.count('src="data:image/png;base64,') == 2 and "http://" not in dom and "https://" not in dom
+    shot = tmp_path / "page.png"
+    run = browser.run(f"--screenshot={shot}", "--window-size=1280,1600", "--hide-scrollbars",
+                      "file://" + str(d / "report.html"))
+    assert run.returncode == 0 and shot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and shot.stat().st_size > 20_000
 
 
 def test_a_page_with_nan_taps_renders(tmp_path):

@@ -30,10 +30,9 @@ from bert_torch.commands import EXIT_CODES_HELP, HelpFormatter, run_main
 from bert_torch._io import write_json
 from bert_torch.tokenization import FullTokenizer, load_vocab
 
+from .files import SAMPLE_DIR, default_data_dir
 from .inputs import InputError
 
-REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-SAMPLE_DIR = os.path.join(REPO_ROOT, "parity", "data")
 MRPC_SPLITS = ("train", "dev", "test")
 SPECIAL_TOKENS = ("[CLS]", "[SEP]", "[UNK]", "[PAD]", "[MASK]")
 
@@ -95,12 +94,6 @@ def first_difference(a: Sequence, b: Sequence) -> Optional[int]:
 # ---------------------------------------------------------------------------------------------
 # The corpus
 # ---------------------------------------------------------------------------------------------
-
-def default_data_dir() -> Optional[str]:
-    """``../shared/data`` relative to the repository root, when it exists."""
-    path = os.path.normpath(os.path.join(REPO_ROOT, os.pardir, "shared", "data"))
-    return path if os.path.isdir(path) else None
-
 
 def _read(path: str) -> str:
     try:

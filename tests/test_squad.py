@@ -18,7 +18,7 @@ VOCAB = os.path.join(minilm_dir(), "vocab.txt")
 
 @pytest.mark.parametrize("seq,stride", [(384, 128), (96, 32)])   # 96/32: many doc_stride windows per context
 def test_eval_features_identical_to_official(seq, stride):
-    r = finetune.squad_feature_check(finetune.SQUAD_SAMPLE, VOCAB, False, seq, stride, 64)
+    r = finetune.squad_feature_check(finetune.squad_features(finetune.SQUAD_SAMPLE, VOCAB, False, seq, stride, 64))
     assert r["verdict"] == "pass", r["mismatches"]
     assert r["examples"] == 55
     if seq == 96:
@@ -26,32 +26,32 @@ def test_eval_features_identical_to_official(seq, stride):
 
 
 def test_training_features_identical_to_official():
-    r = finetune.squad_feature_check(finetune.SQUAD_TRAIN_SAMPLE, VOCAB, True, 96, 32, 24)
+    built = finetune.squad_features(finetune.SQUAD_TRAIN_SAMPLE, VOCAB, True, 96, 32, 24)
+    r = finetune.squad_feature_check(built)
     assert r["verdict"] == "pass", r["mismatches"]
-    ex, feats = r["_objects"][0], r["_objects"][1]
+    ex, feats = built.examples, built.features
     assert any(f.start_position == 0 for f in feats) and any(f.start_position > 0 for f in feats)
     assert all(e.orig_answer_text for e in ex)
 
 
 def test_feature_check_catches_wrong_stride():
     """A planted fault: our side with doc_stride 33 against the official 32."""
-    ref = finetune.squad_feature_check(finetune.SQUAD_SAMPLE, VOCAB, False, 96, 32, 64)
+    ref = finetune.squad_features(finetune.SQUAD_SAMPLE, VOCAB, False, 96, 32, 64)
     from bert_torch.tokenization import FullTokenizer
-    mine = squad.convert_examples_to_features(ref["_objects"][0], FullTokenizer(VOCAB), 96, 33, 64, False)
-    assert [f.input_ids for f in mine] != [f.input_ids for f in ref["_objects"][3]]
+    mine = squad.convert_examples_to_features(ref.examples, FullTokenizer(VOCAB), 96, 33, 64, False)
+    assert [f.input_ids for f in mine] != [f.input_ids for f in ref.ref_features]
 
 
 @pytest.fixture(scope="module")
 def windows():
-    return finetune.squad_feature_check(finetune.SQUAD_SAMPLE, VOCAB, False, 96, 32, 64)["_objects"]
+    return finetune.squad_features(finetune.SQUAD_SAMPLE, VOCAB, False, 96, 32, 64)
 
 
 @settings(max_examples=5, deadline=None)
 @given(seed=st.integers(0, 2**31))
 def test_write_predictions_identical_to_official(windows, seed):
     """Same random logits in, same answers and n-best lists (texts, probabilities) out."""
-    examples, features, ref_ex, ref_f = windows
-    r = finetune.squad_predictions_check(examples, features, ref_ex, ref_f, finetune.random_results(features, seed))
+    r = finetune.squad_predictions_check(windows, finetune.random_results(windows.features, seed))
     assert r["verdict"] == "pass", r["differences"]
 
 

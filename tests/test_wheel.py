@@ -72,6 +72,12 @@ def test_wheel_ships_data_and_no_tests(installed):
                  "parity/frontdoor.py", "bert_torch/commands.py", "reference_tf/_official.py"):
         assert must in names, must
     assert not [n for n in names if os.path.basename(n).startswith("test_") or n.endswith("conftest.py")]
+    # Every package of the source tree (parity.diagnose, parity.finetune, parity.release, ...) is in it.
+    packages = [os.path.relpath(d, REPO) for top in ("bert_torch", "reference_tf", "parity")
+                for d, _, files in os.walk(os.path.join(REPO, top)) if "__init__.py" in files]
+    assert len(packages) > 3
+    for pkg in packages:
+        assert f"{pkg}/__init__.py" in names, pkg
     meta = zipfile.ZipFile(installed["wheel"]).read(next(n for n in names if n.endswith("/METADATA"))).decode()
     assert "Requires-Python: >=3.11" in meta and "License-Expression: Apache-2.0" in meta
 

@@ -1,6 +1,6 @@
 """Measure each side's own noise floor per tap and save it as a calibration file.
 
-    python -m parity.diagnose_calibrate --tf-checkpoint build/minilm \\
+    python -m parity.diagnose.calibrate --tf-checkpoint build/minilm \\
         --torch-weights build/minilm/pytorch_model.safetensors --out parity/calibration/minilm-l6.json
 
 Floors, per tap, as max |a - b| over every element:
@@ -17,7 +17,6 @@ error depends on the inputs, so one set under-estimates it). The ``calibrated-*`
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import subprocess
 import sys
@@ -29,8 +28,8 @@ from typing import Optional
 import numpy as np
 import torch
 
-from bert_torch.commands import EXIT_CODES_HELP, HelpFormatter, run_main
 from bert_torch._io import write_json
+from bert_torch.commands import EXIT_CODES_HELP, HelpFormatter, run_main
 
 DEFAULTS = dict(bert_config=None, torch_bert_config=None, vocab_file=None, sentences=None, batch_size=8,
                 seq_len=128, seed=0, device="cpu", profile="fp32-cpu", tf_threads=None, golden=None,
@@ -45,7 +44,8 @@ def _inputs(args) -> list:
     """(spec, Inputs) of every input set, built the way compare builds its inputs."""
     from bert_torch.convert import resolve_checkpoint
     from bert_torch.modeling import BertConfig
-    from .options import prepare
+
+    from ..options import prepare
     _, config_path = resolve_checkpoint(args.tf_checkpoint, args.bert_config)
     longest = BertConfig.from_json_file(config_path).max_position_embeddings
     out = []
@@ -61,7 +61,7 @@ def _args(ns) -> SimpleNamespace:
 
 def _tf_child(args, out: str, threads: Optional[int]) -> None:
     """In a child process: run the official graph once and save every tap (npz)."""
-    from .sides import TFSide
+    from ..sides import TFSide
     sets = _inputs(args)
     first = sets[0][1]
     side = TFSide(first.prefix, first.config, head=first.head, num_labels=first.num_labels, intra_op_threads=threads)
@@ -73,7 +73,7 @@ def _tf_child(args, out: str, threads: Optional[int]) -> None:
 
 def _run_child(args, onednn: str, threads: Optional[int], out: str) -> dict:
     env = dict(os.environ, TF_ENABLE_ONEDNN_OPTS=onednn, TF_CPP_MIN_LOG_LEVEL="2", TF_USE_LEGACY_KERAS="1")
-    cmd = [sys.executable, "-m", "parity.diagnose_calibrate", "--child-out", out, "--tf-checkpoint", args.tf_checkpoint,
+    cmd = [sys.executable, "-m", "parity.diagnose.calibrate", "--child-out", out, "--tf-checkpoint", args.tf_checkpoint,
            "--torch-weights", args.torch_weights]
     for opt in ("bert_config", "vocab_file", "sentences"):
         if getattr(args, opt):
@@ -93,8 +93,8 @@ def _max_abs(a, b) -> float:
 
 
 def calibrate(args) -> dict:
-    from .environment import environment
-    from .sides import TorchSide
+    from ..environment import environment
+    from ..sides import TorchSide
     sets = _inputs(args)
     torch_config, files = sets[0][1].torch_config, sets[0][1].files
     t0 = time.perf_counter()
@@ -124,14 +124,14 @@ def calibrate(args) -> dict:
     return {
         "description": ("per-tap noise floors (max abs over every element): TensorFlow oneDNN on vs off, "
                         "TensorFlow 1 vs all intra-op threads, PyTorch float32 vs float64; floor = the largest"),
-        "command": "python -m parity.diagnose_calibrate " + " ".join(sys.argv[1:]),   # as run
+        "command": "python -m parity.diagnose.calibrate " + " ".join(sys.argv[1:]),   # as run
         "input_sets": [{"name": spec, **prepared.inputs.meta} for spec, prepared in sets],
         "environment": env, "seconds": round(time.perf_counter() - t0, 1), "taps": taps,
     }
 
 
 def main(argv: Optional[list] = None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m parity.diagnose_calibrate", description=__doc__.split("\n\n")[0],
+    ap = argparse.ArgumentParser(prog="python -m parity.diagnose.calibrate", description=__doc__.split("\n\n")[0],
                                  epilog=EXIT_CODES_HELP, formatter_class=HelpFormatter)
     ap.add_argument("--tf-checkpoint", required=True)
     ap.add_argument("--torch-weights", required=True)

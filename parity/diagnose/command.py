@@ -1,0 +1,139 @@
+"""``python -m parity diagnose`` (compare's arguments and exit codes) and the release report's diagnosis
+section."""
+from __future__ import annotations
+
+import json
+import os
+from typing import Optional
+
+from bert_torch._io import read_json
+from bert_torch.modeling import BertConfig
+
+from ..hints import compare_weights
+from ..options import BadInput, add_compare_args, find_vocab, prepare
+from ..precision import Tier
+from ..sides import TorchSide
+from .algorithm import diagnose
+from .render import DIAGNOSIS_FILES, clear_diagnosis, print_summary, write_diagnosis
+from .repro import write_repro
+
+
+def run_diagnose(args) -> int:
+    """compare's arguments and exit codes: 0 clean, 1 a mismatch diagnosed, 2 bad input."""
+    from bert_torch.convert import resolve_checkpoint, tf_to_torch
+    from bert_torch.tf_checkpoint import read_checkpoint
+    from bert_torch.tokenization import load_vocab
+    from bert_torch.weights import read_weights
+
+    from ..candidates import candidate_spec, make_candidate
+    from ..environment import environment
+    from ..hints import vocab_hint
+    from ..sides import TFSide
+
+    clear_diagnosis(args.report_dir)
+    spec = candidate_spec(args)
+    if getattr(args, "golden", None):
+        raise BadInput("diagnose runs the TensorFlow graph itself (blocks are fed each other's inputs): "
+                       "give --tf-checkpoint, not --golden")
+    # The vocab against the checkpoint first: make_inputs would refuse it without saying why.
+    prefix, config_path = resolve_checkpoint(args.tf_checkpoint, args.bert_config)
+    config = BertConfig.from_json_file(config_path)
+    vocab = find_vocab(args.tf_checkpoint, prefix, args.vocab_file)
+    vocab_ids = load_vocab(vocab)
+    h = vocab_hint(vocab, max(vocab_ids.values()) + 1 if vocab_ids else 0, config.vocab_size)
+    if h:
+        d = {"verdict": "bad_input", "culprit": None, "culprit_block": None, "hints": [h], "error": h["evidence"],
+             "stages": {"inputs": "vocab does not match the checkpoint: nothing was run"}}
+        write_diagnosis(d, args.report_dir)
+        raise BadInput(f"{h['evidence']} (vocab_mismatch; see {args.report_dir}/diagnosis.md)")
+    p = prepare(args)
+    tf_weights, _ = tf_to_torch(read_checkpoint(p.prefix), p.config, where=p.prefix)
+    if spec.kind == "onnx":
+        raise BadInput(f"--candidate {spec}: diagnose feeds blocks the reference's inputs, and onnxruntime "
+                       f"cannot replace an intermediate value; use compare")
+    if spec.kind != "bert_torch":   # hf:, ppb:, module: (parity.candidates): weights under file names from the model
+        candidate, problem = make_candidate(spec, config=p.config, device=args.device, tier=p.tier), None
+        if candidate.unobservable:   # blocks are judged by all their taps, and fed by the reference's
+            hidden = list(candidate.unobservable)
+            raise BadInput(f"--candidate {spec}: diagnose needs every tap, and {len(hidden)} are not observable "
+                           f"in this candidate (e.g. {hidden[0]}); map them, or use compare")
+        torch_weights = candidate.tensors()
+    else:
+        torch_weights = read_weights(args.torch_weights)   # unreadable: exit 2
+        candidate, problem = bert_torch_side(args, p.torch_config, tf_weights, torch_weights, p.tier)
+    floors = calibration_floors(getattr(args, "calibration", None))
+    reference = TFSide(p.prefix, p.config, head=p.head, num_labels=p.num_labels, intra_op_threads=args.tf_threads)
+    try:
+        d = diagnose(reference, candidate, p.inputs, p.profile, config=p.config, tf_weights=tf_weights,
+                     torch_weights=torch_weights, head=p.head, floors=floors, candidate_problem=problem)
+    finally:
+        reference.close()
+    d["environment"] = environment(args.device, p.files, args.tf_threads)
+    if spec.kind == "bert_torch":   # repro.py runs bert_torch alone; other candidates' code is theirs
+        write_repro(d, args.report_dir, p.torch_config, p.profile, p.head, p.num_labels)
+    else:
+        d["stages"]["repro"] = f"not written: repro.py runs bert_torch, and the candidate is {spec.kind}:"
+    json_path, _ = write_diagnosis(d, args.report_dir)
+    print_summary(d, json_path)
+    return 0 if d["verdict"] == "pass" else 1
+
+
+def bert_torch_side(args, torch_config: BertConfig, tf_weights, torch_weights, tier=None) -> tuple:
+    """(side, None), or (None, why) when the weights do not load but differ from the checkpoint's
+    (then the diagnosis rests on the weights); the same tensors that do not load are bad input."""
+    from bert_torch.weights import WeightsError, model_from_tensors
+    try:
+        model = model_from_tensors(torch_weights, torch_config, head="auto", device=args.device,
+                                   where=args.torch_weights)
+        return TorchSide(model, args.device, {"BertForSequenceClassification": "classifier",
+                                              "BertForQuestionAnswering": "squad",
+                                              "BertForPreTraining": "pretraining"}.get(type(model).__name__),
+                         tier=tier or Tier()), None
+    except WeightsError as e:
+        if not compare_weights(tf_weights, torch_weights)["differences"]:
+            raise   # same tensors as the checkpoint, so the PyTorch config is at fault: bad input
+        return None, f"the PyTorch weights do not load: {e.problems[0]}"   # diagnosed from the weights
+
+
+def calibration_floors(path: Optional[str]) -> Optional[dict]:
+    """Per-tap floors of a calibration file (``parity.diagnose.calibrate``)."""
+    if not path:
+        return None
+    try:
+        data = read_json(path, "calibration file")   # size, encoding and nesting bounded
+        return {name: float(v["floor"]) for name, v in data["taps"].items()}
+    except (OSError, ValueError, KeyError, TypeError, AttributeError) as e:
+        raise ValueError(f"{path}: not a calibration file ({type(e).__name__}: {e})") from None
+
+
+def add_diagnose_args(p) -> None:
+    p.add_argument("--calibration", help="noise floors measured by `python -m parity.diagnose.calibrate` "
+                   "(default: PyTorch float32 vs float64, measured on the spot)")
+
+
+def release_check(ctx) -> dict:
+    """The release report's diagnosis section: ``diagnose`` on the real MiniLM weights, 8 x 128.
+
+    A clean diagnosis (no culprit, weights bit-equal) passes; its tables land in
+    ``diagnose/`` beside the report.
+    """
+    import argparse
+
+    from ..minilm import build_checkpoint
+    ckpt = os.path.join(ctx.work_dir, "minilm")
+    if not os.path.isfile(os.path.join(ckpt, "bert_model.ckpt.index")):
+        build_checkpoint(ckpt)
+    out = os.path.join(ctx.report_dir, "diagnose")
+    parser = argparse.ArgumentParser()
+    add_compare_args(parser)
+    add_diagnose_args(parser)
+    code = run_diagnose(parser.parse_args([
+        "--tf-checkpoint", ckpt, "--torch-weights", os.path.join(ckpt, "pytorch_model.safetensors"),
+        "--report-dir", out, "--batch-size", "8", "--seq-len", "128", "--profile", ctx.profile.name]))
+    with open(os.path.join(out, DIAGNOSIS_FILES[0]), encoding="utf-8") as f:
+        d = json.load(f)
+    hints = ", ".join(h["cause"] for h in d.get("hints", [])) or "none"
+    return {"name": "diagnose", "kind": "diagnose", "verdict": "pass" if code == 0 else "fail",
+            "summary": f"real MiniLM weights, 8 x 128: verdict {d['verdict']}, culprit {d['culprit']}, hints: {hints}",
+            "culprit": d["culprit"], "hints": d.get("hints", []),
+            "artifacts": [f"diagnose/{n}" for n in DIAGNOSIS_FILES]}

@@ -1,0 +1,221 @@
+"""The release run: every registered check, then the waivers, the ratchet and the verdict; the report's
+files; ``make baseline``; and the command line (``python -m parity.release``)."""
+from __future__ import annotations
+import argparse
+import datetime
+import fnmatch
+import os
+import shlex
+import time
+import tomllib
+from typing import Optional
+from bert_torch.commands import EXIT_CODES_HELP, HelpFormatter, run_main
+from bert_torch._io import atomic_output, dumps
+from ..environment import environment, git_state
+from ..files import REPO_ROOT, default_data_dir
+from ..metrics import PROFILES
+from ..precision import Tier, check_supported
+from ..candidate_side import parse_candidate
+from .context import Check, Context, NotRun, ReleaseInputError
+from .ratchet import DEFAULT_BASELINE, GROWTH_FACTOR, NOISE_FLOOR, load_baseline, ratchet
+from .registry import registry
+from .waivers import DEFAULT_WAIVERS, load_waivers, waiver_status
+
+
+REPORT_FILES = ("report.json", "report.md", "report.html")
+
+
+def run_release(ctx: Context, checks: list[Check], not_run: dict[str, str], baseline: Optional[dict],
+                version: str, factor: float = GROWTH_FACTOR, floor: float = NOISE_FLOOR) -> dict:
+    sections = []
+    for check in checks:
+        t0 = time.time()
+        print(f"[release] {check.name}: {check.what}", flush=True)
+        try:
+            section = check.run(ctx)
+        except NotRun as e:
+            if not ctx.require_data:
+                not_run = {**not_run, check.name: str(e)}
+                print(f"[release] {check.name}: not run - {e}", flush=True)
+                continue
+            section = {"name": check.name, "kind": "not_run", "verdict": "fail",
+                       "summary": f"required (--require-data) but not run: {e}"}
+        except Exception as e:   # a check that crashes fails the gate, with its reason in the report
+            section = {"name": check.name, "kind": "error", "verdict": "fail",
+                       "summary": f"the check crashed: {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"}
+        section["seconds"] = round(time.time() - t0, 1)
+        for label, path in (section.get("files") or {}).items():   # data a check read: hashed into the provenance
+            ctx.files[f"{check.name}:{label}"] = path
+        print(f"[release] {check.name}: {section['verdict']} - {section['summary']}", flush=True)
+        sections.append(section)
+    ran = [s["name"] for s in sections]
+    waivers = waiver_status(ctx.waivers, ctx.today, ran)
+    ratchet_result = ratchet(sections, baseline, factor, floor)
+    reasons = [f"{s['name']}: {s['summary']}" for s in sections if s["verdict"] != "pass"]
+    reasons += [f"waiver {w['id']} ({w['taps']}): {w['detail']}" for w in waivers if w["fails_gate"]]
+    regs = ratchet_result["regressions"]
+    if regs:
+        shown = ", ".join(f"{r['check']}:{r['tap'] or '-'} ({r['kind']}"
+                          + (f" x{r['growth']:.1f}" if r.get("growth") else "") + ")" for r in regs[:6])
+        reasons.append(f"ratchet: {len(regs)} regression(s) against the baseline: {shown}"
+                       + (f" and {len(regs) - 6} more" if len(regs) > 6 else ""))
+    verdict = "fail" if reasons or not sections else "pass"
+    if not sections:
+        reasons.append("no check ran")
+    if verdict == "pass":
+        headline = (f"Release gate PASS: {len(sections)} check{'s' if len(sections) > 1 else ''} passed ({', '.join(ran)}); "
+                    f"{'no regression against baseline ' + str((ratchet_result['baseline'] or {}).get('commit', ''))[:12] if baseline else 'no baseline to ratchet against'}"
+                    f"; {sum(w['status'] == 'applied' for w in waivers)} waiver(s) applied")
+    else:
+        headline = f"Release gate FAIL: {reasons[0]}" + (f" (+{len(reasons) - 1} more reasons)" if len(reasons) > 1 else "")
+    primary = next((s for s in sections if s.get("kind") == "layerwise" and s.get("taps")), None)
+    env = environment("cpu", ctx.files, None, seeds=ctx.seeds)
+    report = {
+        "headline": headline,
+        # The contract's top-level keys: the gate's verdict, and the primary (real-weights) comparison.
+        "verdict": verdict,
+        "first_divergence": primary["first_divergence"] if primary else None,
+        "profile": ctx.profile.to_dict(),
+        "inputs": primary["inputs"] if primary else {},
+        "environment": env,
+        "taps": primary["taps"] if primary else [],
+        "primary_check": primary["name"] if primary else None,
+        "reasons": reasons,
+        "version": version,
+        "git": env["git"],
+        "created_utc": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "data_dir": ctx.data_dir,
+        "checks_run": ran,
+        "checks_not_run": not_run,
+        "checks": sections,
+        "ratchet": ratchet_result,
+        "waivers": waivers,
+    }
+    return report
+
+
+def write_release(report: dict, ctx: Context) -> list[str]:
+    """report.json, report.md, report.html and the PNG plots; returns the files written."""
+    from . import render
+    os.makedirs(ctx.report_dir, exist_ok=True)
+    plots = render.make_plots(report, ctx.worst, ctx.report_dir)
+    report["plots"] = [os.path.basename(p) for p in plots]
+    _write(os.path.join(ctx.report_dir, "report.json"), dumps(portable(report), indent=2, default=str) + "\n")
+    _write(os.path.join(ctx.report_dir, "report.md"), render.markdown(report))
+    _write(os.path.join(ctx.report_dir, "report.html"), render.html(report, ctx.report_dir))
+    return [os.path.join(ctx.report_dir, f) for f in REPORT_FILES] + plots
+
+
+def portable(obj):
+    """Paths inside the workspace written relative to the repository root (``../shared/data/...``),
+    so a committed report names no path of the machine that made it."""
+    base = os.path.dirname(REPO_ROOT) + os.sep
+    if isinstance(obj, str) and obj.startswith(base):
+        return os.path.relpath(obj, REPO_ROOT)
+    if isinstance(obj, dict):
+        return {k: portable(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [portable(v) for v in obj]
+    return obj
+
+
+def _write(path: str, text: str) -> None:
+    """Atomic (a reader never sees half a report) and world-readable (CI uploads it)."""
+    with atomic_output(path, "release report") as tmp:   # removed on failure or SIGTERM/SIGINT
+        with open(tmp, "w", encoding="utf-8") as f:
+            f.write(text)
+        os.chmod(tmp, 0o644)
+
+
+def promote(src: str, dst: str = DEFAULT_BASELINE) -> int:
+    """``make baseline``: a passing release report becomes the baseline the next release ratchets against."""
+    report = load_baseline(src) if os.path.exists(src) else None
+    if report is None:
+        raise ReleaseInputError(f"{src}: no release report to promote; run `make report` first")
+    if report.get("verdict") != "pass":
+        raise ReleaseInputError(f"{src}: the report's verdict is {report.get('verdict')!r}; only a passing "
+                                f"report can become the baseline ({report.get('headline')})")
+    _write(dst, dumps(portable(report), indent=2) + "\n")
+    ran = ", ".join(report.get("checks_run", []))
+    print(f"baseline: {dst} <- {src} (version {report.get('version')}, commit "
+          f"{(report.get('git') or {}).get('commit')}; checks: {ran})")
+    return 0
+
+
+def project_version() -> str:
+    with open(os.path.join(REPO_ROOT, "pyproject.toml"), "rb") as f:
+        return tomllib.load(f)["project"]["version"]
+
+
+def main(argv: Optional[list[str]] = None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m parity.release", description="The release gate and its report.",
+                                 epilog=EXIT_CODES_HELP, formatter_class=HelpFormatter)
+    ap.add_argument("--report-dir", help="default: reports/<version>-<commit>")
+    ap.add_argument("--data-dir", help="real data (MRPC, SQuAD); default ../shared/data beside the repo when present")
+    ap.add_argument("--work-dir", help="checkpoints built for the report (default: build/release)")
+    ap.add_argument("--baseline", default=DEFAULT_BASELINE, help="last release's report.json ('' for none)")
+    ap.add_argument("--waivers", default=DEFAULT_WAIVERS, help="waiver ledger (TOML)")
+    ap.add_argument("--checks", help="comma-separated globs of check names to run (default: all)")
+    ap.add_argument("--pytest-args", default="-m '' parity/", help="arguments of the gate-suite pytest run")
+    ap.add_argument("--growth-factor", type=float, default=GROWTH_FACTOR)
+    ap.add_argument("--noise-floor", type=float, default=NOISE_FLOOR, help="in units of the tap's tolerance")
+    ap.add_argument("--today", help="date the waivers expire against (default: today, UTC)")
+    ap.add_argument("--list", action="store_true", help="list the checks and exit")
+    ap.add_argument("--precision", default="fp32", help="the candidate's tier in the layerwise checks: "
+                    "fp32, tf32, bf16, fp16 (the reference stays the float32 graph)")
+    ap.add_argument("--precision-mode", default="autocast", help="bf16/fp16: autocast (default) or cast")
+    ap.add_argument("--candidate", metavar="KIND:PATH", help="the model the primary check (real MiniLM weights, "
+                    "every tap) proves instead of bert_torch: bert_torch:W, hf:DIR, ppb:FILE, onnx:FILE, "
+                    "module:pkg.mod:factory (built from the same MiniLM weights; the random-init checks stay bert_torch)")
+    ap.add_argument("--promote", metavar="REPORT_JSON", help="make this passing report the baseline and exit")
+    ap.add_argument("--require-data", action="store_true", default=os.environ.get("PARITY_REQUIRE_DATA") == "1",
+                    help="a check whose data set is missing fails the gate instead of being listed as not run "
+                         "(CI; also PARITY_REQUIRE_DATA=1)")
+    return run_main(_release, ap.parse_args(argv))
+
+
+def _release(args) -> int:
+    if args.promote:
+        return promote(args.promote, args.baseline or DEFAULT_BASELINE)
+    checks, not_run = registry()
+    if args.list:
+        for c in checks:
+            print(f"{c.name:32} {c.what}")
+        for n, why in not_run.items():
+            print(f"{n:32} not run: {why}")
+        return 0
+    if args.checks:
+        globs = [g.strip() for g in args.checks.split(",") if g.strip()]
+        unknown = [g for g in globs if not any(fnmatch.fnmatchcase(c.name, g) for c in checks)]
+        if unknown:
+            raise ReleaseInputError(f"--checks {unknown[0]}: matches no check; `--list` shows them")
+        skipped = {c.name: "not selected (--checks)" for c in checks
+                   if not any(fnmatch.fnmatchcase(c.name, g) for g in globs)}
+        checks = [c for c in checks if c.name not in skipped]
+        not_run = {**skipped, **not_run}
+    version = project_version()
+    commit = (git_state().get("commit") or "nogit")[:7]
+    report_dir = args.report_dir or os.path.join(REPO_ROOT, "reports", f"{version}-{commit}")
+    data_dir = args.data_dir or default_data_dir()
+    if args.data_dir and not os.path.isdir(args.data_dir):
+        raise ReleaseInputError(f"--data-dir {args.data_dir}: no such directory")
+    today = datetime.date.fromisoformat(args.today) if args.today else datetime.datetime.now(datetime.timezone.utc).date()
+    ctx = Context(report_dir=report_dir, work_dir=args.work_dir or os.path.join(REPO_ROOT, "build", "release"),
+                  data_dir=data_dir, profile=PROFILES["fp32-cpu"], waivers=load_waivers(args.waivers),
+                  today=today, pytest_args=shlex.split(args.pytest_args), require_data=args.require_data,
+                  tier=Tier(args.precision, args.precision_mode),
+                  candidate=parse_candidate(args.candidate) if args.candidate else None)
+    check_supported(ctx.tier, "cpu")
+    baseline = load_baseline(args.baseline)
+    os.makedirs(ctx.report_dir, exist_ok=True)
+    os.makedirs(ctx.work_dir, exist_ok=True)
+    for name in REPORT_FILES:   # a failed run never leaves last time's report looking current
+        if os.path.exists(os.path.join(ctx.report_dir, name)):
+            os.remove(os.path.join(ctx.report_dir, name))
+    report = run_release(ctx, checks, not_run, baseline, version, args.growth_factor, args.noise_floor)
+    files = write_release(report, ctx)
+    print(report["headline"])
+    for r in report["reasons"][1:]:
+        print(f"  also: {r}")
+    print(f"report: {', '.join(os.path.relpath(f) for f in files)}")
+    return 0 if report["verdict"] == "pass" else 1
