@@ -10,7 +10,7 @@ this is one ContextVar lookup and returns ``x`` untouched (no copies, no hooks).
 from __future__ import annotations
 
 import contextvars
-from typing import Iterable, Mapping, Optional
+from typing import Callable, Iterable, Mapping, Optional
 
 import torch
 
@@ -93,13 +93,18 @@ class Taps:
     have the tap's exact shape; they are cast to the tap's dtype and device. An injected
     tap is recorded with its injected value in ``values``, and with the value the model had
     computed before the replacement in ``computed`` (so one run that injects every block's
-    input still shows every block's own output). ``seen`` lists every tap passed, in order,
+    input still shows every block's own output). ``sink(name, tensor)``, when given, receives each
+    recorded tap as it is computed, instead of ``values``. ``seen`` lists every tap passed, in order,
     so a caller can check that each injection name was actually reached.
     """
 
     def __init__(self, record: bool | Iterable[str] = True,
-                 inject: Optional[Mapping[str, torch.Tensor]] = None, detach: bool = True):
+                 inject: Optional[Mapping[str, torch.Tensor]] = None, detach: bool = True,
+                 sink: Optional[Callable[[str, torch.Tensor], None]] = None):
         self.record = record if isinstance(record, bool) else frozenset(record)
+        # With a sink, each recorded tap is handed over as it is computed and not kept in ``values``:
+        # a caller that stores or reduces taps one by one holds no more than the model itself does.
+        self.sink = sink
         self.inject = dict(inject or {})
         self.detach = detach
         self.values: dict[str, torch.Tensor] = {}
@@ -125,7 +130,11 @@ class Taps:
                 self.computed[name] = x.detach() if self.detach else x
             x = new.to(device=x.device, dtype=x.dtype)
         if keep:
-            self.values[name] = x.detach() if self.detach else x
+            value = x.detach() if self.detach else x
+            if self.sink is not None:
+                self.sink(name, value)
+            else:
+                self.values[name] = value
         return x
 
 

@@ -37,7 +37,8 @@ def run_compare(args) -> int:
     reference = TFSide(p.prefix, p.config, head=p.head, num_labels=p.num_labels, intra_op_threads=args.tf_threads)
     reference.gelu = official_gelu(p.config.hidden_act)
     try:
-        report = compare_sides(reference, candidate, p.inputs, p.profile)
+        report = compare_sides(reference, candidate, p.inputs, p.profile, spill=p.spill_dir is not None,
+                               spill_dir=p.spill_dir)
     finally:
         reference.close()
     report["environment"] = environment(args.device, p.files, args.tf_threads, seeds={"inputs": args.seed})

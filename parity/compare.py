@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 import os
-from typing import Callable, Optional
+from typing import Callable, Mapping, Optional
 
 import numpy as np
 
@@ -14,29 +14,75 @@ from .metrics import Profile, compare_tap
 from .precision import Tier, precision_hints
 from .report_render import fmt
 from .sides import Side, complete
+from .tapstore import TapStore
 
 
 # A per-tap rule on top of the profile: (row, reference array, candidate array, rounding) -> row.
 # The release gate applies its waivers through it.
 Adjust = Callable[[dict, Optional[np.ndarray], Optional[np.ndarray], Optional[float]], dict]
+# How a run's taps are obtained: (side, label) -> {tap: array} (``Runs.collect``).
+Collect = Callable[[Side, str], Mapping[str, np.ndarray]]
+
+
+class Runs:
+    """Where a comparison keeps its runs' taps: in memory (each run a dict), or, with ``spill``, streamed
+    to disk one tap at a time (``parity.tapstore``) and read back one tap at a time, so that memory holds a
+    block's taps at most whatever the model's size. The arrays, and so every number, are the same."""
+
+    def __init__(self, inputs: Inputs, spill: bool = False, spill_dir: Optional[str] = None):
+        self.inputs, self.spill, self.spill_dir = inputs, spill, spill_dir
+        self.stores: list[TapStore] = []
+
+    def collect(self, side: Side, label: str) -> Mapping[str, np.ndarray]:
+        if not self.spill:
+            return side.run(self.inputs)
+        store = TapStore(self.spill_dir, label)
+        self.stores.append(store)
+        side.stream(self.inputs, store.put)
+        return store
+
+    @property
+    def spilled_bytes(self) -> int:
+        return sum(s.nbytes for s in self.stores)
+
+    def close(self) -> None:
+        for store in self.stores:
+            store.close()
+
+    def __enter__(self) -> "Runs":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
 
 
 def compare_sides(reference: Side, candidate: Side, inputs: Inputs, profile: Profile,
-                  adjust: Optional[Adjust] = None) -> dict:
+                  adjust: Optional[Adjust] = None, spill: bool = False, spill_dir: Optional[str] = None) -> dict:
     """The contract's report (less ``environment``): every tap of either side, in forward order.
 
     A tap one side lacks is a failure, never a skip; taps only the candidate publishes are
     appended after the reference's. ``adjust``, when given, sees each tap's row with its arrays
     and returns the row the verdict uses (every caller compares taps here, and only here).
+    ``spill``: the runs go to disk tap by tap (``Runs``; ``spill_dir`` for the temporary files).
     """
     reference, candidate = complete(reference), complete(candidate)
-    ref = reference.run(inputs)
-    cand = candidate.run(inputs)
-    c32, c64 = twin_runs(candidate, inputs, cand) if profile.rounding_k else (cand, {})
-    rounding, tier_rounding = _rounding(c32, c64), _rounding(cand, c64)
+    with Runs(inputs, spill, spill_dir) as runs:
+        report = _compare(reference, candidate, inputs, profile, adjust, runs)
+        if spill:
+            report["memory"] = {"spilled_to_disk_bytes": runs.spilled_bytes}
+    return report
+
+
+def _compare(reference: Side, candidate: Side, inputs: Inputs, profile: Profile, adjust: Optional[Adjust],
+             runs: Runs) -> dict:
+    ref = runs.collect(reference, "reference")
+    cand = runs.collect(candidate, "candidate")
+    c32, c64 = twin_runs(candidate, inputs, cand, runs.collect) if profile.rounding_k else (cand, {})
+    rounding = _rounding(c32, c64)
+    tier_rounding = rounding if c32 is cand else _rounding(cand, c64)
     tier = candidate.tier
     names = list(reference.tap_names) + [n for n in candidate.tap_names if n not in reference.tap_names]
-    ref_rounding = reference_tier_rounding(reference, candidate, inputs, c64)
+    ref_rounding = reference_tier_rounding(reference, candidate, inputs, c64, runs.collect)
     # Taps the candidate declared it cannot observe (parity.candidates) are listed, not compared;
     # any other tap that does not arrive fails.
     unobservable = candidate.unobservable
@@ -45,9 +91,10 @@ def compare_sides(reference: Side, candidate: Side, inputs: Inputs, profile: Pro
     for n in names:
         if n in declared:
             continue
-        row = compare_tap(n, ref.get(n), cand.get(n), profile, rounding.get(n), tier, tier_rounding.get(n),
-                          ref_rounding.get(n))
-        taps.append(adjust(row, ref.get(n), cand.get(n), rounding.get(n)) if adjust else row)
+        r, c = ref.get(n), cand.get(n)   # one tap of each run at a time
+        row = compare_tap(n, r, c, profile, rounding.get(n), tier, tier_rounding.get(n), ref_rounding.get(n))
+        taps.append(adjust(row, r, c, rounding.get(n)) if adjust else row)
+        del r, c
     first = next((t["name"] for t in taps if not t["passed"]), None)
     report = {
         "verdict": "fail" if first or not taps else "pass",
@@ -77,12 +124,14 @@ def compare_sides(reference: Side, candidate: Side, inputs: Inputs, profile: Pro
     return report
 
 
-def reference_tier_rounding(reference, candidate, inputs: Inputs, c64: dict) -> dict:
+def reference_tier_rounding(reference, candidate, inputs: Inputs, c64: Mapping, collect: Optional[Collect] = None
+                            ) -> dict:
     """A reference recorded in TF32 (its ``precision``): per tap, an estimate of its own TF32 rounding, the
     candidate's under the exact TF32 emulation against its float64 twin. Empty for a float32 reference."""
     if (reference.precision or {}).get("tier") != "tf32" or not c64 or not candidate.capabilities.tiers:
         return {}
-    return _rounding(candidate.with_tier(Tier("tf32")).run(inputs), c64)
+    collect = collect or (lambda side, label: side.run(inputs))
+    return _rounding(collect(candidate.with_tier(Tier("tf32")), "candidate-tf32"), c64)
 
 
 def machine_notes(profile: Profile, golden_meta: Optional[dict]) -> list[str]:
@@ -117,33 +166,30 @@ def _max_diff(a: np.ndarray, b: np.ndarray) -> float:
         return float(np.max(np.abs(a.astype(np.float64) - b.astype(np.float64))))
 
 
-def _rounding(c: dict, c64: dict) -> dict:
-    return {n: _max_diff(c[n], c64[n]) for n in c
-            if n in c64 and np.size(c[n]) and np.shape(c[n]) == np.shape(c64[n])}
+def _rounding(c: Mapping, c64: Mapping) -> dict:
+    out = {}
+    for n in c:
+        if n not in c64:
+            continue
+        a, b = c[n], c64[n]   # read once each: a TapStore reads from disk
+        if np.size(a) and np.shape(a) == np.shape(b):
+            out[n] = _max_diff(a, b)
+    return out
 
 
-def twin_runs(candidate, inputs: Inputs, cand: dict) -> tuple[dict, dict]:
+def twin_runs(candidate, inputs: Inputs, cand: Mapping, collect: Optional[Collect] = None) -> tuple[Mapping, Mapping]:
     """The candidate's plain-float32 taps ``c32`` and its float64 twin's ``c64`` on these inputs.
 
     ``c32`` is ``cand`` itself when the candidate is plain float32 (no ``float32()`` twin). Sides
     that cannot run in float64 (``capabilities.float64`` false) give ``(cand, {})``: no rounding term."""
     candidate = complete(candidate)
+    collect = collect or (lambda side, label: side.run(inputs))
     twin64 = candidate.float64() if candidate.capabilities.float64 else None
     if twin64 is None:
         return cand, {}
-    c64 = twin64.run(inputs)
+    c64 = collect(twin64, "float64")
     twin32 = candidate.float32()
-    return (cand if twin32 is None else twin32.run(inputs)), c64
-
-
-def candidate_rounding(candidate, inputs: Inputs, cand: dict) -> tuple[dict, dict]:
-    """Per tap, the candidate's own rounding on these inputs, from its float64 twin ``c64``:
-
-    - ``rounding``: max |c32 - c64|, its plain float32 twin's (the candidate itself when it is plain
-      float32): the fp32 profile's rounding term;
-    - ``tier_rounding``: max |c - c64| of the candidate as it ran (its precision tier)."""
-    c32, c64 = twin_runs(candidate, inputs, cand)
-    return _rounding(c32, c64), _rounding(cand, c64)
+    return (cand if twin32 is None else collect(twin32, "float32")), c64
 
 
 def clear_report(report_dir: str, names=("report.json", "report.md", "report.html", "report.csv", "report-growth.png",

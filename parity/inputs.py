@@ -11,6 +11,7 @@ import csv
 import io
 import math
 import os
+import shutil
 from dataclasses import dataclass, field
 from typing import Optional
 
@@ -72,10 +73,22 @@ def available_memory() -> Optional[int]:
         return None
 
 
+# A comparison whose runs would hold more than this in memory streams them to disk instead (``--spill auto``).
+SPILL_ABOVE_BYTES = 1 << 30
+
+
+def in_memory_bytes(config, batch_size: int, seq_len: int, command: str = "compare") -> int:
+    """What a run holds in memory when every side's taps are kept (``--spill never``)."""
+    return tap_elements(config, batch_size, seq_len) * BYTES_PER_TAP_ELEMENT[command]
+
+
 def check_run_size(batch_size: int, seq_len: int, seed: int, config, command: str = "compare",
-                   tf_threads: Optional[int] = None, source: str = "the config") -> None:
+                   tf_threads: Optional[int] = None, source: str = "the config", spill_dir: Optional[str] = None
+                   ) -> None:
     """Every size flag in range, and the run's memory (taps of every side, and the weights)
-    against what is available: one line naming the flags, before anything is allocated."""
+    against what is available: one line naming the flags, before anything is allocated. With
+    ``spill_dir`` (the runs streamed to disk) memory holds about one layer's taps, and the disk must
+    hold every run's."""
     for flag, value, low, high in (("--batch-size", batch_size, 1, MAX_BATCH), ("--seq-len", seq_len, 1,
                                    config.max_position_embeddings), ("--seed", seed, 0, MAX_SEED)):
         if not low <= value <= high:
@@ -83,8 +96,15 @@ def check_run_size(batch_size: int, seq_len: int, seed: int, config, command: st
             raise InputError(f"{flag} {value}: must be between {low} and {high} ({limit})")
     if tf_threads is not None and not 1 <= tf_threads <= MAX_THREADS:
         raise InputError(f"--tf-threads {tf_threads}: must be between 1 and {MAX_THREADS}")
-    need = tap_elements(config, batch_size, seq_len) * BYTES_PER_TAP_ELEMENT[command] \
-        + config.num_parameters() * (4 + 4 + 8)
+    taps = in_memory_bytes(config, batch_size, seq_len, command)
+    if spill_dir is not None:
+        free = shutil.disk_usage(spill_dir).free
+        if taps > free:
+            raise InputError(f"--batch-size {batch_size} x --seq-len {seq_len} x {config.num_hidden_layers} layers: "
+                             f"{command} streams about {taps / 2**30:.1f} GiB of taps to --spill-dir {spill_dir}, "
+                             f"which has {free / 2**30:.1f} GiB free; free space, or pick another folder")
+        taps = taps // max(config.num_hidden_layers, 1) * 2   # a layer or two at a time
+    need = taps + config.num_parameters() * (4 + 4 + 8)
     have = available_memory()
     if have is not None and need > have:
         raise InputError(f"--batch-size {batch_size} x --seq-len {seq_len} x {config.num_hidden_layers} layers: "

@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import os
+import tempfile
 from typing import Optional
 
 import torch
@@ -18,7 +19,7 @@ from bert_torch.modeling import BertConfig
 from bert_torch.tf_checkpoint import read_checkpoint
 from bert_torch.weights import detect_head
 
-from .inputs import BYTES_PER_TAP_ELEMENT, Inputs, check_run_size, make_inputs
+from .inputs import BYTES_PER_TAP_ELEMENT, SPILL_ABOVE_BYTES, Inputs, check_run_size, in_memory_bytes, make_inputs
 from .metrics import PROFILES, Profile, get_profile
 from .precision import Tier, check_supported
 
@@ -51,6 +52,11 @@ def add_compare_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--precision", default="fp32",
                    help="the candidate's arithmetic (the reference stays the float32 graph): fp32 (TF32 off), "
                         "tf32 (CUDA's, or an exact emulation on CPU), bf16, fp16")
+    p.add_argument("--spill", default="auto", choices=("auto", "always", "never"),
+                   help="stream each run's taps to disk and compare them one at a time, so that memory holds "
+                        "about one layer's taps (auto: when keeping every run in memory would take over 1 GiB)")
+    p.add_argument("--spill-dir", help="folder for the streamed taps (default: the system's temporary folder); "
+                                       "removed when the run ends")
     p.add_argument("--precision-mode", default="autocast",
                    help="bf16/fp16 as torch.autocast, or cast: the whole model cast, as for inference")
 
@@ -92,6 +98,7 @@ class Prepared:
     inputs: Inputs
     files: dict                  # label -> path, hashed into the report's environment
     tier: Tier = dataclasses.field(default_factory=Tier)   # the candidate's precision (--precision)
+    spill_dir: Optional[str] = None   # the runs stream their taps to disk there (--spill), else memory
 
 
 def prepare(args) -> Prepared:
@@ -107,8 +114,10 @@ def prepare(args) -> Prepared:
         raise BadInput(f"--seq-len {args.seq_len} exceeds max_position_embeddings "
                        f"{config.max_position_embeddings} in {config_path}")
     command = getattr(args, "command", None)
-    check_run_size(args.batch_size, args.seq_len, args.seed, config, command if command in BYTES_PER_TAP_ELEMENT
-                   else "compare", args.tf_threads, config_path)   # bounds and memory before any allocation
+    command = command if command in BYTES_PER_TAP_ELEMENT else "compare"
+    spill_dir = spill_folder(args, config, command)
+    check_run_size(args.batch_size, args.seq_len, args.seed, config, command, args.tf_threads, config_path,
+                   spill_dir)   # bounds and memory (or disk) before any allocation
     # Reading every variable checks names, shapes against the config, sizes and checksums.
     tf_weights, _ = tf_to_torch(read_checkpoint(prefix), config, where=prefix)
     head, num_labels = detect_head(tf_weights)
@@ -120,4 +129,16 @@ def prepare(args) -> Prepared:
     files = {"tf_checkpoint.index": prefix + ".index", "tf_checkpoint.data": prefix + ".data-00000-of-00001",
              "torch_weights": args.torch_weights, "bert_config": config_path, "vocab": vocab,
              "torch_bert_config": args.torch_bert_config, "sentences": args.sentences}
-    return Prepared(profile, prefix, config, torch_config, head, num_labels, inputs, files, tier)
+    return Prepared(profile, prefix, config, torch_config, head, num_labels, inputs, files, tier, spill_dir)
+
+
+def spill_folder(args, config: BertConfig, command: str) -> Optional[str]:
+    """Where this run streams its taps (``--spill``), or None to keep them in memory."""
+    mode = getattr(args, "spill", "never")
+    if command == "dump" or mode == "never" or (
+            mode == "auto" and in_memory_bytes(config, args.batch_size, args.seq_len, command) <= SPILL_ABOVE_BYTES):
+        return None
+    folder = getattr(args, "spill_dir", None) or tempfile.gettempdir()
+    if not os.path.isdir(folder) or not os.access(folder, os.W_OK):
+        raise BadInput(f"--spill-dir {folder}: not a writable folder")
+    return folder

@@ -14,7 +14,7 @@ import copy
 import dataclasses
 import os
 import types
-from typing import Iterable, Mapping, Optional, Protocol
+from typing import Callable, Iterable, Mapping, Optional, Protocol
 
 import numpy as np
 import torch
@@ -56,6 +56,8 @@ class Side(Protocol):
             inject: Optional[Mapping[str, np.ndarray]] = None,
             computed: Optional[dict] = None) -> dict[str, np.ndarray]: ...
 
+    def stream(self, inputs: Inputs, consume: Callable[[str, np.ndarray], None]) -> None: ...
+
     def float64(self) -> Optional["Side"]: ...
 
     def float32(self) -> Optional["Side"]: ...
@@ -87,6 +89,13 @@ class SideBase:
 
     def run(self, inputs: Inputs, fetch=None, inject=None, computed=None) -> dict[str, np.ndarray]:
         raise NotImplementedError
+
+    def stream(self, inputs: Inputs, consume: Callable[[str, np.ndarray], None]) -> None:
+        """Every tap of one run, handed to ``consume(name, array)`` in forward order. This default runs
+        once and hands the taps over; sides that can compute them one block at a time override it, so
+        that a comparison never holds a whole run (``parity.tapstore``)."""
+        for name, value in self.run(inputs).items():
+            consume(name, value)
 
     def float64(self) -> Optional["Side"]:
         """The same model in float64, or None (``capabilities.float64``)."""
@@ -173,6 +182,11 @@ def complete(side):
 TAP_HEADS = {"classifier": "classifier", "squad": "squad"}   # heads with taps of their own
 
 
+def _as_numpy(v: torch.Tensor) -> np.ndarray:
+    # float32, except that a float64 model keeps float64 (the precision ladder's reference).
+    return (v if v.dtype == torch.float64 else v.float()).cpu().numpy()
+
+
 class TorchSide(SideBase):
     """A ``bert_torch`` model; taps are read (and replaced) through ``bert_torch.taps.Taps``."""
 
@@ -232,6 +246,20 @@ class TorchSide(SideBase):
         from bert_torch.weights import model_tensors
         return model_tensors(self.source)
 
+    def _forward(self, inputs: Inputs) -> None:
+        args = [torch.from_numpy(np.asarray(a)).to(self.device, torch.long)
+                for a in (inputs.input_ids, inputs.token_type_ids, inputs.input_mask)]
+        if self.head == "pretraining":
+            self.model.bert(*args)   # the MLM/NSP heads have no contract taps
+        else:
+            self.model(*args)
+
+    def stream(self, inputs: Inputs, consume: Callable[[str, np.ndarray], None]) -> None:
+        """One forward; each tap goes to ``consume`` as it is computed (``Taps(sink=...)``), none is kept."""
+        with torch.no_grad(), arithmetic(self.tier, str(self.device)), \
+                Taps(record=True, sink=lambda name, v: consume(name, _as_numpy(v))):
+            self._forward(inputs)
+
     def run(self, inputs: Inputs, fetch=None, inject=None, computed: Optional[dict] = None) -> dict[str, np.ndarray]:
         """``computed``, when given a dict, receives what the model computed at each injected
         tap before the injection replaced it (``Taps.computed``): with every block's input
@@ -244,16 +272,10 @@ class TorchSide(SideBase):
         with torch.no_grad(), arithmetic(self.tier, str(self.device)), \
                 Taps(record=True if fetch is None else fetch,
                      inject={k: as_tensor(v, dtype) for k, v in (inject or {}).items()}) as taps:
-            args = [as_tensor(a, torch.long) for a in (inputs.input_ids, inputs.token_type_ids, inputs.input_mask)]
-            if self.head == "pretraining":
-                self.model.bert(*args)   # the MLM/NSP heads have no contract taps
-            else:
-                self.model(*args)
-        # float32, except that a float64 model keeps float64 (the precision ladder's reference).
-        out = lambda v: (v if v.dtype == torch.float64 else v.float()).cpu().numpy()
+            self._forward(inputs)
         if computed is not None:
-            computed.update({k: out(v) for k, v in taps.computed.items()})
-        return {k: out(v) for k, v in taps.values.items()}
+            computed.update({k: _as_numpy(v) for k, v in taps.computed.items()})
+        return {k: _as_numpy(v) for k, v in taps.values.items()}
 
 
 class FastPathSide(SideBase):
@@ -316,6 +338,27 @@ class TFSide(SideBase):
             raise ValueError("tensorflow side: computed values need a second run (parity.diagnose.blocks)")
         out = self.ref.run(inputs.input_ids, inputs.token_type_ids, inputs.input_mask, fetch=fetch, inject=inject)
         return {k: np.asarray(v, dtype=np.float32) for k, v in out.items()}
+
+    def stream(self, inputs: Inputs, consume: Callable[[str, np.ndarray], None]) -> None:
+        """Block by block: the embeddings, then each layer fed the graph's own output of the layer before
+        (TensorFlow computes only the ops between what is fed and what is fetched), then the pooler and
+        head. The values are the end-to-end run's: the same ops on the same float32 inputs."""
+        names = self.tap_names
+        layers = sorted({int(n.split("/")[0][6:]) for n in names if n.startswith("layer_")})
+        groups = [([n for n in names if n.startswith("embeddings/")], None)]
+        groups += [([n for n in names if n.startswith(f"layer_{i}/")], f"layer_{i - 1}/output" if i else
+                    "embeddings/output") for i in layers]
+        grouped = {n for group, _ in groups for n in group}
+        groups.append(([n for n in names if n not in grouped], f"layer_{layers[-1]}/output" if layers else None))
+        last: dict = {}
+        for fetch, feed in groups:
+            if not fetch:
+                continue
+            out = self.run(inputs, fetch=fetch, inject={feed: last[feed]} if feed else None)
+            for n in fetch:
+                consume(n, out[n])
+            last = {n: out[n] for n in fetch if n.endswith("/output")}   # the next block's input
+            del out
 
     def close(self) -> None:
         self.ref.close()

@@ -5,9 +5,7 @@ from __future__ import annotations
 import datetime
 import json
 import os
-import shutil
 import subprocess
-import tempfile
 
 import pytest
 from hypothesis import given, settings, strategies as st

@@ -1,0 +1,60 @@
+"""Taps spilled to disk, one file each, read back one at a time: what keeps a comparison's memory to a few
+taps, whatever the model's size (issue #13).
+
+A comparison needs every tap of up to four runs of one model (the reference, the candidate, its float32 and
+float64 twins): held in memory at once that is layers x batch x length^2, 13 GB for BERT-large at 8 x 128.
+Each side instead *streams* its taps (``Side.stream``: in forward order, as they are computed) into a
+``TapStore``, which writes each as a ``.npy`` file in a private temporary folder and keeps only its name,
+shape and dtype; reading ``store[name]`` loads that one file. The comparison then walks the taps one by one,
+so at any moment it holds a tap or two of each run, plus what the running model itself needs. The numbers
+are those of the in-memory comparison: the same runs, the same arrays, read back bit for bit.
+"""
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+from collections.abc import Mapping
+from typing import Iterator, Optional
+
+import numpy as np
+
+
+class TapStore(Mapping):
+    """{tap name: array} on disk. ``put`` writes one tap; ``store[name]`` reads it back (a fresh array)."""
+
+    def __init__(self, root: Optional[str] = None, label: str = "taps"):
+        self.dir = tempfile.mkdtemp(prefix=f"bert-parity-{label}-", dir=root)
+        self._files: dict[str, str] = {}
+        self.nbytes = 0
+
+    def put(self, name: str, value) -> None:
+        if name in self._files:
+            raise ValueError(f"tap {name} stored twice")
+        path = os.path.join(self.dir, f"{len(self._files):05d}.npy")
+        arr = np.asarray(value)
+        np.save(path, arr, allow_pickle=False)
+        self._files[name] = path
+        self.nbytes += arr.nbytes
+
+    def __getitem__(self, name: str) -> np.ndarray:
+        return np.load(self._files[name], allow_pickle=False)
+
+    def __contains__(self, name) -> bool:
+        return name in self._files
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._files)
+
+    def __len__(self) -> int:
+        return len(self._files)
+
+    def close(self) -> None:
+        shutil.rmtree(self.dir, ignore_errors=True)
+        self._files = {}
+
+    def __enter__(self) -> "TapStore":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()

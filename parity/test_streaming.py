@@ -1,0 +1,145 @@
+"""Streaming comparison (issue #13): runs spilled to disk tap by tap give the report of the in-memory
+comparison, number for number, on several configurations, heads, a precision tier and a planted fault;
+TensorFlow block by block gives its end-to-end taps bit for bit; and the spilled run's memory stays near one
+layer's taps where the in-memory one holds every run (measured in child processes)."""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from bert_torch.modeling import BertConfig
+from parity.checkpoints import CONFIGS, SEQ
+from parity.compare import compare_sides
+from parity.inputs import make_inputs, tap_elements
+from parity.metrics import get_profile
+from parity.precision import Tier
+from parity.sides import TFSide, TorchSide
+from parity.tapstore import TapStore
+
+
+def sides(ck: dict, batch: int, seq: int, head=None, tier: Tier = Tier()):
+    config = BertConfig.from_json_file(ck["bert_config"])
+    inputs = make_inputs(ck["vocab"], batch, seq, 0, vocab_size=config.vocab_size,
+                         type_vocab_size=config.type_vocab_size)
+    return (TFSide(ck["prefix"], config, head=head), TorchSide.from_weights(ck["torch_weights"], config, tier=tier),
+            inputs)
+
+
+def same(a: dict, b: dict) -> bool:
+    b = {k: v for k, v in b.items() if k != "memory"}
+    return json.dumps(a, sort_keys=True, default=str) == json.dumps(b, sort_keys=True, default=str)
+
+
+@pytest.mark.parametrize("name,head,tier", [("tiny-1layer", None, "fp32"), ("odd-heads-2layer", "classifier", "fp32"),
+                                            ("3layer-headsize-3", "squad", "bf16")])
+def test_spilled_comparison_is_the_in_memory_one(random_checkpoint, tmp_path, name, head, tier):
+    ck = random_checkpoint(CONFIGS[name], head=head, perturb=0.02)
+    reference, candidate, inputs = sides(ck, 3, SEQ[name], head, Tier(tier))
+    try:
+        held = compare_sides(reference, candidate, inputs, get_profile("fp32-cpu"))
+        spilled = compare_sides(reference, candidate, inputs, get_profile("fp32-cpu"), spill=True,
+                                spill_dir=str(tmp_path))
+    finally:
+        reference.close()
+    assert held["verdict"] == "pass" and len(held["taps"]) > 5 + 11 * CONFIGS[name]["num_hidden_layers"]
+    assert same(held, spilled)
+    assert spilled["memory"]["spilled_to_disk_bytes"] > 0 and os.listdir(tmp_path) == []   # cleaned up
+
+
+def test_a_planted_fault_reads_the_same_spilled(random_checkpoint, tmp_path):
+    """The non-vacuous half: a failing comparison (LayerNorm gamma of layer 1 nudged) fails alike."""
+    ck = random_checkpoint(CONFIGS["odd-heads-2layer"], perturb=0.02)
+    reference, candidate, inputs = sides(ck, 2, 24)
+    with_fault = candidate.source.encoder.layer[1].output.LayerNorm.weight
+    with_fault.data[3] += 1e-3
+    try:
+        held = compare_sides(reference, candidate, inputs, get_profile("fp32-cpu"))
+        spilled = compare_sides(reference, candidate, inputs, get_profile("fp32-cpu"), spill=True,
+                                spill_dir=str(tmp_path))
+    finally:
+        reference.close()
+    assert held["verdict"] == "fail" and held["first_divergence"] == "layer_1/output"
+    assert same(held, spilled)
+
+
+def test_tensorflow_block_by_block_is_its_end_to_end_run(minilm):
+    """Each layer fed the graph's own output of the layer before: every tap bit-identical to one run."""
+    reference, _, inputs = sides(minilm, 2, 32)
+    try:
+        whole = reference.run(inputs)
+        streamed = {}
+        reference.stream(inputs, streamed.__setitem__)
+    finally:
+        reference.close()
+    assert list(streamed) == list(whole) == reference.tap_names
+    assert all(np.array_equal(whole[n], streamed[n]) for n in whole)
+
+
+def test_tap_store_round_trip_and_errors(tmp_path):
+    with TapStore(str(tmp_path), "x") as store:
+        a = np.arange(12, dtype=np.float64).reshape(3, 4)
+        store.put("layer_0/output", a)
+        store.put("nan", np.array([np.nan, np.inf], np.float32))
+        assert list(store) == ["layer_0/output", "nan"] and store.nbytes == a.nbytes + 8
+        assert np.array_equal(store["layer_0/output"], a) and store["layer_0/output"].dtype == np.float64
+        assert np.isnan(store["nan"][0]) and np.isinf(store["nan"][1]) and "missing" not in store
+        with pytest.raises(ValueError, match="stored twice"):
+            store.put("nan", a)
+    assert os.listdir(tmp_path) == []
+
+
+CHILD = """
+import json, resource, sys
+from bert_torch.modeling import BertConfig
+from parity.compare import compare_sides
+from parity.inputs import make_inputs
+from parity.metrics import get_profile
+from parity.sides import TFSide, TorchSide
+ck, spill = json.loads(sys.argv[1]), sys.argv[2] == "spill"
+config = BertConfig.from_json_file(ck["bert_config"])
+inputs = make_inputs(ck["vocab"], 8, 256, 0, vocab_size=config.vocab_size, type_vocab_size=config.type_vocab_size)
+ref, cand = TFSide(ck["prefix"], config), TorchSide.from_weights(ck["torch_weights"], config)
+ref.run(inputs); cand.run(inputs)   # warm: both frameworks' own buffers, before the baseline is read
+base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+r = compare_sides(ref, cand, inputs, get_profile("fp32-cpu"), spill=spill, spill_dir=sys.argv[3])
+print(json.dumps({"verdict": r["verdict"], "peak_kib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss,
+                  "base_kib": base}))
+"""
+
+
+@pytest.mark.slow
+def test_spilled_memory_stays_near_one_layer(random_checkpoint, tmp_path):
+    """4 layers of 8 heads at 8 x 256: each run's taps are ~0.3 GB; held in memory a comparison keeps the
+    reference, the candidate and its float64 twin (~1.2 GB) at once, spilled it keeps a layer or two."""
+    config = dict(CONFIGS["3layer-headsize-3"], num_hidden_layers=4, num_attention_heads=8, hidden_size=64,
+                  max_position_embeddings=256)
+    ck = random_checkpoint(config, perturb=0.02)
+    one_run = tap_elements(BertConfig.from_dict(config), 8, 256) * 4
+    grew = {}
+    for mode in ("spill", "never"):
+        out = subprocess.run([sys.executable, "-c", CHILD, json.dumps(ck), mode, str(tmp_path)],
+                             capture_output=True, text=True, timeout=900)
+        assert out.returncode == 0, out.stderr[-3000:]
+        r = json.loads(out.stdout.strip().splitlines()[-1])
+        assert r["verdict"] == "pass"
+        grew[mode] = (r["peak_kib"] - r["base_kib"]) * 1024
+    assert grew["never"] > 2 * one_run, (grew, one_run)      # the in-memory comparison holds several runs
+    assert grew["spill"] < 0.75 * one_run, (grew, one_run)   # the spilled one, less than one
+
+
+def test_compare_command_spills_on_request_and_checks_the_folder(compare, random_checkpoint, tmp_path):
+    ck = random_checkpoint(CONFIGS["tiny-1layer"], perturb=0.02)
+    spilled = compare(ck["dir"], ck["torch_weights"], "--batch-size", "2", "--seq-len", "16", "--spill", "always",
+                      "--spill-dir", str(tmp_path))
+    held = compare(ck["dir"], ck["torch_weights"], "--batch-size", "2", "--seq-len", "16", "--spill", "never")
+    assert spilled.code == held.code == 0 and spilled.report["memory"]["spilled_to_disk_bytes"] > 0
+    assert "memory" not in held.report and spilled.report["taps"] == held.report["taps"]
+    bad = compare(ck["dir"], ck["torch_weights"], "--seq-len", "16", "--spill", "always",
+                  "--spill-dir", str(tmp_path / "nowhere"))
+    assert bad.code == 2 and bad.err.strip().splitlines() == [f"error: --spill-dir {tmp_path / 'nowhere'}: "
+                                                               "not a writable folder"]
