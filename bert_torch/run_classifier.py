@@ -10,12 +10,20 @@ The training is the official one: features by ``bert_torch.glue`` (identical to
 repeated data with the remainder rolled into the next epoch, warmup ``warmup_proportion``,
 ``BertAdam`` (= AdamWeightDecayOptimizer, global-norm clipping 1.0). ``--init_checkpoint`` takes a
 TF checkpoint (read without TensorFlow) or a PyTorch weights file. Writes
-``pytorch_model.safetensors``, ``bert_config.json`` and ``eval_results.txt`` into ``--output_dir``.
+``pytorch_model.safetensors``, ``bert_config.json`` and ``train_log.json`` (per optimizer step: the loss,
+the learning rate, the examples used over all processes) after training, ``eval_results.txt`` and
+``eval_logits.npy`` (one row per dev example, file order) after evaluation, into ``--output_dir``; each
+file appears whole or not at all. Dropout is the config's (the classifier's too: ``hidden_dropout_prob``,
+0.1 in every released config, the official ``keep_prob`` 0.9); ``--no_dropout`` (or
+``--hidden_dropout_prob 0 --attention_probs_dropout_prob 0``) makes training deterministic: then the run
+is a function of ``--seed``, the data and the weights, also under torchrun with any accumulation that
+keeps ``--train_batch_size`` (``parity.mrpc_ddp_check`` compares those runs with TensorFlow's).
 Exit codes: 0 done, 2 bad input (one line on stderr).
 """
 from __future__ import annotations
 
 import argparse
+import io
 import os
 import random
 import sys
@@ -26,6 +34,7 @@ import numpy as np
 import torch
 
 from . import distributed, glue
+from ._io import write_bytes, write_json, write_text
 from .modeling import BertConfig, BertForSequenceClassification
 from .optimization import (BertAdam, accumulate_gradients, grouped_parameters, micro_batches, num_train_steps,
                            num_warmup_steps)
@@ -96,7 +105,9 @@ def resolve_device(name: str) -> torch.device:
 
 def training_batches(n: int, batch_size: int, steps: int, seed: int):
     """Index batches for ``steps`` steps: each epoch a seeded permutation, the stream repeated
-    and cut into full batches (the official input_fn repeats, shuffles, drops remainders)."""
+    and cut into full batches (the official input_fn repeats, shuffles, drops remainders). A function of
+    (n, batch_size, steps, seed) only: every process of a torchrun job, and a single-process run with
+    any accumulation, draws the same global batches in the same order."""
     rng = np.random.default_rng(seed)
     stream = np.empty(0, dtype=np.int64)
     for _ in range(steps):
@@ -131,9 +142,55 @@ def add_common_args(ap: argparse.ArgumentParser) -> None:
     ap.add_argument("--local_rank", type=int, default=-1,
                     help="set by the old torch.distributed.launch; torchrun's LOCAL_RANK is read instead")
     ap.add_argument("--seed", type=int, default=42)
+    ap.add_argument("--hidden_dropout_prob", type=float, default=None,
+                    help="override the config's hidden_dropout_prob (embeddings, layer outputs, and the "
+                         "classifier's dropout on the pooled output); default: the config's")
+    ap.add_argument("--attention_probs_dropout_prob", type=float, default=None,
+                    help="override the config's attention_probs_dropout_prob; default: the config's")
+    ap.add_argument("--no_dropout", action="store_true",
+                    help="every dropout 0 (both of the above): deterministic training, as the parity checks "
+                         "train; not the official recipe")
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu",
                     help="cpu or cuda[:N] (CUDA is untested in this project)")
     ap.add_argument("--no_progress", action="store_true", help="no progress bar on stderr")
+
+
+DROPOUT_FIELDS = ("hidden_dropout_prob", "attention_probs_dropout_prob")
+
+
+def model_config(args) -> BertConfig:
+    """``--bert_config_file`` with the command line's dropout overrides applied (bad values: ValueError)."""
+    config = BertConfig.from_json_file(args.bert_config_file)
+    for name in DROPOUT_FIELDS:
+        value = getattr(args, name, None)
+        if getattr(args, "no_dropout", False):
+            if value not in (None, 0.0):
+                raise ValueError(f"--no_dropout with --{name} {value}: choose one")
+            value = 0.0
+        if value is not None:
+            if not 0.0 <= value < 1.0:
+                raise ValueError(f"--{name} {value}: must be in [0, 1)")
+            setattr(config, name, float(value))
+    return config
+
+
+def initial_classifier(config: BertConfig, num_labels: int, seed: int) -> BertForSequenceClassification:
+    """The run's model before the pretrained body is loaded: the new head is drawn from ``seed``."""
+    set_seed(seed)
+    return BertForSequenceClassification(config, num_labels=num_labels)
+
+
+def write_train_log(path: str, trained: dict, args) -> None:
+    """``train_log.json``: the run's settings and, per optimizer step, the loss (mean over the global batch),
+    the learning rate applied (null: an fp16 step skipped) and the examples used (indices into the training
+    features, over all processes in rank order). Rank 0 writes it."""
+    config = getattr(args, "model_config", None)
+    write_json(path, {
+        "processes": trained["processes"], "gradient_accumulation_steps": args.gradient_accumulation_steps,
+        "train_batch_size": args.train_batch_size, "seed": args.seed, "learning_rate": args.learning_rate,
+        "dropout": {name: getattr(config, name, None) for name in DROPOUT_FIELDS},
+        **{k: trained[k] for k in ("steps", "warmup_steps", "skipped_steps", "step_losses", "step_lrs",
+                                   "step_examples")}}, "train log")
 
 
 def check_common_args(args, config: BertConfig) -> None:
@@ -156,7 +213,8 @@ def check_common_args(args, config: BertConfig) -> None:
 
 def train_loop(model, arrays: dict, keys: tuple, args, device, loss_fn, amp: Optional["MixedPrecision"] = None) -> dict:
     """The official training loop; returns {"steps", "loss"} (mean of the last 10 step losses) and, per
-    step, "step_losses" and "step_lrs" (the learning rate each applied step used, None when skipped).
+    step, "step_losses", "step_lrs" (the learning rate each applied step used, None when skipped) and
+    "step_examples" (the example indices the step used, gathered from every process in rank order).
     ``amp``: the mixed precision to use (default: from ``--fp16``/``--bf16``)."""
     n = len(arrays[keys[0]])
     steps = num_train_steps(n, args.train_batch_size, args.num_train_epochs)
@@ -174,10 +232,11 @@ def train_loop(model, arrays: dict, keys: tuple, args, device, loss_fn, amp: Opt
     micro = args.train_batch_size // (world.size * args.gradient_accumulation_steps)
     bar = None if args.no_progress or not world.main else Progress(steps, "train")
     amp = amp or mixed_precision(args, torch.device(device).type)
-    losses, lrs, skipped = [], [], 0
+    losses, lrs, examples, skipped = [], [], [], 0
     for idx in training_batches(n, args.train_batch_size, steps, args.seed):   # the same order in every process
         opt.zero_grad(set_to_none=True)
         mine = distributed.shard(idx, world)
+        examples.append(distributed.gather_rows(mine, world).tolist())   # what the step used, over all processes
         parts = [mine[s] for s in micro_batches(len(mine), micro)]
         # Each micro-batch's mean loss weighted by its share of this process's shard; DDP averages the equal
         # shards: the full batch's mean-loss gradient.
@@ -193,7 +252,7 @@ def train_loop(model, arrays: dict, keys: tuple, args, device, loss_fn, amp: Opt
             bar.update(loss=losses[-1], lr=opt.last_lr[0] if opt.last_lr else 0.0)
     return {"steps": steps, "warmup_steps": warmup, "loss": float(np.mean(losses[-10:])),
             "processes": world.size, "skipped_steps": skipped, "optimizer_steps": opt.global_step,
-            "step_losses": losses, "step_lrs": lrs}
+            "step_losses": losses, "step_lrs": lrs, "step_examples": examples}
 
 
 class HostOptimizer:
@@ -277,7 +336,7 @@ def save_model(model, config: BertConfig, output_dir: str) -> str:
 
 def run(args) -> dict:
     args.world = distributed.world_from_env(getattr(args, "local_rank", None))
-    config = BertConfig.from_json_file(args.bert_config_file)
+    config = args.model_config = model_config(args)
     check_common_args(args, config)
     if not args.do_train and not args.do_eval:
         raise ValueError("at least one of --do_train and --do_eval must be given")
@@ -289,7 +348,7 @@ def run(args) -> dict:
     set_seed(args.seed)
     tokenizer = FullTokenizer(args.vocab_file, do_lower_case=args.do_lower_case)
     labels = processor.get_labels()
-    model = BertForSequenceClassification(config, num_labels=len(labels))
+    model = initial_classifier(config, len(labels), args.seed)
     if args.init_checkpoint:
         load_body(model, load_init_weights(args.init_checkpoint, config))
     model.to(device)
@@ -303,10 +362,11 @@ def run(args) -> dict:
     if args.do_train:
         train = glue.features_to_arrays(glue.convert_examples_to_features(
             processor.get_train_examples(args.data_dir), labels, args.max_seq_length, tokenizer))
-        results.update({f"train_{k}": v for k, v in train_loop(model, train, keys, args, device, loss_fn).items()
-                        if not k.startswith("step_")})
+        trained = train_loop(model, train, keys, args, device, loss_fn)
+        results.update({f"train_{k}": v for k, v in trained.items() if not k.startswith("step_")})
         if args.world.main:   # one writer
             save_model(model, config, args.output_dir)
+            write_train_log(os.path.join(args.output_dir, "train_log.json"), trained, args)
     distributed.finish(args.world)
     if args.do_eval and args.world.main:
         dev = glue.features_to_arrays(glue.convert_examples_to_features(
@@ -326,10 +386,11 @@ def run(args) -> dict:
         metrics = glue.accuracy_and_f1(logits.argmax(-1).numpy(), dev["label_ids"])
         results.update({"eval_accuracy": metrics["accuracy"], "eval_f1": metrics["f1"], "eval_loss": eval_loss,
                         "eval_examples": metrics["n"]})
-        with open(os.path.join(args.output_dir, "eval_results.txt"), "w", encoding="utf-8") as f:
-            for k in sorted(results):
-                f.write(f"{k} = {results[k]}\n")
-        np.save(os.path.join(args.output_dir, "eval_logits.npy"), logits.numpy())
+        write_text(os.path.join(args.output_dir, "eval_results.txt"),
+                   "".join(f"{k} = {results[k]}\n" for k in sorted(results)), "eval results")
+        buf = io.BytesIO()
+        np.save(buf, logits.numpy())
+        write_bytes(os.path.join(args.output_dir, "eval_logits.npy"), buf.getvalue(), "eval logits")
     return results
 
 

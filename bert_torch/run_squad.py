@@ -8,8 +8,9 @@
 
 Features, n-best search and answer projection are ``bert_torch.squad`` (identical to the official
 code's); the loss is the official (start CE + end CE) / 2; the optimizer and step count as in
-``run_classifier``. Writes ``predictions.json`` and ``nbest_predictions.json``, and when the
-predict file carries answers, ``eval_results.txt`` with the official v1.1 exact match and F1.
+``run_classifier`` (its dropout flags and ``train_log.json`` too). Writes ``predictions.json`` and
+``nbest_predictions.json``, and when the predict file carries answers, ``eval_results.txt`` with the
+official v1.1 exact match and F1.
 Exit codes: 0 done, 2 bad input (one line on stderr).
 """
 from __future__ import annotations
@@ -24,9 +25,10 @@ import numpy as np
 import torch
 
 from . import distributed, squad
-from .modeling import BertConfig, BertForQuestionAnswering
+from .modeling import BertForQuestionAnswering
 from .run_classifier import (Progress, add_common_args, check_common_args, load_body, load_init_weights,
-                             resolve_device, run_and_print, save_model, set_seed, train_loop)
+                             model_config, resolve_device, run_and_print, save_model, set_seed, train_loop,
+                             write_train_log)
 from .tokenization import FullTokenizer
 
 
@@ -42,7 +44,7 @@ def feature_arrays(features, is_training: bool) -> dict[str, np.ndarray]:
 
 def run(args) -> dict:
     args.world = distributed.world_from_env(getattr(args, "local_rank", None))
-    config = BertConfig.from_json_file(args.bert_config_file)
+    config = args.model_config = model_config(args)
     check_common_args(args, config)
     if not args.do_train and not args.do_predict:
         raise ValueError("at least one of --do_train and --do_predict must be given")
@@ -72,6 +74,7 @@ def run(args) -> dict:
         results.update({f"train_{k}": v for k, v in trained.items() if not k.startswith("step_")})
         if args.world.main:   # one writer
             save_model(model, config, args.output_dir)
+            write_train_log(os.path.join(args.output_dir, "train_log.json"), trained, args)
     distributed.finish(args.world)
     if args.do_predict and args.world.main:
         examples = squad.read_squad_examples(args.predict_file, is_training=False)

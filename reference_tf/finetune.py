@@ -264,7 +264,8 @@ class FineTuner(_Trainer):
             if list(np.shape(value)) != var.shape.as_list():
                 raise ReferenceError(f"variable {name}: value of shape {list(np.shape(value))}, "
                                      f"the graph has {var.shape.as_list()}")
-            var.load(np.asarray(value, dtype=np.float32), self.session)
+            with self.graph.as_default():   # else TF 2 treats the variable as out of scope
+                var.load(np.asarray(value, dtype=np.float32), self.session)
 
     def variables(self) -> dict[str, np.ndarray]:
         """Every trainable variable's current value, by TF name."""

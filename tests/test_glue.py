@@ -103,7 +103,41 @@ def test_run_classifier_trains_and_evaluates(tiny, tmp_path, capsys):
     assert not np.array_equal(trained["pooler.dense.weight"], start["pooler.dense.weight"])   # it trained
 
 
+def test_run_classifier_no_dropout_trains_deterministically_and_logs_each_step(tiny, tmp_path):
+    """--no_dropout: the run is a function of the seed and the data; one pass per step or accumulation 4 use
+    the same examples per step and give the same losses and dev logits (float32 summation order apart);
+    train_log.json records each step; with the config's dropout (the default) two accumulations differ."""
+    import json
+    from bert_torch import run_classifier
+
+    def run(out, *extra):
+        code = run_classifier.main(["--do_train", "--do_eval", "--do_lower_case", "--data_dir", tiny["dir"],
+                                    "--vocab_file", tiny["vocab"], "--bert_config_file", tiny["config"],
+                                    "--init_checkpoint", tiny["weights"], "--max_seq_length", "32",
+                                    "--train_batch_size", "16", "--num_train_epochs", "1", "--learning_rate", "1e-3",
+                                    "--seed", "7", "--no_progress", "--output_dir", str(tmp_path / out), *extra])
+        assert code == 0
+        return (json.loads((tmp_path / out / "train_log.json").read_text()),
+                np.load(tmp_path / out / "eval_logits.npy"))
+
+    (a, la), (b, lb) = run("a", "--no_dropout"), run("b", "--no_dropout", "--gradient_accumulation_steps", "4")
+    assert a["steps"] == b["steps"] == 4 and a["dropout"] == {"hidden_dropout_prob": 0.0,
+                                                               "attention_probs_dropout_prob": 0.0}
+    assert (a["gradient_accumulation_steps"], b["gradient_accumulation_steps"], a["processes"]) == (1, 4, 1)
+    assert a["step_examples"] == b["step_examples"] and all(len(e) == 16 for e in a["step_examples"])
+    assert sorted(sum(a["step_examples"], [])) == list(range(64))   # one epoch: every example once
+    assert b["step_losses"] == pytest.approx(a["step_losses"], rel=1e-5) and a["step_lrs"] == b["step_lrs"]
+    assert lb == pytest.approx(la, abs=1e-4) and la.shape == (64, 2)
+    saved = json.loads((tmp_path / "a" / "bert_config.json").read_text())
+    assert saved["hidden_dropout_prob"] == saved["attention_probs_dropout_prob"] == 0.0   # the config trained with
+    (c, _), (d, _) = run("c"), run("d", "--gradient_accumulation_steps", "4")   # dropout 0.1: masks differ
+    assert c["dropout"]["hidden_dropout_prob"] == 0.1 and c["step_examples"] == a["step_examples"]
+    assert c["step_losses"][1:] != pytest.approx(d["step_losses"][1:], rel=1e-5)
+
+
 @pytest.mark.parametrize("extra,message", [
+    (["--hidden_dropout_prob", "1.5"], "--hidden_dropout_prob 1.5: must be in [0, 1)"),
+    (["--no_dropout", "--attention_probs_dropout_prob", "0.1"], "--no_dropout with --attention_probs_dropout_prob"),
     (["--gradient_accumulation_steps", "3"], "multiple of --gradient_accumulation_steps"),
     (["--max_seq_length", "1000"], "exceeds max_position_embeddings"),
     (["--task_name", "cola"], "supported tasks"),

@@ -113,6 +113,9 @@ def test_run_squad_trains_and_predicts(tmp_path, capsys):
     assert set(predictions) == {qa["id"] for p in data[0]["paragraphs"] for qa in p["qas"]}
     results = dict(line.split(" = ") for line in (out / "eval_results.txt").read_text().splitlines())
     assert float(results["exact_match"]) == pytest.approx(squad.evaluate(data, predictions)["exact_match"])
+    log = json.loads((out / "train_log.json").read_text())   # the runners' shared per-step record
+    assert len(log["step_losses"]) == len(log["step_examples"]) == log["steps"] == int(results["train_steps"])
+    assert log["dropout"] == {"hidden_dropout_prob": 0.1, "attention_probs_dropout_prob": 0.1}   # the config's
     code = run_squad.main(["--do_predict", "--vocab_file", VOCAB, "--bert_config_file", str(tmp_path / "bert_config.json"),
                            "--output_dir", str(out), "--max_seq_length", "60"])
     err = capsys.readouterr().err.strip()
