@@ -41,7 +41,9 @@ from bert_torch.commands import EXIT_CODES_HELP, HelpFormatter, run_main
 from bert_torch._io import read_json, write_json
 from bert_torch.optimization import num_train_steps, num_warmup_steps
 
-from .finetune import LR_ATOL, LR_RTOL, REPO, default_data_dir, loss_agreement, loss_tolerance, mrpc_batches, take
+from .files import REPO_ROOT, default_data_dir
+from .finetune import loss_agreement, loss_tolerance, mrpc_batches, take
+from .finetune.tolerances import LR_ATOL, LR_RTOL
 from .inputs import SAMPLE
 
 PROCESSES, ACCUMULATION = 2, 2
@@ -128,7 +130,7 @@ def run_runner(kind: str, args: list[str], out_dir: str, planted: Optional[str] 
     # small shared machine two threads contend, and took twice the 2-process run's time in this project's runs).
     env = {**os.environ, "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1"),
            # the runs import this checkout's bert_torch and parity, wherever the check is started from
-           "PYTHONPATH": os.pathsep.join(p for p in (REPO, os.environ.get("PYTHONPATH")) if p)}
+           "PYTHONPATH": os.pathsep.join(p for p in (REPO_ROOT, os.environ.get("PYTHONPATH")) if p)}
     proc = subprocess.run(cmd + args + ["--output_dir", out_dir], capture_output=True, text=True,
                           timeout=RUN_TIMEOUT, env=env)
     seconds = round(time.time() - t0, 1)
