@@ -20,11 +20,11 @@ from .tapstore import TapStore
 # A per-tap rule on top of the profile: (row, reference array, candidate array, rounding) -> row.
 # The release gate applies its waivers through it.
 Adjust = Callable[[dict, Optional[np.ndarray], Optional[np.ndarray], Optional[float]], dict]
-# How a run's taps are obtained: (side, label) -> {tap: array} (``Runs.collect``).
+# How a run's taps are obtained: (side, label) -> {tap: array} (``RunStore.collect``).
 Collect = Callable[[Side, str], Mapping[str, np.ndarray]]
 
 
-class Runs:
+class RunStore:
     """Where a comparison keeps its runs' taps: in memory (each run a dict), or, with ``spill``, streamed
     to disk one tap at a time (``parity.tapstore``) and read back one tap at a time, so that memory holds a
     block's taps at most whatever the model's size. The arrays, and so every number, are the same."""
@@ -41,6 +41,16 @@ class Runs:
         side.stream(self.inputs, store.put)
         return store
 
+    def keep(self, taps: Mapping[str, np.ndarray], label: str) -> Mapping[str, np.ndarray]:
+        """A run already in memory (``taps``), spilled too when spilling, so that the caller can drop it."""
+        if not self.spill:
+            return taps
+        store = TapStore(self.spill_dir, label)
+        self.stores.append(store)
+        for name in list(taps):
+            store.put(name, taps[name])
+        return store
+
     @property
     def spilled_bytes(self) -> int:
         return sum(s.nbytes for s in self.stores)
@@ -49,7 +59,7 @@ class Runs:
         for store in self.stores:
             store.close()
 
-    def __enter__(self) -> "Runs":
+    def __enter__(self) -> "RunStore":
         return self
 
     def __exit__(self, *exc) -> None:
@@ -63,10 +73,10 @@ def compare_sides(reference: Side, candidate: Side, inputs: Inputs, profile: Pro
     A tap one side lacks is a failure, never a skip; taps only the candidate publishes are
     appended after the reference's. ``adjust``, when given, sees each tap's row with its arrays
     and returns the row the verdict uses (every caller compares taps here, and only here).
-    ``spill``: the runs go to disk tap by tap (``Runs``; ``spill_dir`` for the temporary files).
+    ``spill``: the runs go to disk tap by tap (``RunStore``; ``spill_dir`` for the temporary files).
     """
     reference, candidate = complete(reference), complete(candidate)
-    with Runs(inputs, spill, spill_dir) as runs:
+    with RunStore(inputs, spill, spill_dir) as runs:
         report = _compare(reference, candidate, inputs, profile, adjust, runs)
         if spill:
             report["memory"] = {"spilled_to_disk_bytes": runs.spilled_bytes}
@@ -74,7 +84,7 @@ def compare_sides(reference: Side, candidate: Side, inputs: Inputs, profile: Pro
 
 
 def _compare(reference: Side, candidate: Side, inputs: Inputs, profile: Profile, adjust: Optional[Adjust],
-             runs: Runs) -> dict:
+             runs: RunStore) -> dict:
     ref = runs.collect(reference, "reference")
     cand = runs.collect(candidate, "candidate")
     c32, c64 = twin_runs(candidate, inputs, cand, runs.collect) if profile.rounding_k else (cand, {})

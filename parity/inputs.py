@@ -103,7 +103,10 @@ def check_run_size(batch_size: int, seq_len: int, seed: int, config, command: st
             raise InputError(f"--batch-size {batch_size} x --seq-len {seq_len} x {config.num_hidden_layers} layers: "
                              f"{command} streams about {taps / 2**30:.1f} GiB of taps to --spill-dir {spill_dir}, "
                              f"which has {free / 2**30:.1f} GiB free; free space, or pick another folder")
-        taps = taps // max(config.num_hidden_layers, 1) * 2   # a layer or two at a time
+        # compare holds a layer or two at a time; diagnose one whole local run (its values and what was
+        # computed at the injected block inputs) before spilling it.
+        taps = taps // max(config.num_hidden_layers, 1) * 2 if command == "compare" \
+            else tap_elements(config, batch_size, seq_len) * 8
     need = taps + config.num_parameters() * (4 + 4 + 8)
     have = available_memory()
     if have is not None and need > have:

@@ -143,3 +143,35 @@ def test_compare_command_spills_on_request_and_checks_the_folder(compare, random
                   "--spill-dir", str(tmp_path / "nowhere"))
     assert bad.code == 2 and bad.err.strip().splitlines() == [f"error: --spill-dir {tmp_path / 'nowhere'}: "
                                                                "not a writable folder"]
+
+
+@pytest.mark.parametrize("fault", [None, "layer_1/output LayerNorm gamma"])
+def test_spilled_diagnosis_is_the_in_memory_one(random_checkpoint, tmp_path, fault):
+    """diagnose keeps its runs in a RunStore: spilled to disk, the diagnosis (culprit, hints, every tap and
+    block row) is the in-memory one; its repro is written from the spilled taps before they go."""
+    from parity.compare import RunStore
+    from parity.diagnose import diagnose, write_repro
+    from bert_torch.convert import tf_to_torch
+    from bert_torch.tf_checkpoint import read_checkpoint
+    ck = random_checkpoint(CONFIGS["odd-heads-2layer"], perturb=0.02)
+    reference, candidate, inputs = sides(ck, 2, 24)
+    if fault:
+        candidate.source.encoder.layer[1].output.LayerNorm.weight.data[3] += 1e-3
+    config = BertConfig.from_json_file(ck["bert_config"])
+    tf_weights, _ = tf_to_torch(read_checkpoint(ck["prefix"]), config)
+    out = {}
+    try:
+        for spill in (False, True):
+            with RunStore(inputs, spill=spill, spill_dir=str(tmp_path)) as store:
+                d = diagnose(reference, candidate, inputs, get_profile("fp32-cpu"), config=config,
+                             tf_weights=tf_weights, store=store)
+                repro = write_repro(d, str(tmp_path / f"repro-{spill}"), config, get_profile("fp32-cpu"), None)
+                out[spill] = (json.dumps({k: v for k, v in d.items() if k not in ("seconds", "repro")}, sort_keys=True, default=str),
+                              repro is not None)
+    finally:
+        reference.close()
+    assert out[False] == out[True]
+    d = json.loads(out[True][0])
+    assert (d["culprit"], d["culprit_block"]) == (("weights", "layer_1/ffn") if fault else (None, None))
+    assert out[True][1] == bool(fault)   # a repro for the culprit block, written from the spilled taps
+    assert not [n for n in os.listdir(tmp_path) if n.startswith("bert-parity-")]   # the spilled runs are gone

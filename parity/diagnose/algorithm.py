@@ -14,6 +14,7 @@ from ..hints import CAUSES, Context, activation_hints, compare_weights, non_fini
 from ..inputs import Inputs
 from ..metrics import Profile, compare_tap
 from ..precision import precision_hints
+from ..compare import RunStore
 from ..sides import complete
 from .blocks import Block, blocks, float64_twin, local_taps, schedule
 from .render import _g
@@ -86,6 +87,11 @@ def _maxabs(a, b) -> Optional[float]:
     return float(d.max()) if d.size and np.isfinite(d).all() else None
 
 
+def _roundings(c: Mapping, c64: Mapping) -> dict:
+    """Per tap, max |c - c64| (None where not comparable or not finite); each tap read once."""
+    return {t: _maxabs(c[t], c64.get(t)) for t in c}
+
+
 def _ratio(err: Optional[float], floor: Optional[float]) -> Optional[float]:
     if err is None or floor is None:
         return None
@@ -125,6 +131,7 @@ class Runs:
     tier_rounding: dict
     tier: Optional[object]
     mask: np.ndarray
+    store: RunStore                 # where the runs are kept (memory, or spilled to disk)
 
     def widen(self, t: str) -> float:
         """A reduced tier's own rounding at tap ``t`` (times its margin): added to local budgets."""
@@ -145,7 +152,7 @@ def ladder(tf32, pt32, pt64, floor) -> dict:
 def diagnose(reference, candidate, inputs: Inputs, profile: Profile, *, config: BertConfig,
              tf_weights: Mapping[str, np.ndarray], torch_weights: Optional[Mapping[str, np.ndarray]] = None,
              head: Optional[str] = None, candidate64="auto", floors: Optional[Mapping[str, float]] = None,
-             candidate_problem: Optional[str] = None) -> Diagnosis:
+             candidate_problem: Optional[str] = None, store: Optional[RunStore] = None) -> Diagnosis:
     """The diagnosis of ``candidate`` (PyTorch) against ``reference`` (TensorFlow).
 
     ``tf_weights``: the checkpoint's variables under PyTorch file names and layouts
@@ -153,7 +160,9 @@ def diagnose(reference, candidate, inputs: Inputs, profile: Profile, *, config: 
     holds (default: the candidate's own, ``Side.tensors``). ``candidate`` may be None when its weights
     could not be loaded (``candidate_problem`` says why): the diagnosis then rests on the
     weights alone. ``candidate64``: a float64 side for the ladder ("auto": the candidate's
-    model in float64). ``floors``: calibrated per-tap noise floors (tap -> max abs).
+    model in float64). ``floors``: calibrated per-tap noise floors (tap -> max abs). ``store``: where the
+    runs are kept (``parity.compare.RunStore``: in memory by default, or spilled to disk); it must outlive
+    ``write_repro``, which reads the culprit block's taps from it.
     """
     t0 = time.perf_counter()
     reference, candidate = complete(reference), complete(candidate)
@@ -177,7 +186,8 @@ def diagnose(reference, candidate, inputs: Inputs, profile: Profile, *, config: 
             diagnosis["verdict"] = "fail"
         return _finish(diagnosis, hints, t0)
 
-    runs = run_sides(reference, candidate, inputs, blocks(config.num_hidden_layers, head), profile, candidate64)
+    runs = run_sides(reference, candidate, inputs, blocks(config.num_hidden_layers, head), profile, candidate64,
+                     store or RunStore(inputs))
     diagnosis["stages"].update(activations="ran", local_pytorch="ran (1 run)" if candidate.capabilities.computed
                                else "ran", local_tensorflow=f"ran ({len(schedule(runs.blocks))} runs)",
                                precision_ladder="ran (end to end)" if runs.twin is not None
@@ -228,51 +238,53 @@ def _finish(diagnosis: Diagnosis, hints: list, t0: float) -> Diagnosis:
     return diagnosis
 
 
-def run_sides(reference, candidate, inputs: Inputs, bs: list, profile: Profile, candidate64="auto") -> Runs:
-    """Stage 2's and 3's runs (see ``Runs``)."""
-    ref = reference.run(inputs)
-    cand = candidate.run(inputs)
-    pt_local = local_taps(candidate, inputs, ref, bs)
-    tf_local = local_taps(reference, inputs, cand, bs)
+def run_sides(reference, candidate, inputs: Inputs, bs: list, profile: Profile, candidate64="auto",
+              store: Optional[RunStore] = None) -> Runs:
+    """Stage 2's and 3's runs (see ``Runs``), each kept by ``store`` (in memory, or spilled to disk)."""
+    store = store or RunStore(inputs)
+    ref = store.collect(reference, "reference")
+    cand = store.collect(candidate, "candidate")
+    pt_local = store.keep(local_taps(candidate, inputs, ref, bs), "local-candidate")
+    tf_local = store.keep(local_taps(reference, inputs, cand, bs), "local-reference")
     twin = float64_twin(candidate) if candidate64 == "auto" else candidate64
-    pt64 = twin.run(inputs) if twin is not None else {}
+    pt64 = store.collect(twin, "float64") if twin is not None else {}
     # The candidate's own float32 rounding per tap, for profiles whose tolerance includes it, and for a
     # precision tier its rounding as run (parity/precision.py).
     twin32 = candidate.float32() if twin is not None else None
-    pt32 = twin32.run(inputs) if twin32 is not None else cand
-    rounding = {t: _maxabs(pt32.get(t), pt64.get(t)) for t in pt32} if profile.rounding_k else {}
-    tier_rounding = {t: _maxabs(cand.get(t), pt64.get(t)) for t in cand} if profile.rounding_k else {}
+    pt32 = store.collect(twin32, "float32") if twin32 is not None else cand
+    rounding = _roundings(pt32, pt64) if profile.rounding_k else {}
+    tier_rounding = (rounding if pt32 is cand else _roundings(cand, pt64)) if profile.rounding_k else {}
     return Runs(inputs, bs, ref, cand, pt_local, tf_local, twin, pt32, pt64, rounding, tier_rounding,
-                candidate.tier, np.asarray(inputs.input_mask))
+                candidate.tier, np.asarray(inputs.input_mask), store)
 
 
 def judge_block(b: Block, runs: Runs, profile: Profile, floors: Optional[Mapping[str, float]]) -> tuple[list, dict]:
     """One block's tap rows (end to end, local both ways, floor, ladder, structure) and its row: "ok",
     "local error" (over budget fed the other side's input) or "inherited error"."""
-    ref, cand, pt64 = runs.ref, runs.cand, runs.pt64
-    e2e = [compare_tap(t, ref.get(t), cand.get(t), profile, runs.rounding.get(t), runs.tier,
-                       runs.tier_rounding.get(t)) for t in b.taps]
-    loc = [check(t, ref.get(t), runs.pt_local.get(t), profile, runs.rounding.get(t), runs.widen(t)) for t in b.taps]
-    tfl = [check(t, runs.tf_local.get(t), cand.get(t), profile, runs.rounding.get(t), runs.widen(t)) for t in b.taps]
-    rows = []
-    for t, e, l, r in zip(b.taps, e2e, loc, tfl):
+    rows, e2e, loc, tfl = [], [], [], []
+    for t in b.taps:   # each run's tap read once (a spilled run reads it from disk)
+        ref_t, cand_t, pt64_t = runs.ref.get(t), runs.cand.get(t), runs.pt64.get(t)
+        e = compare_tap(t, ref_t, cand_t, profile, runs.rounding.get(t), runs.tier, runs.tier_rounding.get(t))
+        l = check(t, ref_t, runs.pt_local.get(t), profile, runs.rounding.get(t), runs.widen(t))  # noqa: E741
+        r = check(t, runs.tf_local.get(t), cand_t, profile, runs.rounding.get(t), runs.widen(t))
+        e2e.append(e), loc.append(l), tfl.append(r)
         row = {k: e[k] for k in ("name", "shape", "max_abs", "max_rel", "cosine", "atol", "rtol", "passed",
                                  "worst_index", "tol_ratio", "reason")}
         row["block"] = b.name
         # float32's resolution at the tap's scale: no floor is finer than that.
-        resolution = float(np.abs(ref[t]).max()) * 2.0 ** -24 if t in ref and ref[t].size else 0.0
-        pt_vs = _maxabs(cand.get(t), pt64.get(t))
+        resolution = float(np.abs(ref_t).max()) * 2.0 ** -24 if ref_t is not None and ref_t.size else 0.0
+        pt_vs = _maxabs(cand_t, pt64_t)
         calibrated = (floors or {}).get(t, profile.floor(t))
         row["floor"] = max(x for x in (pt_vs, calibrated, resolution) if x is not None)
         row["error_over_floor"] = _ratio(e["max_abs"], row["floor"])
-        row["ladder"] = ladder(ref.get(t), cand.get(t), pt64.get(t), row["floor"])
+        row["ladder"] = ladder(ref_t, cand_t, pt64_t, row["floor"])
         row["local"] = {
             "pytorch_on_tf_inputs": {"max_abs": l["max_abs"], "tol_ratio": l["tol_ratio"], "passed": l["passed"]},
             "tf_on_pytorch_inputs": {"max_abs": r["max_abs"], "tol_ratio": r["tol_ratio"], "passed": r["passed"]},
             "resolution": resolution,
         }
-        if t in ref and t in cand and np.shape(ref[t]) == np.shape(cand[t]):
-            row.update(structured(t, ref[t], cand[t], runs.mask))
+        if ref_t is not None and cand_t is not None and np.shape(ref_t) == np.shape(cand_t):
+            row.update(structured(t, ref_t, cand_t, runs.mask))
         rows.append(row)
     status = "ok"
     if not all(l["passed"] for l in loc) or not all(r["passed"] for r in tfl):
@@ -300,13 +312,13 @@ def find_suspects(diagnosis: Diagnosis, runs: Runs, rows: list, block_rows: list
         return suspects
     # Only needed here (a float64 run): each block alone, fed TF's input, TF32 and PT32 each against
     # PT64 on that same input.
-    pt64_local = local_taps(runs.twin, runs.inputs, runs.ref, runs.blocks)
+    pt64_local = runs.store.keep(local_taps(runs.twin, runs.inputs, runs.ref, runs.blocks), "local-float64")
     diagnosis["stages"]["precision_ladder"] = "ran (end to end and per block)"
     for r in rows:
         t = r["name"]
-        floor = max(x for x in (_maxabs(runs.pt_local.get(t), pt64_local.get(t)), r["local"]["resolution"])
-                    if x is not None)
-        r["local"]["ladder"] = ladder(runs.ref.get(t), runs.pt_local.get(t), pt64_local.get(t), floor)
+        local = runs.pt_local.get(t)
+        floor = max(x for x in (_maxabs(local, pt64_local.get(t)), r["local"]["resolution"]) if x is not None)
+        r["local"]["ladder"] = ladder(runs.ref.get(t), local, pt64_local.get(t), floor)
     for br in block_rows:
         br["local_ladder"] = {"formulas_differ": [r["name"] for r in rows if r["block"] == br["name"]
                                                   and r["local"]["ladder"]["reading"] == "formulas differ"]}

@@ -12,6 +12,7 @@ from bert_torch.modeling import BertConfig
 from ..hints import compare_weights
 from ..options import BadInput, add_compare_args, find_vocab, prepare
 from ..precision import Tier
+from ..compare import RunStore
 from ..sides import TorchSide
 from .algorithm import diagnose
 from .render import DIAGNOSIS_FILES, clear_diagnosis, print_summary, write_diagnosis
@@ -63,16 +64,22 @@ def run_diagnose(args) -> int:
         candidate, problem = bert_torch_side(args, p.torch_config, tf_weights, torch_weights, p.tier)
     floors = calibration_floors(getattr(args, "calibration", None))
     reference = TFSide(p.prefix, p.config, head=p.head, num_labels=p.num_labels, intra_op_threads=args.tf_threads)
-    try:
-        d = diagnose(reference, candidate, p.inputs, p.profile, config=p.config, tf_weights=tf_weights,
-                     torch_weights=torch_weights, head=p.head, floors=floors, candidate_problem=problem)
-    finally:
-        reference.close()
-    d["environment"] = environment(args.device, p.files, args.tf_threads)
-    if spec.kind == "bert_torch":   # repro.py runs bert_torch alone; other candidates' code is theirs
-        write_repro(d, args.report_dir, p.torch_config, p.profile, p.head, p.num_labels)
-    else:
-        d["stages"]["repro"] = f"not written: repro.py runs bert_torch, and the candidate is {spec.kind}:"
+    # The runs' taps live in the store (memory, or spilled to disk: --spill) until the repro is written.
+    with RunStore(p.inputs, spill=p.spill_dir is not None, spill_dir=p.spill_dir) as store:
+        try:
+            d = diagnose(reference, candidate, p.inputs, p.profile, config=p.config, tf_weights=tf_weights,
+                         torch_weights=torch_weights, head=p.head, floors=floors, candidate_problem=problem,
+                         store=store)
+        finally:
+            reference.close()
+        if store.spill:
+            d["memory"] = {"spilled_to_disk_bytes": store.spilled_bytes}
+        d["environment"] = environment(args.device, p.files, args.tf_threads)
+        if spec.kind == "bert_torch":   # repro.py runs bert_torch alone; other candidates' code is theirs
+            write_repro(d, args.report_dir, p.torch_config, p.profile, p.head, p.num_labels)
+        else:
+            d["stages"]["repro"] = f"not written: repro.py runs bert_torch, and the candidate is {spec.kind}:"
+        d.repro = None   # the arrays go with the store
     json_path, _ = write_diagnosis(d, args.report_dir)
     print_summary(d, json_path)
     return 0 if d["verdict"] == "pass" else 1
