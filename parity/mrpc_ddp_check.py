@@ -224,14 +224,10 @@ def _public(run: dict) -> dict:
         {"step_losses": run.get("losses"), "step_lrs": run.get("lrs")}
 
 
-def run_check(out_dir: str, data_dir: Optional[str] = None, sample: bool = False,
-              train_examples: Optional[int] = None, dev_examples: Optional[int] = None, seq_len: int = 64, batch_size: int = 8, epochs: float = 1.0, lr: float = 5e-5,
-              seed: int = 0, planted: tuple = (), log=lambda s: print(s, file=sys.stderr, flush=True)) -> dict:
-    """The clean comparison, then each fault of ``planted`` in its own 2-process run against the same
-    single-process and TF runs. Verdict "pass": the clean runs agree and every planted fault fails."""
-    from bert_torch.modeling import BertConfig
-    from bert_torch.run_classifier import initial_classifier, training_batches
-    from .minilm import build_checkpoint
+def checked_inputs(out_dir: str, data_dir: Optional[str], sample: bool, train_examples: Optional[int],
+                   dev_examples: Optional[int], seq_len: int, batch_size: int, epochs: float, lr: float,
+                   planted: tuple) -> tuple[int, int, int, str]:
+    """(train examples, dev examples, optimizer steps, MRPC folder): every argument checked before a run."""
     if train_examples is None:   # the committed sample has 64 pairs
         train_examples = 64 if sample else 256
     if dev_examples is None:
@@ -258,6 +254,30 @@ def run_check(out_dir: str, data_dir: Optional[str] = None, sample: bool = False
         src = os.path.join(data_dir, "mrpc") if data_dir else None
         if not src or not all(os.path.isfile(os.path.join(src, f"{s}.tsv")) for s in ("train", "dev")):
             raise FileNotFoundError(f"--data-dir {data_dir}: no mrpc/train.tsv and mrpc/dev.tsv there (or --sample)")
+    return train_examples, dev_examples, steps, src
+
+
+def fault_row(name: str, bad: dict, j: dict) -> dict:
+    """A planted fault's 2-process run judged against the clean single-process and TF runs: caught, and how."""
+    ddp_pairs = [p for p in j["pairs"] if p["pair"].endswith("/ddp")]
+    return {"fault": name, "description": PLANTED[name], "caught": not j["passed"],
+            "caught_by_loss_rule": any(p.get("loss_passed") is False for p in ddp_pairs),
+            "caught_by_predictions": any(p.get("dev_predictions_identical", 1.0) < 1.0 for p in ddp_pairs),
+            "caught_by_examples": bool(bad.get("steps_with_other_examples")),
+            "problems": j["problems"], "pairs": j["pairs"], "dev_accuracy": j["dev_accuracy"].get("ddp"),
+            "run": _public(bad)}
+
+
+def run_check(out_dir: str, data_dir: Optional[str] = None, sample: bool = False,
+              train_examples: Optional[int] = None, dev_examples: Optional[int] = None, seq_len: int = 64, batch_size: int = 8, epochs: float = 1.0, lr: float = 5e-5,
+              seed: int = 0, planted: tuple = (), log=lambda s: print(s, file=sys.stderr, flush=True)) -> dict:
+    """The clean comparison, then each fault of ``planted`` in its own 2-process run against the same
+    single-process and TF runs. Verdict "pass": the clean runs agree and every planted fault fails."""
+    from bert_torch.modeling import BertConfig
+    from bert_torch.run_classifier import initial_classifier, training_batches
+    from .minilm import build_checkpoint
+    train_examples, dev_examples, steps, src = checked_inputs(out_dir, data_dir, sample, train_examples,
+                                                              dev_examples, seq_len, batch_size, epochs, lr, planted)
     t0 = time.time()
     os.makedirs(out_dir, exist_ok=True)
     data = subset(src, os.path.join(out_dir, "data"), train_examples, dev_examples)
@@ -288,14 +308,7 @@ def run_check(out_dir: str, data_dir: Optional[str] = None, sample: bool = False
     for name in planted:
         log(f"torchrun {PROCESSES} processes x accumulation {ACCUMULATION}, planted: {name}")
         bad = run_runner("ddp", common, os.path.join(out_dir, f"planted-{name}"), planted=name)
-        j = judge({"tf": tf, "single": single, "ddp": bad}, order, steps, warmup, lr)
-        ddp_pairs = [p for p in j["pairs"] if p["pair"].endswith("/ddp")]
-        faults.append({"fault": name, "description": PLANTED[name], "caught": not j["passed"],
-                       "caught_by_loss_rule": any(p.get("loss_passed") is False for p in ddp_pairs),
-                       "caught_by_predictions": any(p.get("dev_predictions_identical", 1.0) < 1.0 for p in ddp_pairs),
-                       "caught_by_examples": bool(bad.get("steps_with_other_examples")),
-                       "problems": j["problems"], "pairs": j["pairs"], "dev_accuracy": j["dev_accuracy"].get("ddp"),
-                       "run": _public(bad)})
+        faults.append(fault_row(name, bad, judge({"tf": tf, "single": single, "ddp": bad}, order, steps, warmup, lr)))
     ok = clean["passed"] and all(f["caught"] for f in faults)
     acc = clean["dev_accuracy"]
     result = {

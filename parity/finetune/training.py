@@ -264,8 +264,6 @@ def squad_training_check(minilm: dict, train_file: str, dev_file: str, steps: in
     v1.1 metrics for both, the fraction of identical answers; with ``convert_dir`` also the
     TF-trained model converted by bert_torch.convert and run in PyTorch."""
     from bert_torch import squad
-    from bert_torch.modeling import BertConfig
-    from bert_torch.weights import load_model
     from reference_tf.finetune import FineTuner
     _, _, train = squad_arrays(train_file, minilm["vocab"], True, seq_len, doc_stride)
     dev_ex, dev_f, dev = squad_arrays(dev_file, minilm["vocab"], False, seq_len, doc_stride, limit=dev_limit)
@@ -332,21 +330,30 @@ def squad_training_check(minilm: dict, train_file: str, dev_file: str, steps: in
               "train_features": n, "dev_questions": len(dev_ex), "dev_features": len(dev_f),
               "tf_seconds": round(tf_seconds, 1), "torch_seconds": round(pt_seconds, 1)}
     if convert_dir:
-        from bert_torch import convert
-        weights = os.path.join(convert_dir, "squad.safetensors")
-        code = convert.main(["--tf-checkpoint", tf_prefix, "--bert-config", minilm["bert_config"], "--output", weights])
-        if code != 0:
-            result["conversion"] = {"name": "conversion_squad", "verdict": "fail", "summary": f"convert exited {code}"}
-        else:
-            c_start, c_end = pt_logits(load_model(weights, BertConfig.from_json_file(minilm["bert_config"]), device=device))
-            c_pred, c_m = answers(c_start, c_end)
-            c_same = float(np.mean([tf_pred[q] == c_pred[q] for q in tf_pred]))
-            diff = float(max(np.abs(c_start - tf_start).max(), np.abs(c_end - tf_end).max()))
-            c_ok = c_same == 1.0 and diff <= 1e-4
-            result["conversion"] = {
-                "name": "conversion_squad", "verdict": "pass" if c_ok else "fail",
-                "summary": (f"TF-fine-tuned SQuAD model converted and run in PyTorch: {c_same:.4f} of {len(tf_pred)} "
-                            f"dev answers identical, max |logit diff| {diff:.3g}, EM delta "
-                            f"{c_m['exact_match'] - tf_m['exact_match']:+.2f}, F1 delta {c_m['f1'] - tf_m['f1']:+.2f}"),
-                "dev_tf": tf_m, "dev_torch": c_m, "identical_answers": c_same, "max_abs_logit_diff": diff}
+        result["conversion"] = squad_conversion_check(tf_prefix, minilm["bert_config"], convert_dir, device, pt_logits,
+                                                      answers, tf_pred, tf_m, tf_start, tf_end)
     return result
+
+
+def squad_conversion_check(tf_prefix: str, bert_config: str, convert_dir: str, device: str, pt_logits: Callable,
+                           answers: Callable, tf_pred: dict, tf_m: dict, tf_start, tf_end) -> dict:
+    """The TF-fine-tuned SQuAD model converted by bert_torch.convert and run in PyTorch: every dev answer
+    identical to TF's, logits within 1e-4."""
+    from bert_torch import convert
+    from bert_torch.modeling import BertConfig
+    from bert_torch.weights import load_model
+    weights = os.path.join(convert_dir, "squad.safetensors")
+    code = convert.main(["--tf-checkpoint", tf_prefix, "--bert-config", bert_config, "--output", weights])
+    if code != 0:
+        return {"name": "conversion_squad", "verdict": "fail", "summary": f"convert exited {code}"}
+    c_start, c_end = pt_logits(load_model(weights, BertConfig.from_json_file(bert_config), device=device))
+    c_pred, c_m = answers(c_start, c_end)
+    c_same = float(np.mean([tf_pred[q] == c_pred[q] for q in tf_pred]))
+    diff = float(max(np.abs(c_start - tf_start).max(), np.abs(c_end - tf_end).max()))
+    c_ok = c_same == 1.0 and diff <= 1e-4
+    return {
+        "name": "conversion_squad", "verdict": "pass" if c_ok else "fail",
+        "summary": (f"TF-fine-tuned SQuAD model converted and run in PyTorch: {c_same:.4f} of {len(tf_pred)} "
+                    f"dev answers identical, max |logit diff| {diff:.3g}, EM delta "
+                    f"{c_m['exact_match'] - tf_m['exact_match']:+.2f}, F1 delta {c_m['f1'] - tf_m['f1']:+.2f}"),
+        "dev_tf": tf_m, "dev_torch": c_m, "identical_answers": c_same, "max_abs_logit_diff": diff}
