@@ -24,7 +24,7 @@ import shutil
 import signal
 import tempfile
 import threading
-from typing import Callable, Iterator, Optional, Sequence
+from typing import Callable, Iterator, Mapping, Optional, Sequence
 
 import numpy as np
 
@@ -214,13 +214,99 @@ def atomic_dir(path: str, what: str = "output folder") -> Iterator[str]:
         shutil.rmtree(tmp, ignore_errors=True)
 
 
-def save_safetensors(arrays: dict, path: str, metadata: Optional[dict] = None) -> None:
+# --------------------------------------------------------------------------------------------
+# Tensors streamed, not held
+
+class LazyTensor:
+    """A tensor known by its shape and dtype, read only when asked for (``load()``, ``np.asarray``) and
+    not kept: each ask reads it again. Converters pass these from reader to writer, so that a checkpoint
+    streams through one tensor at a time instead of being held whole, twice (read, then re-laid out)."""
+
+    __slots__ = ("shape", "dtype", "_load")
+
+    def __init__(self, shape, dtype, load: Callable[[], np.ndarray]):
+        self.shape, self.dtype, self._load = tuple(int(d) for d in shape), np.dtype(dtype), load
+
+    @classmethod
+    def wrap(cls, array) -> "LazyTensor":
+        """An array already in memory, so that what is derived from it (``then``) is made one at a time."""
+        array = np.asarray(array)
+        return cls(array.shape, array.dtype, lambda: array)
+
+    @property
+    def ndim(self) -> int:
+        return len(self.shape)
+
+    @property
+    def nbytes(self) -> int:
+        return math.prod(self.shape) * self.dtype.itemsize
+
+    def load(self) -> np.ndarray:
+        array = np.asarray(self._load())
+        if array.shape != self.shape or array.dtype != self.dtype:   # a reader's bug, never silently passed on
+            raise ValueError(f"lazy tensor read as {array.dtype}{list(array.shape)}, "
+                             f"declared {self.dtype}{list(self.shape)}")
+        return array
+
+    def then(self, fn: Callable[[np.ndarray], np.ndarray], shape=None, dtype=None) -> "LazyTensor":
+        """``fn`` of this tensor, lazily; declared with ``shape``/``dtype`` (default: this one's)."""
+        return LazyTensor(self.shape if shape is None else shape, self.dtype if dtype is None else dtype,
+                          lambda: fn(self.load()))
+
+    def __array__(self, dtype=None, copy=None):
+        array = self.load()
+        return array if dtype is None else array.astype(dtype, copy=False)
+
+    def __repr__(self) -> str:
+        return f"LazyTensor({self.dtype}{list(self.shape)})"
+
+
+# safetensors' dtype names, in the order of its Dtype enum: it writes tensors by dtype, descending, then name.
+SAFETENSORS_DTYPES = {"BOOL": np.bool_, "U8": np.uint8, "I8": np.int8, "I16": np.int16, "U16": np.uint16,
+                       "F16": np.float16, "I32": np.int32, "U32": np.uint32, "F32": np.float32,
+                       "F64": np.float64, "I64": np.int64, "U64": np.uint64}
+_SAFETENSORS_NAME = {np.dtype(t): name for name, t in SAFETENSORS_DTYPES.items()}
+_SAFETENSORS_RANK = {name: i for i, name in enumerate(SAFETENSORS_DTYPES)}
+
+
+def save_safetensors(arrays: Mapping, path: str, metadata: Optional[dict] = None) -> None:
     """A safetensors file written with plain file writes, so that a full disk is an ``OSError``
-    (``safetensors.numpy.save_file``, whose arguments these are, raises its own error type for it)."""
-    from safetensors.numpy import save
-    data = save({k: np.ascontiguousarray(v) for k, v in arrays.items()}, metadata=metadata)
+    (``safetensors.numpy.save_file``, whose arguments these are, raises its own error type for it).
+
+    Streamed: the header first, then each tensor, made contiguous (and a ``LazyTensor`` read) one at a
+    time, so that no second copy of the whole model is ever built in memory. The bytes are those of
+    ``safetensors.numpy.save`` (tensors by dtype, descending, then name; the JSON header padded with
+    spaces to 8 bytes), the metadata's keys in their given order rather than in a hash map's. Inputs that
+    format cannot hold as written here (other dtypes, non-string metadata) go to ``safetensors`` itself."""
+    prepared = {k: v if isinstance(v, LazyTensor) else np.ascontiguousarray(v) for k, v in arrays.items()}
+    dtypes = {k: np.dtype(v.dtype).newbyteorder("=") for k, v in prepared.items()}
+    if (any(d not in _SAFETENSORS_NAME for d in dtypes.values()) or "__metadata__" in prepared
+            or not all(isinstance(k, str) for k in prepared)
+            or not all(isinstance(k, str) and isinstance(v, str) for k, v in (metadata or {}).items())):
+        from safetensors.numpy import save
+        data = save({k: np.ascontiguousarray(v) for k, v in prepared.items()}, metadata=metadata)
+        with open(path, "wb") as f:
+            f.write(data)
+        return
+    order = sorted(prepared, key=lambda k: (-_SAFETENSORS_RANK[_SAFETENSORS_NAME[dtypes[k]]], k))
+    header, offset = ({"__metadata__": dict(metadata)} if metadata is not None else {}), 0
+    for k in order:
+        size = math.prod(prepared[k].shape) * dtypes[k].itemsize
+        header[k] = {"dtype": _SAFETENSORS_NAME[dtypes[k]], "shape": list(prepared[k].shape),
+                     "data_offsets": [offset, offset + size]}
+        offset += size
+    text = json.dumps(header, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
+    text += b" " * (-len(text) % 8)
     with open(path, "wb") as f:
-        f.write(data)
+        f.write(len(text).to_bytes(8, "little") + text)
+        for k in order:
+            value = prepared.pop(k)   # not kept once written (a LazyTensor's read is freed with it)
+            array = value.load() if isinstance(value, LazyTensor) else value
+            if array.shape != tuple(header[k]["shape"]) or array.dtype.newbyteorder("=") != dtypes[k]:
+                raise ValueError(f"tensor {k} changed while being written")
+            array = np.asarray(array, array.dtype.newbyteorder("<"), order="C")   # safetensors is little-endian
+            f.write(memoryview(array.reshape(-1).view(np.uint8)))
+            del value, array
 
 
 # --------------------------------------------------------------------------------------------

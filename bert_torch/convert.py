@@ -20,11 +20,12 @@ from typing import Mapping, Optional
 import numpy as np
 
 from .commands import EXIT_CODES_HELP, HelpFormatter, run_main
-from ._io import read_bytes, sha256
+from ._io import LazyTensor, read_bytes, sha256
 from .modeling import BertConfig
 from .tokenization import load_vocab
-from .tf_checkpoint import CheckpointError, checkpoint_prefix, list_variables, read_checkpoint, write_checkpoint
-from .weights import check_shapes, detect_head, expected_shapes, read_weights, write_weights
+from .tf_checkpoint import (CheckpointError, checkpoint_prefix, list_variables, open_checkpoint,  # noqa: F401
+                            read_checkpoint, write_checkpoint)
+from .weights import check_shapes, detect_head, expected_shapes, open_weights, read_weights, write_weights  # noqa: F401
 
 # Head variables outside the mechanical scope rule (TF name -> file name). Their TF
 # layout is [out, in], like torch.nn.Linear, so they are not transposed.
@@ -88,6 +89,7 @@ def file_to_tf_name(name: str) -> tuple[str, bool]:
 class Summary:
     mapped: int = 0
     skipped: Counter = field(default_factory=Counter)
+    skipped_names: list = field(default_factory=list, repr=False)   # the TF names counted in ``skipped``
 
     def __str__(self) -> str:
         skipped = sum(self.skipped.values())
@@ -108,8 +110,10 @@ def tf_to_torch(tf_vars: Mapping[str, np.ndarray], config: BertConfig, where: st
         m = OPTIMIZER_SLOT.match(tf_name)
         if m:
             summary.skipped[m.group(2) or m.group(3)] += 1
+            summary.skipped_names.append(tf_name)
         elif body_only and tf_name.split("/")[0] != "bert":
             summary.skipped["head (--body-only)"] += 1
+            summary.skipped_names.append(tf_name)
         else:
             weights[tf_name] = value
     head, num_labels = detect_head(tf_to_file_name(n)[0] or "" for n in weights)
@@ -123,10 +127,19 @@ def tf_to_torch(tf_vars: Mapping[str, np.ndarray], config: BertConfig, where: st
     out = {}
     for tf_name, value in weights.items():
         name, transpose = tf_to_file_name(tf_name)
-        value = np.asarray(value, dtype=np.float32)
-        out[name] = np.ascontiguousarray(value.T if transpose else value)   # kernel [in,out] -> weight [out,in]
+        out[name] = _laid_out(value, transpose)   # kernel [in,out] -> weight [out,in]
     summary.mapped = len(out)
     return out, summary
+
+
+def _laid_out(value, transpose: bool):
+    """float32, C order, transposed when ``transpose``; a ``LazyTensor`` stays lazy (laid out when read),
+    so that a streamed conversion holds one tensor, and its transpose, at a time."""
+    if isinstance(value, LazyTensor):
+        return value.then(lambda array: _laid_out(array, transpose),
+                          value.shape[::-1] if transpose else value.shape, np.float32)
+    value = np.asarray(value, dtype=np.float32)
+    return np.ascontiguousarray(value.T if transpose else value)
 
 
 def torch_to_tf(tensors: Mapping[str, np.ndarray], config: BertConfig, where: str = "weights") -> dict[str, np.ndarray]:
@@ -138,8 +151,7 @@ def torch_to_tf(tensors: Mapping[str, np.ndarray], config: BertConfig, where: st
     out = {}
     for name, value in tensors.items():
         tf_name, transpose = file_to_tf_name(name)
-        value = np.asarray(value, dtype=np.float32)
-        out[tf_name] = np.ascontiguousarray(value.T if transpose else value)
+        out[tf_name] = _laid_out(value, transpose)
     return out
 
 
@@ -158,7 +170,14 @@ def convert_tf_to_torch(tf_checkpoint: str, output: str, bert_config: Optional[s
                         body_only: bool = False, output_format: Optional[str] = None) -> Summary:
     prefix, config_path = resolve_checkpoint(tf_checkpoint, bert_config)
     config = BertConfig.from_json_file(config_path)
-    tensors, summary = tf_to_torch(read_checkpoint(prefix), config, where=prefix, body_only=body_only)
+    # Streamed: the index is checked whole now, each tensor read (and its crc32c checked) when it is
+    # written, so memory holds one tensor and its transpose, never the model twice.
+    checkpoint = open_checkpoint(prefix)
+    tensors, summary = tf_to_torch(checkpoint, config, where=prefix, body_only=body_only)
+    # What is skipped (optimizer slots, heads with --body-only) is still checksummed, one at a time and
+    # before anything is written: a damaged checkpoint is refused whole, as when it was read whole.
+    for name in summary.skipped_names:
+        checkpoint[name].load()
     if output_format == "hf":   # a transformers directory (bert_torch.hf_dir), the tokenizer files with it
         from .hf_dir import write_hf_dir
         vocab = os.path.join(os.path.dirname(prefix), "vocab.txt")
@@ -180,7 +199,7 @@ def convert_torch_to_tf(torch_weights: str, bert_config: Optional[str], output: 
     may be an HF directory (config.json + weights): its config is read with HF's meanings."""
     from .hf_dir import is_hf_dir, read_hf_dir
     if is_hf_dir(torch_weights):
-        weights, config = read_hf_dir(torch_weights)
+        weights, config = read_hf_dir(torch_weights, lazy=True)
         if bert_config:
             raise ValueError(f"--bert-config {bert_config}: {torch_weights} is an HF directory and brings its own "
                              f"config.json")
@@ -191,7 +210,9 @@ def convert_torch_to_tf(torch_weights: str, bert_config: Optional[str], output: 
         if not bert_config:
             raise ValueError("--to-tf needs --bert-config (or --torch-weights naming an HF directory)")
         config = BertConfig.from_json_file(bert_config)
-        weights = read_weights(torch_weights)
+        weights = open_weights(torch_weights)   # safetensors: streamed, each tensor read when it is written
+    # A .bin is read whole; its kernels are still transposed one at a time, as they are written.
+    weights = {k: v if isinstance(v, LazyTensor) else LazyTensor.wrap(v) for k, v in weights.items()}
     tf_vars = torch_to_tf(weights, config, where=torch_weights)
     out_dir = os.path.dirname(os.path.abspath(output))
     config_out = os.path.join(out_dir, "bert_config.json")

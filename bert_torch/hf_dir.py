@@ -19,9 +19,9 @@ from typing import Optional
 
 import numpy as np
 
-from ._io import atomic_dir, read_json, save_safetensors
+from ._io import LazyTensor, atomic_dir, read_json, save_safetensors
 from .modeling import ACTIVATIONS, BertConfig, gelu_erf, gelu_tanh
-from .weights import WeightsError, detect_head, read_weights
+from .weights import WeightsError, detect_head, open_weights, read_weights
 
 # HF's name for each function bert_torch computes, and back (transformers' ACT2FN meanings).
 TO_HF_ACT = {gelu_tanh: "gelu_new", gelu_erf: "gelu"}
@@ -52,8 +52,7 @@ def write_hf_dir(out_dir: str, tensors: dict, config: BertConfig, vocab_file: Op
     prefix = "" if head is None else "bert."
     body = {k: v for k, v in tensors.items() if not k.startswith(("classifier.", "qa_outputs.", "cls."))}
     heads = {k: v for k, v in tensors.items() if k.startswith(("classifier.", "qa_outputs."))}
-    arrays = {**{prefix + k: np.ascontiguousarray(v, np.float32) for k, v in body.items()},
-              **{k: np.ascontiguousarray(v, np.float32) for k, v in heads.items()}}
+    arrays = {**{prefix + k: _float32(v) for k, v in body.items()}, **{k: _float32(v) for k, v in heads.items()}}
     hf = {"architectures": [ARCHITECTURES[head]], "model_type": "bert",
           **{k: getattr(config, k) for k in FIELDS}, "hidden_act": hf_activation(config.hidden_act),
           "layer_norm_eps": 1e-12,            # the official graph's epsilon (HF's default too, said aloud)
@@ -76,12 +75,20 @@ def write_hf_dir(out_dir: str, tensors: dict, config: BertConfig, vocab_file: Op
     return ARCHITECTURES[head]
 
 
+def _float32(value):
+    """A C-ordered float32 array; a ``LazyTensor`` stays lazy, converted when written (streamed)."""
+    if isinstance(value, LazyTensor):
+        return value.then(lambda array: np.ascontiguousarray(array, np.float32), dtype=np.float32)
+    return np.ascontiguousarray(value, np.float32)
+
+
 def is_hf_dir(path: str) -> bool:
     return os.path.isdir(path) and os.path.isfile(os.path.join(path, "config.json"))
 
 
-def read_hf_dir(path: str) -> tuple[dict, BertConfig]:
-    """(tensors under file names, the BertConfig that computes what the directory's model computes)."""
+def read_hf_dir(path: str, lazy: bool = False) -> tuple[dict, BertConfig]:
+    """(tensors under file names, the BertConfig that computes what the directory's model computes).
+    With ``lazy``, a model.safetensors' tensors are ``LazyTensor``s, read when used (``open_weights``)."""
     cfg = read_json(os.path.join(path, "config.json"), "HF config")
     if not isinstance(cfg, dict) or cfg.get("model_type", "bert") != "bert":
         raise ValueError(f"{path}/config.json: model_type {cfg.get('model_type') if isinstance(cfg, dict) else None!r}"
@@ -97,6 +104,7 @@ def read_hf_dir(path: str) -> tuple[dict, BertConfig]:
                     if os.path.isfile(os.path.join(path, n))), None)
     if weights is None:
         raise WeightsError([f"{path}: no model.safetensors or pytorch_model.bin"])
-    tensors = {(k[len("bert."):] if k.startswith("bert.") else k): v for k, v in read_weights(weights).items()
+    read = open_weights if lazy else read_weights
+    tensors = {(k[len("bert."):] if k.startswith("bert.") else k): v for k, v in read(weights).items()
                if not k.endswith("position_ids")}   # a buffer, not a weight
     return tensors, config

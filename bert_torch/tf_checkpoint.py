@@ -11,6 +11,7 @@ from __future__ import annotations
 import codecs
 import collections
 import contextlib
+import functools
 import glob
 import math
 import os
@@ -21,7 +22,7 @@ from typing import Iterable, Mapping
 import google_crc32c
 import numpy as np
 
-from ._io import atomic_outputs
+from ._io import LazyTensor, atomic_outputs
 
 _MAGIC = 0xDB4775248B80FB57
 _FOOTER_LEN = 48  # metaindex and index BlockHandles, zero-padded to 40 bytes, then the magic
@@ -355,8 +356,39 @@ def list_variables(prefix: str) -> dict[str, tuple[tuple[int, ...], str]]:
     return {name: (e.shape, _dtype_name(e.dtype)) for name, e in entries.items()}
 
 
+def open_checkpoint(prefix: str, names: Iterable[str] | None = None) -> dict[str, LazyTensor]:
+    """All (or the named) variables as ``LazyTensor``s: every check of ``read_checkpoint`` that the index
+    and the data files' sizes allow is made now, before any tensor is read; each tensor is read (and its
+    crc32c verified) when it is used, and not kept. A converter streams a checkpoint through this."""
+    prefix, num_shards, entries, wanted = _checked_entries(prefix, names)
+    return {name: LazyTensor(entries[name].shape, _NUMPY[entries[name].dtype],
+                             functools.partial(_load_tensor, _data_path(prefix, entries[name], num_shards), name,
+                                               entries[name]))
+            for name in wanted}
+
+
 def read_checkpoint(prefix: str, names: Iterable[str] | None = None) -> dict[str, np.ndarray]:
     """Read all (or the named) variables as writable arrays, verifying sizes and crc32c."""
+    prefix, num_shards, entries, wanted = _checked_entries(prefix, names)
+    arrays = {}
+    with contextlib.ExitStack() as files:
+        opened = {}
+        for name in sorted(wanted, key=lambda n: (entries[n].shard, entries[n].offset)):
+            e = entries[name]
+            path = _data_path(prefix, e, num_shards)
+            if path not in opened:
+                opened[path] = files.enter_context(_open_data(path, name))
+            arrays[name] = _read_tensor(opened[path], path, name, e)
+    return {name: arrays[name] for name in wanted}
+
+
+def _data_path(prefix: str, e: _Entry, num_shards: int) -> str:
+    return f"{prefix}.data-{e.shard:05d}-of-{num_shards:05d}"
+
+
+def _checked_entries(prefix: str, names: Iterable[str] | None) -> tuple[str, int, dict[str, _Entry], list[str]]:
+    """(prefix, number of shards, index entries, the wanted names), every wanted entry checked against
+    what can be read and against the size of its data file: what we cannot read is refused up front."""
     prefix = checkpoint_prefix(prefix)
     num_shards, entries = _load_index(prefix)
     if isinstance(names, str):  # one name, not an iterable of its characters
@@ -379,24 +411,24 @@ def read_checkpoint(prefix: str, names: Iterable[str] | None = None) -> dict[str
             raise CheckpointError(f"{prefix}.index: variable {name} is stored as {e.size} bytes, "
                                   f"which does not fit shape {e.shape} of {_dtype_name(e.dtype)}")
         # The index's claims against the data file's real size, before a byte is allocated for them.
-        path = f"{prefix}.data-{e.shard:05d}-of-{num_shards:05d}"
+        path = _data_path(prefix, e, num_shards)
         size = _file_size(path, name)
         if e.offset + e.size > size:
             raise CheckpointError(f"{path} is truncated: variable {name} needs bytes "
                                   f"[{e.offset}, {e.offset + e.size}) but the file has {size}")
-    arrays = {}
-    with contextlib.ExitStack() as files:
-        opened = {}
-        for name in sorted(wanted, key=lambda n: (entries[n].shard, entries[n].offset)):
-            e = entries[name]
-            path = f"{prefix}.data-{e.shard:05d}-of-{num_shards:05d}"
-            if path not in opened:
-                try:
-                    opened[path] = files.enter_context(open(path, "rb"))
-                except OSError as err:
-                    raise CheckpointError(f"cannot open {path} (needed for variable {name}): {err.strerror}") from None
-            arrays[name] = _read_tensor(opened[path], path, name, e)
-    return {name: arrays[name] for name in wanted}
+    return prefix, num_shards, entries, wanted
+
+
+def _open_data(path: str, name: str):
+    try:
+        return open(path, "rb")
+    except OSError as err:
+        raise CheckpointError(f"cannot open {path} (needed for variable {name}): {err.strerror}") from None
+
+
+def _load_tensor(path: str, name: str, e: _Entry) -> np.ndarray:
+    with _open_data(path, name) as f:
+        return _read_tensor(f, path, name, e)
 
 
 def _file_size(path: str, name: str) -> int:
@@ -421,6 +453,10 @@ def _read_tensor(f, path: str, name: str, e: _Entry) -> np.ndarray:
     return array
 
 
+def _little_c(array: np.ndarray) -> np.ndarray:
+    return np.asarray(array, array.dtype.newbyteorder("<"), order="C")
+
+
 def write_checkpoint(prefix: str, tensors: Mapping[str, np.ndarray], extra_files: Mapping[str, bytes] = None) -> None:
     """Write PREFIX.index, PREFIX.data-00000-of-00001 and a `checkpoint` state file naming
     PREFIX in its directory (so tf.train.latest_checkpoint finds it), plus ``extra_files``
@@ -433,13 +469,14 @@ def write_checkpoint(prefix: str, tensors: Mapping[str, np.ndarray], extra_files
             raise CheckpointError(f"{prefix}: variable names must be non-empty str not starting "
                                   f"with NUL, got {name!r}")
         try:
-            key, array = name.encode("utf-8"), np.asarray(value)
+            # A LazyTensor is read when its turn to be written comes: one tensor in memory at a time.
+            key, array = name.encode("utf-8"), value if isinstance(value, LazyTensor) else np.asarray(value)
         except (TypeError, ValueError, RuntimeError) as e:  # surrogates, ragged lists, odd tensors
             raise CheckpointError(f"{prefix}: cannot save variable {name!r}: {e}") from None
         enum = _ENUM.get(array.dtype.newbyteorder("="))
         if enum is None:
             raise CheckpointError(f"{prefix}: variable {name} has unsupported dtype {array.dtype}")
-        arrays.append((key, enum, np.asarray(array, array.dtype.newbyteorder("<"), order="C")))
+        arrays.append((key, enum, array if isinstance(array, LazyTensor) else _little_c(array)))
     arrays.sort(key=lambda t: t[0])  # the table needs bytewise key order; TF's data order too
     items, offset = [(b"", _int_field(1, 1) + _message_field(3, _int_field(1, 1)))], 0  # 1 shard, LE, v1
     directory = os.path.dirname(prefix) or "."
@@ -455,10 +492,13 @@ def write_checkpoint(prefix: str, tensors: Mapping[str, np.ndarray], extra_files
         *_, state, data_tmp, index_tmp = tmps
         with open(data_tmp, "wb") as f:
             for key, enum, array in arrays:
+                if isinstance(array, LazyTensor):
+                    array = _little_c(array.load())
                 buf = memoryview(array.reshape(-1).view(np.uint8))
                 f.write(buf)
                 items.append((key, _encode_entry(enum, array.shape, offset, len(buf), _mask(_crc32c(buf)))))
                 offset += len(buf)
+                del array, buf   # a LazyTensor's array is freed before the next one is read
         with open(index_tmp, "wb") as f:
             f.write(_build_table(items))
         with open(state, "wb") as f:

@@ -8,13 +8,15 @@ every other module deals in file names only.
 """
 from __future__ import annotations
 
+import functools
+import json
 import os
 from typing import Mapping, Optional
 
 import numpy as np
 import torch
 
-from ._io import atomic_output, save_safetensors
+from ._io import SAFETENSORS_DTYPES, LazyTensor, atomic_output, save_safetensors
 from .modeling import HEADS, BertConfig
 
 # Buffers some HF versions save beside the parameters; they carry no learned values.
@@ -45,22 +47,70 @@ def read_weights(path: str) -> dict[str, np.ndarray]:
     except WeightsError:
         raise
     except Exception as e:   # safetensors/pickle raise many types; all mean "unreadable"
-        raise WeightsError([f"{path}: unreadable weights file ({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''})"]) from None
+        raise WeightsError([_unreadable(path, e)]) from None
+    return _file_names(tensors)
+
+
+def _unreadable(path: str, e: Exception) -> str:
+    return f"{path}: unreadable weights file ({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''})"
+
+
+def _file_names(tensors: dict) -> dict:
     # HF task models save the body under "bert."; the contract's names have no prefix.
     tensors = {file_name(k): v for k, v in tensors.items()}
     return {k: v for k, v in tensors.items() if k not in IGNORED_BUFFERS}
 
 
-def write_weights(path: str, tensors: Mapping[str, np.ndarray], metadata: Optional[dict] = None) -> None:
-    """Writes safetensors unless the name ends in ``.bin``/``.pt`` (a torch state dict)."""
-    arrays = {k: np.ascontiguousarray(v) for k, v in tensors.items()}
+def open_weights(path: str) -> dict[str, np.ndarray | LazyTensor]:
+    """``read_weights``, but a safetensors file's tensors as ``LazyTensor``s, each read from the file when
+    used (a converter streams the file through one tensor at a time). The file is checked as
+    ``read_weights`` checks it (``safetensors`` parses and validates the header) before this returns;
+    ``.bin``/``.pt`` files, and safetensors with dtypes numpy lacks, are read whole by ``read_weights``."""
+    if not path.endswith(".safetensors") or not os.path.isfile(path):
+        return read_weights(path)
+    try:
+        from safetensors import safe_open
+        with safe_open(path, framework="numpy") as f:   # the header validated as load_file validates it
+            keys = list(f.offset_keys() if hasattr(f, "offset_keys") else f.keys())
+        with open(path, "rb") as f:
+            n = int.from_bytes(f.read(8), "little")
+            header = json.loads(f.read(n))
+    except Exception as e:   # as read_weights: every failure means "unreadable"
+        raise WeightsError([_unreadable(path, e)]) from None
+    if not all(header[k]["dtype"] in SAFETENSORS_DTYPES for k in keys):
+        return read_weights(path)
+    keys.sort(key=lambda k: tuple(header[k]["data_offsets"]))   # load_file's order: the data's
+
+    def load(name: str, start: int, end: int, shape: tuple, dtype) -> np.ndarray:
+        array = np.empty(shape, dtype)
+        with open(path, "rb") as f:
+            f.seek(8 + n + start)
+            got = f.readinto(memoryview(array.reshape(-1).view(np.uint8)))
+        if got != end - start:
+            raise WeightsError([f"{path}: unreadable weights file (truncated: {name} needs bytes "
+                                f"[{8 + n + start}, {8 + n + end}))"])
+        return array
+
+    tensors = {}
+    for k in keys:
+        info = header[k]
+        shape, dtype = tuple(info["shape"]), np.dtype(SAFETENSORS_DTYPES[info["dtype"]]).newbyteorder("<")
+        tensors[k] = LazyTensor(shape, dtype, functools.partial(load, k, *info["data_offsets"], shape, dtype))
+    return _file_names(tensors)
+
+
+def write_weights(path: str, tensors: Mapping[str, np.ndarray | LazyTensor],
+                  metadata: Optional[dict] = None) -> None:
+    """Writes safetensors unless the name ends in ``.bin``/``.pt`` (a torch state dict). Safetensors are
+    streamed: ``LazyTensor``s are read one at a time, as they are written."""
     # A temporary name, renamed when complete: a failure, a full disk or a signal leaves nothing.
     with atomic_output(path, "weights file") as tmp:
-        if path.endswith((".bin", ".pt")):
+        if path.endswith((".bin", ".pt")):   # torch.save wants every tensor at once
+            arrays = {k: np.ascontiguousarray(v) for k, v in tensors.items()}
             with open(tmp, "wb") as f:
                 torch.save({k: torch.from_numpy(v) for k, v in arrays.items()}, f)
         else:
-            save_safetensors(arrays, tmp, metadata={"format": "pt", **(metadata or {})})
+            save_safetensors(tensors, tmp, metadata={"format": "pt", **(metadata or {})})
 
 
 def detect_head(names) -> tuple[Optional[str], int]:

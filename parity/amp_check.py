@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import os
 from types import SimpleNamespace
-from typing import Optional
+from typing import Callable, Optional
 
 import numpy as np
 import torch
@@ -57,9 +57,11 @@ PLANTED = {"advance_on_skip": _AdvanceOnSkip, "clip_scaled": _ClipScaled}
 
 
 def train(tier: str, steps: int, planted: Optional[str] = None, init_scale: Optional[float] = None,
-          lr: float = 1e-4) -> dict:
-    """Per-step losses and learning rates of the runners' training loop in ``tier`` (fp32, bf16, fp16)."""
+          lr: float = 1e-4, model: Optional[Callable[[], torch.nn.Module]] = None) -> dict:
+    """Per-step losses and learning rates of the runners' training loop in ``tier`` (fp32, bf16, fp16).
+    ``model``: builds the classifier to train (default: real MiniLM-L6 with a seeded head, ``ddp_check``)."""
     from .ddp_check import build_model
+    build_model = model or build_model
     arrays = mrpc_batches(None, os.path.join(minilm_dir(), "vocab.txt"), "dev", 64, sample_tsv=SAMPLE)
     args = SimpleNamespace(train_batch_size=8, num_train_epochs=steps * 8 / len(arrays["label_ids"]),
                            warmup_proportion=0.25, learning_rate=lr, gradient_accumulation_steps=1, seed=0,

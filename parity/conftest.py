@@ -110,11 +110,12 @@ class Run:
 
 @pytest.fixture
 def compare(tmp_path, capsys):
-    """Runs ``python -m parity compare`` in-process; returns exit code, output and report."""
-    def run(tf_checkpoint: str, torch_weights: str, *extra: str) -> Run:
+    """Runs ``python -m parity compare`` in-process; returns exit code, output and report. With ``golden=True``
+    the first argument is a golden file (``compare --golden``), not a checkpoint."""
+    def run(tf_checkpoint: str, torch_weights: str, *extra: str, golden: bool = False) -> Run:
         report_dir = tmp_path / f"report{len(list(tmp_path.iterdir()))}"
-        code = cli.main(["compare", "--tf-checkpoint", tf_checkpoint, "--torch-weights", torch_weights,
-                         "--report-dir", str(report_dir), *extra])
+        code = cli.main(["compare", "--golden" if golden else "--tf-checkpoint", tf_checkpoint,
+                         "--torch-weights", torch_weights, "--report-dir", str(report_dir), *extra])
         out, err = capsys.readouterr()
         sys.stdout.write(out)
         path = report_dir / "report.json"

@@ -4,6 +4,8 @@ gradients and a short deterministic training run, TF against PyTorch on real Min
 The full-size versions (every MRPC feature, one epoch of training, gradients on 32 x 128) run in
 ``python -m parity.finetune`` (``run_finetune_checks``), which the release report calls.
 """
+import copy
+import hashlib
 import os
 import shutil
 
@@ -78,21 +80,36 @@ def test_mrpc_feature_check_catches_a_difference(minilm, sample_mrpc, monkeypatc
     assert r["verdict"] == "fail" and any("input_ids" in m for m in r["mismatches"])
 
 
-def test_gradients_match_official(minilm, sample_mrpc):
+@pytest.fixture(scope="module")
+def accumulation_case(minilm, sample_mrpc):
+    """8 MRPC rows at 48 tokens and the official graph's gradients on them (one TF run, shared)."""
+    batch = finetune.take(finetune.mrpc_batches(sample_mrpc, minilm["vocab"], "dev", 48), slice(0, 8))
+    return batch, finetune.tf_gradients(minilm, batch)
+
+
+def test_gradients_match_official(minilm, accumulation_case):
     """dLoss/dθ of all 105 MiniLM+classifier variables, tf.gradients vs autograd, one batch."""
-    batch = finetune.take(finetune.mrpc_batches(sample_mrpc, minilm["vocab"], "dev", 48), slice(0, 4))
-    r = finetune.gradient_check(minilm, batch)
+    batch, tf = accumulation_case
+    r = finetune.gradient_check(minilm, batch, tf=tf)
     assert r["verdict"] == "pass", r["table"][:3]
     assert len(r["table"]) == 6 * 16 + 5 + 2 + 2   # 16 per layer, embeddings 5, pooler 2, head 2
     worst = r["table"][0]
     assert worst["tol_ratio"] < 1 and 0 < worst["max_abs_diff"]   # a real comparison, not identity
 
 
-def test_squad_gradients_match_official(minilm):
+@pytest.fixture(scope="module")
+def squad_case(minilm):
+    """4 SQuAD training features (96 tokens, stride 32) and the official graph's gradients (one TF run, shared)."""
+    _, _, train = finetune.squad_arrays(finetune.SQUAD_TRAIN_SAMPLE, minilm["vocab"], True, 96, 32)
+    batch = finetune.take(train, slice(0, 4))
+    return batch, finetune.tf_gradients(minilm, batch, task="squad")
+
+
+def test_squad_gradients_match_official(minilm, squad_case):
     """dLoss/dθ under the SQuAD head (run_squad.create_model + model_fn's loss) vs autograd: the
     pooler gets no gradient on either side; every other variable agrees."""
-    _, _, train = finetune.squad_arrays(finetune.SQUAD_TRAIN_SAMPLE, minilm["vocab"], True, 96, 32)
-    r = finetune.gradient_check(minilm, finetune.take(train, slice(0, 4)), task="squad")
+    batch, tf = squad_case
+    r = finetune.gradient_check(minilm, batch, task="squad", tf=tf)
     assert r["verdict"] == "pass", r["table"][:3]
     names = {row["variable"] for row in r["table"]}
     assert len(names) == 6 * 16 + 5 + 2 and not any("pooler" in n for n in names)
@@ -101,27 +118,109 @@ def test_squad_gradients_match_official(minilm):
     assert worst["tol_ratio"] < 1 and 0 < worst["max_abs_diff"]
 
 
-def test_gradient_check_catches_a_wrong_loss(minilm, monkeypatch):
+def test_gradient_check_catches_a_wrong_loss(minilm, squad_case, monkeypatch):
     """A planted gradient fault (the SQuAD loss summed instead of averaged over start/end) fails."""
     from bert_torch import modeling
-    _, _, train = finetune.squad_arrays(finetune.SQUAD_TRAIN_SAMPLE, minilm["vocab"], True, 96, 32)
+    batch, tf = squad_case
     forward = modeling.BertForQuestionAnswering.forward
 
     def doubled(self, *args, **kwargs):
         out = forward(self, *args, **kwargs)
         return out * 2 if "start_positions" in kwargs else out
     monkeypatch.setattr(modeling.BertForQuestionAnswering, "forward", doubled)
-    r = finetune.gradient_check(minilm, finetune.take(train, slice(0, 4)), task="squad")
+    r = finetune.gradient_check(minilm, batch, task="squad", tf=tf)
     assert r["verdict"] == "fail"
 
 
-def test_short_deterministic_training_matches(minilm, sample_mrpc, tmp_path):
+def _asked(args) -> list:
+    return [_digest(a) if isinstance(a, dict) else repr(a) for a in args]
+
+
+def _digest(batch) -> str:
+    h = hashlib.sha256()
+    for k in sorted(batch):
+        h.update(k.encode() + np.ascontiguousarray(batch[k]).tobytes())
+    return h.hexdigest()
+
+
+class _Recording:
+    """reference_tf.finetune.FineTuner, every answer it gives recorded with the inputs asked about."""
+
+    def __init__(self, real, calls: list):
+        self.real, self.calls = real, calls
+
+    def __enter__(self):
+        self.real.__enter__()
+        return self
+
+    def __exit__(self, *exc):
+        return self.real.__exit__(*exc)
+
+    def __getattr__(self, method):
+        def call(*args):
+            answer = getattr(self.real, method)(*args)
+            if method != "save":   # a copy: the caller may train on the arrays it was given
+                self.calls.append((method, _asked(args), copy.deepcopy(answer)))
+            return answer
+        return call
+
+
+class _Replay:
+    """Replays a recorded TF run: the same calls with the same inputs get the recorded answers."""
+
+    def __init__(self, calls: list):
+        self.calls = list(calls)
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        return False
+
+    def __getattr__(self, method):
+        def call(*args):
+            return self.answer(method, _asked(args))
+        return call
+
+    def answer(self, method: str, asked: list):
+        assert self.calls, f"replayed TF run: no recorded answer left for {method}"
+        want, inputs, answer = self.calls.pop(0)
+        assert (method, asked) == (want, inputs), f"replayed TF run: {method} asked what the recorded run was not"
+        return copy.deepcopy(answer)
+
+
+TRAINING = dict(steps=6, batch_size=4, lr=5e-5)
+
+
+@pytest.fixture(scope="module")
+def mrpc_training(minilm, sample_mrpc):
+    train = finetune.mrpc_batches(sample_mrpc, minilm["vocab"], "train", 32)
+    dev = finetune.take(finetune.mrpc_batches(sample_mrpc, minilm["vocab"], "dev", 32), slice(0, 32))
+    return train, dev
+
+
+@pytest.fixture(scope="module")
+def clean_training(minilm, mrpc_training, tmp_path_factory):
+    """The deterministic training check, run for real (TF fine-tuned, then converted), its TF side recorded:
+    ``(result, recorded calls)``. The fault checks below replay the official run instead of repeating it."""
+    from reference_tf import finetune as tf_finetune
+    calls, real = [], tf_finetune.FineTuner
+
+    def recording(*args, **kw):
+        calls.append(("FineTuner", _asked(args) + [repr(sorted(kw.items()))], None))
+        return _Recording(real(*args, **kw), calls)
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(tf_finetune, "FineTuner", recording)
+        r = finetune.training_check(minilm, *mrpc_training, **TRAINING,
+                                    convert_dir=str(tmp_path_factory.mktemp("training")))
+    return r, calls
+
+
+def test_short_deterministic_training_matches(clean_training):
     """6 steps of MRPC fine-tuning (batch 4 x 32, no warmup): the per-step losses agree within 1e-3
     relative, and the dev predictions of the two trained models are identical; then the TF model
     goes through bert_torch.convert and must predict the same in PyTorch."""
-    train = finetune.mrpc_batches(sample_mrpc, minilm["vocab"], "train", 32)
-    dev = finetune.take(finetune.mrpc_batches(sample_mrpc, minilm["vocab"], "dev", 32), slice(0, 32))
-    r = finetune.training_check(minilm, train, dev, steps=6, batch_size=4, lr=5e-5, convert_dir=str(tmp_path))
+    r, _ = clean_training
     assert r["verdict"] == "pass", r["summary"]
     # The TF-fine-tuned model, saved with its Adam slots and converted, predicts as TF does.
     assert r["conversion"]["verdict"] == "pass", r["conversion"]["summary"]
@@ -140,14 +239,20 @@ def test_loss_tolerance_rule():
 
 @pytest.mark.parametrize("fault", ["Adam bias correction on",
                                    pytest.param("the original port's v0.6 warmup formula", marks=pytest.mark.slow)])
-def test_training_check_catches_optimizer_faults(minilm, sample_mrpc, monkeypatch, fault):
+def test_training_check_catches_optimizer_faults(minilm, mrpc_training, clean_training, monkeypatch, fault):
     """A planted optimizer fault in the PyTorch run fails the deterministic training check (the
-    drift allowance is rounding-sized, not fault-sized)."""
+    drift allowance is rounding-sized, not fault-sized). The official side is the clean run's, replayed:
+    the same deterministic TF run on the same batches."""
     from bert_torch import optimization
-    train = finetune.mrpc_batches(sample_mrpc, minilm["vocab"], "train", 32)
-    dev = finetune.take(finetune.mrpc_batches(sample_mrpc, minilm["vocab"], "dev", 32), slice(0, 32))
+    from reference_tf import finetune as tf_finetune
+
+    def replay(*args, **kw):
+        tf_side = _Replay(clean_training[1])
+        tf_side.answer("FineTuner", _asked(args) + [repr(sorted(kw.items()))])
+        return tf_side
+    monkeypatch.setattr(tf_finetune, "FineTuner", replay)
     monkeypatch.setattr(optimization, "BertAdam", finetune.PLANTED_FAULTS[fault])
-    r = finetune.training_check(minilm, train, dev, steps=6, batch_size=4, lr=5e-5)
+    r = finetune.training_check(minilm, *mrpc_training, **TRAINING)
     assert r["verdict"] == "fail", r["summary"]
 
 
@@ -268,12 +373,6 @@ def test_squad_short_training_and_conversion(minilm, tmp_path):
     assert r["verdict"] == "pass", r["summary"]
     assert r["identical_answers"] == 1.0, r["summary"]
     assert r["conversion"]["verdict"] == "pass", r["conversion"]["summary"]
-
-
-@pytest.fixture(scope="module")
-def accumulation_case(minilm, sample_mrpc):
-    batch = finetune.take(finetune.mrpc_batches(sample_mrpc, minilm["vocab"], "dev", 48), slice(0, 8))
-    return batch, finetune.tf_gradients(minilm, batch)
 
 
 def test_accumulated_micro_batches_give_the_official_full_batch_gradients(minilm, accumulation_case):
