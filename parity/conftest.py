@@ -55,6 +55,17 @@ def minilm_reference(minilm):
 
 
 @pytest.fixture(scope="session")
+def minilm_golden(minilm, tmp_path_factory) -> str:
+    """The official graph's taps on MiniLM for compare's default 2 x 32 inputs, recorded once per session
+    (``python -m reference_tf dump``). A golden replay gives the live comparison's numbers bit for bit
+    (parity/test_golden.py), so the tests that only vary the candidate replay it instead of rebuilding the graph."""
+    from reference_tf.__main__ import main as dump_main
+    path = str(tmp_path_factory.mktemp("golden") / "minilm.golden.safetensors")
+    assert dump_main(["dump", "--tf-checkpoint", minilm["dir"], "--out", path, "--batch-size", "2", "--seq-len", "32"]) == 0
+    return path
+
+
+@pytest.fixture(scope="session")
 def subset_vocab(tmp_path_factory):
     """A real WordPiece vocab cut to ``n`` entries: the specials, then the sample's most common pieces."""
     cache = {}

@@ -19,6 +19,7 @@ from typing import Optional
 
 from bert_torch.commands import EXIT_CODES_HELP, HelpFormatter, run_main
 
+from . import refcache
 from .environment import environment
 from .options import BadInput, prepare
 from .sides import TAP_HEADS, GoldenSide, TFSide
@@ -47,7 +48,8 @@ def dump(args) -> int:
         "reference": description,
         "precision": precision,   # the arithmetic of the recorded run; the machine is in "environment"
         "inputs": dict(p.inputs.meta),
-        "environment": environment("cpu", p.files, args.tf_threads, seeds={"inputs": args.seed}),
+        "environment": {**environment("cpu", p.files, args.tf_threads, seeds={"inputs": args.seed}),
+                        "tf_cache": refcache.provenance()},
         "created_utc": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
     }
     GoldenSide.write(args.out, p.inputs, taps, meta)

@@ -25,6 +25,7 @@ from bert_torch.weights import load_model
 
 from .inputs import Inputs
 from .precision import Tier, arithmetic
+from .refcache import Entry, RefCache, checkpoint_files
 
 
 @dataclasses.dataclass(frozen=True)
@@ -332,10 +333,24 @@ class TFSide(SideBase):
         self.tap_names = list(self.ref.tap_names)
         self.description = self.ref.description
         self.precision = self.ref.precision   # float32, or TF32 on a GPU that has it (see TFReference.precision)
+        # What determines a run besides its inputs: the key of its entry in the TF reference cache.
+        self._cache_parts = {"checkpoint": checkpoint_files(checkpoint_prefix), "config": config.to_dict(),
+                             "head": head, "num_labels": num_labels, "intra_op_threads": intra_op_threads,
+                             "precision": self.precision}
 
     def run(self, inputs: Inputs, fetch=None, inject=None, computed=None) -> dict[str, np.ndarray]:
         if computed is not None:   # a fed tensor cannot also be fetched as computed in one TF run
             raise ValueError("tensorflow side: computed values need a second run (parity.diagnose.blocks)")
+        cache = RefCache.active()   # $BERT_PARITY_TF_CACHE (make report): reuse an identical earlier run
+        if cache is None:
+            return self._run(inputs, fetch, inject)
+        parts = {**self._cache_parts, "inputs": [inputs.input_ids, inputs.token_type_ids, inputs.input_mask],
+                 "fetch": list(fetch) if fetch is not None else None, "inject": dict(inject or {})}
+        entry = cache.fetch("taps", parts, lambda _: Entry(arrays=self._run(inputs, fetch, inject)),
+                            code=(TFSide._run,))
+        return dict(entry.arrays)
+
+    def _run(self, inputs: Inputs, fetch, inject) -> dict[str, np.ndarray]:
         out = self.ref.run(inputs.input_ids, inputs.token_type_ids, inputs.input_mask, fetch=fetch, inject=inject)
         return {k: np.asarray(v, dtype=np.float32) for k, v in out.items()}
 

@@ -27,7 +27,6 @@ from parity.compare import compare_sides
 from parity.inputs import make_inputs
 from parity.metrics import get_profile
 from parity.sides import TorchSide
-from reference_tf.__main__ import main as dump_main
 
 transformers = pytest.importorskip("transformers", reason="the hf extra (transformers) is not installed")
 
@@ -69,11 +68,9 @@ def hf_dirs(minilm, tmp_path_factory):
 
 
 @pytest.fixture(scope="session")
-def golden(minilm, tmp_path_factory):
-    path = str(tmp_path_factory.mktemp("golden") / "minilm.golden.safetensors")
-    assert dump_main(["dump", "--tf-checkpoint", minilm["dir"], "--out", path,
-                      "--batch-size", str(B), "--seq-len", str(T)]) == 0
-    return path
+def golden(minilm_golden):
+    assert (B, T) == (2, 32)
+    return minilm_golden   # conftest: the official graph at 2 x 32, recorded once per session
 
 
 def run_cli(capsys, tmp_path, *argv) -> tuple[int, str, dict | None, str]:

@@ -146,20 +146,10 @@ FAULTS = {
 }
 
 
-@pytest.fixture(scope="module")
-def minilm_golden(minilm, tmp_path_factory) -> str:
-    """The official graph's taps on MiniLM for compare's 2 x 32 inputs, recorded once (``bert-parity dump``).
-    A golden replay gives the live comparison's numbers bit for bit (parity/test_golden.py), so the conversion
-    faults below are judged against the recording instead of seven identical TF runs; the erf port after
-    them is judged live."""
-    from parity.golden import main as dump_main
-    path = str(tmp_path_factory.mktemp("minilm-golden") / "minilm-2x32.golden.safetensors")
-    assert dump_main(["--tf-checkpoint", minilm["dir"], "--out", path, "--batch-size", "2", "--seq-len", "32"]) == 0
-    return path
-
-
 @pytest.mark.parametrize("fault", sorted(FAULTS))
 def test_conversion_faults_fail_at_the_right_tap(fault, minilm, minilm_golden, compare, tmp_path):
+    """Against the official graph's recorded taps (conftest's minilm_golden: one TF run for the seven faults,
+    replayed bit for bit); the erf port below is judged live."""
     mutate, expected = FAULTS[fault]
     weights = _mutated(minilm["torch_weights"], tmp_path / "bad.safetensors", mutate)
     run = compare(minilm_golden, weights, golden=True)

@@ -10,7 +10,8 @@ import torch
 
 from .features import take
 from .tolerances import SEED_ALPHA, SEED_FLOORS, seed_rule
-from .training import _torch_batch
+from ..refcache import Entry
+from .training import _torch_batch, official_run
 
 # Multi-seed sizes of the full run (make report), and why they answer the question: see
 # run_finetune_checks. lr 5e-5 and batch 16 are from the BERT paper's fine-tuning grid.
@@ -63,12 +64,16 @@ def multiseed_check(minilm: dict, train: dict, dev: dict, seeds: list[int], step
         rng = np.random.default_rng(seed)
         perm = np.concatenate([rng.permutation(n) for _ in range((steps * batch_size) // n + 1)])
         order = [perm[s * batch_size:(s + 1) * batch_size] for s in range(steps)]
-        with FineTuner(minilm["prefix"], minilm["bert_config"], "classifier", dropout=True, seed=seed,
-                       learning_rate=lr, num_train_steps=steps, num_warmup_steps=warmup) as tf_side:
-            for idx in order:
-                tf_side.train_step(take(train, idx))
-            logits = np.concatenate([tf_side.predict(take(dev, slice(i, i + 64)))["logits"]
-                                     for i in range(0, len(dev["label_ids"]), 64)])
+        def tf_run(_, seed=seed, order=order) -> Entry:
+            with FineTuner(minilm["prefix"], minilm["bert_config"], "classifier", dropout=True, seed=seed,
+                           learning_rate=lr, num_train_steps=steps, num_warmup_steps=warmup) as tf_side:
+                for idx in order:
+                    tf_side.train_step(take(train, idx))
+                return Entry(arrays={"logits": np.concatenate([tf_side.predict(take(dev, slice(i, i + 64)))["logits"]
+                                                               for i in range(0, len(dev["label_ids"]), 64)])})
+
+        logits = official_run("mrpc-seed", minilm, {"train": train, "dev": dev, "order": order, "seed": seed, "lr": lr,
+                                                    "steps": steps, "warmup": warmup}, tf_run).arrays["logits"]
         runs["tf"].append({"seed": seed, **dev_metrics(logits, dev["label_ids"])})
         log(f"seed {seed} tf {runs['tf'][-1]}")
         torch.manual_seed(seed)

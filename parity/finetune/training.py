@@ -10,6 +10,7 @@ from typing import Callable, Optional
 import numpy as np
 import torch
 
+from ..refcache import Entry, File, checkpoint_files, reference
 from .features import squad_arrays, take
 from .tolerances import (
     GRAD_ATOL,
@@ -90,10 +91,25 @@ def torch_gradients(model, batch: dict, device: str = "cpu", micro: Optional[int
 def tf_gradients(minilm: dict, batch: dict, task: str = "classifier") -> tuple[dict, float, dict]:
     """(new head's TF variables, loss, dLoss/dθ) of the official graph on the whole batch."""
     from reference_tf.finetune import FineTuner
-    with FineTuner(minilm["prefix"], minilm["bert_config"], task, dropout=False, seed=0) as tf_side:
-        head = {k: v for k, v in tf_side.variables().items() if not k.startswith("bert/")}
-        tf_loss, tf_grads = tf_side.gradients(batch)
-    return head, tf_loss, tf_grads
+
+    def tf_run(_) -> Entry:
+        with FineTuner(minilm["prefix"], minilm["bert_config"], task, dropout=False, seed=0) as tf_side:
+            head = {k: v for k, v in tf_side.variables().items() if not k.startswith("bert/")}
+            tf_loss, tf_grads = tf_side.gradients(batch)
+        return Entry(arrays={**{f"head/{k}": v for k, v in head.items()},
+                             **{f"grad/{k}": v for k, v in tf_grads.items()}}, values={"loss": tf_loss})
+
+    tf = official_run("gradients", minilm, {"batch": batch, "task": task}, tf_run)
+    pick = lambda prefix: {k[len(prefix):]: v for k, v in tf.arrays.items() if k.startswith(prefix)}  # noqa: E731
+    return pick("head/"), float(tf.values["loss"]), pick("grad/")
+
+
+def official_run(kind: str, minilm: dict, parts: dict, compute: Callable[[str], Entry]) -> Entry:
+    """A run of the official graph on ``minilm``'s checkpoint, through the TF reference cache when one is
+    active (``parity.refcache``): keyed by the checkpoint and config files, ``parts`` (the batches, sizes,
+    rates) and the source of ``compute`` and of ``take``, which cuts its batches."""
+    parts = {"checkpoint": checkpoint_files(minilm["prefix"]), "bert_config": File(minilm["bert_config"]), **parts}
+    return reference(kind, parts, compute, code=(compute, take))
 
 
 def gradient_check(minilm: dict, batch: dict, device: str = "cpu", task: str = "classifier",
@@ -175,22 +191,30 @@ def training_check(minilm: dict, train: dict, dev: dict, steps: int, batch_size:
     result = {"steps": steps, "batch_size": batch_size, "seq_len": int(train["input_ids"].shape[1]),
               "learning_rate": lr, "warmup_steps": warmup, "train_examples": n, "dev_examples": len(dev["label_ids"])}
     t0 = time.time()
-    with FineTuner(minilm["prefix"], minilm["bert_config"], "classifier", dropout=False, seed=0,
-                   learning_rate=lr, num_train_steps=steps, num_warmup_steps=warmup) as tf_side:
-        head = {k: v for k, v in tf_side.variables().items() if k in ("output_weights", "output_bias")}
-        tf_losses, tf_lrs = [], []
-        for s, idx in enumerate(order):
-            loss, used = tf_side.train_step(take(train, idx))
-            tf_losses.append(loss)
-            tf_lrs.append(used)
-            log(f"tf step {s + 1}/{steps} loss {loss:.5f}")
-        tf_logits = np.concatenate([tf_side.predict(take(dev, slice(i, i + 64)))["logits"]
-                                    for i in range(0, len(dev["label_ids"]), 64)])
-        if convert_dir:
-            os.makedirs(convert_dir, exist_ok=True)
-            tf_prefix = tf_side.save(os.path.join(convert_dir, "model.ckpt"))
+
+    def tf_run(out_dir: str) -> Entry:
+        with FineTuner(minilm["prefix"], minilm["bert_config"], "classifier", dropout=False, seed=0,
+                       learning_rate=lr, num_train_steps=steps, num_warmup_steps=warmup) as tf_side:
+            head = {k: v for k, v in tf_side.variables().items() if k in ("output_weights", "output_bias")}
+            tf_losses, tf_lrs = [], []
+            for s, idx in enumerate(order):
+                loss, used = tf_side.train_step(take(train, idx))
+                tf_losses.append(loss)
+                tf_lrs.append(used)
+                log(f"tf step {s + 1}/{steps} loss {loss:.5f}")
+            tf_logits = np.concatenate([tf_side.predict(take(dev, slice(i, i + 64)))["logits"]
+                                        for i in range(0, len(dev["label_ids"]), 64)])
+            saved = os.path.basename(tf_side.save(os.path.join(out_dir, "model.ckpt"))) if convert_dir else None
+        return Entry(arrays={"logits": tf_logits, **{f"head/{k}": v for k, v in head.items()}},
+                     values={"losses": tf_losses, "lrs": tf_lrs, "saved": saved})
+
+    tf = official_run("mrpc-training", minilm, {"train": train, "dev": dev, "order": order, "lr": lr, "steps": steps,
+                                                "warmup": warmup, "save": bool(convert_dir)}, tf_run)
+    head = {k[5:]: v for k, v in tf.arrays.items() if k.startswith("head/")}
+    tf_losses, tf_lrs, tf_logits = tf.values["losses"], tf.values["lrs"], tf.arrays["logits"]
     result["tf_seconds"] = round(time.time() - t0, 1)
     if convert_dir:
+        tf_prefix = os.path.join(tf.dir, tf.values["saved"])
         result["conversion"] = conversion_check(tf_prefix, minilm["bert_config"], dev, tf_logits, convert_dir, device)
     t0 = time.time()
     model, pt_losses, pt_lrs = torch_training(minilm, head, train, order, lr, warmup, device, "classifier", log=log)
@@ -292,19 +316,27 @@ def squad_training_check(minilm: dict, train_file: str, dev_file: str, steps: in
         return np.concatenate(out_s), np.concatenate(out_e)
 
     t0 = time.time()
-    with FineTuner(minilm["prefix"], minilm["bert_config"], "squad", dropout=False, seed=0, learning_rate=lr,
-                   num_train_steps=steps, num_warmup_steps=warmup) as tf_side:
-        head = {k: v for k, v in tf_side.variables().items() if k.startswith("cls/squad/")}
-        tf_losses = []
-        for s_i, idx in enumerate(order):
-            tf_losses.append(tf_side.train_step(take(train, idx))[0])
-            log(f"squad tf step {s_i + 1}/{steps} loss {tf_losses[-1]:.5f}")
-        outs = [tf_side.predict(take(dev, slice(i, i + 32))) for i in range(0, len(dev["input_ids"]), 32)]
-        tf_start = np.concatenate([o["start_logits"] for o in outs])
-        tf_end = np.concatenate([o["end_logits"] for o in outs])
-        if convert_dir:
-            os.makedirs(convert_dir, exist_ok=True)
-            tf_prefix = tf_side.save(os.path.join(convert_dir, "squad.ckpt"))
+
+    def tf_run(out_dir: str) -> Entry:
+        with FineTuner(minilm["prefix"], minilm["bert_config"], "squad", dropout=False, seed=0, learning_rate=lr,
+                       num_train_steps=steps, num_warmup_steps=warmup) as tf_side:
+            head = {k: v for k, v in tf_side.variables().items() if k.startswith("cls/squad/")}
+            tf_losses = []
+            for s_i, idx in enumerate(order):
+                tf_losses.append(tf_side.train_step(take(train, idx))[0])
+                log(f"squad tf step {s_i + 1}/{steps} loss {tf_losses[-1]:.5f}")
+            outs = [tf_side.predict(take(dev, slice(i, i + 32))) for i in range(0, len(dev["input_ids"]), 32)]
+            saved = os.path.basename(tf_side.save(os.path.join(out_dir, "squad.ckpt"))) if convert_dir else None
+        return Entry(arrays={"start": np.concatenate([o["start_logits"] for o in outs]),
+                             "end": np.concatenate([o["end_logits"] for o in outs]),
+                             **{f"head/{k}": v for k, v in head.items()}},
+                     values={"losses": tf_losses, "saved": saved})
+
+    tf = official_run("squad-training", minilm, {"train": train, "dev": dev, "order": order, "lr": lr, "steps": steps,
+                                                 "warmup": warmup, "save": bool(convert_dir)}, tf_run)
+    head = {k[5:]: v for k, v in tf.arrays.items() if k.startswith("head/")}
+    tf_losses, tf_start, tf_end = tf.values["losses"], tf.arrays["start"], tf.arrays["end"]
+    tf_prefix = os.path.join(tf.dir, tf.values["saved"]) if convert_dir else None
     tf_seconds = time.time() - t0
     t0 = time.time()
     model, pt_losses, _ = torch_training(minilm, head, train, order, lr, warmup, device, "squad", log=log)

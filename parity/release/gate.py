@@ -11,6 +11,7 @@ import tomllib
 from typing import Optional
 from bert_torch.commands import EXIT_CODES_HELP, HelpFormatter, run_main
 from bert_torch._io import atomic_output, dumps
+from .. import refcache
 from ..environment import environment, git_state
 from ..files import REPO_ROOT, default_data_dir
 from ..metrics import PROFILES
@@ -70,6 +71,7 @@ def run_release(ctx: Context, checks: list[Check], not_run: dict[str, str], base
         headline = f"Release gate FAIL: {reasons[0]}" + (f" (+{len(reasons) - 1} more reasons)" if len(reasons) > 1 else "")
     primary = next((s for s in sections if s.get("kind") == "layerwise" and s.get("taps")), None)
     env = environment("cpu", ctx.files, None, seeds=ctx.seeds)
+    env["tf_cache"] = refcache.provenance()   # which TF results were reused (the gate-suite's too: one log)
     report = {
         "headline": headline,
         # The contract's top-level keys: the gate's verdict, and the primary (real-weights) comparison.
@@ -142,6 +144,25 @@ def promote(src: str, dst: str = DEFAULT_BASELINE) -> int:
     return 0
 
 
+def use_tf_cache(root: Optional[str], log: str) -> None:
+    """Every TF run of this release (and of its gate-suite subprocess, which inherits the environment) goes
+    through the cache at ``root`` and logs its use to ``log``, read back into the provenance; none without."""
+    owner = os.environ.get(refcache.OWNER_ENV)
+    if (root and os.environ.get(refcache.LOG_ENV) and os.environ.get(refcache.CACHE_ENV) == os.path.abspath(root)
+            and owner and owner != str(os.getpid())):
+        return   # a release run inside a release's gate-suite: its TF runs go in the outer run's log
+    for name in (refcache.CACHE_ENV, refcache.LOG_ENV, refcache.OWNER_ENV):
+        os.environ.pop(name, None)
+    if not root:
+        return
+    refcache.RefCache(root)   # a folder that cannot be used is bad input now, not a crash an hour in
+    if os.path.exists(log):
+        os.remove(log)
+    os.environ[refcache.CACHE_ENV] = os.path.abspath(root)
+    os.environ[refcache.LOG_ENV] = os.path.abspath(log)
+    os.environ[refcache.OWNER_ENV] = str(os.getpid())
+
+
 def project_version() -> str:
     with open(os.path.join(REPO_ROOT, "pyproject.toml"), "rb") as f:
         return tomllib.load(f)["project"]["version"]
@@ -156,7 +177,9 @@ def main(argv: Optional[list[str]] = None) -> int:
     ap.add_argument("--baseline", default=DEFAULT_BASELINE, help="last release's report.json ('' for none)")
     ap.add_argument("--waivers", default=DEFAULT_WAIVERS, help="waiver ledger (TOML)")
     ap.add_argument("--checks", help="comma-separated globs of check names to run (default: all)")
-    ap.add_argument("--pytest-args", default="-m '' parity/", help="arguments of the gate-suite pytest run")
+    ap.add_argument("--pytest-args", default="-m '' -n 2 --dist loadfile parity/",
+                    help="arguments of the gate-suite pytest run (default: two pytest-xdist workers, a test file "
+                         "per worker at a time, so a file's TF fixtures are built once)")
     ap.add_argument("--growth-factor", type=float, default=GROWTH_FACTOR)
     ap.add_argument("--noise-floor", type=float, default=NOISE_FLOOR, help="in units of the tap's tolerance")
     ap.add_argument("--today", help="date the waivers expire against (default: today, UTC)")
@@ -167,6 +190,11 @@ def main(argv: Optional[list[str]] = None) -> int:
     ap.add_argument("--candidate", metavar="KIND:PATH", help="the model the primary check (real MiniLM weights, "
                     "every tap) proves instead of bert_torch: bert_torch:W, hf:DIR, ppb:FILE, onnx:FILE, "
                     "module:pkg.mod:factory (built from the same MiniLM weights; the random-init checks stay bert_torch)")
+    ap.add_argument("--tf-cache", metavar="DIR", default=os.environ.get(refcache.CACHE_ENV) or None,
+                    help="reuse the official graph's results (taps, gradients, training runs) stored in DIR by an "
+                         "earlier run when everything that determines them is unchanged, and store new ones there "
+                         "(make report: build/tf-cache; default: $BERT_PARITY_TF_CACHE, else none). The report's "
+                         "provenance says what was reused")
     ap.add_argument("--promote", metavar="REPORT_JSON", help="make this passing report the baseline and exit")
     ap.add_argument("--require-data", action="store_true", default=os.environ.get("PARITY_REQUIRE_DATA") == "1",
                     help="a check whose data set is missing fails the gate instead of being listed as not run "
@@ -209,6 +237,7 @@ def _release(args) -> int:
     baseline = load_baseline(args.baseline)
     os.makedirs(ctx.report_dir, exist_ok=True)
     os.makedirs(ctx.work_dir, exist_ok=True)
+    use_tf_cache(args.tf_cache, os.path.join(ctx.work_dir, "tf-cache-uses.jsonl"))
     for name in REPORT_FILES:   # a failed run never leaves last time's report looking current
         if os.path.exists(os.path.join(ctx.report_dir, name)):
             os.remove(os.path.join(ctx.report_dir, name))

@@ -10,7 +10,7 @@ from .checks import (diagnose_check, finetune_check, gate_suite_check, minilm_ch
 from .context import Check
 
 CHECKS: list[Check] = [
-    Check("gate-suite", gate_suite_check, "pytest -m '' parity/: the whole gate, slow checks included"),
+    Check("gate-suite", gate_suite_check, "pytest -m '' parity/ on 2 xdist workers: the whole gate, slow checks included"),
     Check("layerwise/minilm-l6-v2", minilm_check, "real all-MiniLM-L6-v2 weights (or --candidate), every tap, 8 x 128"),
     *[random_check(n) for n in ("tiny-1layer", "odd-heads-2layer", "3layer-headsize-3")],
     Check("tokens", tokens_check, "FullTokenizer against the official tokenizer on every MRPC and SQuAD text",

@@ -5,6 +5,7 @@ import html as _html
 import os
 import numpy as np
 
+from ..refcache import describe_provenance
 from ..report_render import CSS, LAYER_KINDS, _first_cell, layer_grid, TAP_COLUMNS, ZERO, _g, _img, draw_ratio_heatmap, num, slug, tap_cells
 
 
@@ -105,6 +106,7 @@ def _env_lines(env: dict) -> list[str]:
         f"TF32: {env['tf32']}; oneDNN: {env['onednn']}; determinism: {env['determinism']}",
         f"seeds: {env.get('seeds')}",
         f"git: {git.get('commit')} ({'dirty: ' + ', '.join(git.get('changed_files') or []) if git.get('dirty') else 'clean'})",
+        describe_provenance(env.get("tf_cache")),
     ]
 
 
