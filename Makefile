@@ -42,8 +42,7 @@ DATA_DIR ?=
 # everything that determines them is unchanged (parity/refcache.py); `make report TF_CACHE=` runs all of TF.
 TF_CACHE ?= build/tf-cache
 report: setup
-	$(BIN)/python -m parity.release --report-dir $(REPORT_DIR) $(if $(DATA_DIR),--data-dir $(DATA_DIR)) \
-		$(if $(TF_CACHE),--tf-cache $(TF_CACHE))
+	$(BIN)/python -m parity.release --report-dir $(REPORT_DIR) $(if $(DATA_DIR),--data-dir $(DATA_DIR)) $(if $(TF_CACHE),--tf-cache $(TF_CACHE))
 
 # Promote a passing report (default: this commit's) to reports/baseline.json, the next release's ratchet.
 baseline: setup
@@ -62,7 +61,7 @@ gpu-check: setup
 	$(BIN)/python -m parity.gpu_check --device $(GPU_CHECK_DEVICE) --report-dir reports/gpu-check
 
 bench: setup
-	$(BIN)/python -m parity.bench --diagnose-ratio
+	$(BIN)/python -m parity.bench
 
 clean:
 	rm -rf build .pytest_cache .hypothesis

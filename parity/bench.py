@@ -2,13 +2,16 @@
 
 Forward pass (no grad) of: bert_torch's fast path (what users run) and its tapped path (op for op, as the
 gate compares it), HF transformers' ``BertModel`` eager and sdpa, the official TF graph, and the GEMM floor
-(the same matrix products alone, nothing else); a training step (forward, backward, optimizer) of
-bert_torch + ``BertAdam`` against HF + ``torch.optim.AdamW``. Shapes: MiniLM-L6 (real weights) and
-BERT-base / BERT-large shapes (random weights: timing does not depend on the values). Each round times
-every contender once, in turn, so that a load change hits them all; the median of the rounds is kept.
+(the same matrix products alone, nothing else); a classification training step (forward, backward,
+optimizer; dropout 0) of bert_torch + ``BertAdam``, HF + ``torch.optim.AdamW`` and the official graph + its
+AdamWeightDecayOptimizer; then the whole ``convert``, ``compare`` and ``diagnose`` commands, each in a fresh
+process: wall time and peak RSS, and compare / diagnose against one TF plus one PyTorch forward. Shapes:
+MiniLM-L6 (real weights) and BERT-base / BERT-large shapes (random weights, written as official checkpoints:
+timing does not depend on the values). Each round times every contender once, in turn, so that a load change
+hits them all; the median of the rounds is kept. The ratios are printed beside issue #13's targets.
 
-    python -m parity.bench [--shapes minilm,base] [--batch-size 8] [--seq-len 128] [--repeats 7]
-        [--report-dir reports/bench] [--diagnose-ratio]
+    python -m parity.bench [--shapes minilm,base,large] [--batch-size 8] [--seq-len 128] [--repeats 7]
+        [--report-dir reports/bench] [--no-tf] [--no-commands]
 
 Writes ``bench.json`` and ``bench.png``. It asserts nothing: timings are not tests.
 """
@@ -17,6 +20,7 @@ from __future__ import annotations
 import argparse
 import os
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
@@ -76,16 +80,22 @@ def gemm_floor(config: BertConfig, B: int, T: int) -> Callable[[], None]:
     return run
 
 
+def hf_config(config: BertConfig, attn: str, **extra):
+    import transformers
+    return transformers.BertConfig(vocab_size=config.vocab_size, hidden_size=config.hidden_size,
+                                   num_hidden_layers=config.num_hidden_layers,
+                                   num_attention_heads=config.num_attention_heads,
+                                   intermediate_size=config.intermediate_size, hidden_act="gelu_new",
+                                   max_position_embeddings=config.max_position_embeddings,
+                                   type_vocab_size=config.type_vocab_size, layer_norm_eps=1e-12,
+                                   hidden_dropout_prob=config.hidden_dropout_prob,
+                                   attention_probs_dropout_prob=config.attention_probs_dropout_prob,
+                                   attn_implementation=attn, **extra)
+
+
 def hf_model(config: BertConfig, state: dict, attn: str):
     import transformers
-    hf_cfg = transformers.BertConfig(vocab_size=config.vocab_size, hidden_size=config.hidden_size,
-                                     num_hidden_layers=config.num_hidden_layers,
-                                     num_attention_heads=config.num_attention_heads,
-                                     intermediate_size=config.intermediate_size, hidden_act="gelu_new",
-                                     max_position_embeddings=config.max_position_embeddings,
-                                     type_vocab_size=config.type_vocab_size, layer_norm_eps=1e-12,
-                                     attn_implementation=attn)
-    model = transformers.BertModel(hf_cfg, add_pooling_layer=True)
+    model = transformers.BertModel(hf_config(config, attn), add_pooling_layer=True)
     model.load_state_dict(state, strict=False)
     return model.eval()
 
@@ -118,46 +128,102 @@ def forward_contenders(config, model, state, args_t, tf_side, inputs) -> dict[st
     return out
 
 
-def training_contenders(config, model, state, args_t) -> dict[str, Callable[[], None]]:
-    from bert_torch.optimization import BertAdam
-    hf = hf_model(config, state, "sdpa").train()
-    ours = type(model)(config)
-    ours.load_state_dict(model.state_dict())
+def training_contenders(config, model, paths: dict, inputs, with_tf: bool) -> dict[str, Callable[[], None]]:
+    """One optimizer step of sentence-pair classification (MRPC's model: the pooler, a 2-way head, cross
+    entropy), dropout 0 on every side (the official graph's is_training=False; the PyTorch configs' rates
+    0), from the same body weights: bert_torch + BertAdam, HF + torch's AdamW, the official graph +
+    its AdamWeightDecayOptimizer (``reference_tf.finetune.FineTuner``)."""
+    import transformers
+    from bert_torch.modeling import BertForSequenceClassification
+    from bert_torch.optimization import BertAdam, grouped_parameters
+    quiet = BertConfig.from_dict({**config.to_dict(), "hidden_dropout_prob": 0.0, "attention_probs_dropout_prob": 0.0})
+    ours = BertForSequenceClassification(quiet, 2)
+    ours.bert.load_state_dict(model.state_dict())
     ours.train()
-    opt_ours = BertAdam(ours.parameters(), lr=1e-5)
+    hf = transformers.BertForSequenceClassification(hf_config(quiet, "sdpa", num_labels=2))
+    hf.bert.load_state_dict(model.state_dict(), strict=False)
+    hf.train()
+    opt_ours = BertAdam(grouped_parameters(ours), lr=1e-5)
     opt_hf = torch.optim.AdamW(hf.parameters(), lr=1e-5)
+    ids, seg, mask = (torch.from_numpy(a).long() for a in (inputs.input_ids, inputs.token_type_ids, inputs.input_mask))
+    labels = torch.arange(ids.shape[0]) % 2
 
     def step_ours():
-        _, pooled = ours(*args_t, output_all_encoded_layers=False)
-        pooled.square().mean().backward()
+        ours(ids, seg, mask, labels=labels).backward()
         opt_ours.step()
-        opt_ours.zero_grad()
+        opt_ours.zero_grad(set_to_none=True)
 
     def step_hf():
-        pooled = hf(input_ids=args_t[0], token_type_ids=args_t[1], attention_mask=args_t[2]).pooler_output
-        pooled.square().mean().backward()
+        hf(input_ids=ids, token_type_ids=seg, attention_mask=mask, labels=labels).loss.backward()
         opt_hf.step()
-        opt_hf.zero_grad()
+        opt_hf.zero_grad(set_to_none=True)
 
-    return {"bert_torch fast path + BertAdam": step_ours, "HF sdpa + AdamW": step_hf}
+    out = {"bert_torch + BertAdam": step_ours, "HF sdpa + AdamW": step_hf}
+    if with_tf:
+        from reference_tf.finetune import FineTuner
+        tf_train = FineTuner(paths["prefix"], paths["bert_config"], "classifier", dropout=False, learning_rate=1e-5,
+                             num_train_steps=10_000, num_warmup_steps=0)
+        batch = {"input_ids": inputs.input_ids, "input_mask": inputs.input_mask, "segment_ids": inputs.token_type_ids,
+                 "label_ids": labels.numpy().astype("int32")}
+        out["official TF + AdamWeightDecay"] = lambda: tf_train.train_step(batch)
+        out["official TF + AdamWeightDecay"].close = tf_train.close
+    return out
 
 
-def bench_shape(name: str, B: int, T: int, repeats: int, with_tf: bool) -> dict:
+CHILD_PEAK = r"""
+import atexit, os, runpy, sys
+def peak():
+    with open("/proc/self/status") as f:
+        return next(int(line.split()[1]) for line in f if line.startswith("VmHWM:")) * 1024
+out, module = sys.argv[1], sys.argv[2]
+atexit.register(lambda: open(out, "w").write(str(peak())))
+sys.argv = [module] + sys.argv[3:]
+runpy.run_module(module, run_name="__main__")
+"""
+
+
+def command_cost(module: str, argv: list[str], tmp: str) -> dict:
+    """Wall seconds and peak RSS (VmHWM, Linux) of ``python -m module argv`` in a child process."""
+    peak_file = os.path.join(tmp, "peak")
+    t0 = time.perf_counter()
+    proc = subprocess.run([sys.executable, "-c", CHILD_PEAK, peak_file, module, *argv], capture_output=True, text=True)
+    seconds = time.perf_counter() - t0
+    peak = int(open(peak_file).read()) if os.path.exists(peak_file) else None
+    return {"command": f"python -m {module} {' '.join(argv)}", "exit_code": proc.returncode,
+            "seconds": round(seconds, 2), "peak_rss_bytes": peak}
+
+
+def shape_checkpoint(name: str, tmp: str) -> tuple[BertConfig, dict, torch.nn.Module]:
+    """(config, paths, BertModel): MiniLM's real weights, or a random model of the shape written as an
+    official checkpoint by our converter (timing does not depend on the values)."""
+    from bert_torch.convert import convert_torch_to_tf
     from bert_torch.modeling import BertModel
-    from bert_torch.weights import load_model
+    from bert_torch.weights import load_model, model_tensors, write_weights
+    paths = build_checkpoint(os.path.join(tmp, "minilm"))
+    minilm = BertConfig.from_json_file(paths["bert_config"])
+    if name == "minilm":
+        return minilm, paths, load_model(paths["torch_weights"], minilm).eval()
+    config = BertConfig.from_dict({**minilm.to_dict(), **SHAPES[name]})
+    torch.manual_seed(0)
+    model = BertModel(config).eval()
+    d = os.path.join(tmp, name)
+    os.makedirs(d)
+    weights, config_path = os.path.join(d, "pytorch_model.safetensors"), os.path.join(d, "bert_config.json")
+    write_weights(weights, model_tensors(model))
+    config.to_json_file(config_path)
+    prefix = os.path.join(d, "bert_model.ckpt")
+    convert_torch_to_tf(weights, config_path, prefix, vocab_file=paths["vocab"])
+    return config, {"dir": d, "prefix": prefix, "bert_config": config_path, "torch_weights": weights,
+                    "vocab": os.path.join(d, "vocab.txt")}, model
+
+
+def bench_shape(name: str, B: int, T: int, repeats: int, with_tf: bool, commands: bool) -> dict:
     with tempfile.TemporaryDirectory() as tmp:
-        paths = build_checkpoint(tmp)
-        minilm = BertConfig.from_json_file(paths["bert_config"])
-        config = minilm if name == "minilm" else BertConfig.from_dict({**minilm.to_dict(), **SHAPES[name]})
+        config, paths, model = shape_checkpoint(name, tmp)
         inputs = make_inputs(paths["vocab"], B, T, seed=0, vocab_size=config.vocab_size)
-        if name == "minilm":
-            model = load_model(paths["torch_weights"], config).eval()
-        else:
-            torch.manual_seed(0)
-            model = BertModel(config).eval()
         state = model.state_dict()
         tf_side = None
-        if with_tf and name == "minilm":
+        if with_tf:
             from .sides import TFSide
             tf_side = TFSide(paths["prefix"], config)
         args_t = [torch.from_numpy(a).long() for a in (inputs.input_ids, inputs.token_type_ids, inputs.input_mask)]
@@ -166,27 +232,63 @@ def bench_shape(name: str, B: int, T: int, repeats: int, with_tf: bool) -> dict:
         finally:
             if tf_side is not None:
                 tf_side.close()
-        train = interleaved(training_contenders(config, model, state, args_t), max(3, repeats // 2))
-    hf_best = min(fwd["HF eager"], fwd["HF sdpa"])
+        steps = training_contenders(config, model, paths, inputs, with_tf)
+        try:
+            train = interleaved(steps, max(3, repeats // 2))
+        finally:
+            for fn in steps.values():
+                getattr(fn, "close", lambda: None)()
+        cost = {}
+        if commands:   # what a user waits for, and the memory it takes, in fresh processes
+            size = ["--batch-size", str(B), "--seq-len", str(T)]
+            cost["convert"] = command_cost("bert_torch.convert", ["--tf-checkpoint", paths["dir"], "--output",
+                                                                  os.path.join(tmp, "converted.safetensors")], tmp)
+            for command in ("compare", "diagnose"):
+                cost[command] = command_cost("parity", [command, "--tf-checkpoint", paths["dir"], "--torch-weights",
+                                                        paths["torch_weights"], "--report-dir",
+                                                        os.path.join(tmp, command), *size], tmp)
     return {"shape": name, "batch_size": B, "seq_len": T, "forward_seconds": fwd, "training_step_seconds": train,
-            "ratios": {"fast path / fastest HF": fwd["bert_torch fast path"] / hf_best,
-                       "fast path / GEMM floor": fwd["bert_torch fast path"] / fwd["GEMM floor"],
-                       "tapped path / fast path": fwd["bert_torch tapped path"] / fwd["bert_torch fast path"],
-                       **({"fast path / official TF": fwd["bert_torch fast path"] / fwd["official TF graph"]}
-                          if "official TF graph" in fwd else {}),
-                       "training step / HF + AdamW": train["bert_torch fast path + BertAdam"] / train["HF sdpa + AdamW"]}}
+            "commands": cost, "ratios": ratios(fwd, train, cost)}
+
+
+# Issue #13's targets for the fast path, same run: forward <= 0.85x HF's fastest and <= 1.2x the GEMM floor;
+# a training step <= 1.0x HF with AdamW and <= 0.9x the official TF step.
+TARGETS = {"forward: fast path / fastest HF": 0.85, "forward: fast path / GEMM floor": 1.2,
+           "training step: bert_torch / HF + AdamW": 1.0, "training step: bert_torch / official TF": 0.9}
+
+
+def ratios(fwd: dict, train: dict, cost: dict) -> dict:
+    hf_best = min(fwd["HF eager"], fwd["HF sdpa"])
+    out = {"forward: fast path / fastest HF": fwd["bert_torch fast path"] / hf_best,
+           "forward: fast path / GEMM floor": fwd["bert_torch fast path"] / fwd["GEMM floor"],
+           "forward: tapped path / fast path": fwd["bert_torch tapped path"] / fwd["bert_torch fast path"],
+           "training step: bert_torch / HF + AdamW": train["bert_torch + BertAdam"] / train["HF sdpa + AdamW"]}
+    if "official TF graph" in fwd:
+        out["forward: fast path / official TF"] = fwd["bert_torch fast path"] / fwd["official TF graph"]
+        out["training step: bert_torch / official TF"] = (train["bert_torch + BertAdam"]
+                                                          / train["official TF + AdamWeightDecay"])
+        two = fwd["official TF graph"] + fwd["bert_torch fast path"]
+        for command in ("compare", "diagnose"):
+            if command in cost:
+                out[f"{command} (whole command) / one TF + one PyTorch forward"] = cost[command]["seconds"] / two
+    if "compare" in cost and "diagnose" in cost:
+        out["diagnose / compare"] = cost["diagnose"]["seconds"] / cost["compare"]["seconds"]
+    return out
 
 
 def plot(results: list[dict], path: str) -> None:
+    """Per shape: the forward pass and the training step of each contender, medians in ms."""
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-    fig, axes = plt.subplots(1, len(results), figsize=(5 * len(results), 4), squeeze=False)
-    for ax, r in zip(axes[0], results):
-        labels = list(r["forward_seconds"])
-        ax.barh(labels, [r["forward_seconds"][k] * 1000 for k in labels])
-        ax.set_xlabel("forward, ms (median)")
-        ax.set_title(f"{r['shape']}, {r['batch_size']} x {r['seq_len']}")
+    fig, axes = plt.subplots(2, len(results), figsize=(5.5 * len(results), 6.5), squeeze=False)
+    for col, r in enumerate(results):
+        for row, (key, what) in enumerate((("forward_seconds", "forward"), ("training_step_seconds", "training step"))):
+            ax = axes[row][col]
+            labels = list(r[key])
+            ax.barh(labels, [r[key][k] * 1000 for k in labels])
+            ax.set_xlabel(f"{what}, ms (median)")
+            ax.set_title(f"{r['shape']}, {r['batch_size']} x {r['seq_len']}: {what}")
     fig.tight_layout()
     fig.savefig(path, dpi=100)
     plt.close(fig)
@@ -200,9 +302,9 @@ def main(argv: Optional[list[str]] = None) -> int:
     ap.add_argument("--seq-len", type=int, default=128)
     ap.add_argument("--repeats", type=int, default=7)
     ap.add_argument("--no-tf", action="store_true", help="leave the official TF graph out")
+    ap.add_argument("--no-commands", action="store_true",
+                    help="leave out the whole convert / compare / diagnose commands (wall time, peak RSS)")
     ap.add_argument("--report-dir", default="reports/bench")
-    ap.add_argument("--diagnose-ratio", action="store_true",
-                    help="also time diagnose against compare on a 12-layer BERT-base-shaped checkpoint")
     args = ap.parse_args(argv)
     shapes = [s.strip() for s in args.shapes.split(",") if s.strip()]
     bad = [s for s in shapes if s not in SHAPES]
@@ -210,54 +312,31 @@ def main(argv: Optional[list[str]] = None) -> int:
         what = f"--shapes {bad[0]}" if bad else "--batch-size 1-256, --seq-len 1-512, --repeats 1-100"
         print(f"error: {what}: out of range", file=sys.stderr)
         return 2
-    if args.diagnose_ratio:
-        diagnose_ratio(args.batch_size, args.seq_len)
-    print(f"load average before: {os.getloadavg()}, torch threads {torch.get_num_threads()}")
-    results = [bench_shape(s, args.batch_size, args.seq_len, args.repeats, not args.no_tf) for s in shapes]
+    os.environ.pop("BERT_PARITY_TF_CACHE", None)   # TF is timed running, never replayed from the cache
+    load_before = os.getloadavg()
+    print(f"load average before: {load_before}, torch threads {torch.get_num_threads()}")
+    results = [bench_shape(s, args.batch_size, args.seq_len, args.repeats, not args.no_tf, not args.no_commands)
+               for s in shapes]
     os.makedirs(args.report_dir, exist_ok=True)
-    write_json(os.path.join(args.report_dir, "bench.json"), {"results": results, "load_average_after": os.getloadavg()},
+    write_json(os.path.join(args.report_dir, "bench.json"),
+               {"results": results, "targets": TARGETS, "repeats": args.repeats, "torch_threads": torch.get_num_threads(),
+                "load_average_before": load_before, "load_average_after": os.getloadavg()},
                "--report-dir", indent=2)
     plot(results, os.path.join(args.report_dir, "bench.png"))
     for r in results:
         print(f"\n{r['shape']}, batch {r['batch_size']} x {r['seq_len']}, median of {args.repeats} interleaved rounds:")
         for k, s in r["forward_seconds"].items():
-            print(f"  forward  {k:<32} {s * 1000:8.1f} ms")
+            print(f"  forward  {k:<34} {s * 1000:9.1f} ms")
         for k, s in r["training_step_seconds"].items():
-            print(f"  training {k:<32} {s * 1000:8.1f} ms")
+            print(f"  training {k:<34} {s * 1000:9.1f} ms")
+        for k, c in r["commands"].items():
+            peak = f"{c['peak_rss_bytes'] / 2**30:.2f} GiB peak RSS" if c["peak_rss_bytes"] else "peak RSS unknown"
+            print(f"  command  {k:<34} {c['seconds']:9.1f} s, {peak}, exit {c['exit_code']}")
         for k, v in r["ratios"].items():
-            print(f"  ratio    {k:<32} {v:6.2f}")
+            target = f"  (target <= {TARGETS[k]:g}: {'met' if v <= TARGETS[k] else 'NOT met'})" if k in TARGETS else ""
+            print(f"  ratio    {k:<58} {v:6.2f}{target}")
     print(f"\nload average after: {os.getloadavg()}; {args.report_dir}/bench.json, bench.png")
     return 0
-
-
-BERT_BASE_12 = dict(vocab_size=30522, hidden_size=768, num_hidden_layers=12, num_attention_heads=12,
-                    intermediate_size=3072, max_position_embeddings=512, type_vocab_size=2, hidden_act="gelu")
-
-
-def diagnose_ratio(batch_size: int, seq_len: int) -> None:
-    """Wall time of ``parity diagnose`` against ``parity compare`` on a 12-layer BERT-base-shaped
-    official random checkpoint (issue: diagnose must cost under 3x compare). Each command runs
-    twice; the second, warm run of each is kept."""
-    from bert_torch import convert
-    from reference_tf import write_random_checkpoint
-
-    from . import cli
-    from .minilm import minilm_dir
-    with tempfile.TemporaryDirectory() as tmp:
-        write_random_checkpoint(tmp, BERT_BASE_12, seed=0, perturb=0.02,
-                                vocab_file=os.path.join(minilm_dir(), "vocab.txt"))
-        weights = os.path.join(tmp, "pytorch_model.safetensors")
-        if convert.main(["--tf-checkpoint", tmp, "--output", weights]) != 0:
-            raise SystemExit("bench: converting the BERT-base-shaped checkpoint failed")
-        args = ["--tf-checkpoint", tmp, "--torch-weights", weights, "--batch-size", str(batch_size),
-                "--seq-len", str(seq_len)]
-        times = {}
-        for command in ("compare", "diagnose", "compare", "diagnose"):
-            t0 = time.perf_counter()
-            cli.main([command, *args, "--report-dir", os.path.join(tmp, command)])
-            times[command] = time.perf_counter() - t0
-    print(f"BERT-base-shaped 12 layers, batch {batch_size} x {seq_len}: compare {times['compare']:.1f} s, "
-          f"diagnose {times['diagnose']:.1f} s, ratio {times['diagnose'] / times['compare']:.2f} (target < 3)")
 
 
 if __name__ == "__main__":

@@ -24,6 +24,7 @@ from .metrics import get_profile
 # Re-exported: callers and tests import the compare arguments and preparation from here.
 from .options import BadInput, add_compare_args, check_device, check_precision, find_vocab, prepare  # noqa: F401
 from .sides import GoldenSide, TFSide
+from .tf_worker import IsolatedTFSide
 from .report_render import fmt, num
 
 
@@ -35,7 +36,11 @@ def run_compare(args) -> int:
     p = prepare(args)
     candidate = make_candidate(spec, config=p.config, torch_config=p.torch_config, device=args.device,
                                onnx_optimization=args.onnx_optimization, tier=p.tier)
-    reference = TFSide(p.prefix, p.config, head=p.head, num_labels=p.num_labels, intra_op_threads=args.tf_threads)
+    if p.spill_dir is None:
+        reference = TFSide(p.prefix, p.config, head=p.head, num_labels=p.num_labels, intra_op_threads=args.tf_threads)
+    else:   # streamed to disk: TF runs in a worker process, so that its memory is gone before PyTorch runs
+        reference = IsolatedTFSide(p.prefix, p.config, head=p.head, num_labels=p.num_labels,
+                                   intra_op_threads=args.tf_threads, work_dir=p.spill_dir)
     reference.gelu = official_gelu(p.config.hidden_act)
     try:
         report = compare_sides(reference, candidate, p.inputs, p.profile, spill=p.spill_dir is not None,

@@ -44,6 +44,8 @@ from bert_torch.optimization import num_train_steps, num_warmup_steps
 from .files import REPO_ROOT, default_data_dir
 from .finetune import loss_agreement, loss_tolerance, mrpc_batches, take
 from .finetune.tolerances import LR_ATOL, LR_RTOL
+from .finetune.training import official_run
+from .refcache import Entry
 from .inputs import SAMPLE
 
 PROCESSES, ACCUMULATION = 2, 2
@@ -151,15 +153,22 @@ def tf_run(minilm: dict, train: dict, dev: dict, head: dict, order: list, lr: fl
     """The official graph's deterministic run on the same batches, from the runner's initial head."""
     from reference_tf.finetune import FineTuner
     t0 = time.time()
-    with FineTuner(minilm["prefix"], minilm["bert_config"], "classifier", dropout=False, seed=0, learning_rate=lr,
-                   num_train_steps=steps, num_warmup_steps=warmup, head=head) as tf_side:
-        losses, lrs = [], []
-        for idx in order:
-            loss, used = tf_side.train_step(take(train, idx))
-            losses.append(loss)
-            lrs.append(used)
-        logits = np.concatenate([tf_side.predict(take(dev, slice(i, i + 64)))["logits"]
-                                 for i in range(0, len(dev["label_ids"]), 64)])
+
+    def run(_) -> Entry:
+        with FineTuner(minilm["prefix"], minilm["bert_config"], "classifier", dropout=False, seed=0,
+                       learning_rate=lr, num_train_steps=steps, num_warmup_steps=warmup, head=head) as tf_side:
+            losses, lrs = [], []
+            for idx in order:
+                loss, used = tf_side.train_step(take(train, idx))
+                losses.append(loss)
+                lrs.append(used)
+            logits = np.concatenate([tf_side.predict(take(dev, slice(i, i + 64)))["logits"]
+                                     for i in range(0, len(dev["label_ids"]), 64)])
+        return Entry(arrays={"logits": logits}, values={"losses": losses, "lrs": lrs})
+
+    tf = official_run("mrpc-ddp-reference", minilm, {"train": train, "dev": dev, "head": head, "order": order,
+                                                     "lr": lr, "steps": steps, "warmup": warmup}, run)
+    losses, lrs, logits = tf.values["losses"], tf.values["lrs"], tf.arrays["logits"]
     from bert_torch.glue import accuracy_and_f1
     m = accuracy_and_f1(logits.argmax(-1), dev["label_ids"])
     return {"kind": "tf", "losses": losses, "lrs": lrs, "logits": logits, "eval_accuracy": m["accuracy"],

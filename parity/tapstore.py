@@ -20,6 +20,18 @@ from typing import Iterator, Optional
 import numpy as np
 
 
+class SpilledArray:
+    """A tap another process already wrote as a ``.npy`` file (``parity.tf_worker``): a ``TapStore`` takes the
+    file over without reading it; anything else reads it (``np.asarray``)."""
+
+    def __init__(self, path: str):
+        self.path = path
+
+    def __array__(self, dtype=None, copy=None):
+        a = np.load(self.path, allow_pickle=False)
+        return a if dtype is None else a.astype(dtype)
+
+
 class TapStore(Mapping):
     """{tap name: array} on disk. ``put`` writes one tap; ``store[name]`` reads it back (a fresh array)."""
 
@@ -32,6 +44,13 @@ class TapStore(Mapping):
         if name in self._files:
             raise ValueError(f"tap {name} stored twice")
         path = os.path.join(self.dir, f"{len(self._files):05d}.npy")
+        if isinstance(value, SpilledArray):   # already on disk: moved (copied across file systems), not read
+            shutil.move(value.path, path)
+            header = np.load(path, mmap_mode="r", allow_pickle=False)
+            self._files[name] = path
+            self.nbytes += header.nbytes
+            del header
+            return
         arr = np.asarray(value)
         np.save(path, arr, allow_pickle=False)
         self._files[name] = path

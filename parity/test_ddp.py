@@ -99,7 +99,7 @@ def test_runner_under_torchrun_matches_single_process_and_tf_on_mrpc(tmp_path):
     official TF graph from the same head on the same batches. Per-step loss of each pair within the training
     rule, dev predictions identical; the sampler fault (seed + rank) and the missing all-reduce planted in
     the 2-process run must fail the loss rule."""
-    from parity.finetune import default_data_dir
+    from parity.files import default_data_dir
     data = default_data_dir()
     if data is None or not os.path.isfile(os.path.join(data, "mrpc", "train.tsv")):
         pytest.skip("no MRPC data under ../shared/data (python -m parity.mrpc_ddp_check --data-dir DIR)")

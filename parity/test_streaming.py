@@ -94,7 +94,7 @@ def test_tap_store_round_trip_and_errors(tmp_path):
 
 
 CHILD = """
-import json, resource, sys
+import json, sys
 from bert_torch.modeling import BertConfig
 from parity.compare import compare_sides
 from parity.inputs import make_inputs
@@ -104,15 +104,20 @@ ck, spill = json.loads(sys.argv[1]), sys.argv[2] == "spill"
 config = BertConfig.from_json_file(ck["bert_config"])
 inputs = make_inputs(ck["vocab"], 8, 256, 0, vocab_size=config.vocab_size, type_vocab_size=config.type_vocab_size)
 ref, cand = TFSide(ck["prefix"], config), TorchSide.from_weights(ck["torch_weights"], config)
+def peak_kib():
+    # VmHWM, this process's own peak: its ru_maxrss would start at the RSS of the parent that forked it (the
+    # maximum is carried across exec), here a pytest worker far larger than this child's growth.
+    with open("/proc/self/status") as f:
+        return next(int(line.split()[1]) for line in f if line.startswith("VmHWM:"))
 ref.run(inputs); cand.run(inputs)   # warm: both frameworks' own buffers, before the baseline is read
-base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+base = peak_kib()
 r = compare_sides(ref, cand, inputs, get_profile("fp32-cpu"), spill=spill, spill_dir=sys.argv[3])
-print(json.dumps({"verdict": r["verdict"], "peak_kib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss,
-                  "base_kib": base}))
+print(json.dumps({"verdict": r["verdict"], "peak_kib": peak_kib(), "base_kib": base}))
 """
 
 
 @pytest.mark.slow
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="VmHWM is Linux's")
 def test_spilled_memory_stays_near_one_layer(random_checkpoint, tmp_path):
     """4 layers of 8 heads at 8 x 256: each run's taps are ~0.3 GB; held in memory a comparison keeps the
     reference, the candidate and its float64 twin (~1.2 GB) at once, spilled it keeps a layer or two."""
@@ -122,8 +127,9 @@ def test_spilled_memory_stays_near_one_layer(random_checkpoint, tmp_path):
     one_run = tap_elements(BertConfig.from_dict(config), 8, 256) * 4
     grew = {}
     for mode in ("spill", "never"):
+        env = {k: v for k, v in os.environ.items() if k != "BERT_PARITY_TF_CACHE"}   # TF computed, not replayed
         out = subprocess.run([sys.executable, "-c", CHILD, json.dumps(ck), mode, str(tmp_path)],
-                             capture_output=True, text=True, timeout=900)
+                             capture_output=True, text=True, timeout=900, env=env)
         assert out.returncode == 0, out.stderr[-3000:]
         r = json.loads(out.stdout.strip().splitlines()[-1])
         assert r["verdict"] == "pass"
@@ -139,6 +145,9 @@ def test_compare_command_spills_on_request_and_checks_the_folder(compare, random
     held = compare(ck["dir"], ck["torch_weights"], "--batch-size", "2", "--seq-len", "16", "--spill", "never")
     assert spilled.code == held.code == 0 and spilled.report["memory"]["spilled_to_disk_bytes"] > 0
     assert "memory" not in held.report and spilled.report["taps"] == held.report["taps"]
+    # The spilled run's reference came from a TF worker process: the same graph, described alike.
+    assert spilled.report["sides"] == held.report["sides"]
+    assert spilled.report["reference_precision"] == held.report["reference_precision"]
     bad = compare(ck["dir"], ck["torch_weights"], "--seq-len", "16", "--spill", "always",
                   "--spill-dir", str(tmp_path / "nowhere"))
     assert bad.code == 2 and bad.err.strip().splitlines() == [f"error: --spill-dir {tmp_path / 'nowhere'}: "
@@ -175,3 +184,38 @@ def test_spilled_diagnosis_is_the_in_memory_one(random_checkpoint, tmp_path, fau
     assert (d["culprit"], d["culprit_block"]) == (("weights", "layer_1/ffn") if fault else (None, None))
     assert out[True][1] == bool(fault)   # a repro for the culprit block, written from the spilled taps
     assert not [n for n in os.listdir(tmp_path) if n.startswith("bert-parity-")]   # the spilled runs are gone
+
+
+CHILD_COMPARE = r"""
+import json, sys
+from parity import cli
+code = cli.main(json.loads(sys.argv[1]))
+print(json.dumps({"code": code, "tensorflow_imported": "tensorflow" in sys.modules}))
+"""
+
+
+def test_a_spilled_comparison_runs_tensorflow_in_a_worker_never_in_process(random_checkpoint, tmp_path):
+    """Spilled, the comparing process never imports TensorFlow (its memory is the worker's, gone when the
+    worker exits); held in memory, it does. Each in a fresh process."""
+    ck = random_checkpoint(CONFIGS["tiny-1layer"], perturb=0.02)
+    out = {}
+    for mode in ("always", "never"):
+        argv = ["compare", "--tf-checkpoint", ck["dir"], "--torch-weights", ck["torch_weights"], "--batch-size", "2",
+                "--seq-len", "16", "--spill", mode, "--spill-dir", str(tmp_path), "--report-dir", str(tmp_path / mode)]
+        proc = subprocess.run([sys.executable, "-c", CHILD_COMPARE, json.dumps(argv)], capture_output=True, text=True)
+        out[mode] = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert out == {"always": {"code": 0, "tensorflow_imported": False},
+                   "never": {"code": 0, "tensorflow_imported": True}}
+
+
+def test_the_tf_worker_reports_bad_input_in_one_line(random_checkpoint, tmp_path):
+    """A checkpoint that does not fit the config is the worker's one-line message, raised as bad input."""
+    from parity.tf_worker import IsolatedTFSide
+    ck = random_checkpoint(CONFIGS["tiny-1layer"], perturb=0.02)
+    config = BertConfig.from_json_file(ck["bert_config"])
+    wrong = BertConfig.from_dict({**config.to_dict(), "intermediate_size": config.intermediate_size + 1})
+    inputs = make_inputs(ck["vocab"], 2, 8, 0, vocab_size=config.vocab_size)
+    with pytest.raises(ValueError) as e:
+        IsolatedTFSide(ck["prefix"], wrong, work_dir=str(tmp_path)).stream(inputs, lambda n, v: None)
+    assert "\n" not in str(e.value) and "intermediate" in str(e.value), str(e.value)
+    assert os.listdir(tmp_path) == []   # the worker's folder is removed

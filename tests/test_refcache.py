@@ -203,3 +203,29 @@ def test_two_arrays_share_a_key_exactly_when_dtype_shape_and_bytes_agree(a, b):
     cache = RefCache.__new__(RefCache)   # key() needs no folder
     same = a.dtype == b.dtype and a.shape == b.shape and a.tobytes() == b.tobytes()
     assert (cache.key("k", {"x": a})[0] == cache.key("k", {"x": b})[0]) == same
+
+
+def test_a_patched_reference_is_computed_and_never_meets_the_cache(tmp_path, monkeypatch):
+    """A function of the reference replaced by a test's (a planted fault) is not the reference the key names:
+    its results are neither answered from the cache nor stored in it."""
+    import sys
+    import types
+    official = types.ModuleType("bert.stand_in_modeling")
+
+    def gelu(x):
+        return x
+    gelu.__module__ = official.__name__   # defined "there", as Google's own functions are
+    official.gelu = gelu
+    monkeypatch.setitem(sys.modules, official.__name__, official)
+    cache, compute = RefCache(str(tmp_path / "c")), Counted()
+    fetch(cache, compute)
+    assert refcache.patched_reference() is None
+    monkeypatch.setattr(official, "gelu", lambda x: 2 * x)   # defined in this test module
+    fetch(cache, compute)
+    fetch(cache, compute)
+    assert compute.calls == 3
+    assert [e.outcome for e in cache.events] == ["computed", "not stored", "not stored"]
+    assert "bert.stand_in_modeling.gelu" in cache.events[-1].why and "test_refcache" in cache.events[-1].why
+    monkeypatch.undo()
+    fetch(cache, compute)
+    assert compute.calls == 3 and cache.events[-1].outcome == "hit"   # the clean entry, untouched
