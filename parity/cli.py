@@ -18,7 +18,7 @@ from bert_torch.weights import WeightsError
 from .candidates import candidate_spec, make_candidate, official_gelu
 from .compare import clear_report, compare_sides, gelu_line, write_report
 from .diagnose import add_diagnose_args, run_diagnose
-from . import refcache
+from .refcache import provenance as tf_cache_provenance
 from .environment import environment
 from .metrics import get_profile
 # Re-exported: callers and tests import the compare arguments and preparation from here.
@@ -48,7 +48,7 @@ def run_compare(args) -> int:
     finally:
         reference.close()
     report["environment"] = environment(args.device, p.files, args.tf_threads, seeds={"inputs": args.seed})
-    report["environment"]["tf_cache"] = refcache.provenance()   # $BERT_PARITY_TF_CACHE: TF runs reused
+    report["environment"]["tf_cache"] = tf_cache_provenance()   # $BERT_PARITY_TF_CACHE: TF runs reused
     json_path, _ = write_report(report, args.report_dir)
     print_summary(report, json_path)
     return 0 if report["verdict"] == "pass" else 1

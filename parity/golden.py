@@ -19,7 +19,7 @@ from typing import Optional
 
 from bert_torch.commands import EXIT_CODES_HELP, HelpFormatter, run_main
 
-from . import refcache
+from .refcache import provenance as tf_cache_provenance
 from .environment import environment
 from .options import BadInput, prepare
 from .sides import TAP_HEADS, GoldenSide, TFSide
@@ -49,7 +49,7 @@ def dump(args) -> int:
         "precision": precision,   # the arithmetic of the recorded run; the machine is in "environment"
         "inputs": dict(p.inputs.meta),
         "environment": {**environment("cpu", p.files, args.tf_threads, seeds={"inputs": args.seed}),
-                        "tf_cache": refcache.provenance()},
+                        "tf_cache": tf_cache_provenance()},
         "created_utc": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
     }
     GoldenSide.write(args.out, p.inputs, taps, meta)

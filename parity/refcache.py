@@ -340,16 +340,10 @@ class RefCache:
 
 
     def _uncached(self, kind: str, key: str, compute: Callable[[str], Entry], why: str) -> Entry:
-        import tempfile
-        out_dir = tempfile.mkdtemp(prefix=f"bert-parity-{kind}-")
-        _LEFT.append(out_dir)
         t0 = time.time()
-        entry = compute(out_dir)
-        entry.values = json.loads(json.dumps(entry.values))
-        entry.dir = out_dir if os.listdir(out_dir) else None
+        entry = compute_here(kind, compute)
         self._record(Event(kind, key, "not stored", why=why, seconds=round(time.time() - t0, 2)))
         return entry
-
 
 def patched_reference() -> Optional[str]:
     """A function or method of the reference (``reference_tf``, Google's ``bert`` package) replaced in this
@@ -415,6 +409,12 @@ def reference(kind: str, parts: Mapping, compute: Callable[[str], Entry], code: 
     cache = RefCache.active()
     if cache is not None:
         return cache.fetch(kind, parts, compute, code)
+    return compute_here(kind, compute, out_dir)
+
+
+def compute_here(kind: str, compute: Callable[[str], Entry], out_dir: Optional[str] = None) -> Entry:
+    """``compute`` with no cache: its files go to ``out_dir`` (a temporary folder removed at exit when not
+    given), its values through JSON as a cached entry's are."""
     if out_dir is None:
         import tempfile
         out_dir = tempfile.mkdtemp(prefix=f"bert-parity-{kind}-")
@@ -424,7 +424,6 @@ def reference(kind: str, parts: Mapping, compute: Callable[[str], Entry], code: 
     entry.values = json.loads(json.dumps(entry.values))   # the same types a cached run returns
     entry.dir = out_dir if os.listdir(out_dir) else None
     return entry
-
 
 def provenance() -> dict:
     """For a report's environment: whether its TF results came from the cache, which, and from when."""

@@ -9,7 +9,7 @@ from typing import Optional
 from bert_torch._io import read_json
 from bert_torch.modeling import BertConfig
 
-from .. import refcache
+from ..refcache import provenance as tf_cache_provenance
 from ..hints import compare_weights
 from ..options import BadInput, add_compare_args, find_vocab, prepare
 from ..precision import Tier
@@ -76,7 +76,7 @@ def run_diagnose(args) -> int:
         if store.spill:
             d["memory"] = {"spilled_to_disk_bytes": store.spilled_bytes}
         d["environment"] = environment(args.device, p.files, args.tf_threads)
-        d["environment"]["tf_cache"] = refcache.provenance()
+        d["environment"]["tf_cache"] = tf_cache_provenance()
         if spec.kind == "bert_torch":   # repro.py runs bert_torch alone; other candidates' code is theirs
             write_repro(d, args.report_dir, p.torch_config, p.profile, p.head, p.num_labels)
         else:

@@ -13,7 +13,7 @@ from bert_torch._io import write_json, write_text
 from bert_torch.commands import EXIT_CODES_HELP, HelpFormatter, run_main
 from bert_torch.optimization import num_train_steps as official_num_train_steps
 
-from .. import refcache
+from ..refcache import provenance as tf_cache_provenance
 from ..files import default_data_dir
 from .features import (
     SQUAD_SAMPLE,
@@ -171,7 +171,7 @@ def run_finetune_checks(data_dir: Optional[str], out_dir: str, config: FinetuneC
                           + (" (quick sizes)" if config.quick else "")),
               "quick": config.quick, "config": dataclasses.asdict(config), "device": device, "data_dir": data_dir,
               "seconds": round(time.time() - t0, 1),
-              "tf_cache": refcache.provenance(),   # which official runs were reused ($BERT_PARITY_TF_CACHE)
+              "tf_cache": tf_cache_provenance(),   # which official runs were reused ($BERT_PARITY_TF_CACHE)
               "not_done": ["SQuAD multi-seed runs (MRPC only: a SQuAD run that learns enough to have an EM "
                            "distribution takes far more steps than the 60-minute report allows on 2 cores)",
                            "GPU runs (--device exists, untested on GPU: no GPU was lent to this project's sessions)"],

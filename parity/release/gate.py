@@ -11,7 +11,7 @@ import tomllib
 from typing import Optional
 from bert_torch.commands import EXIT_CODES_HELP, HelpFormatter, run_main
 from bert_torch._io import atomic_output, dumps
-from .. import refcache
+from ..refcache import CACHE_ENV, LOG_ENV, OWNER_ENV, RefCache, provenance as tf_cache_provenance
 from ..environment import environment, git_state
 from ..files import REPO_ROOT, default_data_dir
 from ..metrics import PROFILES
@@ -71,7 +71,7 @@ def run_release(ctx: Context, checks: list[Check], not_run: dict[str, str], base
         headline = f"Release gate FAIL: {reasons[0]}" + (f" (+{len(reasons) - 1} more reasons)" if len(reasons) > 1 else "")
     primary = next((s for s in sections if s.get("kind") == "layerwise" and s.get("taps")), None)
     env = environment("cpu", ctx.files, None, seeds=ctx.seeds)
-    env["tf_cache"] = refcache.provenance()   # which TF results were reused (the gate-suite's too: one log)
+    env["tf_cache"] = tf_cache_provenance()   # which TF results were reused (the gate-suite's too: one log)
     report = {
         "headline": headline,
         # The contract's top-level keys: the gate's verdict, and the primary (real-weights) comparison.
@@ -98,13 +98,13 @@ def run_release(ctx: Context, checks: list[Check], not_run: dict[str, str], base
 
 def write_release(report: dict, ctx: Context) -> list[str]:
     """report.json, report.md, report.html and the PNG plots; returns the files written."""
-    from . import render
+    from .render import html as render_html, make_plots, markdown   # matplotlib: imported when writing
     os.makedirs(ctx.report_dir, exist_ok=True)
-    plots = render.make_plots(report, ctx.worst, ctx.report_dir)
+    plots = make_plots(report, ctx.worst, ctx.report_dir)
     report["plots"] = [os.path.basename(p) for p in plots]
     _write(os.path.join(ctx.report_dir, "report.json"), dumps(portable(report), indent=2, default=str) + "\n")
-    _write(os.path.join(ctx.report_dir, "report.md"), render.markdown(report))
-    _write(os.path.join(ctx.report_dir, "report.html"), render.html(report, ctx.report_dir))
+    _write(os.path.join(ctx.report_dir, "report.md"), markdown(report))
+    _write(os.path.join(ctx.report_dir, "report.html"), render_html(report, ctx.report_dir))
     return [os.path.join(ctx.report_dir, f) for f in REPORT_FILES] + plots
 
 
@@ -147,20 +147,20 @@ def promote(src: str, dst: str = DEFAULT_BASELINE) -> int:
 def use_tf_cache(root: Optional[str], log: str) -> None:
     """Every TF run of this release (and of its gate-suite subprocess, which inherits the environment) goes
     through the cache at ``root`` and logs its use to ``log``, read back into the provenance; none without."""
-    owner = os.environ.get(refcache.OWNER_ENV)
-    if (root and os.environ.get(refcache.LOG_ENV) and os.environ.get(refcache.CACHE_ENV) == os.path.abspath(root)
+    owner = os.environ.get(OWNER_ENV)
+    if (root and os.environ.get(LOG_ENV) and os.environ.get(CACHE_ENV) == os.path.abspath(root)
             and owner and owner != str(os.getpid())):
         return   # a release run inside a release's gate-suite: its TF runs go in the outer run's log
-    for name in (refcache.CACHE_ENV, refcache.LOG_ENV, refcache.OWNER_ENV):
+    for name in (CACHE_ENV, LOG_ENV, OWNER_ENV):
         os.environ.pop(name, None)
     if not root:
         return
-    refcache.RefCache(root)   # a folder that cannot be used is bad input now, not a crash an hour in
+    RefCache(root)   # a folder that cannot be used is bad input now, not a crash an hour in
     if os.path.exists(log):
         os.remove(log)
-    os.environ[refcache.CACHE_ENV] = os.path.abspath(root)
-    os.environ[refcache.LOG_ENV] = os.path.abspath(log)
-    os.environ[refcache.OWNER_ENV] = str(os.getpid())
+    os.environ[CACHE_ENV] = os.path.abspath(root)
+    os.environ[LOG_ENV] = os.path.abspath(log)
+    os.environ[OWNER_ENV] = str(os.getpid())
 
 
 def project_version() -> str:
@@ -190,7 +190,7 @@ def main(argv: Optional[list[str]] = None) -> int:
     ap.add_argument("--candidate", metavar="KIND:PATH", help="the model the primary check (real MiniLM weights, "
                     "every tap) proves instead of bert_torch: bert_torch:W, hf:DIR, ppb:FILE, onnx:FILE, "
                     "module:pkg.mod:factory (built from the same MiniLM weights; the random-init checks stay bert_torch)")
-    ap.add_argument("--tf-cache", metavar="DIR", default=os.environ.get(refcache.CACHE_ENV) or None,
+    ap.add_argument("--tf-cache", metavar="DIR", default=os.environ.get(CACHE_ENV) or None,
                     help="reuse the official graph's results (taps, gradients, training runs) stored in DIR by an "
                          "earlier run when everything that determines them is unchanged, and store new ones there "
                          "(make report: build/tf-cache; default: $BERT_PARITY_TF_CACHE, else none). The report's "
