@@ -147,3 +147,66 @@ def test_optimize_on_cpu_gives_the_on_device_optimizers_parameters():
     torch.manual_seed(0)
     assert not torch.equal(pa["classifier.weight"], BertForSequenceClassification(config, num_labels=2)
                            .state_dict()["classifier.weight"])   # it trained: not the initial weights
+
+
+# ---- the in-place update against the official expressions, written out ----
+
+def identical(a, b):
+    """Equal bit for bit, NaN where the other is NaN."""
+    torch.testing.assert_close(a, b, rtol=0, atol=0, equal_nan=True)
+
+
+def official_step(params, grads, states, wds, lr, order, clip=1.0, b1=0.9, b2=0.999, e=1e-6):
+    """AdamWeightDecayOptimizer + clip_by_global_norm as optimization.py writes them, one float32
+    rounding per operation, out of place (BertAdam's own code before it worked in place). ``order``:
+    the variables' order in the global norm's float32 sum (the optimizer's, group by group)."""
+    norm = torch.sqrt(torch.stack([(grads[i].square().sum() / 2) * 2 for i in order]).sum())
+    scale = clip * torch.minimum(1.0 / norm, torch.tensor(1.0 / clip))
+    if not torch.isfinite(norm):
+        scale = torch.tensor(float("nan"))
+    out = []
+    for p, g, (m, v), wd in zip(params, grads, states, wds):
+        g = g * scale
+        m = b1 * m + (1.0 - b1) * g
+        v = b2 * v + (1.0 - b2) * torch.square(g)
+        u = m / (torch.sqrt(v) + e)
+        if wd:
+            u = u + wd * p
+        out.append((p - lr * u, m, v))
+    return out
+
+
+@settings(max_examples=25, deadline=None, derandomize=True)
+@given(sizes=st.lists(st.integers(1, 3000), min_size=1, max_size=5), grad_scale=st.sampled_from([1e-4, 1.0, 50.0]),
+       steps=st.integers(1, 3), lr=st.sampled_from([1e-5, 1e-3, 0.1]), non_finite=st.sampled_from([None, "nan", "inf"]),
+       seed=st.integers(0, 2**16))
+def test_bertadam_step_equals_the_official_expressions_bit_for_bit(sizes, grad_scale, steps, lr, non_finite, seed):
+    """BertAdam updates in place into reused buffers (variables of several sizes share them, the
+    clipped gradients are made one at a time): the parameters and both moments must equal the
+    out-of-place official expressions exactly, with clipping on and off, weight decay on one group
+    and off the other, over several steps, and with a NaN/Inf gradient (NaN everywhere, as TF)."""
+    g = torch.Generator().manual_seed(seed)
+    init = [torch.randn(n, generator=g) for n in sizes]
+    params = [torch.nn.Parameter(x.clone()) for x in init]
+    wds = [0.01 if i % 2 == 0 else 0.0 for i in range(len(sizes))]
+    opt = BertAdam([{"params": params[0::2], "weight_decay": 0.01}, {"params": params[1::2], "weight_decay": 0.0}], lr=lr)
+    ref = [x.clone() for x in init]
+    states = [(torch.zeros(n), torch.zeros(n)) for n in sizes]
+    order = list(range(len(sizes)))[0::2] + list(range(len(sizes)))[1::2]   # the optimizer's order, group by group
+    for step in range(steps):
+        grads = [torch.randn(n, generator=g) * grad_scale for n in sizes]
+        if non_finite and step == steps - 1:
+            grads[-1][0] = float(non_finite)
+        for p, x in zip(params, grads):
+            p.grad = x.clone()
+        opt.step()
+        for p, x in zip(params, grads):
+            identical(p.grad, x)   # the caller's gradients untouched
+        new = official_step(ref, grads, states, wds, lr, order)
+        ref, states = [r[0] for r in new], [(r[1], r[2]) for r in new]
+    for p, r, (m, v) in zip(params, ref, states):
+        identical(p.detach(), r)
+        identical(opt.state[p]["next_m"], m)
+        identical(opt.state[p]["next_v"], v)
+    if not non_finite:   # it moved: the equality above compares two updated sets of parameters
+        assert not any(torch.equal(p.detach(), x) for p, x in zip(params, init))
