@@ -9,7 +9,7 @@ VERSION := $(shell sed -n 's/^version = "\(.*\)"/\1/p' pyproject.toml)
 COMMIT  := $(shell git rev-parse --short HEAD 2>/dev/null || echo nogit)
 REPORT_DIR ?= reports/$(VERSION)-$(COMMIT)
 
-.PHONY: setup test test-all report baseline bench portability gpu-check clean
+.PHONY: setup test check test-all report baseline bench portability gpu-check clean
 
 setup: $(BIN)/.installed
 
@@ -26,9 +26,14 @@ $(BIN)/.installed: pyproject.toml
 
 # Two worker processes (pytest-xdist), each taking whole test files (module-scoped TF runs stay in one worker):
 # on a 2-core machine the serial run keeps one core busy most of the time. TEST_WORKERS=0 runs serially.
+# `make test`: the developer's loop, the checks marked neither `slow` nor `heavy`. `make check`: what CI runs,
+# `make test` plus the `heavy` end-to-end checks (subprocesses, whole commands, TF training steps).
 TEST_WORKERS ?= 2
 test: setup
-	$(BIN)/python -m pytest -q -n $(TEST_WORKERS) --dist loadfile
+	$(BIN)/python -m pytest -q -n $(TEST_WORKERS) --dist loadfile -m 'not slow and not heavy'
+
+check: setup
+	$(BIN)/python -m pytest -q -n $(TEST_WORKERS) --dist loadfile -m 'not slow'
 
 test-all: setup
 	$(BIN)/python -m pytest -q -m ''

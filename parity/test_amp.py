@@ -2,7 +2,7 @@
 their fp32 run under a rule set by the tier's unit roundoff; fp16's skipped steps leave the schedule where it
 was; two classic faults (the schedule advanced on skipped steps; gradients clipped while scaled) caught.
 
-Each check runs on two models: a tiny random BERT (2 layers x 32, in `make test`: fp16 arithmetic on a CPU is
+Each check runs on two models: a tiny random BERT (2 layers x 32, in `make check`: fp16 arithmetic on a CPU is
 emulated, and the properties checked are the training loop's and the GradScaler's, not the model's size) and
 the real MiniLM-L6 (slow: an 8-step fp16 run of MiniLM takes minutes on a CPU)."""
 from __future__ import annotations
@@ -37,6 +37,7 @@ def train(fp32, tier: str, **kw) -> dict:
     return amp_check.train(tier, STEPS, model=MODELS[fp32[0]], **kw)
 
 
+@pytest.mark.heavy
 @pytest.mark.parametrize("tier", ["bf16", "fp16"])
 def test_mixed_precision_loss_curve_within_the_tiers_roundoff(fp32, tier):
     r = amp_check.judge(fp32[1], train(fp32, tier))

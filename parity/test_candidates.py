@@ -90,6 +90,7 @@ def worst(report) -> float:
 # ---------------------------------------------------------------------------------------------
 # Against the official graph.
 
+@pytest.mark.heavy
 def test_hf_gelu_new_passes_every_tap(hf_dirs, golden, capsys, tmp_path):
     code, err, report, md = run_cli(capsys, tmp_path, "compare", "--golden", golden,
                                     "--candidate", f"hf:{hf_dirs['gelu_new']}")
@@ -104,6 +105,7 @@ def test_hf_gelu_new_passes_every_tap(hf_dirs, golden, capsys, tmp_path):
     assert "GELU: reference tanh, candidate tanh" in "\n".join(md.splitlines()[:8])
 
 
+@pytest.mark.heavy
 def test_hf_gelu_means_erf_and_fails_at_layer_0_intermediate(hf_dirs, minilm, capsys, tmp_path):
     """Live graph: an HF config.json saying "gelu" is read with HF's meaning (erf), not as tanh."""
     code, err, report, md = run_cli(capsys, tmp_path, "compare", "--tf-checkpoint", minilm["dir"],
@@ -117,6 +119,7 @@ def test_hf_gelu_means_erf_and_fails_at_layer_0_intermediate(hf_dirs, minilm, ca
     assert "candidate erf (**they differ**)" in "\n".join(md.splitlines()[:8])
 
 
+@pytest.mark.heavy
 def test_planted_weight_fault_in_hf_candidate_is_caught_at_its_tap(hf_dirs, golden, capsys, tmp_path):
     code, err, report, _ = run_cli(capsys, tmp_path, "compare", "--golden", golden,
                                    "--candidate", f"hf:{hf_dirs['fault']}")
@@ -181,6 +184,7 @@ def hf_side(hf_dirs, minilm):
     return make_candidate(CandidateSpec("hf", hf_dirs["gelu_new"]), config=config), inputs, config
 
 
+@pytest.mark.heavy
 def test_every_contract_tap_arrives_in_the_contract_layout(hf_side):
     side, inputs, c = hf_side
     out = side.run(inputs)
@@ -195,6 +199,7 @@ def test_every_contract_tap_arrives_in_the_contract_layout(hf_side):
     assert scores[np.broadcast_to(mask[:, None, None, :], scores.shape)].min() > -1000
 
 
+@pytest.mark.heavy
 def test_injection_replaces_taps_inside_transformers(hf_side):
     side, inputs, c = hf_side
     base = side.run(inputs)
@@ -214,6 +219,7 @@ def test_injection_replaces_taps_inside_transformers(hf_side):
     assert not np.allclose(out["layer_5/output"], base["layer_5/output"], atol=1e-3)
 
 
+@pytest.mark.heavy
 def test_float64_twin_rounds_less_than_float32(hf_side):
     side, inputs, _ = hf_side
     out32, out64 = side.run(inputs), side.float64().run(inputs)
@@ -246,6 +252,7 @@ def one_line(code, err, *words):
     assert all(w in err for w in words), err
 
 
+@pytest.mark.heavy
 def test_hf_directory_without_weights(hf_dirs, minilm, capsys, tmp_path):
     bare = tmp_path / "bare"
     bare.mkdir()
@@ -256,6 +263,7 @@ def test_hf_directory_without_weights(hf_dirs, minilm, capsys, tmp_path):
     assert report is None
 
 
+@pytest.mark.heavy
 def test_non_bert_model_type(hf_dirs, minilm, capsys, tmp_path):
     other = tmp_path / "roberta"
     shutil.copytree(hf_dirs["gelu_new"], other)

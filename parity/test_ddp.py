@@ -27,6 +27,7 @@ def _torchrun():
     assert TORCHRUN, "torchrun (installed with torch) not found beside the interpreter"
 
 
+@pytest.mark.heavy
 def test_two_processes_compute_the_single_process_step(tmp_path):
     code, out, log = ddp(tmp_path)
     assert code == 0 and out["verdict"] == "pass", log[-2000:]
@@ -35,6 +36,7 @@ def test_two_processes_compute_the_single_process_step(tmp_path):
     assert out["loss_ddp"] == pytest.approx(out["loss_single"], rel=1e-5)
 
 
+@pytest.mark.heavy
 def test_gradients_summed_across_processes_are_caught(tmp_path):
     code, out, log = ddp(tmp_path, "--planted", "sum")
     assert code != 0 and out["verdict"] == "fail", log[-2000:]
@@ -50,6 +52,7 @@ def _runner_log(run: dict) -> dict:
     return {**run, "losses": run["log"]["step_losses"], "lrs": run["log"]["step_lrs"]}
 
 
+@pytest.mark.heavy
 def test_runner_under_torchrun_trains_as_one_process_tiny(tmp_path):
     """Fast: a tiny random BERT on the committed MRPC sample (8 steps of 8 x 32, lr 1e-3): the 2-process x
     accumulation 2 run uses each step's examples of the single-process run, its per-step losses agree far

@@ -233,6 +233,7 @@ def test_schedule_never_injects_what_it_fetches():
         assert len(runs) == 2
 
 
+@pytest.mark.heavy
 def test_repro_script_reproduces_with_bert_torch_alone(real, tmp_path):
     plant = MUTATIONS["query/key kernels swapped (layer 2)"][0](real)
     d = run(real, **plant)
@@ -271,6 +272,7 @@ def tiny_squad(random_checkpoint):
     side.close()
 
 
+@pytest.mark.heavy
 @settings(max_examples=20, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(batch=st.integers(1, 5), seq=st.integers(2, 64), seed=st.integers(0, 2 ** 16))
 def test_no_false_alarms_over_inputs(tiny_squad, batch, seq, seed):
@@ -295,6 +297,7 @@ TINY = dict(vocab_size=120, hidden_size=32, num_hidden_layers=2, num_attention_h
             max_position_embeddings=64, type_vocab_size=2, hidden_act="gelu")
 
 
+@pytest.mark.heavy
 def test_cli_clean_and_missing_head_weights(random_checkpoint, tmp_path, capsys):
     ck = random_checkpoint(TINY, head="classifier", num_labels=3, perturb=0.02)
     assert diagnose_cli(ck, tmp_path / "ok") == 0
@@ -335,6 +338,7 @@ def test_cli_bad_input_exits_2_without_a_diagnosis(random_checkpoint, tmp_path, 
     assert not (tmp_path / "r" / "diagnosis.json").exists()
 
 
+@pytest.mark.heavy
 def test_calibrated_profile_on_real_weights(minilm, compare):
     run = compare(minilm["dir"], minilm["torch_weights"], "--profile", "calibrated-minilm-l6",
                   "--batch-size", "2", "--seq-len", "32")

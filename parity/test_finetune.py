@@ -105,6 +105,7 @@ def squad_case(minilm):
     return batch, finetune.tf_gradients(minilm, batch, task="squad")
 
 
+@pytest.mark.heavy
 def test_squad_gradients_match_official(minilm, squad_case):
     """dLoss/dθ under the SQuAD head (run_squad.create_model + model_fn's loss) vs autograd: the
     pooler gets no gradient on either side; every other variable agrees."""
@@ -118,6 +119,7 @@ def test_squad_gradients_match_official(minilm, squad_case):
     assert worst["tol_ratio"] < 1 and 0 < worst["max_abs_diff"]
 
 
+@pytest.mark.heavy
 def test_gradient_check_catches_a_wrong_loss(minilm, squad_case, monkeypatch):
     """A planted gradient fault (the SQuAD loss summed instead of averaged over start/end) fails."""
     from bert_torch import modeling
@@ -216,6 +218,7 @@ def clean_training(minilm, mrpc_training, tmp_path_factory):
     return r, calls
 
 
+@pytest.mark.heavy
 def test_short_deterministic_training_matches(clean_training):
     """6 steps of MRPC fine-tuning (batch 4 x 32, no warmup): the per-step losses agree within 1e-3
     relative, and the dev predictions of the two trained models are identical; then the TF model
@@ -237,6 +240,7 @@ def test_loss_tolerance_rule():
     assert not bad["passed"] and bad["worst"] == 2 and bad["used"][2] == pytest.approx(1.1)
 
 
+@pytest.mark.heavy
 @pytest.mark.parametrize("fault", ["Adam bias correction on",
                                    pytest.param("the original port's v0.6 warmup formula", marks=pytest.mark.slow)])
 def test_training_check_catches_optimizer_faults(minilm, mrpc_training, clean_training, monkeypatch, fault):
@@ -375,6 +379,7 @@ def test_squad_short_training_and_conversion(minilm, tmp_path):
     assert r["conversion"]["verdict"] == "pass", r["conversion"]["summary"]
 
 
+@pytest.mark.heavy
 def test_accumulated_micro_batches_give_the_official_full_batch_gradients(minilm, accumulation_case):
     """Micro-batches of 3, 3 and a partial 2 (bert_torch.optimization.accumulate_gradients, what the runners
     use), against TF's single step on the batch of 8: every variable's gradient and the loss."""
@@ -385,6 +390,7 @@ def test_accumulated_micro_batches_give_the_official_full_batch_gradients(minilm
     assert r["name"] == "gradients_accumulated_3" and len(r["table"]) == 6 * 16 + 5 + 2 + 2
 
 
+@pytest.mark.heavy
 def test_a_loss_averaged_per_micro_batch_with_a_partial_last_one_is_caught(minilm, accumulation_case):
     batch, tf = accumulation_case
     r = finetune.gradient_check(minilm, batch, micro=3, per_micro_mean=True, tf=tf)

@@ -320,12 +320,14 @@ MANY = settings(max_examples=SLOW_EXAMPLES, deadline=None, database=None,
 _n = iter(range(10**9))
 
 
+@pytest.mark.heavy
 @QUICK
 @given(case=checkpoint_case)
 def test_fuzz_convert_quick(base, tmp_path, case):
     convert_case(fresh(base, tmp_path, next(_n)), case)
 
 
+@pytest.mark.heavy
 @QUICK
 @given(case=st.one_of(to_tf_case, golden_case))
 def test_fuzz_to_tf_and_golden_quick(base, tmp_path, case):
@@ -445,6 +447,7 @@ def test_output_naming_a_directory(base, tmp_path, capsys):
     assert os.listdir(out) == [] and [n for n in os.listdir(f["work"]) if n.endswith(".tmp")] == []
 
 
+@pytest.mark.heavy
 def test_full_disk_or_read_only_folder_is_one_line(base, tmp_path):
     """A read-only folder where permissions bind; a full disk (RLIMIT_FSIZE: writes fail with EFBIG as
     they would with ENOSPC) where they do not (root): exit 2, one line naming the output, nothing left."""
@@ -464,6 +467,7 @@ def test_full_disk_or_read_only_folder_is_one_line(base, tmp_path):
     assert os.listdir(ro) == []
 
 
+@pytest.mark.heavy
 def test_sigterm_during_bin_conversion_leaves_nothing(base, tmp_path):
     """A SIGTERM arriving while torch.save is half-way through the .bin: no file at the final name."""
     f = fresh(base, tmp_path, 0)

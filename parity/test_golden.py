@@ -57,6 +57,7 @@ def test_blocker_really_blocks_tensorflow():
     assert run.returncode == 1 and "TensorFlow is not installed in this process" in run.stderr
 
 
+@pytest.mark.heavy
 def test_golden_round_trip_without_tensorflow_matches_the_live_comparison(golden, compare, tmp_path):
     live = compare(golden["dir"], golden["torch_weights"], "--batch-size", "3", "--seq-len", "20", "--seed", "5")
     assert live.code == 0 and live.report["verdict"] == "pass"
@@ -166,6 +167,7 @@ def test_dump_bad_input_is_one_line_exit_2(tmp_path, capsys):
     assert err.startswith("error: ") and "\n" not in err and not (tmp_path / "g").exists()
 
 
+@pytest.mark.heavy
 def test_contract_dump_command_still_works(tmp_path):
     """`python -m reference_tf dump` (CONTRACT.md) hands over to `python -m parity dump`: same arguments, exit codes."""
     run = subprocess.run([sys.executable, "-m", "reference_tf", "dump", "--tf-checkpoint", str(tmp_path / "nothing"),

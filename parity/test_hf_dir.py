@@ -22,6 +22,7 @@ def to_hf(ckpt_dir: str, out: str) -> str:
     return out
 
 
+@pytest.mark.heavy
 @pytest.mark.parametrize("act,hf_act", [("gelu", "gelu_new"), ("gelu_erf", "gelu")])
 def test_hf_directory_loads_offline_and_computes_the_official_graph(tmp_path, monkeypatch, capsys, act, hf_act,
                                                                     minilm, minilm_golden):

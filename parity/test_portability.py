@@ -7,9 +7,12 @@ import json
 import subprocess
 import sys
 
+import pytest
+
 from parity import portability
 
 
+@pytest.mark.heavy
 def test_short_portability_run_has_no_false_alarm_and_catches_every_fault(tmp_path):
     proc = subprocess.run([sys.executable, "-m", "parity.portability", "--short", "--report-dir", str(tmp_path)],
                           capture_output=True, text=True, timeout=900)

@@ -183,6 +183,7 @@ def side_cache(tmp_path_factory):
 # The properties
 # ---------------------------------------------------------------------------------------------
 
+@pytest.mark.heavy
 @settings(PROFILE)
 @given(case=cases())
 def test_random_configs_and_inputs_pass_every_tap(case, side_cache):
@@ -200,6 +201,7 @@ FIXED = [
 ]
 
 
+@pytest.mark.heavy
 @settings(PROFILE, max_examples=5 * PROFILE.max_examples)
 @given(case=cases(config_strategy=st.sampled_from(FIXED), seeds=st.just(0), perturbs=st.just(0.02)))
 def test_padding_and_segment_patterns_pass_every_tap(case, side_cache):

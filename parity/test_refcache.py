@@ -47,6 +47,7 @@ def damage_one_entry(root: str, kind: str) -> str:
     return os.path.basename(entries[0])
 
 
+@pytest.mark.heavy
 def test_compare_reuses_the_official_run_bit_for_bit_and_says_so(minilm, cache_env, tmp_path, monkeypatch):
     first = compare(minilm, tmp_path / "first")
     p = first["environment"]["tf_cache"]
@@ -80,6 +81,7 @@ def test_compare_reuses_the_official_run_bit_for_bit_and_says_so(minilm, cache_e
     assert numbers(third) == numbers(first)
 
 
+@pytest.mark.heavy
 def test_cached_gradients_equal_a_live_run_bit_for_bit(minilm, cache_env, monkeypatch):
     batch = take(mrpc_batches(None, minilm["vocab"], "dev", 32, sample_tsv=SAMPLE), slice(0, 4))
     monkeypatch.setenv(refcache.CACHE_ENV, "")
@@ -95,6 +97,7 @@ def test_cached_gradients_equal_a_live_run_bit_for_bit(minilm, cache_env, monkey
     assert [e.outcome for e in refcache.RefCache.active().events] == ["computed", "hit", "computed"]
 
 
+@pytest.mark.heavy
 def test_release_report_made_from_the_cache_says_so(cache_env, tmp_path, monkeypatch):
     monkeypatch.setenv(refcache.CACHE_ENV, "")   # the release sets it from --tf-cache alone
 

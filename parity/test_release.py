@@ -86,6 +86,7 @@ def clean_section(minilm_sides, tmp_path_factory):
     return s
 
 
+@pytest.mark.heavy
 def test_same_model_twice_does_not_move_the_ratchet(minilm_sides, clean_section, tmp_path):
     again, ctx = section(minilm_sides, minilm_sides["torch"], tmp_path)
     report = gate(ctx, [again], {"checks": [clean_section]})
@@ -128,6 +129,7 @@ def test_the_same_model_comparison_sees_a_planted_growth(minilm_sides, clean_sec
     assert regs[0]["kind"] == "error growth" and 0.4 < regs[0]["now"] < 0.6, regs[0]
 
 
+@pytest.mark.heavy
 def test_regressed_epsilon_within_tolerance_fails_the_ratchet_and_names_the_taps(
         minilm_sides, clean_section, tmp_path, monkeypatch):
     """LayerNorm epsilon 1e-8 instead of 1e-12: every tap still passes, yet errors grow several-fold."""
@@ -323,6 +325,7 @@ def test_makefile_report_runs_the_release_and_propagates_its_exit():
 
 # ------------------------------------------------------------------ the HTML page in a real browser
 
+@pytest.mark.heavy
 def test_html_report_in_a_real_browser(clean_release, tmp_path, browser):
     # The console check can fail: a page that logs an error is caught.
     bad = tmp_path / "bad.html"

@@ -6,6 +6,7 @@ import json
 
 import numpy as np
 import pandas as pd
+import pytest
 
 from parity import report_render
 from parity.checkpoints import CONFIGS
@@ -67,6 +68,7 @@ def test_compare_writes_html_csv_and_plots_for_its_own_run(compare, random_check
     assert json.loads((d / "report.json").read_text())["files"]["not_written"] == {}
 
 
+@pytest.mark.heavy
 def test_compare_page_in_a_real_browser(compare, random_checkpoint, tmp_path, browser):
     """The failing run's own page, as a browser renders it: worst taps first with the first divergence
     marked, both plots embedded, nothing fetched from anywhere, nothing logged to the console."""

@@ -35,6 +35,7 @@ def same(a: dict, b: dict) -> bool:
     return json.dumps(a, sort_keys=True, default=str) == json.dumps(b, sort_keys=True, default=str)
 
 
+@pytest.mark.heavy
 @pytest.mark.parametrize("name,head,tier", [("tiny-1layer", None, "fp32"), ("odd-heads-2layer", "classifier", "fp32"),
                                             ("3layer-headsize-3", "squad", "bf16")])
 def test_spilled_comparison_is_the_in_memory_one(random_checkpoint, tmp_path, name, head, tier):
@@ -67,6 +68,7 @@ def test_a_planted_fault_reads_the_same_spilled(random_checkpoint, tmp_path):
     assert same(held, spilled)
 
 
+@pytest.mark.heavy
 def test_tensorflow_block_by_block_is_its_end_to_end_run(minilm):
     """Each layer fed the graph's own output of the layer before: every tap bit-identical to one run."""
     reference, _, inputs = sides(minilm, 2, 32)
@@ -138,6 +140,7 @@ def test_spilled_memory_stays_near_one_layer(random_checkpoint, tmp_path):
     assert grew["spill"] < 0.75 * one_run, (grew, one_run)   # the spilled one, less than one
 
 
+@pytest.mark.heavy
 def test_compare_command_spills_on_request_and_checks_the_folder(compare, random_checkpoint, tmp_path):
     ck = random_checkpoint(CONFIGS["tiny-1layer"], perturb=0.02)
     spilled = compare(ck["dir"], ck["torch_weights"], "--batch-size", "2", "--seq-len", "16", "--spill", "always",
@@ -194,6 +197,7 @@ print(json.dumps({"code": code, "tensorflow_imported": "tensorflow" in sys.modul
 """
 
 
+@pytest.mark.heavy
 def test_a_spilled_comparison_runs_tensorflow_in_a_worker_never_in_process(random_checkpoint, tmp_path):
     """Spilled, the comparing process never imports TensorFlow (its memory is the worker's, gone when the
     worker exits); held in memory, it does. Each in a fresh process."""
@@ -208,6 +212,7 @@ def test_a_spilled_comparison_runs_tensorflow_in_a_worker_never_in_process(rando
                    "never": {"code": 0, "tensorflow_imported": True}}
 
 
+@pytest.mark.heavy
 def test_the_tf_worker_reports_bad_input_in_one_line(random_checkpoint, tmp_path):
     """A checkpoint that does not fit the config is the worker's one-line message, raised as bad input."""
     from parity.tf_worker import IsolatedTFSide

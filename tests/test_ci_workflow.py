@@ -51,3 +51,25 @@ def test_nightly_schedule_permissions_and_required_data():
     for job in (gate, nightly):   # the pip cache is keyed on the files holding the pins
         setup = next(s for s in job["steps"] if s.get("uses", "").startswith("actions/setup-python"))
         assert set(setup["with"]["cache-dependency-path"].split()) == {"pyproject.toml", "Makefile"}
+
+
+def test_ci_runs_the_heavy_checks_that_make_test_leaves_out():
+    """`make test` is the quick subset (not slow, not heavy); CI must still run the heavy end-to-end checks:
+    `.ci/run` runs `make check`, whose selection is everything but `slow`."""
+    with open(os.path.join(REPO, ".ci", "run"), encoding="utf-8") as f:
+        ci = [line.strip() for line in f if not line.lstrip().startswith("#")]
+    assert "make check" in ci and "make test" not in ci
+    with open(os.path.join(REPO, "Makefile"), encoding="utf-8") as f:
+        make = f.read()
+    recipe = {t: make.split(f"\n{t}: setup\n", 1)[1].split("\n", 1)[0] for t in ("test", "check")}
+    assert "-m 'not slow and not heavy'" in recipe["test"] and "-m 'not slow'" in recipe["check"], recipe
+    ids = {}
+    for marks in ("not slow", "not slow and not heavy"):
+        out = subprocess.run([os.sys.executable, "-m", "pytest", "-q", "--collect-only", "-m", marks, "-p", "no:cacheprovider",
+                              "parity/test_ddp.py", "tests/test_ci_workflow.py"],
+                             cwd=REPO, capture_output=True, text=True, check=True).stdout
+        ids[marks] = {line for line in out.splitlines() if "::" in line}
+    # the multi-process DDP checks are heavy: in CI's selection, not in make test's
+    heavy = "parity/test_ddp.py::test_two_processes_compute_the_single_process_step"
+    assert heavy in ids["not slow"] and heavy not in ids["not slow and not heavy"]
+    assert ids["not slow and not heavy"] < ids["not slow"]

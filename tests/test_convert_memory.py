@@ -26,7 +26,7 @@ from bert_torch.tf_checkpoint import _load_index, read_checkpoint, write_checkpo
 from bert_torch.weights import expected_shapes
 
 # ~56 MB of float32: big enough that one extra copy of it dwarfs allocator noise (a converter holding the model
-# twice needs 112 MB above the baseline, past the bound of 1.5 x 56 + 16), small enough for `make test`.
+# twice needs 112 MB above the baseline, past the bound of 1.5 x 56 + 16), small enough for `make check`.
 MEDIUM = BertConfig(vocab_size=8192, hidden_size=384, num_hidden_layers=6, num_attention_heads=6,
                     intermediate_size=1536, max_position_embeddings=512, type_vocab_size=2)
 TINY = BertConfig(vocab_size=40, hidden_size=16, num_hidden_layers=2, num_attention_heads=2,
@@ -70,6 +70,7 @@ def random_checkpoint(directory, config: BertConfig, head="pretraining") -> int:
     return os.path.getsize(os.path.join(directory, "bert_model.ckpt.data-00000-of-00001"))
 
 
+@pytest.mark.heavy
 def test_conversions_stream_within_one_and_a_half_checkpoints(tmp_path):
     ck = str(tmp_path / "ck")
     size = random_checkpoint(ck, MEDIUM)

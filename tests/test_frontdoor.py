@@ -90,6 +90,7 @@ def test_dump_output_that_is_a_directory_is_one_line_exit_2(tmp_path, capsys):
         assert capsys.readouterr().err == f"error: --output {tmp_path}: is a directory; give a file name\n"
 
 
+@pytest.mark.heavy
 @pytest.mark.parametrize("command", ["compare", pytest.param("dump", marks=pytest.mark.slow),
                                      pytest.param("tokens", marks=pytest.mark.slow)])
 def test_without_tensorflow_exit_2_says_how_to_get_it(tiny_checkpoint, tmp_path, command):
@@ -173,6 +174,7 @@ def test_release_requires_its_data_when_asked(tmp_path):
             assert report["verdict"] == "pass" and "finetune" in report["checks_not_run"]
 
 
+@pytest.mark.heavy
 def test_native_tf_log_lines_are_dropped_and_everything_else_kept():
     """The stderr filter on planted lines: TF's own (dropped) among ours, a child process's and a traceback's."""
     code = ("import os, subprocess, sys\n"

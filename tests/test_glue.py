@@ -103,6 +103,7 @@ def test_run_classifier_trains_and_evaluates(tiny, tmp_path, capsys):
     assert not np.array_equal(trained["pooler.dense.weight"], start["pooler.dense.weight"])   # it trained
 
 
+@pytest.mark.heavy
 def test_run_classifier_no_dropout_trains_deterministically_and_logs_each_step(tiny, tmp_path):
     """--no_dropout: the run is a function of the seed and the data; one pass per step or accumulation 4 use
     the same examples per step and give the same losses and dev logits (float32 summation order apart);

@@ -88,6 +88,7 @@ def test_bad_input_one_line(tmp_path):
         squad.read_squad_examples(str(multi), True)
 
 
+@pytest.mark.heavy
 def test_run_squad_trains_and_predicts(tmp_path, capsys):
     import torch
     from bert_torch import run_squad

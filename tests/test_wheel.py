@@ -66,6 +66,7 @@ def in_venv(installed, *cmd) -> subprocess.CompletedProcess:
     return run(list(cmd), cwd=installed["cwd"], env=installed["env"])
 
 
+@pytest.mark.heavy
 def test_wheel_ships_data_and_no_tests(installed):
     names = zipfile.ZipFile(installed["wheel"]).namelist()
     for must in ("parity/calibration/minilm-l6.json", "parity/waivers.toml", "parity/data/mrpc_sample.tsv",
@@ -82,6 +83,7 @@ def test_wheel_ships_data_and_no_tests(installed):
     assert "Requires-Python: >=3.11" in meta and "License-Expression: Apache-2.0" in meta
 
 
+@pytest.mark.heavy
 def test_installed_command_runs_from_outside_the_repo(installed):
     where = in_venv(installed, installed["python"], "-c", "import parity, tensorflow")
     assert where.returncode == 1 and "No module named 'tensorflow'" in where.stderr   # the blocker works
