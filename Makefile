@@ -29,11 +29,12 @@ $(BIN)/.installed: pyproject.toml
 # `make test`: the developer's loop, the checks marked neither `slow` nor `heavy`. `make check`: what CI runs,
 # `make test` plus the `heavy` end-to-end checks (subprocesses, whole commands, TF training steps).
 TEST_WORKERS ?= 2
+PYTEST_XDIST = $(BIN)/python -m pytest -q -n $(TEST_WORKERS) --dist loadfile
 test: setup
-	$(BIN)/python -m pytest -q -n $(TEST_WORKERS) --dist loadfile -m 'not slow and not heavy'
+	$(PYTEST_XDIST) -m 'not slow and not heavy'
 
 check: setup
-	$(BIN)/python -m pytest -q -n $(TEST_WORKERS) --dist loadfile -m 'not slow'
+	$(PYTEST_XDIST) -m 'not slow'
 
 test-all: setup
 	$(BIN)/python -m pytest -q -m ''

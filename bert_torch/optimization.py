@@ -160,8 +160,6 @@ class BertAdam(Optimizer):
                         weight_decay=weight_decay, max_grad_norm=max_grad_norm)
         super().__init__(params, defaults)
         self.global_step = 0   # the official graph's global_step: steps taken so far
-        self._buffers: dict = {}   # _scratch's reusable buffers, never part of the state
-        self._largest = 0
 
     # -- the three pieces, separately overridable (the gate plants faults by overriding them) --
 
@@ -201,17 +199,17 @@ class BertAdam(Optimizer):
 
         Why: the update below is a chain of elementwise ops on every variable; written out of place it
         allocates six variable-sized tensors per variable per step (BERT-base: 6 x 440 MB of fresh memory
-        a step, which the CPU must page in and zero). In place, into one buffer per slot sized for the
+        a step, which the CPU must page in and zero). In place, into one buffer per slot that grows to the
         largest variable (kept between steps: 3 x the largest variable, the word embeddings), it computes
         the same float32 values in the same order, bit for bit (tests/test_optimization.py).
         """
         dtype = dtype or like.dtype
         key = (slot, dtype, like.device)
-        buffers = self.__dict__.setdefault("_buffers", {})   # setdefault: an unpickled optimizer has none yet
+        # Not the optimizer's state: made on first use (also after unpickling, which restores the state only).
+        buffers = self.__dict__.setdefault("_buffers", {})
         buf = buffers.get(key)
         if buf is None or buf.numel() < like.numel():
-            size = max(like.numel(), self.__dict__.get("_largest", 0))
-            buf = buffers[key] = torch.empty(size, dtype=dtype, device=like.device)
+            buf = buffers[key] = torch.empty(like.numel(), dtype=dtype, device=like.device)
         return buf[:like.numel()].view(like.shape)
 
     def update(self, p: torch.Tensor, g: torch.Tensor, state: dict, group: dict, lr: float) -> None:
@@ -221,13 +219,13 @@ class BertAdam(Optimizer):
             state["next_m"] = torch.zeros_like(p)   # TF: <var>/adam_m
             state["next_v"] = torch.zeros_like(p)   # TF: <var>/adam_v
         m, v = state["next_m"], state["next_v"]
-        t, w = self._scratch(p, 0), self._scratch(p, 1)
+        t = self._scratch(p, 0)
         # In place, each line one rounding of the official expression (see _scratch for why):
         m.mul_(b1).add_(torch.mul(g, 1.0 - b1, out=t))               # m = b1 * m + (1 - b1) * g
         v.mul_(b2).add_(torch.mul(g, g, out=t).mul_(1.0 - b2))       # v = b2 * v + (1 - b2) * g^2
         u = torch.div(m, torch.sqrt(v, out=t).add_(e), out=t)        # u = m / (sqrt(v) + e): no bias correction,
         if wd:                                                       #   on purpose: the official optimizer has none
-            u.add_(torch.mul(p, wd, out=w))                          # u += wd * p
+            u.add_(torch.mul(p, wd, out=self._scratch(p, 1)))        # u += wd * p
         p.sub_(u.mul_(lr))                                           # p -= lr * u
 
     @torch.no_grad()
@@ -237,7 +235,6 @@ class BertAdam(Optimizer):
             with torch.enable_grad():
                 loss = closure()
         params = [(p, group) for group in self.param_groups for p in group["params"] if p.grad is not None]
-        self._largest = max((p.numel() for p, _ in params), default=0)
         for p, _ in params:
             if p.grad.is_sparse:
                 raise RuntimeError("BertAdam does not support sparse gradients")
