@@ -94,18 +94,22 @@ class Taps:
     tap is recorded with its injected value in ``values``, and with the value the model had
     computed before the replacement in ``computed`` (so one run that injects every block's
     input still shows every block's own output). ``sink(name, tensor)``, when given, receives each
-    recorded tap as it is computed, instead of ``values``. ``seen`` lists every tap passed, in order,
-    so a caller can check that each injection name was actually reached.
+    recorded tap as it is computed, instead of ``values``; with ``sink_computed`` an injected tap reaches
+    the sink with its computed value instead, and ``computed`` stays empty. ``seen`` lists every tap
+    passed, in order, so a caller can check that each injection name was actually reached.
+    ``inject`` is read only at the tap it names (a mapping that loads each value from disk when asked
+    holds one at a time).
     """
 
     def __init__(self, record: bool | Iterable[str] = True,
                  inject: Optional[Mapping[str, torch.Tensor]] = None, detach: bool = True,
-                 sink: Optional[Callable[[str, torch.Tensor], None]] = None):
+                 sink: Optional[Callable[[str, torch.Tensor], None]] = None, sink_computed: bool = False):
         self.record = record if isinstance(record, bool) else frozenset(record)
         # With a sink, each recorded tap is handed over as it is computed and not kept in ``values``:
         # a caller that stores or reduces taps one by one holds no more than the model itself does.
         self.sink = sink
-        self.inject = dict(inject or {})
+        self.sink_computed = sink_computed and sink is not None
+        self.inject = inject if inject is not None else {}
         self.detach = detach
         self.values: dict[str, torch.Tensor] = {}
         self.computed: dict[str, torch.Tensor] = {}
@@ -126,7 +130,10 @@ class Taps:
             new = torch.as_tensor(self.inject[name])
             if tuple(new.shape) != tuple(x.shape):
                 raise ValueError(f"injected tap {name}: shape {tuple(new.shape)}, expected {tuple(x.shape)}")
-            if keep:
+            if keep and self.sink_computed:   # the block's own output, what a diagnosis judges it by
+                self.sink(name, x.detach() if self.detach else x)
+                keep = False
+            elif keep:
                 self.computed[name] = x.detach() if self.detach else x
             x = new.to(device=x.device, dtype=x.dtype)
         if keep:

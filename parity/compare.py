@@ -36,19 +36,18 @@ class RunStore:
     def collect(self, side: Side, label: str) -> Mapping[str, np.ndarray]:
         if not self.spill:
             return side.run(self.inputs)
-        store = TapStore(self.spill_dir, label)
-        self.stores.append(store)
-        side.stream(self.inputs, store.put)
-        return store
+        return self.produce(label, lambda consume: side.stream(self.inputs, consume))
 
-    def keep(self, taps: Mapping[str, np.ndarray], label: str) -> Mapping[str, np.ndarray]:
-        """A run already in memory (``taps``), spilled too when spilling, so that the caller can drop it."""
+    def produce(self, label: str, run: Callable[[Callable[[str, np.ndarray], None]], None]
+                ) -> Mapping[str, np.ndarray]:
+        """What ``run(consume)`` hands to ``consume``, kept like ``collect``'s taps (spilled: tap by tap)."""
         if not self.spill:
-            return taps
+            out: dict = {}
+            run(out.__setitem__)
+            return out
         store = TapStore(self.spill_dir, label)
         self.stores.append(store)
-        for name in list(taps):
-            store.put(name, taps[name])
+        run(store.put)
         return store
 
     @property

@@ -48,6 +48,11 @@ MAX_THREADS = 1024
 # Bytes held per tap element over a run: TF float32, PyTorch float32, its float64 twin (compare);
 # diagnose adds each side fed the other's inputs and a local float64 run.
 BYTES_PER_TAP_ELEMENT = {"compare": 4 + 4 + 8, "diagnose": 2 * (4 + 4 + 8), "dump": 4}
+# On disk (``--spill``), the runs each command always writes: compare the reference, the candidate (float32)
+# and its float64 twin; diagnose also both local runs. A reduced precision tier adds a float32 twin (4), and a
+# diagnosis whose every block is within budget while its output is not adds the float64 local runs (8): a disk
+# that fills then ends the command with exit 2 naming the file (bert_torch.commands).
+SPILLED_BYTES_PER_TAP_ELEMENT = {"compare": 4 + 4 + 8, "diagnose": 4 + 4 + 4 + 4 + 8}
 
 
 def tap_elements(config, batch_size: int, seq_len: int) -> int:
@@ -98,15 +103,14 @@ def check_run_size(batch_size: int, seq_len: int, seed: int, config, command: st
         raise InputError(f"--tf-threads {tf_threads}: must be between 1 and {MAX_THREADS}")
     taps = in_memory_bytes(config, batch_size, seq_len, command)
     if spill_dir is not None:
+        taps = tap_elements(config, batch_size, seq_len) * SPILLED_BYTES_PER_TAP_ELEMENT.get(command, 4)
         free = shutil.disk_usage(spill_dir).free
         if taps > free:
             raise InputError(f"--batch-size {batch_size} x --seq-len {seq_len} x {config.num_hidden_layers} layers: "
                              f"{command} streams about {taps / 2**30:.1f} GiB of taps to --spill-dir {spill_dir}, "
                              f"which has {free / 2**30:.1f} GiB free; free space, or pick another folder")
-        # compare holds a layer or two at a time; diagnose one whole local run (its values and what was
-        # computed at the injected block inputs) before spilling it.
-        taps = taps // max(config.num_hidden_layers, 1) * 2 if command == "compare" \
-            else tap_elements(config, batch_size, seq_len) * 8
+        # Every run streams: memory holds a layer or two of taps at a time (a float64 layer in diagnose).
+        taps = taps // max(config.num_hidden_layers, 1) * 2
     need = taps + config.num_parameters() * (4 + 4 + 8)
     have = available_memory()
     if have is not None and need > have:

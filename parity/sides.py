@@ -57,7 +57,10 @@ class Side(Protocol):
             inject: Optional[Mapping[str, np.ndarray]] = None,
             computed: Optional[dict] = None) -> dict[str, np.ndarray]: ...
 
-    def stream(self, inputs: Inputs, consume: Callable[[str, np.ndarray], None]) -> None: ...
+    def stream(self, inputs: Inputs, consume: Callable[[str, np.ndarray], None],
+               inject: Optional[Mapping[str, np.ndarray]] = None, computed: bool = False) -> None: ...
+
+    def release(self) -> None: ...
 
     def float64(self) -> Optional["Side"]: ...
 
@@ -91,12 +94,23 @@ class SideBase:
     def run(self, inputs: Inputs, fetch=None, inject=None, computed=None) -> dict[str, np.ndarray]:
         raise NotImplementedError
 
-    def stream(self, inputs: Inputs, consume: Callable[[str, np.ndarray], None]) -> None:
-        """Every tap of one run, handed to ``consume(name, array)`` in forward order. This default runs
-        once and hands the taps over; sides that can compute them one block at a time override it, so
-        that a comparison never holds a whole run (``parity.tapstore``)."""
-        for name, value in self.run(inputs).items():
-            consume(name, value)
+    def stream(self, inputs: Inputs, consume: Callable[[str, np.ndarray], None],
+               inject: Optional[Mapping[str, np.ndarray]] = None, computed: bool = False) -> None:
+        """Every tap of one run, handed to ``consume(name, array)`` in forward order; ``inject`` as in
+        ``run``; with ``computed`` an injected tap is handed over with the value computed before the
+        injection replaced it (``run(computed=...)``). This default runs once and hands the taps over;
+        sides that can compute them one block at a time override it, so that a comparison never holds a
+        whole run (``parity.tapstore``)."""
+        if computed and not self.capabilities.computed:
+            raise ValueError(f"{self.name}: cannot return computed values at injected taps")
+        own: Optional[dict] = {} if computed else None
+        values = self.run(inputs, inject=inject, computed=own) if inject or computed else self.run(inputs)
+        for name, value in values.items():
+            consume(name, own[name] if own and name in own else value)
+
+    def release(self) -> None:
+        """Frees what the side holds between runs (a worker process); the next run starts it again.
+        Callers use it once they are done with a side they do not own. This default holds nothing."""
 
     def float64(self) -> Optional["Side"]:
         """The same model in float64, or None (``capabilities.float64``)."""
@@ -170,6 +184,9 @@ class _Completed(SideBase):
 
     def record(self):
         return self._delegate("record")
+
+    def release(self) -> None:
+        self._delegate("release")
 
     def close(self) -> None:
         self._delegate("close")
@@ -255,19 +272,28 @@ class TorchSide(SideBase):
         else:
             self.model(*args)
 
-    def stream(self, inputs: Inputs, consume: Callable[[str, np.ndarray], None]) -> None:
-        """One forward; each tap goes to ``consume`` as it is computed (``Taps(sink=...)``), none is kept."""
+    def stream(self, inputs: Inputs, consume: Callable[[str, np.ndarray], None],
+               inject: Optional[Mapping[str, np.ndarray]] = None, computed: bool = False) -> None:
+        """One forward; each tap goes to ``consume`` as it is computed (``Taps(sink=...)``), none is kept.
+        ``inject`` is read tap by tap as the forward reaches it (a lazy mapping holds one at a time)."""
+        self._check_inject(inject)
+        dtype = next(self.model.parameters()).dtype
+        feeds = _Cast(inject, self.device, dtype) if inject else None
         with torch.no_grad(), arithmetic(self.tier, str(self.device)), \
-                Taps(record=True, sink=lambda name, v: consume(name, _as_numpy(v))):
+                Taps(record=True, inject=feeds, sink=lambda name, v: consume(name, _as_numpy(v)),
+                     sink_computed=computed):
             self._forward(inputs)
+
+    def _check_inject(self, inject) -> None:
+        unknown = sorted(set(inject or ()) - set(self.tap_names))
+        if unknown:
+            raise ValueError(f"pytorch side: no tap named {unknown[0]}")
 
     def run(self, inputs: Inputs, fetch=None, inject=None, computed: Optional[dict] = None) -> dict[str, np.ndarray]:
         """``computed``, when given a dict, receives what the model computed at each injected
         tap before the injection replaced it (``Taps.computed``): with every block's input
         injected, one run gives every block's own output (parity.diagnose)."""
-        unknown = sorted(set(inject or ()) - set(self.tap_names))
-        if unknown:
-            raise ValueError(f"pytorch side: no tap named {unknown[0]}")
+        self._check_inject(inject)
         dtype = next(self.model.parameters()).dtype
         as_tensor = lambda a, dt: torch.from_numpy(np.asarray(a)).to(self.device, dt)
         with torch.no_grad(), arithmetic(self.tier, str(self.device)), \
@@ -277,6 +303,26 @@ class TorchSide(SideBase):
         if computed is not None:
             computed.update({k: _as_numpy(v) for k, v in taps.computed.items()})
         return {k: _as_numpy(v) for k, v in taps.values.items()}
+
+
+class _Cast(Mapping):
+    """``inject`` as tensors of the model's dtype on its device, each converted when the forward asks for
+    it (``TorchSide.run`` converts the same way, all at once)."""
+
+    def __init__(self, inject: Mapping[str, np.ndarray], device, dtype: torch.dtype):
+        self.inject, self.device, self.dtype = inject, device, dtype
+
+    def __getitem__(self, name: str) -> torch.Tensor:
+        return torch.from_numpy(np.asarray(self.inject[name])).to(self.device, self.dtype)
+
+    def __contains__(self, name) -> bool:
+        return name in self.inject
+
+    def __iter__(self):
+        return iter(self.inject)
+
+    def __len__(self) -> int:
+        return len(self.inject)
 
 
 class FastPathSide(SideBase):
@@ -319,11 +365,16 @@ class FastPathSide(SideBase):
         return {k: as_np(v) for k, v in out.items() if fetch is None or k in fetch}
 
 
+# TFSide.stream: how many bytes of taps one TF run may fetch (consecutive layers share a run up to this).
+STREAM_GROUP_BYTES = 256 << 20
+
+
 class TFSide(SideBase):
     """Google's official graph through ``reference_tf`` (imported only when this side is used)."""
 
     name = "tensorflow"
     capabilities = Capabilities(inject=True)
+    stream_group_bytes = STREAM_GROUP_BYTES   # the most taps ``stream`` fetches in one TF run (one layer at least)
 
     def __init__(self, checkpoint_prefix: str, config: BertConfig, head: Optional[str] = None,
                  num_labels: int = 2, intra_op_threads: Optional[int] = None):
@@ -354,22 +405,44 @@ class TFSide(SideBase):
         out = self.ref.run(inputs.input_ids, inputs.token_type_ids, inputs.input_mask, fetch=fetch, inject=inject)
         return {k: np.asarray(v, dtype=np.float32) for k, v in out.items()}
 
-    def stream(self, inputs: Inputs, consume: Callable[[str, np.ndarray], None]) -> None:
+    def stream(self, inputs: Inputs, consume: Callable[[str, np.ndarray], None],
+               inject: Optional[Mapping[str, np.ndarray]] = None, computed: bool = False) -> None:
         """Block by block: the embeddings, then each layer fed the graph's own output of the layer before
         (TensorFlow computes only the ops between what is fed and what is fetched), then the pooler and
-        head. The values are the end-to-end run's: the same ops on the same float32 inputs."""
+        head. The values are the end-to-end run's: the same ops on the same float32 inputs. ``inject``d
+        taps are fed in the block that holds them (a fed tap comes back as fed, and feeds what follows),
+        each read from the mapping only then."""
+        if computed:
+            raise ValueError("tensorflow side: computed values need a second run (parity.diagnose.blocks)")
+        unknown = sorted(set(inject or ()) - set(self.tap_names))
+        if unknown:
+            raise ValueError(f"tensorflow side: no tap named {unknown[0]}")
         names = self.tap_names
         layers = sorted({int(n.split("/")[0][6:]) for n in names if n.startswith("layer_")})
         groups = [([n for n in names if n.startswith("embeddings/")], None)]
-        groups += [([n for n in names if n.startswith(f"layer_{i}/")], f"layer_{i - 1}/output" if i else
-                    "embeddings/output") for i in layers]
+        # Consecutive layers share a run while their taps stay under ``stream_group_bytes``: each new
+        # fetch-and-feed signature costs TF a pruned, optimized graph of its own (about half a second at
+        # BERT-large), so at short lengths one layer per run would spend more on that than on computing.
+        B, T = np.shape(inputs.input_ids)
+        cfg = self._cache_parts["config"]
+        size = lambda n: 4 * int(np.prod(tap_shape(n, B, T, cfg["hidden_size"], cfg["num_attention_heads"],  # noqa: E731
+                                                     cfg["intermediate_size"])))
+        for i in layers:
+            taps = [n for n in names if n.startswith(f"layer_{i}/")]
+            held = sum(size(n) for n in groups[-1][0]) if len(groups) > 1 else None
+            if held is not None and held + sum(size(n) for n in taps) <= self.stream_group_bytes:
+                groups[-1][0].extend(taps)
+            else:
+                groups.append((taps, f"layer_{i - 1}/output" if i else "embeddings/output"))
         grouped = {n for group, _ in groups for n in group}
         groups.append(([n for n in names if n not in grouped], f"layer_{layers[-1]}/output" if layers else None))
         last: dict = {}
         for fetch, feed in groups:
             if not fetch:
                 continue
-            out = self.run(inputs, fetch=fetch, inject={feed: last[feed]} if feed else None)
+            feeds = {feed: last[feed]} if feed else {}
+            feeds.update({n: inject[n] for n in fetch if inject and n in inject})
+            out = self.run(inputs, fetch=fetch, inject=feeds or None)
             for n in fetch:
                 consume(n, out[n])
             last = {n: out[n] for n in fetch if n.endswith("/output")}   # the next block's input

@@ -70,16 +70,21 @@ def test_a_planted_fault_reads_the_same_spilled(random_checkpoint, tmp_path):
 
 @pytest.mark.heavy
 def test_tensorflow_block_by_block_is_its_end_to_end_run(minilm):
-    """Each layer fed the graph's own output of the layer before: every tap bit-identical to one run."""
+    """Each layer (or run of layers, up to ``stream_group_bytes`` of taps) fed the graph's own output of the
+    layer before: every tap bit-identical to one run, one layer per TF run, two or three, and all six."""
     reference, _, inputs = sides(minilm, 2, 32)
+    config = BertConfig.from_json_file(minilm["bert_config"])
+    per_layer = tap_elements(config, 2, 32) * 4 // config.num_hidden_layers
     try:
         whole = reference.run(inputs)
-        streamed = {}
-        reference.stream(inputs, streamed.__setitem__)
+        for group_bytes in (0, int(2.5 * per_layer), 10 * per_layer):
+            reference.stream_group_bytes = group_bytes
+            streamed = {}
+            reference.stream(inputs, streamed.__setitem__)
+            assert list(streamed) == list(whole) == reference.tap_names
+            assert all(np.array_equal(whole[n], streamed[n]) for n in whole), group_bytes
     finally:
         reference.close()
-    assert list(streamed) == list(whole) == reference.tap_names
-    assert all(np.array_equal(whole[n], streamed[n]) for n in whole)
 
 
 def test_tap_store_round_trip_and_errors(tmp_path):
@@ -106,6 +111,7 @@ ck, spill = json.loads(sys.argv[1]), sys.argv[2] == "spill"
 config = BertConfig.from_json_file(ck["bert_config"])
 inputs = make_inputs(ck["vocab"], 8, 256, 0, vocab_size=config.vocab_size, type_vocab_size=config.type_vocab_size)
 ref, cand = TFSide(ck["prefix"], config), TorchSide.from_weights(ck["torch_weights"], config)
+ref.stream_group_bytes = 0   # one layer per TF run: this small model's whole run is under the default's group
 def peak_kib():
     # VmHWM, this process's own peak: its ru_maxrss would start at the RSS of the parent that forked it (the
     # maximum is carried across exec), here a pytest worker far larger than this child's growth.
@@ -157,12 +163,16 @@ def test_compare_command_spills_on_request_and_checks_the_folder(compare, random
                                                                "not a writable folder"]
 
 
+@pytest.mark.heavy
 @pytest.mark.parametrize("fault", [None, "layer_1/output LayerNorm gamma"])
 def test_spilled_diagnosis_is_the_in_memory_one(random_checkpoint, tmp_path, fault):
-    """diagnose keeps its runs in a RunStore: spilled to disk, the diagnosis (culprit, hints, every tap and
-    block row) is the in-memory one; its repro is written from the spilled taps before they go."""
+    """diagnose keeps its runs in a RunStore: spilled to disk, each run streamed (every block fed the other
+    side's input as the stream reaches it), the diagnosis (culprit, hints, every tap and block row) is the
+    in-memory one, with TF in process and with TF in a worker process serving all of the reference's runs;
+    its repro is written from the spilled taps before they go."""
     from parity.compare import RunStore
     from parity.diagnose import diagnose, write_repro
+    from parity.tf_worker import IsolatedTFSide
     from bert_torch.convert import tf_to_torch
     from bert_torch.tf_checkpoint import read_checkpoint
     ck = random_checkpoint(CONFIGS["odd-heads-2layer"], perturb=0.02)
@@ -171,21 +181,25 @@ def test_spilled_diagnosis_is_the_in_memory_one(random_checkpoint, tmp_path, fau
         candidate.source.encoder.layer[1].output.LayerNorm.weight.data[3] += 1e-3
     config = BertConfig.from_json_file(ck["bert_config"])
     tf_weights, _ = tf_to_torch(read_checkpoint(ck["prefix"]), config)
+    worker = IsolatedTFSide(ck["prefix"], config, work_dir=str(tmp_path), keep_alive=True)
     out = {}
     try:
-        for spill in (False, True):
+        for mode, spill, side in (("memory", False, reference), ("spilled", True, reference),
+                                  ("worker", True, worker)):
             with RunStore(inputs, spill=spill, spill_dir=str(tmp_path)) as store:
-                d = diagnose(reference, candidate, inputs, get_profile("fp32-cpu"), config=config,
+                d = diagnose(side, candidate, inputs, get_profile("fp32-cpu"), config=config,
                              tf_weights=tf_weights, store=store)
-                repro = write_repro(d, str(tmp_path / f"repro-{spill}"), config, get_profile("fp32-cpu"), None)
-                out[spill] = (json.dumps({k: v for k, v in d.items() if k not in ("seconds", "repro")}, sort_keys=True, default=str),
-                              repro is not None)
+                repro = write_repro(d, str(tmp_path / f"repro-{mode}"), config, get_profile("fp32-cpu"), None)
+                out[mode] = (json.dumps({k: v for k, v in d.items() if k not in ("seconds", "repro")}, sort_keys=True, default=str),
+                             repro is not None)
+            assert worker._proc is None   # diagnose released the worker after the reference's last run
     finally:
         reference.close()
-    assert out[False] == out[True]
-    d = json.loads(out[True][0])
+        worker.close()
+    assert out["memory"] == out["spilled"] == out["worker"]
+    d = json.loads(out["worker"][0])
     assert (d["culprit"], d["culprit_block"]) == (("weights", "layer_1/ffn") if fault else (None, None))
-    assert out[True][1] == bool(fault)   # a repro for the culprit block, written from the spilled taps
+    assert out["worker"][1] == bool(fault)   # a repro for the culprit block, written from the spilled taps
     assert not [n for n in os.listdir(tmp_path) if n.startswith("bert-parity-")]   # the spilled runs are gone
 
 
@@ -198,18 +212,21 @@ print(json.dumps({"code": code, "tensorflow_imported": "tensorflow" in sys.modul
 
 
 @pytest.mark.heavy
-def test_a_spilled_comparison_runs_tensorflow_in_a_worker_never_in_process(random_checkpoint, tmp_path):
-    """Spilled, the comparing process never imports TensorFlow (its memory is the worker's, gone when the
-    worker exits); held in memory, it does. Each in a fresh process."""
+def test_a_spilled_comparison_or_diagnosis_runs_tensorflow_in_a_worker_never_in_process(random_checkpoint, tmp_path):
+    """Spilled, the comparing (or diagnosing) process never imports TensorFlow (its memory is the worker's,
+    gone when the worker exits); held in memory, it does. Each in a fresh process."""
     ck = random_checkpoint(CONFIGS["tiny-1layer"], perturb=0.02)
     out = {}
-    for mode in ("always", "never"):
-        argv = ["compare", "--tf-checkpoint", ck["dir"], "--torch-weights", ck["torch_weights"], "--batch-size", "2",
-                "--seq-len", "16", "--spill", mode, "--spill-dir", str(tmp_path), "--report-dir", str(tmp_path / mode)]
+    for command, mode in (("compare", "always"), ("compare", "never"), ("diagnose", "always")):
+        argv = [command, "--tf-checkpoint", ck["dir"], "--torch-weights", ck["torch_weights"], "--batch-size", "2",
+                "--seq-len", "16", "--spill", mode, "--spill-dir", str(tmp_path),
+                "--report-dir", str(tmp_path / f"{command}-{mode}")]
         proc = subprocess.run([sys.executable, "-c", CHILD_COMPARE, json.dumps(argv)], capture_output=True, text=True)
-        out[mode] = json.loads(proc.stdout.strip().splitlines()[-1])
-    assert out == {"always": {"code": 0, "tensorflow_imported": False},
-                   "never": {"code": 0, "tensorflow_imported": True}}
+        out[command, mode] = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert out == {("compare", "always"): {"code": 0, "tensorflow_imported": False},
+                   ("compare", "never"): {"code": 0, "tensorflow_imported": True},
+                   ("diagnose", "always"): {"code": 0, "tensorflow_imported": False}}
+    assert [n for n in os.listdir(tmp_path) if n.startswith("bert-parity-")] == []   # workers' folders gone
 
 
 @pytest.mark.heavy

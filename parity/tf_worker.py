@@ -1,12 +1,15 @@
 """The official graph in a process of its own, for comparisons that stream their runs to disk (issue #13).
 
-``IsolatedTFSide`` is the TF reference of a spilled comparison (``compare --spill``): its ``stream`` starts
-``python -m parity.tf_worker SPEC``, which builds ``TFSide`` there, streams its taps block by block
-(``TFSide.stream``) and writes each one as a ``.npy`` file the moment it is computed, then a manifest (tap
-names, description, precision). The comparing process hands the files to its ``TapStore`` without reading
-them (``SpilledArray``) and never imports TensorFlow: TF's runtime and the graph's copy of the weights live
-and die with the worker, instead of sitting under the PyTorch runs that follow (BERT-large: 1.34 GB of
-variables and TF's allocations). The numbers are those of ``TFSide``: the same code on the same inputs.
+``IsolatedTFSide`` is the TF reference of a spilled comparison or diagnosis (``--spill``): its first run starts
+``python -m parity.tf_worker SPEC``, which builds ``TFSide`` there and then serves runs, one request line on its
+stdin each: the run's inputs and the taps to feed (``.npy`` files the parent wrote), streamed block by block
+(``TFSide.stream``), each tap written as a ``.npy`` file the moment it is computed, then a manifest (tap names,
+description, precision) and a reply line. The parent hands the files to its ``TapStore`` without reading them
+(``SpilledArray``) and never imports TensorFlow: TF's runtime and the graph's copy of the weights live in the
+worker and are gone when it exits, after one run (``compare``), or when ``release`` is called (``diagnose``, whose
+reference runs several times, end to end and with every block fed the candidate's input: one graph build for all
+of them, and none of it left under the PyTorch runs that follow: BERT-large: 1.34 GB of variables and TF's
+allocations). The numbers are those of ``TFSide``: the same code on the same inputs.
 
 Bad input found by the worker (a checkpoint that does not fit its config) is its one-line message, exit 2,
 raised here as ``ValueError``; a crash is ``RuntimeError`` with the worker's last line.
@@ -19,6 +22,7 @@ import shutil
 import subprocess
 import sys
 import tempfile
+from collections.abc import Mapping
 from typing import Callable, Optional
 
 import numpy as np
@@ -34,79 +38,167 @@ MANIFEST = "manifest.json"
 
 
 class IsolatedTFSide(SideBase):
-    """``TFSide``'s taps, computed in a worker process (this module's docstring). No injection: ``diagnose``
-    keeps the in-process ``TFSide``. ``tap_names``, ``description`` and ``precision`` are the worker's, known
-    once a run has streamed."""
+    """``TFSide``'s taps, computed in a worker process (this module's docstring). ``tap_names``,
+    ``description`` and ``precision`` are the worker's, known once a run has streamed. ``keep_alive``: the
+    worker serves every run until ``release`` (else it exits after each run)."""
 
     name = "tensorflow"
-    capabilities = Capabilities(inject=False)
+    capabilities = Capabilities(inject=True)
 
     def __init__(self, checkpoint_prefix: str, config: BertConfig, head: Optional[str] = None,
-                 num_labels: int = 2, intra_op_threads: Optional[int] = None, work_dir: Optional[str] = None):
+                 num_labels: int = 2, intra_op_threads: Optional[int] = None, work_dir: Optional[str] = None,
+                 keep_alive: bool = False):
         self.spec = {"checkpoint_prefix": os.path.abspath(checkpoint_prefix), "config": config.to_dict(),
                      "head": head, "num_labels": num_labels, "intra_op_threads": intra_op_threads}
-        self.work_dir = work_dir
+        self.work_dir, self.keep_alive = work_dir, keep_alive
         self.tap_names: list = []
         self.description = "official TF graph (in a worker process)"
+        self._proc: Optional[subprocess.Popen] = None
+        self._folder: Optional[str] = None
+        self._runs = 0
 
-    def stream(self, inputs: Inputs, consume: Callable[[str, object], None]) -> None:
-        folder = tempfile.mkdtemp(prefix="bert-parity-tf-worker-", dir=self.work_dir)
+    def _start(self) -> None:
+        self._folder = tempfile.mkdtemp(prefix="bert-parity-tf-worker-", dir=self.work_dir)
+        spec = os.path.join(self._folder, "spec.json")
+        write_json(spec, self.spec, "tf worker spec")
+        with open(os.path.join(self._folder, "worker.log"), "w", encoding="utf-8") as log:
+            self._proc = subprocess.Popen([sys.executable, "-m", "parity.tf_worker", spec], stdin=subprocess.PIPE,
+                                          stdout=subprocess.PIPE, stderr=log, text=True)
+
+    def _failure(self) -> Exception:
+        """The worker's ending as an exception: its one line of bad input (exit 2), else a crash."""
         try:
-            np.savez(os.path.join(folder, "inputs.npz"), input_ids=inputs.input_ids,
+            self._proc.stdin.close()
+        except OSError:   # the worker is gone: what it left unread does not matter
+            pass
+        code = self._proc.wait()
+        with open(os.path.join(self._folder, "worker.log"), encoding="utf-8", errors="replace") as f:
+            lines = [ln for ln in f.read().splitlines() if ln.strip() and not ln.startswith(("I0000", "W0000", "WARNING"))]
+        last = lines[-1] if lines else "(no output)"
+        self.release()
+        if code == 2:
+            return ValueError(last.removeprefix("error: "))
+        return RuntimeError(f"the TF worker exited {code}: {last}")
+
+    def stream(self, inputs: Inputs, consume: Callable[[str, object], None],
+               inject: Optional[Mapping[str, np.ndarray]] = None, computed: bool = False) -> None:
+        if computed:
+            raise ValueError("tensorflow side: computed values need a second run (parity.diagnose.blocks)")
+        if self._proc is None:
+            self._start()
+        run = os.path.join(self._folder, f"run{self._runs:03d}")
+        self._runs += 1
+        os.mkdir(run)
+        try:
+            np.savez(os.path.join(run, "inputs.npz"), input_ids=inputs.input_ids,
                      token_type_ids=inputs.token_type_ids, input_mask=inputs.input_mask)
-            write_json(os.path.join(folder, "spec.json"), {**self.spec, "out": folder}, "tf worker spec")
-            with open(os.path.join(folder, "worker.log"), "w", encoding="utf-8") as log:
-                code = subprocess.run([sys.executable, "-m", "parity.tf_worker", os.path.join(folder, "spec.json")],
-                                      stdout=log, stderr=subprocess.STDOUT).returncode
-            manifest = os.path.join(folder, MANIFEST)
-            if code != 0 or not os.path.isfile(manifest):
-                with open(os.path.join(folder, "worker.log"), encoding="utf-8", errors="replace") as f:
-                    lines = [ln for ln in f.read().splitlines() if ln.strip() and not ln.startswith(("I0000", "W0000", "WARNING"))]
-                last = lines[-1] if lines else "(no output)"
-                raise (ValueError if code == 2 else RuntimeError)(
-                    last.removeprefix("error: ") if code == 2 else f"the TF worker exited {code}: {last}")
-            with open(manifest, encoding="utf-8") as f:
+            feeds = []
+            for k, name in enumerate(inject or ()):   # one fed tap in memory at a time
+                file = os.path.join(run, f"inject{k:05d}.npy")
+                np.save(file, np.asarray(inject[name], np.float32), allow_pickle=False)
+                feeds.append((name, file))
+            try:
+                self._proc.stdin.write(json.dumps({"out": run, "inject": feeds}) + "\n")
+                self._proc.stdin.flush()
+                reply = self._proc.stdout.readline()
+            except BrokenPipeError:
+                reply = ""
+            if not reply:
+                raise self._failure()
+            answer = json.loads(reply)
+            if "error" in answer:
+                raise ValueError(answer["error"])
+            with open(os.path.join(run, MANIFEST), encoding="utf-8") as f:
                 meta = json.load(f)
             self.tap_names = list(meta["tap_names"])
             self.description, self.precision = meta["description"], meta["precision"]
             for name, file in meta["files"]:
-                consume(name, SpilledArray(os.path.join(folder, file)))
+                consume(name, SpilledArray(os.path.join(run, file)))
         finally:
-            shutil.rmtree(folder, ignore_errors=True)
+            shutil.rmtree(run, ignore_errors=True)
+            if not self.keep_alive:
+                self.release()
 
     def run(self, inputs: Inputs, fetch=None, inject=None, computed=None) -> dict[str, np.ndarray]:
-        if inject or computed is not None:
-            raise ValueError("tensorflow worker: no injection; use parity.sides.TFSide")
+        if computed is not None:
+            raise ValueError("tensorflow side: computed values need a second run (parity.diagnose.blocks)")
         out: dict[str, np.ndarray] = {}
-        self.stream(inputs, lambda name, value: out.__setitem__(name, np.asarray(value)))
+        self.stream(inputs, lambda name, value: out.__setitem__(name, np.asarray(value)), inject=inject)
         return out if fetch is None else {k: v for k, v in out.items() if k in fetch}
+
+    def release(self) -> None:
+        """Ends the worker (its TF runtime and weights go with it); a later run starts another."""
+        proc, self._proc = self._proc, None
+        if proc is not None:
+            try:
+                proc.stdin.close()
+                proc.wait(timeout=60)
+            except (OSError, subprocess.TimeoutExpired):
+                proc.kill()
+                proc.wait()
+            proc.stdout.close()
+        if self._folder is not None:
+            shutil.rmtree(self._folder, ignore_errors=True)
+            self._folder = None
+
+    def close(self) -> None:
+        self.release()
+
+
+class _Files(Mapping):
+    """Fed taps as the parent wrote them, each read when the stream reaches it."""
+
+    def __init__(self, feeds: list):
+        self.files = dict(feeds)
+
+    def __getitem__(self, name: str) -> np.ndarray:
+        return np.load(self.files[name], allow_pickle=False)
+
+    def __iter__(self):
+        return iter(self.files)
+
+    def __len__(self) -> int:
+        return len(self.files)
 
 
 def work(spec_path: str) -> int:
-    """The worker: ``TFSide.stream`` into the spec's folder, one ``.npy`` per tap, then the manifest."""
+    """The worker: builds ``TFSide``, then for each request line ``TFSide.stream`` into the request's folder,
+    one ``.npy`` per tap, then the manifest and a reply line; exits when its stdin closes."""
+    replies = os.fdopen(os.dup(1), "w")   # the protocol's own channel: anything printed goes to the log
+    os.dup2(2, 1)
+    sys.stdout = sys.stderr
     from .sides import TFSide
     with open(spec_path, encoding="utf-8") as f:
         spec = json.load(f)
-    out = spec["out"]
-    with np.load(os.path.join(out, "inputs.npz"), allow_pickle=False) as z:
-        inputs = Inputs(z["input_ids"], z["token_type_ids"], z["input_mask"], meta={})
     try:
         side = TFSide(spec["checkpoint_prefix"], BertConfig.from_dict(spec["config"]), head=spec["head"],
                       num_labels=spec["num_labels"], intra_op_threads=spec["intra_op_threads"])
     except ValueError as e:   # ReferenceError, CheckpointError: bad input, one line
         print(f"error: {str(e).splitlines()[0] if str(e) else type(e).__name__}", file=sys.stderr)
         return 2
-    files = []
-
-    def save(name: str, value) -> None:
-        file = f"{len(files):05d}.npy"
-        np.save(os.path.join(out, file), np.asarray(value), allow_pickle=False)
-        files.append((name, file))
-
     try:
-        side.stream(inputs, save)
-        write_json(os.path.join(out, MANIFEST), {"tap_names": side.tap_names, "description": side.description,
-                                                 "precision": side.precision, "files": files}, "tf worker manifest")
+        for line in sys.stdin:
+            request = json.loads(line)
+            out = request["out"]
+            with np.load(os.path.join(out, "inputs.npz"), allow_pickle=False) as z:
+                inputs = Inputs(z["input_ids"], z["token_type_ids"], z["input_mask"], meta={})
+            files = []
+
+            def save(name: str, value) -> None:
+                file = f"{len(files):05d}.npy"
+                np.save(os.path.join(out, file), np.asarray(value), allow_pickle=False)
+                files.append((name, file))
+
+            try:
+                side.stream(inputs, save, inject=_Files(request["inject"]) or None)
+            except ValueError as e:   # a fed tap of the wrong name or shape: the caller's mistake, one line
+                replies.write(json.dumps({"error": str(e).splitlines()[0] if str(e) else type(e).__name__}) + "\n")
+                replies.flush()
+                continue
+            write_json(os.path.join(out, MANIFEST), {"tap_names": side.tap_names, "description": side.description,
+                                                     "precision": side.precision, "files": files}, "tf worker manifest")
+            replies.write(json.dumps({"done": len(files)}) + "\n")
+            replies.flush()
     finally:
         side.close()
     return 0

@@ -170,6 +170,11 @@ def diagnose(reference, candidate, inputs: Inputs, profile: Profile, *, config: 
         torch_weights = candidate.tensors()
     weights = compare_weights(tf_weights, torch_weights or {})
     hints = weight_hints(weights, tf_weights, torch_weights or {}, config.initializer_range)
+    if not weights["differences"] and all(np.asarray(torch_weights[n]).dtype == np.asarray(v).dtype
+                                          for n, v in tf_weights.items()):
+        # The checkpoint's weights are the candidate's bit for bit: what follows reads their values only, and
+        # one copy is enough (a caller that handed over its only reference frees the other here).
+        tf_weights = torch_weights
     diagnosis = Diagnosis(
         verdict="pass", culprit=None, culprit_block=None, hints=hints, first_divergence=None,
         profile=profile.to_dict(), inputs=dict(inputs.meta),
@@ -188,6 +193,7 @@ def diagnose(reference, candidate, inputs: Inputs, profile: Profile, *, config: 
 
     runs = run_sides(reference, candidate, inputs, blocks(config.num_hidden_layers, head), profile, candidate64,
                      store or RunStore(inputs))
+    diagnosis["sides"]["reference"] = reference.description   # a worker's side knows it once it has run
     diagnosis["stages"].update(activations="ran", local_pytorch="ran (1 run)" if candidate.capabilities.computed
                                else "ran", local_tensorflow=f"ran ({len(schedule(runs.blocks))} runs)",
                                precision_ladder="ran (end to end)" if runs.twin is not None
@@ -242,10 +248,14 @@ def run_sides(reference, candidate, inputs: Inputs, bs: list, profile: Profile, 
               store: Optional[RunStore] = None) -> Runs:
     """Stage 2's and 3's runs (see ``Runs``), each kept by ``store`` (in memory, or spilled to disk)."""
     store = store or RunStore(inputs)
-    ref = store.collect(reference, "reference")
+    # The candidate first, so that the reference's runs come one after the other and it can let go of what
+    # it holds before the float64 twin (the largest model of all) is made: a TF worker process and its
+    # copy of the weights (parity/tf_worker.py). The runs are independent; the order changes no number.
     cand = store.collect(candidate, "candidate")
-    pt_local = store.keep(local_taps(candidate, inputs, ref, bs), "local-candidate")
-    tf_local = store.keep(local_taps(reference, inputs, cand, bs), "local-reference")
+    ref = store.collect(reference, "reference")
+    tf_local = local_taps(reference, inputs, cand, bs, store, "local-reference")
+    reference.release()
+    pt_local = local_taps(candidate, inputs, ref, bs, store, "local-candidate")
     twin = float64_twin(candidate) if candidate64 == "auto" else candidate64
     pt64 = store.collect(twin, "float64") if twin is not None else {}
     # The candidate's own float32 rounding per tap, for profiles whose tolerance includes it, and for a
@@ -312,7 +322,7 @@ def find_suspects(diagnosis: Diagnosis, runs: Runs, rows: list, block_rows: list
         return suspects
     # Only needed here (a float64 run): each block alone, fed TF's input, TF32 and PT32 each against
     # PT64 on that same input.
-    pt64_local = runs.store.keep(local_taps(runs.twin, runs.inputs, runs.ref, runs.blocks), "local-float64")
+    pt64_local = local_taps(runs.twin, runs.inputs, runs.ref, runs.blocks, runs.store, "local-float64")
     diagnosis["stages"]["precision_ladder"] = "ran (end to end and per block)"
     for r in rows:
         t = r["name"]

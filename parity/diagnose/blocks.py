@@ -9,6 +9,7 @@ import numpy as np
 
 from bert_torch.taps import EMBEDDING_TAPS, LAYER_TAPS
 
+from ..compare import RunStore
 from ..inputs import Inputs
 from ..sides import Side
 
@@ -60,8 +61,34 @@ def schedule(bs: list[Block]) -> list[list[Block]]:
     return runs
 
 
-def local_taps(side, inputs: Inputs, source: Mapping[str, np.ndarray], bs: list[Block]) -> dict:
-    """Every block's taps as ``side`` computes them when fed ``source``'s input to that block."""
+class _Feeds(Mapping):
+    """``source``'s taps named in ``names``, each read when asked for: from a spilled run, one file at a time."""
+
+    def __init__(self, names, source: Mapping[str, np.ndarray]):
+        self.names, self.source = [n for n in dict.fromkeys(names) if n], source
+
+    def __getitem__(self, name: str) -> np.ndarray:
+        if name not in self.names:
+            raise KeyError(name)
+        return self.source[name]
+
+    def __iter__(self):
+        return iter(self.names)
+
+    def __len__(self) -> int:
+        return len(self.names)
+
+
+def local_taps(side, inputs: Inputs, source: Mapping[str, np.ndarray], bs: list[Block],
+               store: Optional[RunStore] = None, label: str = "local") -> Mapping[str, np.ndarray]:
+    """Every block's taps as ``side`` computes them when fed ``source``'s input to that block.
+
+    With a spilling ``store`` the runs stream (``Side.stream``): each tap goes to disk as it is computed and
+    each fed input is read from ``source`` only when the run reaches it, so memory holds a block's taps,
+    never a run's. Else the runs are held (``Side.run``), as before streaming existed; the two agree number
+    for number (parity/test_streaming.py)."""
+    if store is not None and store.spill:
+        return store.produce(label, lambda consume: _stream_local(side, inputs, source, bs, consume))
     if side.capabilities.computed:
         computed: dict = {}
         inject = {b.input: source[b.input] for b in bs if b.input}
@@ -73,6 +100,18 @@ def local_taps(side, inputs: Inputs, source: Mapping[str, np.ndarray], bs: list[
         values = side.run(inputs, inject=inject)
         out.update({t: values.get(t) for b in run for t in b.taps})
     return out
+
+
+def _stream_local(side, inputs: Inputs, source: Mapping[str, np.ndarray], bs: list[Block], consume) -> None:
+    if side.capabilities.computed:   # one run: every block fed, each block's own output handed over as computed
+        wanted = {t for b in bs for t in b.taps}
+        side.stream(inputs, lambda n, v: consume(n, v) if n in wanted else None,
+                    inject=_Feeds((b.input for b in bs), source), computed=True)
+        return
+    for run in schedule(bs):   # a fed tap comes back as fed: blocks whose taps another one's input is, apart
+        wanted = {t for b in run for t in b.taps}
+        side.stream(inputs, lambda n, v: consume(n, v) if n in wanted else None,
+                    inject=_Feeds((b.input for b in run), source))
 
 
 def float64_twin(side) -> Optional[Side]:

@@ -31,6 +31,7 @@ def run_diagnose(args) -> int:
     from ..environment import environment
     from ..hints import vocab_hint
     from ..sides import TFSide
+    from ..tf_worker import IsolatedTFSide
 
     clear_diagnosis(args.report_dir)
     spec = candidate_spec(args)
@@ -64,12 +65,20 @@ def run_diagnose(args) -> int:
         torch_weights = read_weights(args.torch_weights)   # unreadable: exit 2
         candidate, problem = bert_torch_side(args, p.torch_config, tf_weights, torch_weights, p.tier)
     floors = calibration_floors(getattr(args, "calibration", None))
-    reference = TFSide(p.prefix, p.config, head=p.head, num_labels=p.num_labels, intra_op_threads=args.tf_threads)
+    if p.spill_dir is None:
+        reference = TFSide(p.prefix, p.config, head=p.head, num_labels=p.num_labels, intra_op_threads=args.tf_threads)
+    else:   # streamed to disk: TF runs in a worker process, ended before the float64 twin is made
+        reference = IsolatedTFSide(p.prefix, p.config, head=p.head, num_labels=p.num_labels,
+                                   intra_op_threads=args.tf_threads, work_dir=p.spill_dir, keep_alive=True)
+    # diagnose holds the only references to the weights, so that it can let go of TF's copy when it is the
+    # candidate's bit for bit (BERT-large: 1.3 GB, before the float64 twin is made).
+    weights = [tf_weights, torch_weights]
+    del tf_weights, torch_weights
     # The runs' taps live in the store (memory, or spilled to disk: --spill) until the repro is written.
     with RunStore(p.inputs, spill=p.spill_dir is not None, spill_dir=p.spill_dir) as store:
         try:
-            d = diagnose(reference, candidate, p.inputs, p.profile, config=p.config, tf_weights=tf_weights,
-                         torch_weights=torch_weights, head=p.head, floors=floors, candidate_problem=problem,
+            d = diagnose(reference, candidate, p.inputs, p.profile, config=p.config, tf_weights=weights.pop(0),
+                         torch_weights=weights.pop(0), head=p.head, floors=floors, candidate_problem=problem,
                          store=store)
         finally:
             reference.close()
