@@ -132,6 +132,64 @@ def test_no_taps_means_no_recording_and_the_same_numbers(monkeypatch):
     assert torch.equal(plain, tapped) and torch.equal(plain, unrecorded) and list(taps.values) == ["pooler/output"]
 
 
+def test_fast_path_linear_goes_to_onednn_only_in_float32_cpu_inference(monkeypatch):
+    """The fast path's linear layers take oneDNN's kernel (a private op) only where nothing can tell: no
+    gradient recorded, no autocast, full float32 matmul precision, float32, no Taps context; elsewhere
+    ``F.linear``. A recording stand-in counts the calls, so the rule is checked on any torch build."""
+    from bert_torch import modeling
+    calls = []
+    monkeypatch.setattr(modeling, "_ONEDNN_LINEAR", lambda x, w, b, *rest: calls.append(x.shape) or
+                        torch.nn.functional.linear(x, w, b))
+    config = small_config()
+    model = BertModel(config).eval()
+    ids, tt, mask = batch(config, 2, 5)
+    per_forward = 6 * config.num_hidden_layers + 1   # q, k, v, attention output, intermediate, output; pooler
+
+    def linears(run) -> int:
+        calls.clear()
+        run()
+        return len(calls)
+
+    with torch.no_grad():
+        assert linears(lambda: model(ids, tt, mask)) == per_forward
+        assert calls[0] == (2 * 5, config.hidden_size)   # [B,T,H] flattened to [B*T,H]
+        with Taps(record=False):
+            assert linears(lambda: model(ids, tt, mask)) == 0
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            assert linears(lambda: model(ids, tt, mask)) == 0
+        torch.set_float32_matmul_precision("medium")
+        try:
+            assert linears(lambda: model(ids, tt, mask)) == 0
+        finally:
+            torch.set_float32_matmul_precision("highest")
+        assert linears(lambda: model.double()(ids, tt, mask)) == 0
+        model.float()
+    assert linears(lambda: model(ids, tt, mask)[1].sum().backward()) == 0   # training: F.linear, with its backward
+
+
+@settings(max_examples=20, deadline=None)
+@given(rows=st.integers(1, 40), k=st.integers(1, 96), n=st.integers(1, 80), bias=st.booleans(),
+       seed=st.integers(0, 2 ** 16))
+def test_fast_path_linear_is_f_linear_within_float32_rounding(rows, k, n, bias, seed):
+    """oneDNN's linear against ``F.linear``: each output within the float32 rounding of a k-term dot product
+    (bounded by k * 2**-23 * sum |x||w|); where this torch build has no such op, the fast path is F.linear."""
+    from bert_torch import modeling
+    g = torch.Generator().manual_seed(seed)
+    layer = torch.nn.Linear(k, n, bias=bias)
+    with torch.no_grad():
+        layer.weight.copy_(torch.randn(n, k, generator=g))
+        if bias:
+            layer.bias.copy_(torch.randn(n, generator=g))
+        x = torch.randn(3, rows, k, generator=g)
+        got, want = modeling.dense(layer, x), layer(x)
+        bound = k * 2.0 ** -23 * (x.abs() @ layer.weight.abs().T + (layer.bias.abs() if bias else 0)) + 1e-30
+    assert got.shape == want.shape == (3, rows, n)
+    if modeling._ONEDNN_LINEAR is None:
+        assert torch.equal(got, want)
+    else:
+        assert bool(((got - want).abs() <= bound).all()), float(((got - want).abs() / bound).max())
+
+
 def test_config_json_round_trip_and_defaults(tmp_path):
     path = tmp_path / "bert_config.json"
     path.write_text(json.dumps({"vocab_size": 99, "hidden_size": 32, "num_attention_heads": 4, "model_type": "bert"}))
