@@ -241,3 +241,33 @@ def test_the_tf_worker_reports_bad_input_in_one_line(random_checkpoint, tmp_path
         IsolatedTFSide(ck["prefix"], wrong, work_dir=str(tmp_path)).stream(inputs, lambda n, v: None)
     assert "\n" not in str(e.value) and "intermediate" in str(e.value), str(e.value)
     assert os.listdir(tmp_path) == []   # the worker's folder is removed
+
+
+@pytest.mark.heavy
+def test_the_tf_worker_serves_runs_until_released_and_names_a_bad_feed(random_checkpoint, tmp_path):
+    """One worker serves several runs (end to end, and fed a tap: the fed tap comes back as fed and moves what
+    follows), a feed of an unknown tap is its one-line error while the worker carries on, and ``release`` ends
+    it and removes its folder; its runs are the in-process TFSide's bit for bit."""
+    from parity.tf_worker import IsolatedTFSide
+    ck = random_checkpoint(CONFIGS["tiny-1layer"], perturb=0.02)
+    reference, _, inputs = sides(ck, 2, 8)
+    config = BertConfig.from_json_file(ck["bert_config"])
+    worker = IsolatedTFSide(ck["prefix"], config, work_dir=str(tmp_path), keep_alive=True)
+    try:
+        whole = reference.run(inputs)
+        fed = {"layer_0/attention/output": whole["layer_0/attention/output"] * 1.5}
+        want = reference.run(inputs, inject=fed)
+        assert worker.run(inputs).keys() == whole.keys()
+        got = worker.run(inputs, inject=fed)
+        assert all(np.array_equal(got[n], want[n]) for n in want)
+        assert np.array_equal(got["layer_0/attention/output"], fed["layer_0/attention/output"])
+        assert not np.array_equal(got["layer_0/output"], whole["layer_0/output"])
+        process = worker._proc
+        with pytest.raises(ValueError, match="no tap named layer_7/output"):
+            worker.run(inputs, inject={"layer_7/output": whole["layer_0/output"]})
+        assert worker._proc is process and process.poll() is None   # the same worker, still serving
+        assert all(np.array_equal(v, whole[k]) for k, v in worker.run(inputs).items())
+    finally:
+        reference.close()
+        worker.release()
+    assert process.poll() is not None and os.listdir(tmp_path) == []

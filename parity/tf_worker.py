@@ -106,8 +106,8 @@ class IsolatedTFSide(SideBase):
             if not reply:
                 raise self._failure()
             answer = json.loads(reply)
-            if "error" in answer:
-                raise ValueError(answer["error"])
+            if "error" in answer:   # the worker carries on; the run is bad input (or a full disk), one line
+                raise (OSError if answer.get("os") else ValueError)(answer["error"])
             with open(os.path.join(run, MANIFEST), encoding="utf-8") as f:
                 meta = json.load(f)
             self.tap_names = list(meta["tap_names"])
@@ -191,8 +191,9 @@ def work(spec_path: str) -> int:
 
             try:
                 side.stream(inputs, save, inject=_Files(request["inject"]) or None)
-            except ValueError as e:   # a fed tap of the wrong name or shape: the caller's mistake, one line
-                replies.write(json.dumps({"error": str(e).splitlines()[0] if str(e) else type(e).__name__}) + "\n")
+            except (ValueError, OSError) as e:   # a fed tap of the wrong name or shape, a full disk: one line
+                replies.write(json.dumps({"error": str(e).splitlines()[0] if str(e) else type(e).__name__,
+                                          "os": isinstance(e, OSError)}) + "\n")
                 replies.flush()
                 continue
             write_json(os.path.join(out, MANIFEST), {"tap_names": side.tap_names, "description": side.description,
