@@ -33,6 +33,7 @@ import torch  # noqa: E402
 
 from bert_torch._io import write_json  # noqa: E402
 from bert_torch.commands import HelpFormatter  # noqa: E402
+from bert_torch import modeling  # noqa: E402
 from bert_torch.modeling import BertConfig  # noqa: E402
 
 from .inputs import make_inputs  # noqa: E402
@@ -125,7 +126,6 @@ def forward_contenders(config, model, state, args_t, tf_side, inputs) -> dict[st
 
     out = {"bert_torch fast path": ours(False), "bert_torch tapped path": ours(True),
            "HF eager": theirs(hf["eager"]), "HF sdpa": theirs(hf["sdpa"]), "GEMM floor": gemm_floor(config, B, T)}
-    from bert_torch import modeling
     if modeling._ONEDNN_LINEAR is not None:   # the kernel the fast path's dense layers use: the floor is the faster
         onednn = modeling._ONEDNN_LINEAR
         out["GEMM floor (oneDNN)"] = gemm_floor(config, B, T, lambda x, w: onednn(x, w, None, "none", [], ""))

@@ -26,6 +26,7 @@ from bert_torch.weights import load_model
 from .inputs import Inputs
 from .precision import Tier, arithmetic
 from .refcache import Entry, RefCache, checkpoint_files
+from .tapstore import LazyTaps
 
 
 @dataclasses.dataclass(frozen=True)
@@ -104,9 +105,15 @@ class SideBase:
         if computed and not self.capabilities.computed:
             raise ValueError(f"{self.name}: cannot return computed values at injected taps")
         own: Optional[dict] = {} if computed else None
+        # run(inputs) alone where nothing is fed: sides written before inject and computed existed take no more.
         values = self.run(inputs, inject=inject, computed=own) if inject or computed else self.run(inputs)
         for name, value in values.items():
             consume(name, own[name] if own and name in own else value)
+
+    def _check_inject(self, inject) -> None:
+        unknown = sorted(set(inject or ()) - set(self.tap_names))
+        if unknown:
+            raise ValueError(f"{self.name} side: no tap named {unknown[0]}")
 
     def release(self) -> None:
         """Frees what the side holds between runs (a worker process); the next run starts it again.
@@ -278,16 +285,13 @@ class TorchSide(SideBase):
         ``inject`` is read tap by tap as the forward reaches it (a lazy mapping holds one at a time)."""
         self._check_inject(inject)
         dtype = next(self.model.parameters()).dtype
-        feeds = _Cast(inject, self.device, dtype) if inject else None
+        # Each fed tap converted as TorchSide.run converts them all, but only when the forward reaches it.
+        feeds = LazyTaps(inject, lambda n: torch.from_numpy(np.asarray(inject[n])).to(self.device, dtype)) \
+            if inject else None
         with torch.no_grad(), arithmetic(self.tier, str(self.device)), \
                 Taps(record=True, inject=feeds, sink=lambda name, v: consume(name, _as_numpy(v)),
                      sink_computed=computed):
             self._forward(inputs)
-
-    def _check_inject(self, inject) -> None:
-        unknown = sorted(set(inject or ()) - set(self.tap_names))
-        if unknown:
-            raise ValueError(f"pytorch side: no tap named {unknown[0]}")
 
     def run(self, inputs: Inputs, fetch=None, inject=None, computed: Optional[dict] = None) -> dict[str, np.ndarray]:
         """``computed``, when given a dict, receives what the model computed at each injected
@@ -303,26 +307,6 @@ class TorchSide(SideBase):
         if computed is not None:
             computed.update({k: _as_numpy(v) for k, v in taps.computed.items()})
         return {k: _as_numpy(v) for k, v in taps.values.items()}
-
-
-class _Cast(Mapping):
-    """``inject`` as tensors of the model's dtype on its device, each converted when the forward asks for
-    it (``TorchSide.run`` converts the same way, all at once)."""
-
-    def __init__(self, inject: Mapping[str, np.ndarray], device, dtype: torch.dtype):
-        self.inject, self.device, self.dtype = inject, device, dtype
-
-    def __getitem__(self, name: str) -> torch.Tensor:
-        return torch.from_numpy(np.asarray(self.inject[name])).to(self.device, self.dtype)
-
-    def __contains__(self, name) -> bool:
-        return name in self.inject
-
-    def __iter__(self):
-        return iter(self.inject)
-
-    def __len__(self) -> int:
-        return len(self.inject)
 
 
 class FastPathSide(SideBase):
@@ -367,6 +351,7 @@ class FastPathSide(SideBase):
 
 # TFSide.stream: how many bytes of taps one TF run may fetch (consecutive layers share a run up to this).
 STREAM_GROUP_BYTES = 256 << 20
+TF_NO_COMPUTED = "tensorflow side: computed values need a second run (parity.diagnose.blocks)"
 
 
 class TFSide(SideBase):
@@ -391,7 +376,7 @@ class TFSide(SideBase):
 
     def run(self, inputs: Inputs, fetch=None, inject=None, computed=None) -> dict[str, np.ndarray]:
         if computed is not None:   # a fed tensor cannot also be fetched as computed in one TF run
-            raise ValueError("tensorflow side: computed values need a second run (parity.diagnose.blocks)")
+            raise ValueError(TF_NO_COMPUTED)
         cache = RefCache.active()   # $BERT_PARITY_TF_CACHE (make report): reuse an identical earlier run
         if cache is None:
             return self._run(inputs, fetch, inject)
@@ -413,10 +398,8 @@ class TFSide(SideBase):
         taps are fed in the block that holds them (a fed tap comes back as fed, and feeds what follows),
         each read from the mapping only then."""
         if computed:
-            raise ValueError("tensorflow side: computed values need a second run (parity.diagnose.blocks)")
-        unknown = sorted(set(inject or ()) - set(self.tap_names))
-        if unknown:
-            raise ValueError(f"tensorflow side: no tap named {unknown[0]}")
+            raise ValueError(TF_NO_COMPUTED)
+        self._check_inject(inject)   # a name no group holds would be fed nowhere
         names = self.tap_names
         layers = sorted({int(n.split("/")[0][6:]) for n in names if n.startswith("layer_")})
         groups = [([n for n in names if n.startswith("embeddings/")], None)]
@@ -427,13 +410,16 @@ class TFSide(SideBase):
         cfg = self._cache_parts["config"]
         size = lambda n: 4 * int(np.prod(tap_shape(n, B, T, cfg["hidden_size"], cfg["num_attention_heads"],  # noqa: E731
                                                      cfg["intermediate_size"])))
+        held = None   # bytes of the layer group being filled (None: none yet)
         for i in layers:
             taps = [n for n in names if n.startswith(f"layer_{i}/")]
-            held = sum(size(n) for n in groups[-1][0]) if len(groups) > 1 else None
-            if held is not None and held + sum(size(n) for n in taps) <= self.stream_group_bytes:
+            nbytes = sum(size(n) for n in taps)
+            if held is not None and held + nbytes <= self.stream_group_bytes:
                 groups[-1][0].extend(taps)
+                held += nbytes
             else:
                 groups.append((taps, f"layer_{i - 1}/output" if i else "embeddings/output"))
+                held = nbytes
         grouped = {n for group, _ in groups for n in group}
         groups.append(([n for n in names if n not in grouped], f"layer_{layers[-1]}/output" if layers else None))
         last: dict = {}

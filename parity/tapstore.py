@@ -15,7 +15,7 @@ import os
 import shutil
 import tempfile
 from collections.abc import Mapping
-from typing import Iterator, Optional
+from typing import Callable, Iterable, Iterator, Optional
 
 import numpy as np
 
@@ -30,6 +30,29 @@ class SpilledArray:
     def __array__(self, dtype=None, copy=None):
         a = np.load(self.path, allow_pickle=False)
         return a if dtype is None else a.astype(dtype)
+
+
+class LazyTaps(Mapping):
+    """{name: load(name)} over the given names, each loaded only when asked for and not kept: fed taps read
+    from a spilled run (or a worker's files) one at a time, as the forward that feeds them reaches each."""
+
+    def __init__(self, names: Iterable[str], load: Callable[[str], object]):
+        self.names, self.load = list(dict.fromkeys(names)), load
+        self._known = frozenset(self.names)
+
+    def __getitem__(self, name: str):
+        if name not in self._known:
+            raise KeyError(name)
+        return self.load(name)
+
+    def __contains__(self, name) -> bool:   # Mapping's own would load the value to answer
+        return name in self._known
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self.names)
+
+    def __len__(self) -> int:
+        return len(self.names)
 
 
 class TapStore(Mapping):

@@ -19,7 +19,7 @@ from parity.inputs import make_inputs, tap_elements
 from parity.metrics import get_profile
 from parity.precision import Tier
 from parity.sides import TFSide, TorchSide
-from parity.tapstore import TapStore
+from parity.tapstore import LazyTaps, TapStore
 
 
 def sides(ck: dict, batch: int, seq: int, head=None, tier: Tier = Tier()):
@@ -97,6 +97,14 @@ def test_tap_store_round_trip_and_errors(tmp_path):
         assert np.isnan(store["nan"][0]) and np.isinf(store["nan"][1]) and "missing" not in store
         with pytest.raises(ValueError, match="stored twice"):
             store.put("nan", a)
+        # Fed taps read lazily: asking whether a tap is fed loads nothing; reading it loads it then.
+        loads = []
+        fed = LazyTaps(["nan", "layer_0/output", "nan"], lambda n: loads.append(n) or store[n])
+        assert list(fed) == ["nan", "layer_0/output"] and "nan" in fed and "embeddings/output" not in fed
+        assert loads == []
+        assert np.array_equal(fed["layer_0/output"], a) and loads == ["layer_0/output"]
+        with pytest.raises(KeyError):
+            fed["embeddings/output"]
     assert os.listdir(tmp_path) == []
 
 
@@ -192,7 +200,7 @@ def test_spilled_diagnosis_is_the_in_memory_one(random_checkpoint, tmp_path, fau
                 repro = write_repro(d, str(tmp_path / f"repro-{mode}"), config, get_profile("fp32-cpu"), None)
                 out[mode] = (json.dumps({k: v for k, v in d.items() if k not in ("seconds", "repro")}, sort_keys=True, default=str),
                              repro is not None)
-            assert worker._proc is None   # diagnose released the worker after the reference's last run
+        assert worker._runs == 3 and worker._proc is None   # end to end and two fed runs, then released
     finally:
         reference.close()
         worker.close()

@@ -31,8 +31,8 @@ from bert_torch._io import write_json
 from bert_torch.modeling import BertConfig
 
 from .inputs import Inputs
-from .sides import Capabilities, SideBase
-from .tapstore import SpilledArray
+from .sides import TF_NO_COMPUTED, Capabilities, SideBase
+from .tapstore import LazyTaps, SpilledArray
 
 MANIFEST = "manifest.json"
 
@@ -83,7 +83,7 @@ class IsolatedTFSide(SideBase):
     def stream(self, inputs: Inputs, consume: Callable[[str, object], None],
                inject: Optional[Mapping[str, np.ndarray]] = None, computed: bool = False) -> None:
         if computed:
-            raise ValueError("tensorflow side: computed values need a second run (parity.diagnose.blocks)")
+            raise ValueError(TF_NO_COMPUTED)
         if self._proc is None:
             self._start()
         run = os.path.join(self._folder, f"run{self._runs:03d}")
@@ -121,7 +121,7 @@ class IsolatedTFSide(SideBase):
 
     def run(self, inputs: Inputs, fetch=None, inject=None, computed=None) -> dict[str, np.ndarray]:
         if computed is not None:
-            raise ValueError("tensorflow side: computed values need a second run (parity.diagnose.blocks)")
+            raise ValueError(TF_NO_COMPUTED)
         out: dict[str, np.ndarray] = {}
         self.stream(inputs, lambda name, value: out.__setitem__(name, np.asarray(value)), inject=inject)
         return out if fetch is None else {k: v for k, v in out.items() if k in fetch}
@@ -143,22 +143,6 @@ class IsolatedTFSide(SideBase):
 
     def close(self) -> None:
         self.release()
-
-
-class _Files(Mapping):
-    """Fed taps as the parent wrote them, each read when the stream reaches it."""
-
-    def __init__(self, feeds: list):
-        self.files = dict(feeds)
-
-    def __getitem__(self, name: str) -> np.ndarray:
-        return np.load(self.files[name], allow_pickle=False)
-
-    def __iter__(self):
-        return iter(self.files)
-
-    def __len__(self) -> int:
-        return len(self.files)
 
 
 def work(spec_path: str) -> int:
@@ -190,7 +174,9 @@ def work(spec_path: str) -> int:
                 files.append((name, file))
 
             try:
-                side.stream(inputs, save, inject=_Files(request["inject"]) or None)
+                fed = dict(request["inject"])   # tap name -> the .npy file the parent wrote, read when reached
+                side.stream(inputs, save, inject=LazyTaps(fed, lambda n: np.load(fed[n], allow_pickle=False))
+                            if fed else None)
             except (ValueError, OSError) as e:   # a fed tap of the wrong name or shape, a full disk: one line
                 replies.write(json.dumps({"error": str(e).splitlines()[0] if str(e) else type(e).__name__,
                                           "os": isinstance(e, OSError)}) + "\n")

@@ -157,11 +157,12 @@ def test_fast_path_linear_goes_to_onednn_only_in_float32_cpu_inference(monkeypat
             assert linears(lambda: model(ids, tt, mask)) == 0
         with torch.autocast("cpu", dtype=torch.bfloat16):
             assert linears(lambda: model(ids, tt, mask)) == 0
+        precision = torch.get_float32_matmul_precision()
         torch.set_float32_matmul_precision("medium")
         try:
             assert linears(lambda: model(ids, tt, mask)) == 0
         finally:
-            torch.set_float32_matmul_precision("highest")
+            torch.set_float32_matmul_precision(precision)
         assert linears(lambda: model.double()(ids, tt, mask)) == 0
         model.float()
     assert linears(lambda: model(ids, tt, mask)[1].sum().backward()) == 0   # training: F.linear, with its backward

@@ -12,6 +12,7 @@ from bert_torch.taps import EMBEDDING_TAPS, LAYER_TAPS
 from ..compare import RunStore
 from ..inputs import Inputs
 from ..sides import Side
+from ..tapstore import LazyTaps
 
 
 @dataclass
@@ -61,24 +62,6 @@ def schedule(bs: list[Block]) -> list[list[Block]]:
     return runs
 
 
-class _Feeds(Mapping):
-    """``source``'s taps named in ``names``, each read when asked for: from a spilled run, one file at a time."""
-
-    def __init__(self, names, source: Mapping[str, np.ndarray]):
-        self.names, self.source = [n for n in dict.fromkeys(names) if n], source
-
-    def __getitem__(self, name: str) -> np.ndarray:
-        if name not in self.names:
-            raise KeyError(name)
-        return self.source[name]
-
-    def __iter__(self):
-        return iter(self.names)
-
-    def __len__(self) -> int:
-        return len(self.names)
-
-
 def local_taps(side, inputs: Inputs, source: Mapping[str, np.ndarray], bs: list[Block],
                store: Optional[RunStore] = None, label: str = "local") -> Mapping[str, np.ndarray]:
     """Every block's taps as ``side`` computes them when fed ``source``'s input to that block.
@@ -102,16 +85,21 @@ def local_taps(side, inputs: Inputs, source: Mapping[str, np.ndarray], bs: list[
     return out
 
 
+def _feeds(bs: list[Block], source: Mapping[str, np.ndarray]) -> LazyTaps:
+    """The blocks' inputs from ``source``, each read when the run reaches it (from a spilled run: one file)."""
+    return LazyTaps((b.input for b in bs if b.input), source.__getitem__)
+
+
 def _stream_local(side, inputs: Inputs, source: Mapping[str, np.ndarray], bs: list[Block], consume) -> None:
     if side.capabilities.computed:   # one run: every block fed, each block's own output handed over as computed
         wanted = {t for b in bs for t in b.taps}
         side.stream(inputs, lambda n, v: consume(n, v) if n in wanted else None,
-                    inject=_Feeds((b.input for b in bs), source), computed=True)
+                    inject=_feeds(bs, source), computed=True)
         return
     for run in schedule(bs):   # a fed tap comes back as fed: blocks whose taps another one's input is, apart
         wanted = {t for b in run for t in b.taps}
         side.stream(inputs, lambda n, v: consume(n, v) if n in wanted else None,
-                    inject=_Feeds((b.input for b in run), source))
+                    inject=_feeds(run, source))
 
 
 def float64_twin(side) -> Optional[Side]:
