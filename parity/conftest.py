@@ -18,6 +18,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 from bert_torch import convert  # noqa: E402
 from bert_torch.tokenization import FullTokenizer  # noqa: E402
 from parity import cli  # noqa: E402
+from parity.golden import main as dump_golden  # noqa: E402
 from parity.inputs import SAMPLE, read_pairs  # noqa: E402
 from parity.minilm import build_checkpoint, minilm_dir  # noqa: E402
 from parity.report_schema import check_json_file  # noqa: E402
@@ -57,11 +58,12 @@ def minilm_reference(minilm):
 @pytest.fixture(scope="session")
 def minilm_golden(minilm, tmp_path_factory) -> str:
     """The official graph's taps on MiniLM for compare's default 2 x 32 inputs, recorded once per session
-    (``python -m reference_tf dump``). A golden replay gives the live comparison's numbers bit for bit
-    (parity/test_golden.py), so the tests that only vary the candidate replay it instead of rebuilding the graph."""
-    from reference_tf.__main__ import main as dump_main
+    (``bert-parity dump``, in this process: the child that ``python -m reference_tf dump`` starts would import
+    torch and TensorFlow again, about 7 s; parity/test_golden.py checks that entry point). A golden replay gives
+    the live comparison's numbers bit for bit (parity/test_golden.py), so the tests that only vary the candidate
+    replay it instead of rebuilding the graph."""
     path = str(tmp_path_factory.mktemp("golden") / "minilm.golden.safetensors")
-    assert dump_main(["dump", "--tf-checkpoint", minilm["dir"], "--out", path, "--batch-size", "2", "--seq-len", "32"]) == 0
+    assert dump_golden(["--tf-checkpoint", minilm["dir"], "--out", path, "--batch-size", "2", "--seq-len", "32"]) == 0
     return path
 
 
