@@ -52,6 +52,27 @@ _ONEDNN_LINEAR = _find_onednn_linear()
 ONEDNN_LINEAR = True   # set False to keep F.linear on the fast path too
 
 
+def _find_onednn_activations() -> dict:
+    # The intermediate layer's activation applied by the same oneDNN call, on each output tile while it is in
+    # cache (a post-op), instead of a second pass over the [B*T, intermediate] output: MiniLM's intermediate
+    # layer at 8 x 128 took 7.2 ms instead of 9.2 ms (build/prof/attn_alt2.py). oneDNN computes these functions
+    # with its own approximations: within 1.2e-6 of F.gelu at |y| <= 12 (tests/test_modeling.py bounds it).
+    # Each post-op is probed here, on values where a wrong function shows: one that fails is not used.
+    if _ONEDNN_LINEAR is None:
+        return {}
+    y = torch.linspace(-6.0, 6.0, 97).reshape(-1, 1)   # [97,1] @ [1,1]^T: the linear is the identity
+    found = {}
+    for act, (attr, algorithm) in {"gelu_tanh": ("gelu", "tanh"), "gelu_erf": ("gelu", "none"),
+                                   "relu": ("relu", ""), "tanh": ("tanh", "")}.items():
+        try:
+            got = _ONEDNN_LINEAR(y, torch.ones(1, 1), None, attr, [], algorithm)
+        except Exception:   # noqa: BLE001 - a post-op this build does not have
+            continue
+        if torch.allclose(got, FAST_ACTIVATIONS[act](y), rtol=1e-5, atol=1e-5):
+            found[act] = (attr, algorithm)
+    return {name: found[act] for name, act in ACTIVATION_FORMS.items() if act in found}
+
+
 def _autocast_cpu() -> bool:
     try:
         return torch.is_autocast_enabled("cpu")
@@ -59,8 +80,9 @@ def _autocast_cpu() -> bool:
         return torch.is_autocast_cpu_enabled()
 
 
-def dense(layer: nn.Linear, x: torch.Tensor) -> torch.Tensor:
-    """``layer(x)``; on the fast path, in float32 inference on the CPU, through oneDNN's linear instead.
+def dense(layer: nn.Linear, x: torch.Tensor, act: Optional[str] = None) -> torch.Tensor:
+    """``layer(x)``, then the activation named ``act`` (a ``hidden_act``, fast form) if given; on the fast
+    path, in float32 inference on the CPU, through oneDNN's linear instead, the activation fused into it.
 
     Only where nothing else can tell: no gradient is being recorded (the private op has no backward),
     no autocast and full float32 matmul precision (precision tiers keep ``F.linear``, which honours them),
@@ -70,10 +92,12 @@ def dense(layer: nn.Linear, x: torch.Tensor) -> torch.Tensor:
     if not (ONEDNN_LINEAR and _ONEDNN_LINEAR is not None and fast() and not torch.is_grad_enabled()
             and x.device.type == "cpu" and x.dtype == w.dtype == torch.float32 and not _autocast_cpu()
             and torch.get_float32_matmul_precision() == "highest"):
-        return layer(x)
+        return layer(x) if act is None else FAST_ACTIVATIONS[act](layer(x))
+    attr, algorithm = _ONEDNN_ACTIVATIONS.get(act, ("none", "")) if ONEDNN_ACTIVATIONS else ("none", "")
     shape = x.shape
-    y = _ONEDNN_LINEAR(x.reshape(-1, shape[-1]), w, layer.bias, "none", [], "")  # [...,in] -> [n,in] -> [n,out]
-    return y.view(*shape[:-1], w.shape[0])                                       # [n,out] -> [...,out]
+    y = _ONEDNN_LINEAR(x.reshape(-1, shape[-1]), w, layer.bias, attr, [], algorithm)  # [...,in] -> [n,in] -> [n,out]
+    y = y.view(*shape[:-1], w.shape[0])                                                  # [n,out] -> [...,out]
+    return y if act is None or attr != "none" else FAST_ACTIVATIONS[act](y)
 
 
 # Bounds checked before anything is built: generous (BERT-large is 24 layers of 1024, 16 heads,
@@ -220,6 +244,12 @@ FAST_ACTIVATIONS = {
     "tanh": torch.tanh,
     "linear": lambda x: x,
 }
+# Which function each name computes, for the fused forms above (one probe per function).
+ACTIVATION_FORMS = {"gelu": "gelu_tanh", "gelu_tanh": "gelu_tanh", "gelu_new": "gelu_tanh", "gelu_erf": "gelu_erf",
+                    "gelu_exact": "gelu_erf", "relu": "relu", "tanh": "tanh"}
+# hidden_act -> oneDNN post-op (attribute, algorithm) that passed its probe on this build.
+_ONEDNN_ACTIVATIONS = _find_onednn_activations()
+ONEDNN_ACTIVATIONS = True   # set False to apply the activation after oneDNN's linear, as a second kernel
 
 
 class LayerNorm(nn.Module):
@@ -338,11 +368,11 @@ class BertIntermediate(nn.Module):
         self.prefix = prefix
         self.dense = nn.Linear(config.hidden_size, config.intermediate_size)
         self.act = ACTIVATIONS[config.hidden_act]
-        self.fast_act = FAST_ACTIVATIONS.get(config.hidden_act)
+        self.hidden_act = config.hidden_act
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if fast() and self.fast_act is not None:
-            return self.fast_act(dense(self.dense, x))
+        if fast() and self.hidden_act in FAST_ACTIVATIONS:
+            return dense(self.dense, x, self.hidden_act)
         return tap(f"{self.prefix}/intermediate", self.act(self.dense(x)))
 
 

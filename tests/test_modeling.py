@@ -168,27 +168,53 @@ def test_fast_path_linear_goes_to_onednn_only_in_float32_cpu_inference(monkeypat
     assert linears(lambda: model(ids, tt, mask)[1].sum().backward()) == 0   # training: F.linear, with its backward
 
 
-@settings(max_examples=20, deadline=None)
+@settings(max_examples=30, deadline=None)
 @given(rows=st.integers(1, 40), k=st.integers(1, 96), n=st.integers(1, 80), bias=st.booleans(),
+       act=st.sampled_from([None, "gelu", "gelu_erf", "relu", "tanh"]), scale=st.sampled_from([0.1, 1.0, 4.0]),
        seed=st.integers(0, 2 ** 16))
-def test_fast_path_linear_is_f_linear_within_float32_rounding(rows, k, n, bias, seed):
+def test_fast_path_linear_is_f_linear_within_float32_rounding(rows, k, n, bias, act, scale, seed):
     """oneDNN's linear against ``F.linear``: each output within the float32 rounding of a k-term dot product
-    (bounded by k * 2**-23 * sum |x||w|); where this torch build has no such op, the fast path is F.linear."""
+    (bounded by k * 2**-23 * sum |x||w|). With the activation fused into it (oneDNN's approximations of GELU
+    and tanh), within that bound times the activation's steepest slope (GELU's 1.13) plus 8 float32 epsilons of
+    max(|y|, 1) (the fused GELU measured at most 1.2e-6 from F.gelu on [-12, 12]). Where this torch build has no
+    such op, the fast path is F.linear and the activation, exactly."""
     from bert_torch import modeling
     g = torch.Generator().manual_seed(seed)
     layer = torch.nn.Linear(k, n, bias=bias)
     with torch.no_grad():
-        layer.weight.copy_(torch.randn(n, k, generator=g))
+        layer.weight.copy_(torch.randn(n, k, generator=g) * scale)
         if bias:
             layer.bias.copy_(torch.randn(n, generator=g))
         x = torch.randn(3, rows, k, generator=g)
-        got, want = modeling.dense(layer, x), layer(x)
+        got, y = modeling.dense(layer, x, act), layer(x)
+        want = y if act is None else modeling.FAST_ACTIVATIONS[act](y)
         bound = k * 2.0 ** -23 * (x.abs() @ layer.weight.abs().T + (layer.bias.abs() if bias else 0)) + 1e-30
+        if act is not None:
+            bound = 1.13 * bound + 8 * 2.0 ** -23 * y.abs().clamp(min=1.0)
     assert got.shape == want.shape == (3, rows, n)
     if modeling._ONEDNN_LINEAR is None:
         assert torch.equal(got, want)
     else:
         assert bool(((got - want).abs() <= bound).all()), float(((got - want).abs() / bound).max())
+
+
+def test_the_fused_activation_is_the_activation(monkeypatch):
+    """The activation oneDNN fuses is the one the config names: another post-op (GELU's other form, ReLU)
+    is far outside the rounding bound above. Needs oneDNN's linear and its GELU post-ops, which
+    every x86 build of torch this project installs has; a build without them fails here, loudly."""
+    from bert_torch import modeling
+    assert modeling._ONEDNN_LINEAR is not None and {"gelu", "gelu_erf"} <= set(modeling._ONEDNN_ACTIVATIONS)
+    layer = torch.nn.Linear(16, 32)
+    x = torch.randn(4, 16, generator=torch.Generator().manual_seed(0)) * 3
+    with torch.no_grad():
+        y = layer(x)
+        for act in ("gelu", "gelu_erf"):
+            assert float((modeling.dense(layer, x, act) - modeling.FAST_ACTIVATIONS[act](y)).abs().max()) < 1e-5
+        tanh_form, erf_form = (modeling.dense(layer, x, a) for a in ("gelu", "gelu_erf"))
+        assert float((tanh_form - erf_form).abs().max()) > 1e-4   # the two forms differ visibly at |y| ~ 3
+        for planted, off_by in ((("gelu", "none"), 1e-4), (("relu", ""), 0.05)):   # a wrong post-op is seen
+            monkeypatch.setitem(modeling._ONEDNN_ACTIVATIONS, "gelu", planted)
+            assert float((modeling.dense(layer, x, "gelu") - modeling.FAST_ACTIVATIONS["gelu"](y)).abs().max()) > off_by
 
 
 def test_config_json_round_trip_and_defaults(tmp_path):
