@@ -55,7 +55,7 @@ ONEDNN_LINEAR = True   # set False to keep F.linear on the fast path too
 def _find_onednn_activations() -> dict:
     # The intermediate layer's activation applied by the same oneDNN call, on each output tile while it is in
     # cache (a post-op), instead of a second pass over the [B*T, intermediate] output: MiniLM's intermediate
-    # layer at 8 x 128 took 7.2 ms instead of 9.2 ms (build/prof/attn_alt2.py). oneDNN computes these functions
+    # layer at 8 x 128 took 7.2 ms instead of 9.2 ms (one run). oneDNN computes these functions
     # with its own approximations: within 1.2e-6 of F.gelu at |y| <= 12 (tests/test_modeling.py bounds it).
     # Each post-op is probed here, on values where a wrong function shows: one that fails is not used.
     if _ONEDNN_LINEAR is None:

@@ -217,6 +217,23 @@ def test_the_fused_activation_is_the_activation(monkeypatch):
             assert float((modeling.dense(layer, x, "gelu") - modeling.FAST_ACTIVATIONS["gelu"](y)).abs().max()) > off_by
 
 
+def test_a_post_op_that_computes_another_function_is_not_used(monkeypatch):
+    """The import-time probe keeps only the post-ops that compute the named function: with a stand-in whose
+    GELU forms are swapped and whose ReLU is missing, only tanh is fused (checked on any torch build)."""
+    from bert_torch import modeling
+
+    def swapped(x, w, b, attr, scalars, algorithm):
+        y = torch.nn.functional.linear(x, w, b)
+        if attr == "gelu":
+            return torch.nn.functional.gelu(y, approximate="none" if algorithm == "tanh" else "tanh")
+        if attr == "relu":
+            raise RuntimeError("no such post-op")
+        return torch.tanh(y) if attr == "tanh" else y
+
+    monkeypatch.setattr(modeling, "_ONEDNN_LINEAR", swapped)
+    assert modeling._find_onednn_activations() == {"tanh": ("tanh", "")}
+
+
 def test_config_json_round_trip_and_defaults(tmp_path):
     path = tmp_path / "bert_config.json"
     path.write_text(json.dumps({"vocab_size": 99, "hidden_size": 32, "num_attention_heads": 4, "model_type": "bert"}))
