@@ -132,10 +132,11 @@ def test_no_taps_means_no_recording_and_the_same_numbers(monkeypatch):
     assert torch.equal(plain, tapped) and torch.equal(plain, unrecorded) and list(taps.values) == ["pooler/output"]
 
 
-def test_fast_path_linear_goes_to_onednn_only_in_float32_cpu_inference(monkeypatch):
+def test_fast_path_linear_goes_to_onednn_only_in_float32_cpu_without_taps(monkeypatch):
     """The fast path's linear layers take oneDNN's kernel (a private op) only where nothing can tell: no
-    gradient recorded, no autocast, full float32 matmul precision, float32, no Taps context; elsewhere
-    ``F.linear``. A recording stand-in counts the calls, so the rule is checked on any torch build."""
+    autocast, full float32 matmul precision, float32, no Taps context; elsewhere ``F.linear``. In training the
+    backward's ``dy @ W`` takes it too. A recording stand-in counts the calls, so the rule is checked on any
+    torch build."""
     from bert_torch import modeling
     calls = []
     monkeypatch.setattr(modeling, "_ONEDNN_LINEAR", lambda x, w, b, *rest: calls.append(x.shape) or
@@ -165,7 +166,10 @@ def test_fast_path_linear_goes_to_onednn_only_in_float32_cpu_inference(monkeypat
             torch.set_float32_matmul_precision(precision)
         assert linears(lambda: model.double()(ids, tt, mask)) == 0
         model.float()
-    assert linears(lambda: model(ids, tt, mask)[1].sum().backward()) == 0   # training: F.linear, with its backward
+    # training: each linear forward, and each backward's product with W (every input needs its gradient)
+    assert linears(lambda: model(ids, tt, mask)[1].sum().backward()) == 2 * per_forward
+    with Taps(record=False):
+        assert linears(lambda: model(ids, tt, mask)[1].sum().backward()) == 0
 
 
 @settings(max_examples=30, deadline=None)
@@ -196,6 +200,63 @@ def test_fast_path_linear_is_f_linear_within_float32_rounding(rows, k, n, bias, 
         assert torch.equal(got, want)
     else:
         assert bool(((got - want).abs() <= bound).all()), float(((got - want).abs() / bound).max())
+
+
+@settings(max_examples=25, deadline=None)
+@given(rows=st.integers(1, 40), k=st.integers(1, 96), n=st.integers(1, 80), bias=st.booleans(),
+       seed=st.integers(0, 2 ** 16))
+def test_fast_path_linear_gradients_are_f_linear_s_within_float32_rounding(rows, k, n, bias, seed):
+    """Training through oneDNN (``_OneDNNLinear``): the output and dL/dx within the float32 rounding of their
+    dot products (k terms, n terms), dL/dW and dL/db those of F.linear's backward within an n-term
+    dot product's; a planted fault (dx computed with W transposed the wrong way) is far outside."""
+    from bert_torch import modeling
+    g = torch.Generator().manual_seed(seed)
+    eps = 2.0 ** -23
+
+    def grads(layer, x, dy, through):
+        x = x.clone().requires_grad_(True)
+        layer.zero_grad(set_to_none=True)
+        y = through(layer, x)
+        y.backward(dy)
+        return y.detach(), x.grad, layer.weight.grad, (layer.bias.grad if bias else None)
+
+    layer = torch.nn.Linear(k, n, bias=bias)
+    with torch.no_grad():
+        layer.weight.copy_(torch.randn(n, k, generator=g))
+        if bias:
+            layer.bias.copy_(torch.randn(n, generator=g))
+    x, dy = torch.randn(3, rows, k, generator=g), torch.randn(3, rows, n, generator=g)
+    got = grads(layer, x, dy, modeling.dense)
+    want = grads(layer, x, dy, lambda l, v: l(v))
+    w = layer.weight.detach()
+    bounds = (k * eps * (x.abs() @ w.abs().T + (layer.bias.detach().abs() if bias else 0)) + 1e-30,
+              n * eps * (dy.abs() @ w.abs()) + 1e-30,
+              2 * 3 * rows * eps * (dy.abs().reshape(-1, n).T @ x.abs().reshape(-1, k)) + 1e-30,
+              2 * 3 * rows * eps * dy.abs().reshape(-1, n).sum(0) + 1e-30 if bias else None)
+    if modeling._ONEDNN_LINEAR is None:
+        assert all(a is b is None or torch.equal(a, b) for a, b in zip(got, want))
+        return
+    for name, a, b, bound in zip(("y", "dx", "dW", "db"), got, want, bounds):
+        if b is not None:
+            assert bool(((a - b).abs() <= bound).all()), (name, float(((a - b).abs() / bound).max()))
+
+
+def test_a_wrong_backward_through_onednn_is_seen(monkeypatch):
+    """Not vacuous: the gradient comparison above fails when the backward's product uses W untransposed
+    (a square layer, so the shapes still fit)."""
+    from bert_torch import modeling
+    assert modeling._ONEDNN_LINEAR is not None
+    real = modeling._ONEDNN_LINEAR
+    layer = torch.nn.Linear(24, 24)
+    x = torch.randn(5, 24, generator=torch.Generator().manual_seed(1), requires_grad=True)
+    modeling.dense(layer, x).sum().backward()
+    right = x.grad.clone()
+    x.grad = None
+    monkeypatch.setattr(modeling, "_ONEDNN_LINEAR", lambda a, wt, *rest: real(a, wt.t().contiguous(), *rest)
+                        if wt.stride(0) == 1 and wt.dim() == 2 else real(a, wt, *rest))
+    modeling.dense(layer, x).sum().backward()
+    assert float((x.grad - right).abs().max()) > 1e-2
+    assert torch.allclose(right, layer.weight.detach().sum(0).expand(5, 24), atol=1e-5)
 
 
 def test_the_fused_activation_is_the_activation(monkeypatch):
