@@ -101,8 +101,9 @@ def check_run_size(batch_size: int, seq_len: int, seed: int, config, command: st
             raise InputError(f"{flag} {value}: must be between {low} and {high} ({limit})")
     if tf_threads is not None and not 1 <= tf_threads <= MAX_THREADS:
         raise InputError(f"--tf-threads {tf_threads}: must be between 1 and {MAX_THREADS}")
-    taps = in_memory_bytes(config, batch_size, seq_len, command)
-    if spill_dir is not None:
+    if spill_dir is None:
+        taps = in_memory_bytes(config, batch_size, seq_len, command)
+    else:
         taps = tap_elements(config, batch_size, seq_len) * SPILLED_BYTES_PER_TAP_ELEMENT.get(command, 4)
         free = shutil.disk_usage(spill_dir).free
         if taps > free:

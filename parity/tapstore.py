@@ -36,9 +36,15 @@ class LazyTaps(Mapping):
     """{name: load(name)} over the given names, each loaded only when asked for and not kept: fed taps read
     from a spilled run (or a worker's files) one at a time, as the forward that feeds them reaches each."""
 
-    def __init__(self, names: Iterable[str], load: Callable[[str], object]):
+    def __init__(self, names: Iterable[str], load: Callable[[str], object],
+                 file: Optional[Callable[[str], str]] = None):
         self.names, self.load = list(dict.fromkeys(names)), load
         self._known = frozenset(self.names)
+        self._file = file   # where a value already lies on disk as a .npy file, if it does
+
+    def file(self, name: str) -> Optional[str]:
+        """The ``.npy`` file holding ``name``'s value, for a reader that takes files (the TF worker), or None."""
+        return self._file(name) if self._file is not None and name in self._known else None
 
     def __getitem__(self, name: str):
         if name not in self._known:
@@ -62,6 +68,10 @@ class TapStore(Mapping):
         self.dir = tempfile.mkdtemp(prefix=f"bert-parity-{label}-", dir=root)
         self._files: dict[str, str] = {}
         self.nbytes = 0
+
+    def file(self, name: str) -> str:
+        """The ``.npy`` file that holds ``name`` (read it, do not move it)."""
+        return self._files[name]
 
     def put(self, name: str, value) -> None:
         if name in self._files:

@@ -92,11 +92,8 @@ class IsolatedTFSide(SideBase):
         try:
             np.savez(os.path.join(run, "inputs.npz"), input_ids=inputs.input_ids,
                      token_type_ids=inputs.token_type_ids, input_mask=inputs.input_mask)
-            feeds = []
-            for k, name in enumerate(inject or ()):   # one fed tap in memory at a time
-                file = os.path.join(run, f"inject{k:05d}.npy")
-                np.save(file, np.asarray(inject[name], np.float32), allow_pickle=False)
-                feeds.append((name, file))
+            feeds = [(name, self._feed_file(inject, name, os.path.join(run, f"inject{k:05d}.npy")))
+                     for k, name in enumerate(inject or ())]
             try:
                 self._proc.stdin.write(json.dumps({"out": run, "inject": feeds}) + "\n")
                 self._proc.stdin.flush()
@@ -118,6 +115,16 @@ class IsolatedTFSide(SideBase):
             shutil.rmtree(run, ignore_errors=True)
             if not self.keep_alive:
                 self.release()
+
+    @staticmethod
+    def _feed_file(inject: Mapping[str, np.ndarray], name: str, spare: str) -> str:
+        """A float32 ``.npy`` file of the fed tap for the worker: the one it already lies in (a spilled run's,
+        ``LazyTaps.file``), else ``spare``, written from the value (one fed tap in memory at a time)."""
+        file = inject.file(name) if isinstance(inject, LazyTaps) else None
+        if file is not None and np.load(file, mmap_mode="r", allow_pickle=False).dtype == np.float32:
+            return file
+        np.save(spare, np.asarray(inject[name], np.float32), allow_pickle=False)
+        return spare
 
     def run(self, inputs: Inputs, fetch=None, inject=None, computed=None) -> dict[str, np.ndarray]:
         if computed is not None:

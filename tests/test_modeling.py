@@ -243,7 +243,8 @@ def test_fast_path_linear_gradients_are_f_linear_s_within_float32_rounding(rows,
 
 def test_a_wrong_backward_through_onednn_is_seen(monkeypatch):
     """Not vacuous: the gradient comparison above fails when the backward's product uses W untransposed
-    (a square layer, so the shapes still fit)."""
+    (a square layer, so the shapes still fit). Needs oneDNN's linear, which every x86 build of torch this
+    project installs has; a build without it fails here, loudly, rather than skip."""
     from bert_torch import modeling
     assert modeling._ONEDNN_LINEAR is not None
     real = modeling._ONEDNN_LINEAR

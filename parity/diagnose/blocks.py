@@ -87,7 +87,7 @@ def local_taps(side, inputs: Inputs, source: Mapping[str, np.ndarray], bs: list[
 
 def _feeds(bs: list[Block], source: Mapping[str, np.ndarray]) -> LazyTaps:
     """The blocks' inputs from ``source``, each read when the run reaches it (from a spilled run: one file)."""
-    return LazyTaps((b.input for b in bs if b.input), source.__getitem__)
+    return LazyTaps((b.input for b in bs if b.input), source.__getitem__, file=getattr(source, "file", None))
 
 
 def _stream_local(side, inputs: Inputs, source: Mapping[str, np.ndarray], bs: list[Block], consume) -> None:
