@@ -2,14 +2,14 @@
 
 ``IsolatedTFSide`` is the TF reference of a spilled comparison or diagnosis (``--spill``): its first run starts
 ``python -m parity.tf_worker SPEC``, which builds ``TFSide`` there and then serves runs, one request line on its
-stdin each: the run's inputs and the taps to feed (``.npy`` files the parent wrote), streamed block by block
-(``TFSide.stream``), each tap written as a ``.npy`` file the moment it is computed, then a manifest (tap names,
-description, precision) and a reply line. The parent hands the files to its ``TapStore`` without reading them
-(``SpilledArray``) and never imports TensorFlow: TF's runtime and the graph's copy of the weights live in the
-worker and are gone when it exits, after one run (``compare``), or when ``release`` is called (``diagnose``, whose
-reference runs several times, end to end and with every block fed the candidate's input: one graph build for all
-of them, and none of it left under the PyTorch runs that follow: BERT-large: 1.34 GB of variables and TF's
-allocations). The numbers are those of ``TFSide``: the same code on the same inputs.
+stdin each: the run's inputs and the taps to feed (``.npy`` files: a spilled run's own, else written by the parent),
+streamed block by block (``TFSide.stream``), each tap written as a ``.npy`` file the moment it is computed, then a
+manifest (tap names, description, precision) and a reply line. The parent hands the files to its ``TapStore``
+without reading them (``SpilledArray``) and never imports TensorFlow: TF's runtime and the graph's copy of the
+weights live in the worker and are gone when it exits, after one run (``compare``), or when ``release`` is called
+(``diagnose``, whose reference runs several times, end to end and with every block fed the candidate's input: one
+graph build for all of them, and none of it left under the PyTorch runs that follow: BERT-large: 1.34 GB of
+variables and TF's allocations). The numbers are those of ``TFSide``: the same code on the same inputs.
 
 Bad input found by the worker (a checkpoint that does not fit its config) is its one-line message, exit 2,
 raised here as ``ValueError``; a crash is ``RuntimeError`` with the worker's last line.
