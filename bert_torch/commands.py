@@ -56,6 +56,17 @@ def run_main(body: Callable[..., int], *args, **kwargs) -> int:
         return EXIT_BAD_INPUT
 
 
+class ArgumentParser(argparse.ArgumentParser):
+    """argparse's parser, with a usage error made the contract's bad input: exit 2 and one line on stderr
+    naming the flag and the value at fault (``error: argument --batch-size: invalid int value: 'x'``),
+    ending with where the usage is, instead of argparse's usage block above its message. Subcommands'
+    parsers (``add_subparsers().add_parser``) are of the same class."""
+
+    def error(self, message: str):
+        first = message.splitlines()[0] if message.strip() else "bad command line"
+        self.exit(EXIT_BAD_INPUT, f"error: {first} (see {self.prog} --help)\n")
+
+
 class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
     """argparse's defaults formatter, quiet where there is no default to tell (None, False)."""
 

@@ -9,9 +9,6 @@ JSON: ``{"linex_index": i, "features": [{"token": t, "layers": [{"index": -1, "v
 (values rounded to 6 decimals, as the official writer does). Exit codes: 0 done, 2 bad input.
 """
 from __future__ import annotations
-
-import argparse
-import json
 import os
 import re
 import sys
@@ -21,6 +18,7 @@ import numpy as np
 import torch
 
 from .glue import truncate_seq_pair
+from .commands import ArgumentParser
 from .modeling import BertConfig, BertModel
 from .run_classifier import Progress, load_init_weights, resolve_device
 from .tokenization import FullTokenizer
@@ -61,7 +59,7 @@ def featurize(a: str, b: Optional[str], tokenizer, T: int) -> tuple[list[str], l
 
 
 def main(argv: Optional[list[str]] = None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m bert_torch.extract_features", description=__doc__.split("\n\n")[0])
+    ap = ArgumentParser(prog="python -m bert_torch.extract_features", description=__doc__.split("\n\n")[0])
     ap.add_argument("--input_file", required=True)
     ap.add_argument("--output_file", required=True)
     ap.add_argument("--vocab_file", required=True)

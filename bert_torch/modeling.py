@@ -11,7 +11,6 @@ intermediate tensor can be observed or replaced from outside at no cost when unu
 from __future__ import annotations
 
 import copy
-import json
 import math
 from dataclasses import dataclass, field, fields
 from typing import Any, Optional

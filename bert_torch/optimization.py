@@ -19,7 +19,6 @@ first step under warmup. The official graph intends that order but does not enfo
 """
 from __future__ import annotations
 
-import math
 import re
 from typing import Callable, Iterable, Optional, Sequence
 

@@ -34,6 +34,7 @@ import numpy as np
 import torch
 
 from . import distributed, glue
+from .commands import ArgumentParser
 from ._io import write_bytes, write_json, write_text
 from .modeling import BertConfig, BertForSequenceClassification
 from .optimization import (BertAdam, accumulate_gradients, grouped_parameters, micro_batches, num_train_steps,
@@ -395,7 +396,7 @@ def run(args) -> dict:
 
 
 def main(argv: Optional[list[str]] = None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m bert_torch.run_classifier", description=__doc__.split("\n\n")[0])
+    ap = ArgumentParser(prog="python -m bert_torch.run_classifier", description=__doc__.split("\n\n")[0])
     ap.add_argument("--task_name", default="mrpc")
     ap.add_argument("--data_dir", required=True)
     ap.add_argument("--do_eval", action="store_true")

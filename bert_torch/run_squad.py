@@ -14,8 +14,6 @@ official v1.1 exact match and F1.
 Exit codes: 0 done, 2 bad input (one line on stderr).
 """
 from __future__ import annotations
-
-import argparse
 import json
 import os
 import sys
@@ -25,6 +23,7 @@ import numpy as np
 import torch
 
 from . import distributed, squad
+from .commands import ArgumentParser
 from .modeling import BertForQuestionAnswering
 from .run_classifier import (Progress, add_common_args, check_common_args, load_body, load_init_weights,
                              model_config, resolve_device, run_and_print, save_model, set_seed, train_loop,
@@ -110,7 +109,7 @@ def run(args) -> dict:
 
 
 def main(argv: Optional[list[str]] = None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m bert_torch.run_squad", description=__doc__.split("\n\n")[0])
+    ap = ArgumentParser(prog="python -m bert_torch.run_squad", description=__doc__.split("\n\n")[0])
     ap.add_argument("--train_file")
     ap.add_argument("--predict_file")
     ap.add_argument("--do_predict", action="store_true")

@@ -16,8 +16,7 @@ hits them all; the median of the rounds is kept. The ratios are printed beside i
 Writes ``bench.json`` and ``bench.png``. It asserts nothing: timings are not tests.
 """
 from __future__ import annotations
-
-import argparse
+import importlib.util
 import os
 import statistics
 import subprocess
@@ -32,12 +31,13 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 import torch  # noqa: E402
 
 from bert_torch._io import write_json  # noqa: E402
-from bert_torch.commands import HelpFormatter  # noqa: E402
+from bert_torch.commands import EXIT_CODES_HELP, ArgumentParser, HelpFormatter, run_main  # noqa: E402
 from bert_torch import modeling  # noqa: E402
 from bert_torch.modeling import BertConfig  # noqa: E402
 
-from .inputs import make_inputs  # noqa: E402
+from .inputs import available_memory, make_inputs, tap_elements  # noqa: E402
 from .minilm import build_checkpoint  # noqa: E402
+from .options import BadInput  # noqa: E402
 
 SHAPES = {
     "minilm": dict(hidden_size=384, num_hidden_layers=6, num_attention_heads=12, intermediate_size=1536),
@@ -288,7 +288,8 @@ def plot(results: list[dict], path: str) -> None:
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-    fig, axes = plt.subplots(2, len(results), figsize=(5.5 * len(results), 6.5), squeeze=False)
+    from .report_render import save_png
+    fig, axes = plt.subplots(2, len(results), figsize=(5.5 * len(results), 6.5), squeeze=False, dpi=100)
     for col, r in enumerate(results):
         for row, (key, what) in enumerate((("forward_seconds", "forward"), ("training_step_seconds", "training step"))):
             ax = axes[row][col]
@@ -297,34 +298,82 @@ def plot(results: list[dict], path: str) -> None:
             ax.set_xlabel(f"{what}, ms (median)")
             ax.set_title(f"{r['shape']}, {r['batch_size']} x {r['seq_len']}: {what}")
     fig.tight_layout()
-    fig.savefig(path, dpi=100)
+    save_png(fig, path, "--report-dir")
     plt.close(fig)
 
 
+# Bounds of the command line, checked before anything is built or timed.
+LIMITS = {"--batch-size": (1, 256), "--seq-len": (1, 512), "--repeats": (1, 100)}
+# Memory of the training contenders, alive together: weights, gradients and two Adam moments (float32) on each of
+# the three sides (bert_torch, HF, TF), and bert_torch's forward model besides; one step's activations at a time,
+# about two float32 values per tap element (what autograd saves, and the backward's temporaries).
+BYTES_PER_PARAMETER = 3 * 4 * 4 + 4
+BYTES_PER_TAP_ELEMENT = 2 * 4
+
+
+def check_args(args) -> list[str]:
+    """The shapes to time; every flag checked first, one line naming the flag and value at fault (exit 2),
+    and the report folder found writable before minutes of timing are spent."""
+    shapes = [s.strip() for s in args.shapes.split(",") if s.strip()]
+    if not shapes:
+        raise BadInput(f"--shapes {args.shapes!r}: give one or more of {', '.join(SHAPES)}, comma-separated")
+    for s in shapes:
+        if s not in SHAPES:
+            raise BadInput(f"--shapes {s}: unknown shape; expected one of {', '.join(SHAPES)}")
+    for flag, (lo, hi) in LIMITS.items():
+        value = getattr(args, flag[2:].replace("-", "_"))
+        if not lo <= value <= hi:
+            raise BadInput(f"{flag} {value}: out of range {lo}-{hi}")
+    have = available_memory()
+    for s in shapes:
+        config = BertConfig.from_dict({"vocab_size": 30522, "max_position_embeddings": 512, **SHAPES[s]})
+        need = (BYTES_PER_PARAMETER * config.num_parameters()
+                + BYTES_PER_TAP_ELEMENT * tap_elements(config, args.batch_size, args.seq_len))
+        if have is not None and need > have:
+            raise BadInput(f"--shapes {s} at --batch-size {args.batch_size} x --seq-len {args.seq_len}: the training "
+                           f"contenders need about {need / 2**30:.1f} GiB, {have / 2**30:.1f} GiB is available; "
+                           "use a smaller batch or sequence")
+    # The peers are part of the benchmark: a missing one is said up front, not after minutes of timing.
+    needed = ["transformers", "matplotlib"] + ([] if args.no_tf else ["tensorflow"])
+    missing = [m for m in needed if importlib.util.find_spec(m) is None]
+    if missing:
+        raise BadInput(f"{', '.join(missing)} not installed: the benchmark needs the test and tf extras "
+                       "(make setup)" + ("" if args.no_tf else ", or pass --no-tf to leave TensorFlow out"))
+    folder = args.report_dir
+    if os.path.exists(folder) and not os.path.isdir(folder):
+        raise BadInput(f"--report-dir {folder}: exists and is not a folder")
+    try:
+        os.makedirs(folder, exist_ok=True)
+    except OSError as e:
+        raise BadInput(f"--report-dir {folder}: cannot create it ({e.strerror or e})") from None
+    if not os.access(folder, os.W_OK | os.X_OK):
+        raise BadInput(f"--report-dir {folder}: not writable")
+    return shapes
+
+
 def main(argv: Optional[list[str]] = None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m parity.bench", description=__doc__.split("\n\n")[0],
-                                 formatter_class=HelpFormatter)
+    ap = ArgumentParser(prog="python -m parity.bench", description=__doc__.split("\n\n")[0],
+                                 epilog=EXIT_CODES_HELP, formatter_class=HelpFormatter)
     ap.add_argument("--shapes", default="minilm,base", help=f"comma-separated of {', '.join(SHAPES)}")
-    ap.add_argument("--batch-size", type=int, default=8)
-    ap.add_argument("--seq-len", type=int, default=128)
-    ap.add_argument("--repeats", type=int, default=7)
+    ap.add_argument("--batch-size", type=int, default=8, help="rows of every timed batch (1-256)")
+    ap.add_argument("--seq-len", type=int, default=128, help="tokens per row (1-512)")
+    ap.add_argument("--repeats", type=int, default=7, help="interleaved rounds of the forward pass; the training "
+                    "step gets half as many, at least 3 (1-100)")
     ap.add_argument("--no-tf", action="store_true", help="leave the official TF graph out")
     ap.add_argument("--no-commands", action="store_true",
                     help="leave out the whole convert / compare / diagnose commands (wall time, peak RSS)")
-    ap.add_argument("--report-dir", default="reports/bench")
+    ap.add_argument("--report-dir", default="reports/bench", help="where bench.json and bench.png go")
     args = ap.parse_args(argv)
-    shapes = [s.strip() for s in args.shapes.split(",") if s.strip()]
-    bad = [s for s in shapes if s not in SHAPES]
-    if bad or not (1 <= args.batch_size <= 256 and 1 <= args.seq_len <= 512 and 1 <= args.repeats <= 100):
-        what = f"--shapes {bad[0]}" if bad else "--batch-size 1-256, --seq-len 1-512, --repeats 1-100"
-        print(f"error: {what}: out of range", file=sys.stderr)
-        return 2
+    return run_main(_bench, args)
+
+
+def _bench(args) -> int:
+    shapes = check_args(args)
     os.environ.pop("BERT_PARITY_TF_CACHE", None)   # TF is timed running, never replayed from the cache
     load_before = os.getloadavg()
     print(f"load average before: {load_before}, torch threads {torch.get_num_threads()}")
     results = [bench_shape(s, args.batch_size, args.seq_len, args.repeats, not args.no_tf, not args.no_commands)
                for s in shapes]
-    os.makedirs(args.report_dir, exist_ok=True)
     write_json(os.path.join(args.report_dir, "bench.json"),
                {"results": results, "targets": TARGETS, "repeats": args.repeats, "torch_threads": torch.get_num_threads(),
                 "load_average_before": load_before, "load_average_after": os.getloadavg()},

@@ -5,13 +5,11 @@ Exit codes (CONTRACT.md): 0 every tap within tolerance; 1 parity failure; 2 bad 
 reported as one line per culprit on stderr (never a traceback, never a stale report).
 """
 from __future__ import annotations
-
-import argparse
 import os
 import sys
 from typing import Optional
 
-from bert_torch.commands import EXIT_CODES_HELP, HelpFormatter, run_main
+from bert_torch.commands import EXIT_CODES_HELP, ArgumentParser, HelpFormatter, run_main
 from bert_torch.modeling import BertConfig
 from bert_torch.weights import WeightsError
 
@@ -132,7 +130,7 @@ def print_summary(report: dict, json_path: str) -> None:
 def main(argv: Optional[list[str]] = None) -> int:
     """``compare`` and ``diagnose`` (``bert-parity compare|diagnose``, ``python -m parity compare|diagnose``)."""
     fmt = HelpFormatter
-    ap = argparse.ArgumentParser(prog="bert-parity", description="BERT parity: TensorFlow vs PyTorch",
+    ap = ArgumentParser(prog="bert-parity", description="BERT parity: TensorFlow vs PyTorch",
                                  epilog=EXIT_CODES_HELP, formatter_class=fmt)
     sub = ap.add_subparsers(dest="command", required=True)
     add_compare_args(sub.add_parser("compare", help="compare every tap of the two sides", epilog=EXIT_CODES_HELP,

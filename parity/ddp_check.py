@@ -14,8 +14,6 @@ against TensorFlow's ``tf.gradients``. ``--planted sum`` plants the classic faul
 processes instead of averaged. Rank 0 writes ``--output`` (JSON); exit 0 pass, 1 fail, 2 bad input.
 """
 from __future__ import annotations
-
-import argparse
 import copy
 import os
 import sys
@@ -26,6 +24,7 @@ import torch
 
 from bert_torch import distributed
 from bert_torch._io import write_json
+from bert_torch.commands import ArgumentParser
 from bert_torch.modeling import BertConfig, BertForSequenceClassification
 from bert_torch.optimization import BertAdam, accumulate_gradients, grouped_parameters, micro_batches
 from bert_torch.weights import model_from_tensors, read_weights
@@ -120,7 +119,7 @@ def run(args) -> dict:
 
 
 def main(argv: Optional[list[str]] = None) -> int:
-    ap = argparse.ArgumentParser(prog="torchrun --nproc_per_node 2 -m parity.ddp_check",
+    ap = ArgumentParser(prog="torchrun --nproc_per_node 2 -m parity.ddp_check",
                                  description=__doc__.split("\n\n")[0])
     ap.add_argument("--output", help="JSON written by rank 0")
     ap.add_argument("--batch-size", type=int, default=8, help="rows over all processes")

@@ -19,7 +19,7 @@ import threading
 from importlib import metadata
 from typing import Optional
 
-from bert_torch.commands import EXIT_CODES_HELP
+from bert_torch.commands import EXIT_CODES_HELP, ArgumentParser
 
 # command -> (module whose main(argv) runs it, whether main expects the command name first, help)
 COMMANDS = {
@@ -94,7 +94,7 @@ def version() -> str:
 
 
 def parser() -> argparse.ArgumentParser:
-    ap = argparse.ArgumentParser(
+    ap = ArgumentParser(
         prog="bert-parity", formatter_class=argparse.RawDescriptionHelpFormatter,
         description="Numerical parity of a PyTorch BERT against Google's official TensorFlow BERT graph.",
         epilog=f"{EXIT_CODES_HELP}.\n`bert-parity COMMAND --help` lists a command's arguments and their defaults.")

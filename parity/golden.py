@@ -17,7 +17,7 @@ import os
 import sys
 from typing import Optional
 
-from bert_torch.commands import EXIT_CODES_HELP, HelpFormatter, run_main
+from bert_torch.commands import EXIT_CODES_HELP, ArgumentParser, HelpFormatter, run_main
 
 from .refcache import provenance as tf_cache_provenance
 from .environment import environment
@@ -71,7 +71,7 @@ def add_dump_args(p: argparse.ArgumentParser) -> None:
 
 
 def main(argv: Optional[list[str]] = None) -> int:
-    ap = argparse.ArgumentParser(prog="bert-parity dump", description=__doc__.split("\n\n")[0], epilog=EXIT_CODES_HELP,
+    ap = ArgumentParser(prog="bert-parity dump", description=__doc__.split("\n\n")[0], epilog=EXIT_CODES_HELP,
                                  formatter_class=HelpFormatter)
     add_dump_args(ap)
     return run_main(dump, ap.parse_args(argv))

@@ -14,13 +14,12 @@ same script end to end on the CPU. Writes ``REPORT_DIR/gpu_check.{json,md}``. Ex
 and passed; 1 otherwise (a failure, or rows not run); 2 bad input.
 """
 from __future__ import annotations
-
-import argparse
 import os
 import subprocess
 import sys
 import time
 from typing import Optional
+from bert_torch.commands import ArgumentParser
 
 TIERS = [("fp32", "autocast"), ("tf32", "autocast"), ("bf16", "autocast"), ("bf16", "cast"),
          ("fp16", "autocast"), ("fp16", "cast")]
@@ -149,7 +148,7 @@ def render(report: dict) -> str:
 
 
 def main(argv: Optional[list[str]] = None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m parity.gpu_check", description=__doc__.split("\n\n")[0])
+    ap = ArgumentParser(prog="python -m parity.gpu_check", description=__doc__.split("\n\n")[0])
     ap.add_argument("--device", default="cuda", help="cuda (default), cuda:N, or cpu to run the script on the CPU")
     ap.add_argument("--report-dir", default="reports/gpu-check")
     ap.add_argument("--data-dir", help="real data (MRPC); default ../shared/data beside the repo when present")

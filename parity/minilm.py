@@ -7,13 +7,12 @@ own PyTorch-to-TF converter, which the official graph then runs.
     python -m parity.minilm --out build/minilm
 """
 from __future__ import annotations
-
-import argparse
 import importlib.util
 import os
 import shutil
 
 from bert_torch.convert import convert_torch_to_tf
+from bert_torch.commands import ArgumentParser
 from bert_torch.modeling import BertConfig
 
 
@@ -47,7 +46,7 @@ def build_checkpoint(out_dir: str, hidden_act: str = "gelu") -> dict:
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(prog="python -m parity.minilm", description=__doc__.split("\n\n")[0])
+    ap = ArgumentParser(prog="python -m parity.minilm", description=__doc__.split("\n\n")[0])
     ap.add_argument("--out", required=True)
     ap.add_argument("--hidden-act", default="gelu")
     args = ap.parse_args()

@@ -26,8 +26,6 @@ The verdict passes when the clean runs agree and every planted fault fails. Writ
 the runs' output folders) into ``--report-dir``; exit 0 pass, 1 fail, 2 bad input.
 """
 from __future__ import annotations
-
-import argparse
 import os
 import shutil
 import subprocess
@@ -37,7 +35,7 @@ from typing import Optional
 
 import numpy as np
 
-from bert_torch.commands import EXIT_CODES_HELP, HelpFormatter, run_main
+from bert_torch.commands import EXIT_CODES_HELP, ArgumentParser, HelpFormatter, run_main
 from bert_torch._io import read_json, write_json
 from bert_torch.optimization import num_train_steps, num_warmup_steps
 
@@ -92,7 +90,7 @@ def _plant(name: str) -> None:
 
 def runner_main(argv: list[str]) -> int:
     """``--as-runner [--planted NAME] RUNNER_ARGS...``: ``bert_torch.run_classifier`` with the fault planted."""
-    ap = argparse.ArgumentParser(prog="python -m parity.mrpc_ddp_check --as-runner")
+    ap = ArgumentParser(prog="python -m parity.mrpc_ddp_check --as-runner")
     ap.add_argument("--planted", choices=sorted(PLANTED))
     known, rest = ap.parse_known_args(argv)
     if known.planted:
@@ -349,7 +347,7 @@ def main(argv: Optional[list[str]] = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     if argv[:1] == ["--as-runner"]:
         return runner_main(argv[1:])
-    ap = argparse.ArgumentParser(prog="python -m parity.mrpc_ddp_check", description=__doc__.split("\n\n")[0],
+    ap = ArgumentParser(prog="python -m parity.mrpc_ddp_check", description=__doc__.split("\n\n")[0],
                                  epilog=EXIT_CODES_HELP, formatter_class=HelpFormatter)
     ap.add_argument("--report-dir", required=True, help="output folder: mrpc_ddp.json, the runs' outputs")
     ap.add_argument("--data-dir", help="folder with mrpc/train.tsv and dev.tsv (default: ../shared/data)")

@@ -13,8 +13,6 @@ setting and shape; the table says by how much (the worst tap's fraction of its t
 Exit codes: 0 no false alarm and every fault caught; 1 otherwise; 2 bad input.
 """
 from __future__ import annotations
-
-import argparse
 import json
 import os
 import subprocess
@@ -24,6 +22,7 @@ import time
 from typing import Callable, Optional
 
 from bert_torch._io import write_json, write_text
+from bert_torch.commands import ArgumentParser
 
 SETTINGS: dict[str, dict[str, str]] = {
     "native": {},
@@ -240,7 +239,7 @@ def main(argv: Optional[list[str]] = None) -> int:
         tiers = [tuple(t.split("/")) for t in argv[5].split(",")] if len(argv) > 5 else [("fp32", "autocast")]
         worker(argv[1], int(argv[2]), int(argv[3]), argv[4], tiers, sized=len(argv) > 6 and argv[6] == "sized")
         return 0
-    ap = argparse.ArgumentParser(prog="python -m parity.portability", description=__doc__.split("\n\n")[0])
+    ap = ArgumentParser(prog="python -m parity.portability", description=__doc__.split("\n\n")[0])
     ap.add_argument("--report-dir", default="reports/portability")
     ap.add_argument("--short", action="store_true", help="CI: every emulation at once, one small shape")
     ap.add_argument("--settings", help=f"comma-separated subset of {', '.join(SETTINGS)}")

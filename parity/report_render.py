@@ -125,6 +125,14 @@ def _grid(taps: list[dict], key: str) -> np.ndarray:
     return layer_grid({"taps": taps}, key)[0]
 
 
+def save_png(fig, path: str, what: str = "--report-dir") -> None:
+    """A figure written as PNG under a temporary name and renamed into place: a run killed while
+    matplotlib writes leaves no half picture at the final name."""
+    from bert_torch._io import atomic_output
+    with atomic_output(path, what) as tmp:
+        fig.savefig(tmp, format="png")
+
+
 def _first_cell(first: Optional[str]) -> Optional[tuple]:
     m = re.match(r"layer_(\d+)/(.+)$", first or "")
     return (int(m.group(1)), LAYER_KINDS.index(m.group(2))) if m and m.group(2) in LAYER_KINDS else None
@@ -136,7 +144,6 @@ def compare_plots(report: dict, out_dir: str, stem: str = "report") -> list[str]
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-    from bert_torch._io import atomic_output
     taps = report["taps"]
     err, L = layer_grid({"taps": taps}, "max_abs")
     if L == 0:
@@ -167,10 +174,8 @@ def compare_plots(report: dict, out_dir: str, stem: str = "report") -> list[str]
     ax.set_title("error through the layers; red crosses: taps past their tolerance", fontsize=9)
     ax.legend(fontsize=6.5, ncol=2, loc="upper left", bbox_to_anchor=(1.01, 1.0))
     fig.tight_layout()
-    for name, figure in ((f"{stem}-growth.png", fig),):
-        with atomic_output(os.path.join(out_dir, name), "--report-dir") as tmp:
-            figure.savefig(tmp, format="png")
-        names.append(name)
+    save_png(fig, os.path.join(out_dir, f"{stem}-growth.png"))
+    names.append(f"{stem}-growth.png")
     plt.close(fig)
     fig, ax = plt.subplots(figsize=(8.5, 1.4 + 0.45 * L), dpi=110)
     im = draw_ratio_heatmap(ax, ratio, passed, first)
@@ -178,8 +183,7 @@ def compare_plots(report: dict, out_dir: str, stem: str = "report") -> list[str]
                  "box: first divergence", fontsize=8)
     fig.colorbar(im, ax=ax, label="log10 tol_ratio (0 = at the tolerance)")
     fig.tight_layout()
-    with atomic_output(os.path.join(out_dir, f"{stem}-heatmap.png"), "--report-dir") as tmp:
-        fig.savefig(tmp, format="png")
+    save_png(fig, os.path.join(out_dir, f"{stem}-heatmap.png"))
     names.append(f"{stem}-heatmap.png")
     plt.close(fig)
     return names

@@ -15,8 +15,6 @@ documentation of the ecosystem, not a requirement: it counts how often and where
 from the official tokenizer, with one example per kind of difference.
 """
 from __future__ import annotations
-
-import argparse
 import hashlib
 import json
 import os
@@ -26,7 +24,7 @@ import unicodedata
 from dataclasses import asdict, dataclass
 from typing import Callable, Iterable, Optional, Sequence
 
-from bert_torch.commands import EXIT_CODES_HELP, HelpFormatter, run_main
+from bert_torch.commands import EXIT_CODES_HELP, ArgumentParser, HelpFormatter, run_main
 from bert_torch._io import write_json
 from bert_torch.tokenization import FullTokenizer, load_vocab
 
@@ -478,7 +476,7 @@ def render_text(report: dict) -> str:
 
 
 def main(argv: Optional[list[str]] = None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m parity.tokens",
+    ap = ArgumentParser(prog="python -m parity.tokens",
                                  description="Token parity against the official BERT tokenizer, id for id",
                                  epilog=EXIT_CODES_HELP, formatter_class=HelpFormatter)
     ap.add_argument("--data-dir", help="folder with mrpc/{train,dev,test}.tsv and squad/dev-v1.1.json "

@@ -202,3 +202,33 @@ def test_tensorflow_logs_only_with_verbose(tiny_checkpoint, tmp_path):
     loud = run_cli("--verbose", *args)
     assert loud.returncode == 0 and [line for line in loud.stderr.splitlines()
                                      if frontdoor.TF_LOG_LINE.match(line.encode())], loud.stderr[-3000:]
+
+
+@pytest.mark.parametrize("name", sorted(frontdoor.COMMANDS))
+def test_a_usage_error_is_one_line_on_every_command(capsys, name):
+    """argparse's own errors (an unknown flag, a value of the wrong type) are bad input like any other:
+    exit 2 and one ``error:`` line naming what is at fault, not argparse's usage block above it."""
+    code, _, err = exits(capsys, name, "--no-such-flag", "1")
+    lines = [line for line in err.splitlines() if line.strip()]
+    assert code == 2 and len(lines) == 1 and lines[0].startswith("error: ") and "--help)" in lines[0], err
+
+
+@pytest.mark.parametrize("argv, named", [
+    (["compare", "--batch-size", "x"], "argument --batch-size: invalid int value: 'x'"),
+    (["diagnose", "--spill", "sometimes"], "argument --spill: invalid choice: 'sometimes'"),
+    (["bench", "--repeats", "1e9"], "argument --repeats: invalid int value: '1e9'"),
+    (["convert", "--tf-checkpoint"], "argument --tf-checkpoint"),
+])
+def test_a_bad_flag_value_is_named_in_its_one_line(capsys, argv, named):
+    code, _, err = exits(capsys, *argv)
+    assert code == 2 and err.count("\n") == 1 and err.startswith(f"error: {named}"), err
+
+
+@pytest.mark.parametrize("module", ["bert_torch.run_classifier", "bert_torch.run_squad", "bert_torch.extract_features",
+                                    "parity.ddp_check", "parity.mrpc_ddp_check"])
+def test_the_runners_usage_errors_are_one_line_too(capsys, module):
+    import importlib
+    with pytest.raises(SystemExit) as e:
+        importlib.import_module(module).main(["--no-such-flag", "1"])
+    err = capsys.readouterr().err
+    assert e.value.code == 2 and err.count("\n") == 1 and err.startswith("error: "), err

@@ -230,7 +230,7 @@ def test_sparse_sentences_bounded(tmp_path):
 
 
 def test_utf16_sentences_named(tmp_path):
-    from parity.inputs import InputError, read_pairs
+    from parity.inputs import read_pairs
     p = tmp_path / "pairs.tsv"
     p.write_text("h\th\th\th\th\n1\ta\tb\tx\ty\n", encoding="utf-16")
     with pytest.raises(ValueError) as e:

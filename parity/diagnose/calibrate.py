@@ -29,7 +29,7 @@ import numpy as np
 import torch
 
 from bert_torch._io import write_json
-from bert_torch.commands import EXIT_CODES_HELP, HelpFormatter, run_main
+from bert_torch.commands import EXIT_CODES_HELP, ArgumentParser, HelpFormatter, run_main
 
 DEFAULTS = dict(bert_config=None, torch_bert_config=None, vocab_file=None, sentences=None, batch_size=8,
                 seq_len=128, seed=0, device="cpu", profile="fp32-cpu", tf_threads=None, golden=None,
@@ -131,7 +131,7 @@ def calibrate(args) -> dict:
 
 
 def main(argv: Optional[list] = None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m parity.diagnose.calibrate", description=__doc__.split("\n\n")[0],
+    ap = ArgumentParser(prog="python -m parity.diagnose.calibrate", description=__doc__.split("\n\n")[0],
                                  epilog=EXIT_CODES_HELP, formatter_class=HelpFormatter)
     ap.add_argument("--tf-checkpoint", required=True)
     ap.add_argument("--torch-weights", required=True)

@@ -7,6 +7,7 @@ import os
 from typing import Optional
 
 from bert_torch._io import read_json
+from bert_torch.commands import ArgumentParser
 from bert_torch.modeling import BertConfig
 
 from ..refcache import provenance as tf_cache_provenance
@@ -135,14 +136,12 @@ def release_check(ctx) -> dict:
     A clean diagnosis (no culprit, weights bit-equal) passes; its tables land in
     ``diagnose/`` beside the report.
     """
-    import argparse
-
     from ..minilm import build_checkpoint
     ckpt = os.path.join(ctx.work_dir, "minilm")
     if not os.path.isfile(os.path.join(ckpt, "bert_model.ckpt.index")):
         build_checkpoint(ckpt)
     out = os.path.join(ctx.report_dir, "diagnose")
-    parser = argparse.ArgumentParser()
+    parser = ArgumentParser()
     add_compare_args(parser)
     add_diagnose_args(parser)
     code = run_diagnose(parser.parse_args([

@@ -1,8 +1,6 @@
 """The whole fine-tuning suite: sizes (``FinetuneConfig``: QUICK for CI, FULL for ``make report``), the
 run that writes ``finetune.json`` / ``finetune.md``, and ``python -m parity.finetune``."""
 from __future__ import annotations
-
-import argparse
 import dataclasses
 import os
 import sys
@@ -10,7 +8,7 @@ import time
 from typing import Callable, Optional
 
 from bert_torch._io import write_json, write_text
-from bert_torch.commands import EXIT_CODES_HELP, HelpFormatter, run_main
+from bert_torch.commands import EXIT_CODES_HELP, ArgumentParser, HelpFormatter, run_main
 from bert_torch.optimization import num_train_steps as official_num_train_steps
 
 from ..refcache import provenance as tf_cache_provenance
@@ -250,7 +248,7 @@ OVERRIDES = ("train_epochs", "train_steps", "train_batch_size", "train_seq_len",
 
 
 def main(argv: Optional[list[str]] = None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m parity.finetune", description=DESCRIPTION,
+    ap = ArgumentParser(prog="python -m parity.finetune", description=DESCRIPTION,
                                  epilog=EXIT_CODES_HELP, formatter_class=HelpFormatter)
     ap.add_argument("--data-dir", default=None, help="folder with mrpc/ (default: ../shared/data from the repo root)")
     ap.add_argument("--report-dir", "--out", dest="out", help="output folder for finetune.json / finetune.md (required)")

@@ -1,7 +1,6 @@
 """The release run: every registered check, then the waivers, the ratchet and the verdict; the report's
 files; ``make baseline``; and the command line (``python -m parity.release``)."""
 from __future__ import annotations
-import argparse
 import datetime
 import fnmatch
 import os
@@ -9,7 +8,7 @@ import shlex
 import time
 import tomllib
 from typing import Optional
-from bert_torch.commands import EXIT_CODES_HELP, HelpFormatter, run_main
+from bert_torch.commands import EXIT_CODES_HELP, ArgumentParser, HelpFormatter, run_main
 from bert_torch._io import atomic_output, dumps
 from ..refcache import CACHE_ENV, LOG_ENV, OWNER_ENV, RefCache, provenance as tf_cache_provenance
 from ..environment import environment, git_state
@@ -169,7 +168,7 @@ def project_version() -> str:
 
 
 def main(argv: Optional[list[str]] = None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m parity.release", description="The release gate and its report.",
+    ap = ArgumentParser(prog="python -m parity.release", description="The release gate and its report.",
                                  epilog=EXIT_CODES_HELP, formatter_class=HelpFormatter)
     ap.add_argument("--report-dir", help="default: reports/<version>-<commit>")
     ap.add_argument("--data-dir", help="real data (MRPC, SQuAD); default ../shared/data beside the repo when present")

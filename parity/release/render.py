@@ -6,7 +6,7 @@ import os
 import numpy as np
 
 from ..refcache import describe_provenance
-from ..report_render import CSS, LAYER_KINDS, _first_cell, layer_grid, TAP_COLUMNS, ZERO, _g, _img, draw_ratio_heatmap, num, slug, tap_cells
+from ..report_render import CSS, LAYER_KINDS, _first_cell, layer_grid, TAP_COLUMNS, ZERO, _g, _img, draw_ratio_heatmap, num, save_png, slug, tap_cells
 
 
 def make_plots(report: dict, worst: dict, out_dir: str) -> list[str]:
@@ -42,7 +42,7 @@ def make_plots(report: dict, worst: dict, out_dir: str) -> list[str]:
         ax.legend(fontsize=6.5, ncol=2, loc="upper left", bbox_to_anchor=(1.01, 1.0))
         fig.tight_layout()
         p = os.path.join(out_dir, f"growth-{slug(s['name'])}.png")
-        fig.savefig(p)
+        save_png(fig, p, "release report")
         plt.close(fig)
         paths.append(p)
         # Heatmap layer x tap kind of the fraction of the tolerance used (log colour scale).
@@ -56,7 +56,7 @@ def make_plots(report: dict, worst: dict, out_dir: str) -> list[str]:
         fig.colorbar(im, ax=ax, label="log10 tol_ratio (0 = at the tolerance)")
         fig.tight_layout()
         p = os.path.join(out_dir, f"heatmap-{slug(s['name'])}.png")
-        fig.savefig(p)
+        save_png(fig, p, "release report")
         plt.close(fig)
         paths.append(p)
     # The single worst tap of the report: the distribution of its element errors.
@@ -84,7 +84,7 @@ def make_plots(report: dict, worst: dict, out_dir: str) -> list[str]:
         ax.legend()
         fig.tight_layout()
         p = os.path.join(out_dir, "worst-tap-histogram.png")
-        fig.savefig(p)
+        save_png(fig, p, "release report")
         plt.close(fig)
         paths.append(p)
     return paths
