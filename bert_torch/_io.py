@@ -188,9 +188,13 @@ def write_json(path: str, obj, what: str = "output", default: Optional[Callable]
 
 
 @contextlib.contextmanager
-def atomic_dir(path: str, what: str = "output folder") -> Iterator[str]:
+def atomic_dir(path: str, what: str = "output folder", keep_existing: bool = False) -> Iterator[str]:
     """A folder written aside (a temporary folder beside ``path``) and renamed into place when
-    complete, replacing an older one; removed on any failure or SIGTERM/SIGINT."""
+    complete, replacing an older one; removed on any failure or SIGTERM/SIGINT.
+
+    ``keep_existing``: a folder already at ``path`` when this one is complete (another process wrote the
+    same thing first, and may be reading it) is kept, and this one discarded, never swapped under its
+    reader; also when the other lands between the check and the rename (the rename then fails)."""
     path = os.path.abspath(os.fspath(path))
     parent = os.path.dirname(path)
     try:
@@ -203,12 +207,20 @@ def atomic_dir(path: str, what: str = "output folder") -> Iterator[str]:
         _install_handlers()
     _PENDING.add(tmp)
     try:
-        yield tmp
-        if os.path.isdir(path):
-            shutil.rmtree(path)
-        os.replace(tmp, path)
-    except OSError as e:
-        raise OutputError(f"{what} {path}: cannot write ({_describe(e)})") from None
+        try:
+            yield tmp
+        except OSError as e:
+            raise OutputError(f"{what} {path}: cannot write ({_describe(e)})") from None
+        if keep_existing and os.path.isdir(path):
+            return
+        try:
+            if os.path.isdir(path):
+                shutil.rmtree(path)
+            os.replace(tmp, path)
+        except OSError as e:
+            if keep_existing and os.path.isdir(path):   # the other writer's rename came first
+                return
+            raise OutputError(f"{what} {path}: cannot write ({_describe(e)})") from None
     finally:
         _PENDING.discard(tmp)
         shutil.rmtree(tmp, ignore_errors=True)

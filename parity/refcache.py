@@ -22,6 +22,7 @@ Off unless asked for: ``RefCache.active()`` is the cache at ``$BERT_PARITY_TF_CA
 from __future__ import annotations
 
 import atexit
+import contextlib
 import dataclasses
 import functools
 import hashlib
@@ -31,13 +32,14 @@ import json
 import os
 import shutil
 import sys
+import tempfile
 import time
 from importlib import metadata
 from typing import Callable, Iterable, Mapping, Optional
 
 import numpy as np
 
-from bert_torch._io import InputFileError, atomic_dir, read_json, sha256
+from bert_torch._io import InputFileError, _describe, atomic_dir, read_json, sha256
 
 from .files import REPO_ROOT
 
@@ -51,6 +53,11 @@ MAX_CACHE_BYTES = 16 << 30    # the oldest entries are evicted to stay under thi
 # TF's behaviour that environment variables change (read by TF at import or at session creation).
 TF_ENV = ("TF_ENABLE_ONEDNN_OPTS", "NVIDIA_TF32_OVERRIDE", "TF_DETERMINISTIC_OPS", "CUDA_VISIBLE_DEVICES",
           "TF_USE_LEGACY_KERAS", "OMP_NUM_THREADS", "TF_NUM_INTRAOP_THREADS")
+
+
+# The start of the reason an entry was not used when reading it failed rather than its contents (another
+# process removing or replacing it meanwhile): recomputed, and the entry is not deleted on that account.
+TRANSIENT = "unreadable just now ("
 
 
 class CacheError(InputFileError):
@@ -238,19 +245,21 @@ class RefCache:
         stored = meta.get("files")
         if not isinstance(stored, dict):
             return None, "meta.json lists no files", {}
-        present = {os.path.relpath(p, where) for p in _all_files(where)} - {"meta.json"}
-        if present != set(stored):
-            return None, f"files added or missing ({sorted(present ^ set(stored))[:3]})", {}
-        for rel, digest in stored.items():
-            if sha256(os.path.join(where, rel)) != digest:
-                return None, f"{rel} does not hash to the sha256 recorded when it was written (corrupt)", {}
-        arrays = {}
-        if "arrays.npz" in stored:
-            try:
+        try:
+            present = {os.path.relpath(p, where) for p in _all_files(where)} - {"meta.json"}
+            if present != set(stored):
+                return None, f"files added or missing ({sorted(present ^ set(stored))[:3]})", {}
+            for rel, digest in stored.items():
+                if sha256(os.path.join(where, rel)) != digest:
+                    return None, f"{rel} does not hash to the sha256 recorded when it was written (corrupt)", {}
+            arrays = {}
+            if "arrays.npz" in stored:
                 with np.load(os.path.join(where, "arrays.npz"), allow_pickle=False) as z:
                     arrays = {k: z[k] for k in z.files}
-            except (OSError, ValueError) as e:
-                return None, f"arrays.npz unreadable ({e})", {}
+        except ValueError as e:
+            return None, f"arrays.npz unreadable ({e})", {}
+        except OSError as e:   # removed or replaced by another process meanwhile: recomputed, left where it is
+            return None, f"{TRANSIENT}{os.path.relpath(e.filename or where, where)}: {_describe(e)})", {}
         files = os.path.join(where, "files")
         return Entry(arrays, meta.get("values") or {}, files if os.path.isdir(files) else None), "", meta
 
@@ -264,7 +273,9 @@ class RefCache:
             return f"{free / 2**20:.0f} MiB free on the cache's disk"
         self._evict(size)
         created = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
-        with atomic_dir(where, "tf cache entry") as tmp:
+        # Another process that computed this key first keeps its entry (it may be reading its files): the
+        # same numbers by the key, so this copy is discarded rather than swapped in under that reader.
+        with atomic_dir(where, "tf cache entry", keep_existing=True) as tmp:
             if entry.arrays:
                 with open(os.path.join(tmp, "arrays.npz"), "wb") as f:
                     np.savez(f, **{k: np.asarray(v) for k, v in entry.arrays.items()})
@@ -307,15 +318,16 @@ class RefCache:
         where = self.path(kind, key)
         entry, why, meta = self._load(where, ident)
         if entry is not None:
-            os.utime(os.path.join(where, "meta.json"))   # recently used: evicted last
+            with contextlib.suppress(OSError):   # recently used: evicted last (gone meanwhile: nothing to mark)
+                os.utime(os.path.join(where, "meta.json"))
             self._record(Event(kind, key, "hit", created=str(meta.get("created", "")),
                                seconds=float(meta.get("seconds") or 0)))
             return entry
-        if why:
+        if why and not why.startswith(TRANSIENT):   # damaged or foreign: removed (a transient one may be whole)
             shutil.rmtree(where, ignore_errors=True)
-        scratch = os.path.join(self.root, ".scratch", f"{key}.{os.getpid()}")
-        shutil.rmtree(scratch, ignore_errors=True)
-        os.makedirs(scratch)
+        # The computation's own folder: unique, since another process may compute the same key at once.
+        os.makedirs(os.path.join(self.root, ".scratch"), exist_ok=True)
+        scratch = tempfile.mkdtemp(dir=os.path.join(self.root, ".scratch"), prefix=f"{key}.")
         keep_scratch = False
         try:
             t0 = time.time()

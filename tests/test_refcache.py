@@ -229,3 +229,51 @@ def test_a_patched_reference_is_computed_and_never_meets_the_cache(tmp_path, mon
     monkeypatch.undo()
     fetch(cache, compute)
     assert compute.calls == 3 and cache.events[-1].outcome == "hit"   # the clean entry, untouched
+
+
+def test_a_key_computed_by_two_processes_at_once_keeps_the_entry_already_in_use(tmp_path):
+    """Two xdist workers (or two reports) may miss on one key together. The second to finish must not
+    replace the first one's entry, whose files the first may be reading: it keeps that entry, and both
+    get the same results."""
+    root = str(tmp_path / "c")
+    ours, theirs = RefCache(root), RefCache(root)
+    held = []
+
+    def compute_while_the_other_stores(out_dir):
+        held.append(fetch(theirs, Counted()))   # the other process finishes first and starts using its entry
+        return Counted()(out_dir)
+
+    got = fetch(ours, compute_while_the_other_stores)
+    (first,) = held
+    assert [e.outcome for e in theirs.events] == ["computed"] and ours.events[-1].outcome == "computed"
+    index = os.path.join(first.dir, "model.ckpt.index")
+    assert os.path.isfile(index) and open(index, "rb").read() == b"checkpoint bytes 1"
+    assert os.path.samefile(got.dir, first.dir)   # one entry, the first one, untouched
+    created = json.load(open(os.path.join(entry_dir(ours), "meta.json")))["created"]
+    assert theirs.events[-1].created == "" and created   # written once, by the first
+    np.testing.assert_array_equal(got.arrays["logits"], first.arrays["logits"])
+    assert fetch(RefCache(root), Counted()).arrays is not None   # a third process: a hit on it
+    assert not [p for p in os.listdir(os.path.dirname(entry_dir(ours))) if p.endswith(".tmp")]   # nothing aside left
+
+
+def test_a_file_that_vanishes_while_a_hit_is_verified_is_a_miss_not_a_crash(tmp_path, monkeypatch):
+    """Another process may remove an entry while this one hashes it: that is a reason to recompute, and
+    the entry is not deleted on that account (it may be whole, and in use)."""
+    cache = RefCache(str(tmp_path / "c"))
+    fetch(cache, Counted())
+    real, calls = refcache.sha256, []
+
+    def vanished_once(path):   # the first file checked is gone; the rest (and the new entry's) hash as usual
+        calls.append(path)
+        if len(calls) == 1:
+            raise FileNotFoundError(2, "No such file or directory", path)
+        return real(path)
+
+    monkeypatch.setattr(refcache, "sha256", vanished_once)
+    where = entry_dir(cache)
+    inode = os.stat(where).st_ino
+    again = fetch(cache, Counted())
+    assert cache.events[-1].outcome == "recomputed" and "No such file or directory" in cache.events[-1].why
+    np.testing.assert_array_equal(again.arrays["logits"], np.arange(6, dtype=np.float32).reshape(2, 3))
+    assert os.stat(where).st_ino == inode   # the entry was not deleted on that account (nor replaced)
+    assert fetch(cache, Counted()).arrays is not None and cache.events[-1].outcome == "hit"
