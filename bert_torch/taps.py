@@ -114,6 +114,7 @@ class Taps:
         self.values: dict[str, torch.Tensor] = {}
         self.computed: dict[str, torch.Tensor] = {}
         self.seen: list[str] = []
+        self._published: set[str] = set()
         self._token = None
 
     def __enter__(self) -> "Taps":
@@ -124,8 +125,16 @@ class Taps:
         _ACTIVE.reset(self._token)
 
     def __call__(self, name: str, x: torch.Tensor) -> torch.Tensor:
-        self.seen.append(name)
         keep = self.record is True or (self.record is not False and name in self.record)
+        if (keep or name in self.inject) and name in self._published:
+            # Recorded twice, the first value would be lost (or, fed, fed twice): a module that runs more than
+            # once per forward (layers shared across depths, a model called twice in one context) makes the
+            # name ambiguous, and a comparison of "the" tap would judge whichever came last.
+            raise ValueError(f"tap {name} was published twice in one forward: the model runs the module that "
+                             "publishes it more than once (shared layers?) or ran twice in one Taps context; "
+                             "map each contract tap to a module that runs once per forward")
+        self._published.add(name)
+        self.seen.append(name)
         if name in self.inject:
             new = torch.as_tensor(self.inject[name])
             if tuple(new.shape) != tuple(x.shape):

@@ -174,6 +174,37 @@ def test_a_mapped_tap_that_never_arrives_is_a_failure(minilm, tmp_path, monkeypa
     assert len(report["not_observable"]) == 29
 
 
+
+@pytest.mark.parametrize("spill", [False, True])
+def test_a_tap_published_twice_in_one_forward_is_refused_not_overwritten(minilm, tmp_path, monkeypatch, spill):
+    """A candidate whose mapped module runs twice per forward (here the whole model, twice): "the" tap is
+    ambiguous, and keeping the last value would judge the wrong one. Held in memory or spilled to disk, the
+    same one line of bad input, naming the tap."""
+    (tmp_path / "twice_bert.py").write_text(textwrap.dedent("""
+        import torch
+        from parity.examples.my_bert import minilm_hf
+
+        class Twice(torch.nn.Module):
+            def __init__(self, inner):
+                super().__init__()
+                self.inner = inner
+            def forward(self, **kw):
+                self.inner(**kw)
+                return self.inner(**kw)
+
+        def factory(config):
+            built = minilm_hf(config)
+            return {"model": Twice(built["model"]), "taps": {"inner." + k: v for k, v in built["taps"].items()},
+                    "unobservable": built["unobservable"]}
+    """))
+    monkeypatch.syspath_prepend(str(tmp_path))
+    config = BertConfig.from_json_file(minilm["bert_config"])
+    side = make_candidate(parse_candidate("module:twice_bert:factory"), config=config)
+    reference = TorchSide.from_weights(minilm["torch_weights"], config)
+    inputs = make_inputs(minilm["vocab"], B, T, 0, vocab_size=config.vocab_size, type_vocab_size=config.type_vocab_size)
+    with pytest.raises(ValueError, match=r"^tap embeddings/\S+ was published twice in one forward"):
+        compare_sides(reference, side, inputs, get_profile("fp32-cpu"), spill=spill, spill_dir=str(tmp_path))
+
 # ---------------------------------------------------------------------------------------------
 # The HF side alone: every tap, in the contract layout, and injection through hooks and the registry.
 

@@ -114,6 +114,24 @@ def test_injection_replaces_a_tap_downstream_only():
             model(ids, tt, mask)
 
 
+def test_a_tap_recorded_or_fed_twice_in_one_context_is_refused():
+    """Two forwards in one recording context would leave each tap holding the second forward's value (or
+    feed one value to both): refused, naming the tap. Unrecorded and unfed, repeats stay harmless."""
+    config = small_config()
+    model = BertModel(config).eval()
+    ids, tt, mask = batch(config, 2, 5)
+    with torch.no_grad():
+        for kw, name in (({}, "embeddings/word_embeddings"), ({"record": ["pooler/output"]}, "pooler/output"),
+                         ({"record": False, "inject": {"layer_0/output": torch.zeros(2, 5, 24)}}, "layer_0/output")):
+            with Taps(**kw) as taps:
+                model(ids, tt, mask)
+                with pytest.raises(ValueError, match=f"^tap {name} was published twice in one forward"):
+                    model(ids, tt, mask)
+        with Taps(record=False) as taps:
+            model(ids, tt, mask)
+            model(ids, tt, mask)
+        assert taps.seen.count("pooler/output") == 2
+
 def test_no_taps_means_no_recording_and_the_same_numbers(monkeypatch):
     """Recording changes nothing: the op-for-op path gives the same bits with and without a Taps context.
     (Without one the model normally takes its fast path, fused kernels: parity/test_fast_path.py proves that
