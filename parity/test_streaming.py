@@ -299,3 +299,28 @@ def test_the_tf_worker_serves_runs_until_released_and_names_a_bad_feed(random_ch
         reference.close()
         worker.release()
     assert process.poll() is not None and os.listdir(tmp_path) == []
+
+
+@pytest.mark.heavy
+def test_a_worker_killed_mid_run_is_one_line_naming_the_signal(random_checkpoint, tmp_path):
+    """The out-of-memory killer ends a process with SIGKILL: the run ends with one line saying so and what to
+    do (exit 2 through the commands' one mapping), never a traceback; the next run starts a fresh worker, and
+    nothing is left in the work folder."""
+    import signal
+    from bert_torch.commands import error_lines
+    from parity.tf_worker import IsolatedTFSide, WorkerKilled
+    ck = random_checkpoint(CONFIGS["tiny-1layer"], perturb=0.02)
+    _, _, inputs = sides(ck, 2, 8)
+    worker = IsolatedTFSide(ck["prefix"], BertConfig.from_json_file(ck["bert_config"]), work_dir=str(tmp_path),
+                            keep_alive=True)
+    try:
+        whole = worker.run(inputs)
+        os.kill(worker._proc.pid, signal.SIGKILL)
+        worker._proc.wait()
+        with pytest.raises(WorkerKilled, match=r"^the TF worker was killed by SIGKILL \(out of memory\?") as e:
+            worker.run(inputs)
+        assert error_lines(e.value) == [str(e.value)] and "\n" not in str(e.value)   # exit 2, this one line
+        assert all(np.array_equal(v, whole[k]) for k, v in worker.run(inputs).items())   # a fresh worker
+    finally:
+        worker.release()
+    assert os.listdir(tmp_path) == []

@@ -19,6 +19,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
@@ -35,6 +36,10 @@ from .sides import TF_NO_COMPUTED, Capabilities, SideBase
 from .tapstore import LazyTaps, SpilledArray
 
 MANIFEST = "manifest.json"
+
+
+class WorkerKilled(OSError):
+    """The TF worker ended by a signal (e.g. the out-of-memory killer's SIGKILL): one line, exit 2."""
 
 
 class IsolatedTFSide(SideBase):
@@ -66,7 +71,9 @@ class IsolatedTFSide(SideBase):
                                           stdout=subprocess.PIPE, stderr=log, text=True)
 
     def _failure(self) -> Exception:
-        """The worker's ending as an exception: its one line of bad input (exit 2), else a crash."""
+        """The worker's ending as an exception: its one line of bad input (exit 2); killed by a signal, one line
+        saying which (SIGKILL is what the kernel's out-of-memory killer sends: exit 2, as a run refused for
+        its size is); else a crash, with the end of the worker's log (removed with its folder)."""
         try:
             self._proc.stdin.close()
         except OSError:   # the worker is gone: what it left unread does not matter
@@ -78,7 +85,16 @@ class IsolatedTFSide(SideBase):
         self.release()
         if code == 2:
             return ValueError(last.removeprefix("error: "))
-        return RuntimeError(f"the TF worker exited {code}: {last}")
+        if code < 0:
+            try:
+                name = signal.Signals(-code).name
+            except ValueError:
+                name = f"signal {-code}"
+            why = (" (out of memory? the kernel's OOM killer sends it: a smaller --batch-size or --seq-len, or "
+                   "more free memory)") if -code == signal.SIGKILL else ""
+            return WorkerKilled(f"the TF worker was killed by {name}{why}")
+        tail = "\n".join(lines[-20:]) or "(no output)"
+        return RuntimeError(f"the TF worker exited {code}; the end of its log:\n{tail}")
 
     def stream(self, inputs: Inputs, consume: Callable[[str, object], None],
                inject: Optional[Mapping[str, np.ndarray]] = None, computed: bool = False) -> None:
