@@ -102,6 +102,19 @@ def _install_handlers() -> None:
                 _HANDLED[sig] = signal.signal(sig, _on_signal)
 
 
+def remove_on_signal(path: str) -> None:
+    """Removes ``path`` (a temporary file or folder, e.g. gigabytes of spilled taps) if SIGTERM or SIGINT ends
+    the process before ``forget_on_signal(path)``: a killed comparison leaves no scratch behind either."""
+    with _LOCK:
+        _install_handlers()
+        _PENDING.add(path)
+
+
+def forget_on_signal(path: str) -> None:
+    """``path`` is no longer removed on a signal (its owner removed or kept it)."""
+    _PENDING.discard(path)
+
+
 def _umask() -> int:
     with _LOCK:
         mask = os.umask(0o022)

@@ -39,7 +39,8 @@ from typing import Callable, Iterable, Mapping, Optional
 
 import numpy as np
 
-from bert_torch._io import InputFileError, _describe, atomic_dir, read_json, sha256
+from bert_torch._io import (InputFileError, _describe, atomic_dir, forget_on_signal, read_json,
+                            remove_on_signal, sha256)
 
 from .files import REPO_ROOT
 
@@ -328,6 +329,7 @@ class RefCache:
         # The computation's own folder: unique, since another process may compute the same key at once.
         os.makedirs(os.path.join(self.root, ".scratch"), exist_ok=True)
         scratch = tempfile.mkdtemp(dir=os.path.join(self.root, ".scratch"), prefix=f"{key}.")
+        remove_on_signal(scratch)
         keep_scratch = False
         try:
             t0 = time.time()
@@ -346,10 +348,10 @@ class RefCache:
         finally:
             if not keep_scratch:
                 shutil.rmtree(scratch, ignore_errors=True)
+                forget_on_signal(scratch)
         self._record(Event(kind, key, "not stored" if not_stored else ("recomputed" if why else "computed"),
                            why=not_stored or why, seconds=round(seconds, 2)))
         return entry
-
 
     def _uncached(self, kind: str, key: str, compute: Callable[[str], Entry], why: str) -> Entry:
         t0 = time.time()
@@ -428,9 +430,9 @@ def compute_here(kind: str, compute: Callable[[str], Entry], out_dir: Optional[s
     """``compute`` with no cache: its files go to ``out_dir`` (a temporary folder removed at exit when not
     given), its values through JSON as a cached entry's are."""
     if out_dir is None:
-        import tempfile
         out_dir = tempfile.mkdtemp(prefix=f"bert-parity-{kind}-")
         _LEFT.append(out_dir)
+        remove_on_signal(out_dir)
     os.makedirs(out_dir, exist_ok=True)
     entry = compute(out_dir)
     entry.values = json.loads(json.dumps(entry.values))   # the same types a cached run returns

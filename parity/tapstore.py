@@ -19,6 +19,8 @@ from typing import Callable, Iterable, Iterator, Optional
 
 import numpy as np
 
+from bert_torch._io import forget_on_signal, remove_on_signal
+
 
 class SpilledArray:
     """A tap another process already wrote as a ``.npy`` file (``parity.tf_worker``): a ``TapStore`` takes the
@@ -66,6 +68,7 @@ class TapStore(Mapping):
 
     def __init__(self, root: Optional[str] = None, label: str = "taps"):
         self.dir = tempfile.mkdtemp(prefix=f"bert-parity-{label}-", dir=root)
+        remove_on_signal(self.dir)   # a comparison killed by SIGTERM leaves no gigabytes of taps behind
         self._files: dict[str, str] = {}
         self.nbytes = 0
 
@@ -103,6 +106,7 @@ class TapStore(Mapping):
 
     def close(self) -> None:
         shutil.rmtree(self.dir, ignore_errors=True)
+        forget_on_signal(self.dir)
         self._files = {}
 
     def __enter__(self) -> "TapStore":

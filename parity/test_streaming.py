@@ -324,3 +324,21 @@ def test_a_worker_killed_mid_run_is_one_line_naming_the_signal(random_checkpoint
     finally:
         worker.release()
     assert os.listdir(tmp_path) == []
+
+
+def test_a_comparison_ended_by_sigterm_leaves_no_spilled_taps_behind(tmp_path):
+    """Spilled taps run to gigabytes in the temporary folder: a process ended by SIGTERM (a CI job cancelled, a
+    container stopped) removes them as it dies, and still dies of the signal."""
+    import signal
+    code = ("import sys, time, numpy as np\n"
+            "from parity.tapstore import TapStore\n"
+            f"store = TapStore(root={str(tmp_path)!r})\n"
+            "store.put('layer_0/output', np.ones((4, 8, 16), np.float32))\n"
+            "print(store.dir, flush=True)\n"
+            "time.sleep(60)\n")
+    proc = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True)
+    folder = proc.stdout.readline().strip()
+    assert os.path.isdir(folder) and os.listdir(folder) == ["00000.npy"]
+    proc.send_signal(signal.SIGTERM)
+    assert proc.wait(timeout=30) == -signal.SIGTERM
+    assert not os.path.exists(folder) and os.listdir(tmp_path) == []

@@ -28,7 +28,7 @@ from typing import Callable, Optional
 
 import numpy as np
 
-from bert_torch._io import write_json
+from bert_torch._io import forget_on_signal, remove_on_signal, write_json
 from bert_torch.modeling import BertConfig
 
 from .inputs import Inputs
@@ -64,6 +64,7 @@ class IsolatedTFSide(SideBase):
 
     def _start(self) -> None:
         self._folder = tempfile.mkdtemp(prefix="bert-parity-tf-worker-", dir=self.work_dir)
+        remove_on_signal(self._folder)   # the worker's runs, should SIGTERM end this process
         spec = os.path.join(self._folder, "spec.json")
         write_json(spec, self.spec, "tf worker spec")
         with open(os.path.join(self._folder, "worker.log"), "w", encoding="utf-8") as log:
@@ -162,6 +163,7 @@ class IsolatedTFSide(SideBase):
             proc.stdout.close()
         if self._folder is not None:
             shutil.rmtree(self._folder, ignore_errors=True)
+            forget_on_signal(self._folder)
             self._folder = None
 
     def close(self) -> None:
