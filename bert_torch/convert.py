@@ -8,6 +8,7 @@ state (and counted), or reported as an error. Exit codes: 0 done, 2 bad input (o
 per culprit on stderr). Reading and writing TF checkpoints needs no TensorFlow.
 """
 from __future__ import annotations
+
 import os
 import re
 import sys
@@ -233,7 +234,7 @@ def convert_torch_to_tf(torch_weights: str, bert_config: Optional[str], output: 
 
 def main(argv: Optional[list[str]] = None) -> int:
     ap = ArgumentParser(prog="python -m bert_torch.convert", description=__doc__.split("\n\n")[0],
-                                 epilog=EXIT_CODES_HELP, formatter_class=HelpFormatter)
+                        epilog=EXIT_CODES_HELP, formatter_class=HelpFormatter)
     # The second spelling of each flag is the original PyTorch port's (convert_tf_checkpoint_to_pytorch.py).
     ap.add_argument("--tf-checkpoint", "--tf_checkpoint_path", dest="tf_checkpoint",
                     help="checkpoint directory or prefix (TF -> PyTorch)")

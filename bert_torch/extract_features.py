@@ -9,6 +9,7 @@ JSON: ``{"linex_index": i, "features": [{"token": t, "layers": [{"index": -1, "v
 (values rounded to 6 decimals, as the official writer does). Exit codes: 0 done, 2 bad input.
 """
 from __future__ import annotations
+
 import os
 import re
 import sys

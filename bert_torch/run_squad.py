@@ -14,6 +14,7 @@ official v1.1 exact match and F1.
 Exit codes: 0 done, 2 bad input (one line on stderr).
 """
 from __future__ import annotations
+
 import json
 import os
 import sys

@@ -16,6 +16,7 @@ hits them all; the median of the rounds is kept. The ratios are printed beside i
 Writes ``bench.json`` and ``bench.png``. It asserts nothing: timings are not tests.
 """
 from __future__ import annotations
+
 import importlib.util
 import os
 import statistics
@@ -353,7 +354,7 @@ def check_args(args) -> list[str]:
 
 def main(argv: Optional[list[str]] = None) -> int:
     ap = ArgumentParser(prog="python -m parity.bench", description=__doc__.split("\n\n")[0],
-                                 epilog=EXIT_CODES_HELP, formatter_class=HelpFormatter)
+                        epilog=EXIT_CODES_HELP, formatter_class=HelpFormatter)
     ap.add_argument("--shapes", default="minilm,base", help=f"comma-separated of {', '.join(SHAPES)}")
     ap.add_argument("--batch-size", type=int, default=8, help="rows of every timed batch (1-256)")
     ap.add_argument("--seq-len", type=int, default=128, help="tokens per row (1-512)")

@@ -17,6 +17,7 @@ block a fusion that would otherwise run (the comparison sees the graph with its 
 No injection: onnxruntime cannot replace an intermediate value, so ``diagnose`` refuses this kind.
 """
 from __future__ import annotations
+
 import json
 import os
 import sys
@@ -72,7 +73,7 @@ def export_onnx(side, path: str, batch: int = 2, seq: int = 16, opset: int = 17)
 
 def main(argv: Optional[list[str]] = None) -> int:
     ap = ArgumentParser(prog="python -m parity.candidates_onnx",
-                                 description="Export a PyTorch candidate to ONNX with every tap as a graph output")
+                        description="Export a PyTorch candidate to ONNX with every tap as a graph output")
     ap.add_argument("--candidate", required=True, help="KIND:PATH (bert_torch:, hf:, ppb:, module:)")
     ap.add_argument("--bert-config", required=True, help="the reference's bert_config.json (sizes, and "
                     "the GELU of a bert_torch candidate)")

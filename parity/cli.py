@@ -5,6 +5,7 @@ Exit codes (CONTRACT.md): 0 every tap within tolerance; 1 parity failure; 2 bad 
 reported as one line per culprit on stderr (never a traceback, never a stale report).
 """
 from __future__ import annotations
+
 import os
 import sys
 from typing import Optional
@@ -131,7 +132,7 @@ def main(argv: Optional[list[str]] = None) -> int:
     """``compare`` and ``diagnose`` (``bert-parity compare|diagnose``, ``python -m parity compare|diagnose``)."""
     fmt = HelpFormatter
     ap = ArgumentParser(prog="bert-parity", description="BERT parity: TensorFlow vs PyTorch",
-                                 epilog=EXIT_CODES_HELP, formatter_class=fmt)
+                        epilog=EXIT_CODES_HELP, formatter_class=fmt)
     sub = ap.add_subparsers(dest="command", required=True)
     add_compare_args(sub.add_parser("compare", help="compare every tap of the two sides", epilog=EXIT_CODES_HELP,
                                     formatter_class=fmt))

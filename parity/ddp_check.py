@@ -14,6 +14,7 @@ against TensorFlow's ``tf.gradients``. ``--planted sum`` plants the classic faul
 processes instead of averaged. Rank 0 writes ``--output`` (JSON); exit 0 pass, 1 fail, 2 bad input.
 """
 from __future__ import annotations
+
 import copy
 import os
 import sys
@@ -120,7 +121,7 @@ def run(args) -> dict:
 
 def main(argv: Optional[list[str]] = None) -> int:
     ap = ArgumentParser(prog="torchrun --nproc_per_node 2 -m parity.ddp_check",
-                                 description=__doc__.split("\n\n")[0])
+                        description=__doc__.split("\n\n")[0])
     ap.add_argument("--output", help="JSON written by rank 0")
     ap.add_argument("--batch-size", type=int, default=8, help="rows over all processes")
     ap.add_argument("--micro", type=int, default=2, help="rows per micro-batch in each process")

@@ -72,7 +72,7 @@ def add_dump_args(p: argparse.ArgumentParser) -> None:
 
 def main(argv: Optional[list[str]] = None) -> int:
     ap = ArgumentParser(prog="bert-parity dump", description=__doc__.split("\n\n")[0], epilog=EXIT_CODES_HELP,
-                                 formatter_class=HelpFormatter)
+                        formatter_class=HelpFormatter)
     add_dump_args(ap)
     return run_main(dump, ap.parse_args(argv))
 

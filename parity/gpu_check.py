@@ -14,6 +14,7 @@ same script end to end on the CPU. Writes ``REPORT_DIR/gpu_check.{json,md}``. Ex
 and passed; 1 otherwise (a failure, or rows not run); 2 bad input.
 """
 from __future__ import annotations
+
 import os
 import subprocess
 import sys

@@ -7,6 +7,7 @@ own PyTorch-to-TF converter, which the official graph then runs.
     python -m parity.minilm --out build/minilm
 """
 from __future__ import annotations
+
 import importlib.util
 import os
 import shutil

@@ -26,6 +26,7 @@ The verdict passes when the clean runs agree and every planted fault fails. Writ
 the runs' output folders) into ``--report-dir``; exit 0 pass, 1 fail, 2 bad input.
 """
 from __future__ import annotations
+
 import os
 import shutil
 import subprocess
@@ -348,7 +349,7 @@ def main(argv: Optional[list[str]] = None) -> int:
     if argv[:1] == ["--as-runner"]:
         return runner_main(argv[1:])
     ap = ArgumentParser(prog="python -m parity.mrpc_ddp_check", description=__doc__.split("\n\n")[0],
-                                 epilog=EXIT_CODES_HELP, formatter_class=HelpFormatter)
+                        epilog=EXIT_CODES_HELP, formatter_class=HelpFormatter)
     ap.add_argument("--report-dir", required=True, help="output folder: mrpc_ddp.json, the runs' outputs")
     ap.add_argument("--data-dir", help="folder with mrpc/train.tsv and dev.tsv (default: ../shared/data)")
     ap.add_argument("--sample", action="store_true", help="the committed 64-pair sample as train and dev instead")

@@ -13,6 +13,7 @@ setting and shape; the table says by how much (the worst tap's fraction of its t
 Exit codes: 0 no false alarm and every fault caught; 1 otherwise; 2 bad input.
 """
 from __future__ import annotations
+
 import json
 import os
 import subprocess

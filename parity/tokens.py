@@ -15,6 +15,7 @@ documentation of the ecosystem, not a requirement: it counts how often and where
 from the official tokenizer, with one example per kind of difference.
 """
 from __future__ import annotations
+
 import hashlib
 import json
 import os
@@ -477,8 +478,8 @@ def render_text(report: dict) -> str:
 
 def main(argv: Optional[list[str]] = None) -> int:
     ap = ArgumentParser(prog="python -m parity.tokens",
-                                 description="Token parity against the official BERT tokenizer, id for id",
-                                 epilog=EXIT_CODES_HELP, formatter_class=HelpFormatter)
+                        description="Token parity against the official BERT tokenizer, id for id",
+                        epilog=EXIT_CODES_HELP, formatter_class=HelpFormatter)
     ap.add_argument("--data-dir", help="folder with mrpc/{train,dev,test}.tsv and squad/dev-v1.1.json "
                                        "(default: ../shared/data beside the repository when present, "
                                        "else the committed samples)")

@@ -132,7 +132,7 @@ def calibrate(args) -> dict:
 
 def main(argv: Optional[list] = None) -> int:
     ap = ArgumentParser(prog="python -m parity.diagnose.calibrate", description=__doc__.split("\n\n")[0],
-                                 epilog=EXIT_CODES_HELP, formatter_class=HelpFormatter)
+                        epilog=EXIT_CODES_HELP, formatter_class=HelpFormatter)
     ap.add_argument("--tf-checkpoint", required=True)
     ap.add_argument("--torch-weights", required=True)
     ap.add_argument("--bert-config")

@@ -1,6 +1,7 @@
 """The whole fine-tuning suite: sizes (``FinetuneConfig``: QUICK for CI, FULL for ``make report``), the
 run that writes ``finetune.json`` / ``finetune.md``, and ``python -m parity.finetune``."""
 from __future__ import annotations
+
 import dataclasses
 import os
 import sys
@@ -249,7 +250,7 @@ OVERRIDES = ("train_epochs", "train_steps", "train_batch_size", "train_seq_len",
 
 def main(argv: Optional[list[str]] = None) -> int:
     ap = ArgumentParser(prog="python -m parity.finetune", description=DESCRIPTION,
-                                 epilog=EXIT_CODES_HELP, formatter_class=HelpFormatter)
+                        epilog=EXIT_CODES_HELP, formatter_class=HelpFormatter)
     ap.add_argument("--data-dir", default=None, help="folder with mrpc/ (default: ../shared/data from the repo root)")
     ap.add_argument("--report-dir", "--out", dest="out", help="output folder for finetune.json / finetune.md (required)")
     ap.add_argument("--quick", action="store_true", help="CI sizes (a few minutes)")

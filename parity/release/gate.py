@@ -169,7 +169,7 @@ def project_version() -> str:
 
 def main(argv: Optional[list[str]] = None) -> int:
     ap = ArgumentParser(prog="python -m parity.release", description="The release gate and its report.",
-                                 epilog=EXIT_CODES_HELP, formatter_class=HelpFormatter)
+                        epilog=EXIT_CODES_HELP, formatter_class=HelpFormatter)
     ap.add_argument("--report-dir", help="default: reports/<version>-<commit>")
     ap.add_argument("--data-dir", help="real data (MRPC, SQuAD); default ../shared/data beside the repo when present")
     ap.add_argument("--work-dir", help="checkpoints built for the report (default: build/release)")
