@@ -509,15 +509,15 @@ class BertModel(BertPreTrainedModel):
             raise ValueError(f"sequence length {T} exceeds max_position_embeddings {c.max_position_embeddings}")
         # The official graph looks token types up by one_hot @ table: an id outside the table is an
         # all-zero row, silently. Word ids go through tf.gather: an error on CPU (zeros on GPU, as TF documents).
-        for name, t, bound, field in (("input_ids", input_ids, c.vocab_size, "vocab_size"),
-                                      ("token_type_ids", token_type_ids, c.type_vocab_size, "type_vocab_size")):
+        for name, t, bound, size_name in (("input_ids", input_ids, c.vocab_size, "vocab_size"),
+                                          ("token_type_ids", token_type_ids, c.type_vocab_size, "type_vocab_size")):
             if tuple(t.shape) != (B, T):
                 raise ValueError(f"{name} has shape {tuple(t.shape)}, expected {(B, T)}")
             bad = (t < 0) | (t >= bound)
             if bool(bad.any()):
                 at = tuple(int(i) for i in bad.nonzero()[0])   # the first offending [row, position]
                 raise ValueError(f"{name} holds {int(t[at])} at {list(at)}, outside [0, {bound}) "
-                                 f"({field} {bound})")
+                                 f"({size_name} {bound})")
         if tuple(attention_mask.shape) != (B, T):
             raise ValueError(f"attention_mask has shape {tuple(attention_mask.shape)}, expected {(B, T)}")
         # The mask enters as the adder (1 - mask) * -10000: a 2 would ADD 10000 to the score.
