@@ -140,6 +140,21 @@ def _prepare_target(path: str, what: str) -> str:
     return path
 
 
+def writable_folder(path: str, flag: str, error: Optional[type] = None) -> str:
+    """``path`` as a folder this process can write into, made if missing; else ``error`` (default
+    ``OutputError``: exit 2) with one line naming ``flag`` and the path."""
+    error = error or OutputError
+    if os.path.exists(path) and not os.path.isdir(path):
+        raise error(f"{flag} {path}: exists and is not a folder")
+    try:
+        os.makedirs(path, exist_ok=True)
+    except OSError as e:
+        raise error(f"{flag} {path}: cannot create the folder ({_describe(e)})") from None
+    if not os.access(path, os.W_OK | os.X_OK):
+        raise error(f"{flag} {path}: not writable")
+    return path
+
+
 @contextlib.contextmanager
 def atomic_outputs(paths: Sequence[str], what: str = "output") -> Iterator[list[str]]:
     """Yields one temporary path per final path; renames them all into place (in the given order)
@@ -148,15 +163,13 @@ def atomic_outputs(paths: Sequence[str], what: str = "output") -> Iterator[list[
     look for (the index) last."""
     finals = [_prepare_target(p, what) for p in paths]
     tmps: list[str] = []
-    with _LOCK:
-        _install_handlers()
     try:
         for final in finals:
             fd, tmp = tempfile.mkstemp(dir=os.path.dirname(final), prefix=f".{os.path.basename(final)}.", suffix=".tmp")
             os.fchmod(fd, 0o666 & ~_umask())   # mkstemp's 0600 would make outputs private; open() would not
             os.close(fd)
             tmps.append(tmp)
-            _PENDING.add(tmp)
+            remove_on_signal(tmp)
         yield list(tmps)
         for tmp in tmps:
             with open(tmp, "rb+") as f:   # on disk before the rename: a crash leaves old or new, not half
@@ -172,7 +185,7 @@ def atomic_outputs(paths: Sequence[str], what: str = "output") -> Iterator[list[
         raise OutputError(f"{what} {named}: cannot write ({_describe(e)})") from None
     finally:
         for tmp in tmps:
-            _PENDING.discard(tmp)
+            forget_on_signal(tmp)
             with contextlib.suppress(OSError):
                 os.remove(tmp)
 
@@ -216,9 +229,7 @@ def atomic_dir(path: str, what: str = "output folder", keep_existing: bool = Fal
         os.chmod(tmp, 0o777 & ~_umask())
     except OSError as e:
         raise OutputError(f"{what} {path}: cannot write ({_describe(e)})") from None
-    with _LOCK:
-        _install_handlers()
-    _PENDING.add(tmp)
+    remove_on_signal(tmp)
     try:
         try:
             yield tmp
@@ -235,7 +246,7 @@ def atomic_dir(path: str, what: str = "output folder", keep_existing: bool = Fal
                 return
             raise OutputError(f"{what} {path}: cannot write ({_describe(e)})") from None
     finally:
-        _PENDING.discard(tmp)
+        forget_on_signal(tmp)
         shutil.rmtree(tmp, ignore_errors=True)
 
 

@@ -114,7 +114,7 @@ class Taps:
         self.values: dict[str, torch.Tensor] = {}
         self.computed: dict[str, torch.Tensor] = {}
         self.seen: list[str] = []
-        self._published: set[str] = set()
+        self._published: set[str] = set()   # ``seen`` as a set: one lookup per tap, not a scan
         self._token = None
 
     def __enter__(self) -> "Taps":

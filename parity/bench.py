@@ -31,7 +31,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
 import torch  # noqa: E402
 
-from bert_torch._io import write_json  # noqa: E402
+from bert_torch._io import writable_folder, write_json  # noqa: E402
 from bert_torch.commands import EXIT_CODES_HELP, ArgumentParser, HelpFormatter, run_main  # noqa: E402
 from bert_torch import modeling  # noqa: E402
 from bert_torch.modeling import BertConfig  # noqa: E402
@@ -312,6 +312,12 @@ BYTES_PER_PARAMETER = 3 * 4 * 4 + 4
 BYTES_PER_TAP_ELEMENT = 2 * 4
 
 
+def training_bytes(shape: str, B: int, T: int) -> int:
+    """What the training contenders of ``shape`` hold at B x T (``BYTES_PER_PARAMETER``, ``BYTES_PER_TAP_ELEMENT``)."""
+    config = BertConfig.from_dict({"vocab_size": 30522, "max_position_embeddings": 512, **SHAPES[shape]})
+    return BYTES_PER_PARAMETER * config.num_parameters() + BYTES_PER_TAP_ELEMENT * tap_elements(config, B, T)
+
+
 def check_args(args) -> list[str]:
     """The shapes to time; every flag checked first, one line naming the flag and value at fault (exit 2),
     and the report folder found writable before minutes of timing are spent."""
@@ -327,9 +333,7 @@ def check_args(args) -> list[str]:
             raise BadInput(f"{flag} {value}: out of range {lo}-{hi}")
     have = available_memory()
     for s in shapes:
-        config = BertConfig.from_dict({"vocab_size": 30522, "max_position_embeddings": 512, **SHAPES[s]})
-        need = (BYTES_PER_PARAMETER * config.num_parameters()
-                + BYTES_PER_TAP_ELEMENT * tap_elements(config, args.batch_size, args.seq_len))
+        need = training_bytes(s, args.batch_size, args.seq_len)
         if have is not None and need > have:
             raise BadInput(f"--shapes {s} at --batch-size {args.batch_size} x --seq-len {args.seq_len}: the training "
                            f"contenders need about {need / 2**30:.1f} GiB, {have / 2**30:.1f} GiB is available; "
@@ -340,15 +344,7 @@ def check_args(args) -> list[str]:
     if missing:
         raise BadInput(f"{', '.join(missing)} not installed: the benchmark needs the test and tf extras "
                        "(make setup)" + ("" if args.no_tf else ", or pass --no-tf to leave TensorFlow out"))
-    folder = args.report_dir
-    if os.path.exists(folder) and not os.path.isdir(folder):
-        raise BadInput(f"--report-dir {folder}: exists and is not a folder")
-    try:
-        os.makedirs(folder, exist_ok=True)
-    except OSError as e:
-        raise BadInput(f"--report-dir {folder}: cannot create it ({e.strerror or e})") from None
-    if not os.access(folder, os.W_OK | os.X_OK):
-        raise BadInput(f"--report-dir {folder}: not writable")
+    writable_folder(args.report_dir, "--report-dir", BadInput)
     return shapes
 
 

@@ -40,7 +40,7 @@ from typing import Callable, Iterable, Mapping, Optional
 import numpy as np
 
 from bert_torch._io import (InputFileError, _describe, atomic_dir, forget_on_signal, read_json,
-                            remove_on_signal, sha256)
+                            remove_on_signal, sha256, writable_folder)
 
 from .files import REPO_ROOT
 
@@ -196,15 +196,7 @@ def _all_files(folder: str) -> list[str]:
 class RefCache:
     def __init__(self, root: str, max_entry_bytes: int = MAX_ENTRY_BYTES, max_bytes: int = MAX_CACHE_BYTES,
                  log_file: Optional[str] = None):
-        self.root = os.path.abspath(root)
-        if os.path.exists(self.root) and not os.path.isdir(self.root):
-            raise CacheError(f"--tf-cache {root}: exists and is not a folder")
-        try:
-            os.makedirs(self.root, exist_ok=True)
-        except OSError as e:
-            raise CacheError(f"--tf-cache {root}: cannot create the folder ({e.strerror})") from None
-        if not os.access(self.root, os.W_OK | os.X_OK):
-            raise CacheError(f"--tf-cache {root}: not writable")
+        self.root = os.path.abspath(writable_folder(root, "--tf-cache", CacheError))
         self.max_entry_bytes, self.max_bytes = max_entry_bytes, max_bytes
         self.log_file = log_file
         self.events: list[Event] = []

@@ -12,7 +12,8 @@ graph build for all of them, and none of it left under the PyTorch runs that fol
 variables and TF's allocations). The numbers are those of ``TFSide``: the same code on the same inputs.
 
 Bad input found by the worker (a checkpoint that does not fit its config) is its one-line message, exit 2,
-raised here as ``ValueError``; a crash is ``RuntimeError`` with the worker's last line.
+raised here as ``ValueError``; a worker killed by a signal (the out-of-memory killer's SIGKILL) is
+``WorkerKilled``, one line, exit 2; any other crash is ``RuntimeError`` with the end of the worker's log.
 """
 from __future__ import annotations
 

@@ -6,7 +6,8 @@ import os
 import numpy as np
 
 from ..refcache import describe_provenance
-from ..report_render import CSS, LAYER_KINDS, _first_cell, layer_grid, TAP_COLUMNS, ZERO, _g, _img, draw_ratio_heatmap, num, save_png, slug, tap_cells
+from ..report_render import (CSS, LAYER_KINDS, _first_cell, layer_grid, TAP_COLUMNS, ZERO, _g, _img, draw_ratio_heatmap,
+                             num, save_png, slug, tap_cells)
 
 
 def make_plots(report: dict, worst: dict, out_dir: str) -> list[str]:
