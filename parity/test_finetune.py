@@ -8,6 +8,7 @@ import copy
 import hashlib
 import os
 import shutil
+import warnings
 
 import numpy as np
 import pytest
@@ -294,9 +295,13 @@ def test_seed_rule():
 @settings(max_examples=60, deadline=None)
 @given(st.lists(st.floats(0, 1), min_size=2, max_size=5), st.lists(st.floats(0, 1), min_size=2, max_size=5))
 def test_seed_rule_passes_exactly_when_welch_p_is_above_alpha_or_the_difference_is_under_the_floor(tf, pt):
+    from scipy import stats
     r = finetune.seed_rule(tf, pt)
     assume(r["std_tf"] + r["std_torch"] > 1e-6 and abs(abs(r["diff"]) - r["bound"]) > 1e-9)
     assert r["passed"] == (r["p_value"] >= r["alpha"] or abs(r["diff"]) <= finetune.SEED_FLOOR)
+    with warnings.catch_warnings():   # scipy's own Welch test, the independent reference for the p-value
+        warnings.simplefilter("ignore", RuntimeWarning)
+        assert r["p_value"] == pytest.approx(stats.ttest_ind(pt, tf, equal_var=False).pvalue, rel=1e-6, abs=1e-12)
     # The vectorised decision the simulations use is the same rule.
     fails = finetune.welch_fails(np.array([tf]), np.array([pt]), r["alpha"], finetune.SEED_FLOOR)
     assert bool(fails[0]) == (not r["passed"])

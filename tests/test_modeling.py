@@ -194,14 +194,21 @@ def test_fast_path_linear_goes_to_onednn_only_in_float32_cpu_without_taps(monkey
 @settings(max_examples=30, deadline=None)
 @given(rows=st.integers(1, 40), k=st.integers(1, 96), n=st.integers(1, 80), bias=st.booleans(),
        act=st.sampled_from([None, "gelu", "gelu_erf", "relu", "tanh"]), scale=st.sampled_from([0.1, 1.0, 4.0]),
-       seed=st.integers(0, 2 ** 16))
-def test_fast_path_linear_is_f_linear_within_float32_rounding(rows, k, n, bias, act, scale, seed):
+       seed=st.integers(0, 2 ** 16), fused=st.booleans())
+def test_fast_path_linear_is_f_linear_within_float32_rounding(rows, k, n, bias, act, scale, seed, fused):
     """oneDNN's linear against ``F.linear``: each output within the float32 rounding of a k-term dot product
     (bounded by k * 2**-23 * sum |x||w|). With the activation fused into it (oneDNN's approximations of GELU
     and tanh), within that bound times the activation's steepest slope (GELU's 1.13) plus 8 float32 epsilons of
     max(|y|, 1) (the fused GELU measured at most 1.2e-6 from F.gelu on [-12, 12]). Where this torch build has no
-    such op, the fast path is F.linear and the activation, exactly."""
+    such op, the fast path is F.linear and the activation, exactly. ``fused``: every probed post-op used, or
+    none, whichever this CPU's policy (FUSED_ACTIVATIONS) picks."""
     from bert_torch import modeling
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(modeling, "FUSED_ACTIVATIONS", frozenset(modeling.ACTIVATION_FORMS) if fused else frozenset())
+        linear_within_rounding(modeling, rows, k, n, bias, act, scale, seed)
+
+
+def linear_within_rounding(modeling, rows, k, n, bias, act, scale, seed):
     g = torch.Generator().manual_seed(seed)
     layer = torch.nn.Linear(k, n, bias=bias)
     with torch.no_grad():
@@ -289,6 +296,7 @@ def test_the_fused_activation_is_the_activation(monkeypatch):
     every x86 build of torch this project installs has; a build without them fails here, loudly."""
     from bert_torch import modeling
     assert modeling._ONEDNN_LINEAR is not None and {"gelu", "gelu_erf"} <= set(modeling._ONEDNN_ACTIVATIONS)
+    monkeypatch.setattr(modeling, "FUSED_ACTIVATIONS", frozenset(modeling.ACTIVATION_FORMS))   # on any CPU
     layer = torch.nn.Linear(16, 32)
     x = torch.randn(4, 16, generator=torch.Generator().manual_seed(0)) * 3
     with torch.no_grad():
@@ -300,6 +308,28 @@ def test_the_fused_activation_is_the_activation(monkeypatch):
         for planted, off_by in ((("gelu", "none"), 1e-4), (("relu", ""), 0.05)):   # a wrong post-op is seen
             monkeypatch.setitem(modeling._ONEDNN_ACTIVATIONS, "gelu", planted)
             assert float((modeling.dense(layer, x, "gelu") - modeling.FAST_ACTIVATIONS["gelu"](y)).abs().max()) > off_by
+
+
+def test_post_ops_are_fused_where_they_pay(monkeypatch):
+    """Transcendental post-ops (GELU, tanh) only where torch runs AVX-512 kernels (they were slower than the
+    separate activation on AVX2), ReLU's everywhere; and where a post-op is not chosen, dense() calls the
+    linear without one and applies the activation itself."""
+    from bert_torch import modeling
+    every = set(modeling.ACTIVATION_FORMS)
+    for capability, fused in (("AVX512", every), ("AVX512_BF16", every), ("AVX2", {"relu"}), ("DEFAULT", {"relu"})):
+        monkeypatch.setattr(modeling, "cpu_capability", lambda c=capability: c)
+        assert modeling._activations_worth_fusing() == fused, capability
+    seen = []
+    monkeypatch.setattr(modeling, "_ONEDNN_LINEAR", lambda x, w, b, attr, scalars, algorithm: seen.append(attr)
+                        or torch.nn.functional.linear(x, w, b))
+    monkeypatch.setattr(modeling, "_ONEDNN_ACTIVATIONS", {"gelu": ("gelu", "tanh"), "relu": ("relu", "")})
+    monkeypatch.setattr(modeling, "FUSED_ACTIVATIONS", frozenset({"relu"}))
+    layer, x = torch.nn.Linear(8, 4), torch.randn(3, 8, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        out = modeling.dense(layer, x, "gelu")
+        modeling.dense(layer, x, "relu")
+    assert seen == ["none", "relu"]
+    assert torch.equal(out, modeling.FAST_ACTIVATIONS["gelu"](layer(x).detach()))
 
 
 def test_a_post_op_that_computes_another_function_is_not_used(monkeypatch):
