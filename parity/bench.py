@@ -8,7 +8,8 @@ AdamWeightDecayOptimizer; then the whole ``convert``, ``compare`` and ``diagnose
 process: wall time and peak RSS, and compare / diagnose against one TF plus one PyTorch forward. Shapes:
 MiniLM-L6 (real weights) and BERT-base / BERT-large shapes (random weights, written as official checkpoints:
 timing does not depend on the values). Each round times every contender once, in turn, so that a load change
-hits them all; the median of the rounds is kept. The ratios are printed beside issue #13's targets.
+hits them all; the median of the rounds is kept. The ratios are printed beside issue #13's targets, each with
+its spread over the rounds (the same ratio taken round by round) and how many rounds were within the target.
 
     python -m parity.bench [--shapes minilm,base,large] [--batch-size 8] [--seq-len 128] [--repeats 7]
         [--report-dir reports/bench] [--no-tf] [--no-commands]
@@ -47,8 +48,8 @@ SHAPES = {
 }
 
 
-def interleaved(contenders: dict[str, Callable[[], None]], repeats: int) -> dict[str, float]:
-    """Median seconds per contender; one warm-up each, then ``repeats`` rounds timing each once in turn."""
+def interleaved_rounds(contenders: dict[str, Callable[[], None]], repeats: int) -> dict[str, list[float]]:
+    """Seconds per contender per round; one warm-up each, then ``repeats`` rounds timing each once in turn."""
     for fn in contenders.values():
         fn()
     times: dict[str, list[float]] = {k: [] for k in contenders}
@@ -57,7 +58,16 @@ def interleaved(contenders: dict[str, Callable[[], None]], repeats: int) -> dict
             t0 = time.perf_counter()
             fn()
             times[label].append(time.perf_counter() - t0)
-    return {k: statistics.median(v) for k, v in times.items()}
+    return times
+
+
+def medians(rounds: dict[str, list[float]]) -> dict[str, float]:
+    return {k: statistics.median(v) for k, v in rounds.items()}
+
+
+def interleaved(contenders: dict[str, Callable[[], None]], repeats: int) -> dict[str, float]:
+    """Median seconds per contender of ``interleaved_rounds``."""
+    return medians(interleaved_rounds(contenders, repeats))
 
 
 def gemm_floor(config: BertConfig, B: int, T: int, linear: Callable = torch.nn.functional.linear
@@ -235,13 +245,13 @@ def bench_shape(name: str, B: int, T: int, repeats: int, with_tf: bool, commands
             tf_side = TFSide(paths["prefix"], config)
         args_t = [torch.from_numpy(a).long() for a in (inputs.input_ids, inputs.token_type_ids, inputs.input_mask)]
         try:
-            fwd = interleaved(forward_contenders(config, model, state, args_t, tf_side, inputs), repeats)
+            fwd_rounds = interleaved_rounds(forward_contenders(config, model, state, args_t, tf_side, inputs), repeats)
         finally:
             if tf_side is not None:
                 tf_side.close()
         steps = training_contenders(config, model, paths, inputs, with_tf)
         try:
-            train = interleaved(steps, max(3, repeats // 2))
+            train_rounds = interleaved_rounds(steps, max(3, repeats // 2))
         finally:
             for fn in steps.values():
                 getattr(fn, "close", lambda: None)()
@@ -254,8 +264,11 @@ def bench_shape(name: str, B: int, T: int, repeats: int, with_tf: bool, commands
                 cost[command] = command_cost("parity", [command, "--tf-checkpoint", paths["dir"], "--torch-weights",
                                                         paths["torch_weights"], "--report-dir",
                                                         os.path.join(tmp, command), *size], tmp)
+    fwd, train = medians(fwd_rounds), medians(train_rounds)
     return {"shape": name, "batch_size": B, "seq_len": T, "forward_seconds": fwd, "training_step_seconds": train,
-            "commands": cost, "ratios": ratios(fwd, train, cost)}
+            "commands": cost, "ratios": ratios(fwd, train, cost),
+            "forward_rounds_seconds": fwd_rounds, "training_step_rounds_seconds": train_rounds,
+            "ratio_rounds": round_ratios(fwd_rounds, train_rounds)}
 
 
 # Issue #13's targets for the fast path, same run: forward <= 0.85x HF's fastest and <= 1.2x the GEMM floor;
@@ -282,6 +295,31 @@ def ratios(fwd: dict, train: dict, cost: dict) -> dict:
     if "compare" in cost and "diagnose" in cost:
         out["diagnose / compare"] = cost["diagnose"]["seconds"] / cost["compare"]["seconds"]
     return out
+
+
+def round_ratios(fwd_rounds: dict[str, list[float]], train_rounds: dict[str, list[float]]) -> dict[str, list[float]]:
+    """Each ratio of ``ratios`` round by round: a forward ratio from each forward round (its two contenders timed
+    moments apart, under the same load), a training-step ratio from each training round. Their spread is how
+    far one run's ratio can be trusted on this machine (the medians' ratio is the headline)."""
+    fwd, train = medians(fwd_rounds), medians(train_rounds)
+    out: dict[str, list[float]] = {}
+    for family, rounds in (("forward", fwd_rounds), ("training", train_rounds)):
+        for i in range(min(map(len, rounds.values()))):
+            one = {k: v[i] for k, v in rounds.items()}
+            for k, v in ratios(one if family == "forward" else fwd, one if family == "training" else train, {}).items():
+                if k.startswith(family):
+                    out.setdefault(k, []).append(v)
+    return out
+
+
+def verdict(name: str, ratio: float, rounds: Optional[list[float]]) -> str:
+    """``(target <= T: met; rounds 0.79-0.93, 3 of 5 within)``, or "" for a ratio without a target."""
+    if name not in TARGETS:
+        return ""
+    target = TARGETS[name]
+    spread = (f"; rounds {min(rounds):.2f}-{max(rounds):.2f}, {sum(r <= target for r in rounds)} of {len(rounds)} "
+              "within" if rounds else "")
+    return f"  (target <= {target:g}: {'met' if ratio <= target else 'NOT met'}{spread})"
 
 
 def plot(results: list[dict], path: str) -> None:
@@ -386,8 +424,7 @@ def _bench(args) -> int:
             peak = f"{c['peak_rss_bytes'] / 2**30:.2f} GiB peak RSS" if c["peak_rss_bytes"] else "peak RSS unknown"
             print(f"  command  {k:<34} {c['seconds']:9.1f} s, {peak}, exit {c['exit_code']}")
         for k, v in r["ratios"].items():
-            target = f"  (target <= {TARGETS[k]:g}: {'met' if v <= TARGETS[k] else 'NOT met'})" if k in TARGETS else ""
-            print(f"  ratio    {k:<58} {v:6.2f}{target}")
+            print(f"  ratio    {k:<58} {v:6.2f}{verdict(k, v, r['ratio_rounds'].get(k))}")
     print(f"\nload average after: {os.getloadavg()}; {args.report_dir}/bench.json, bench.png")
     return 0
 

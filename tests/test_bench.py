@@ -101,6 +101,28 @@ def test_ratios_are_the_same_run_quotients_of_the_targets():
     assert "training step: bert_torch / official TF" not in without_tf
 
 
+def test_each_ratio_is_also_taken_round_by_round():
+    """The spread printed beside each target: the ratio of the two contenders timed in the same round, round
+    by round (forward rounds for forward ratios, training rounds for training ones); a load spike in round 2
+    moves that round's times, and its ratio only as far as it hits the two contenders unequally."""
+    fwd = {"bert_torch fast path": [0.6, 1.2, 0.7], "bert_torch tapped path": [0.9, 0.9, 0.9],
+           "HF eager": [1.0, 1.0, 1.0], "HF sdpa": [0.8, 1.5, 0.7], "GEMM floor": [0.5, 1.0, 0.5]}
+    train = {"bert_torch + BertAdam": [3.0, 2.0, 4.0], "HF sdpa + AdamW": [4.0, 4.0, 4.0]}
+    r = bench.round_ratios(fwd, train)
+    expected = {"forward: fast path / fastest HF": [0.6 / 0.8, 1.2 / 1.0, 1.0],
+                "forward: fast path / GEMM floor": [1.2, 1.2, 1.4],
+                "forward: tapped path / fast path": [1.5, 0.75, 0.9 / 0.7],
+                "training step: bert_torch / HF + AdamW": [0.75, 0.5, 1.0]}
+    assert r.keys() == expected.keys()
+    assert all(len(r[k]) == len(v) and all(map(math.isclose, r[k], v)) for k, v in expected.items()), r
+    line = bench.verdict("forward: fast path / fastest HF", 0.84, r["forward: fast path / fastest HF"])
+    assert line == "  (target <= 0.85: met; rounds 0.75-1.20, 1 of 3 within)"
+    assert bench.verdict("forward: fast path / GEMM floor", 1.2, [1.2, 1.3]).endswith(
+        "met; rounds 1.20-1.30, 1 of 2 within)")
+    assert bench.verdict("forward: tapped path / fast path", 1.5, [1.5]) == ""   # no target, no verdict
+    assert "NOT met" in bench.verdict("training step: bert_torch / HF + AdamW", 1.01, [])
+
+
 def _result(shape: str) -> dict:
     return {"shape": shape, "batch_size": 2, "seq_len": 8, "forward_seconds": {"a": 0.1, "b": 0.2},
             "training_step_seconds": {"a": 0.3, "b": 0.5}}
@@ -140,4 +162,6 @@ def test_the_whole_command_runs_and_writes_its_ratios(tmp_path):
     assert set(r["training_step_seconds"]) == {"bert_torch + BertAdam", "HF sdpa + AdamW",
                                                "official TF + AdamWeightDecay"}
     assert all(0 < r["ratios"][k] < math.inf for k in bench.TARGETS), r["ratios"]
+    assert all(len(r["ratio_rounds"][k]) >= 1 for k in bench.TARGETS)   # --repeats 1: one forward round, 3 training
+    assert "rounds" in proc.stdout and "within)" in proc.stdout
     assert (out / "bench.png").read_bytes()[:4] == b"\x89PNG"
