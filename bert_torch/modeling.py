@@ -92,6 +92,13 @@ def _activations_worth_fusing() -> frozenset:
     return frozenset(ACTIVATION_FORMS) if cpu_capability().startswith("AVX512") else frozenset({"relu"})
 
 
+# Where the training backward's dx = dy @ W goes. oneDNN, given the transposed weight, was faster on an AVX-512
+# CPU (with it, a BERT-base training step took 4.10 s against 4.87 s through F.linear) and slower on an AVX2 one:
+# [1024,3072] @ [3072,768] 81.2 ms against torch's mm 50.8, [1024,768] @ [768,3072] 53.0 against 40.0 (2 threads,
+# medians of 15 interleaved calls). So oneDNN with AVX-512, torch's mm otherwise.
+ONEDNN_INPUT_GRAD = cpu_capability().startswith("AVX512")
+
+
 def _autocast_cpu() -> bool:
     try:
         return torch.is_autocast_enabled("cpu")
@@ -101,8 +108,8 @@ def _autocast_cpu() -> bool:
 
 class _OneDNNLinear(torch.autograd.Function):
     """``x2 @ w^T + b`` through oneDNN, with nn.Linear's backward written out: the private op has no backward
-    of its own. ``dx = dy @ w`` goes through oneDNN too; ``dw = dy^T @ x`` and ``db`` stay torch's (oneDNN was
-    slower for the transposed product). A BERT-base training step at 8 x 128 took 4.10 s this way against
+    of its own. ``dx = dy @ w`` goes through oneDNN too where that pays (``ONEDNN_INPUT_GRAD``); ``dw = dy^T @ x``
+    and ``db`` stay torch's (oneDNN was slower for the transposed product). On an AVX-512 CPU a BERT-base training step at 8 x 128 took 4.10 s this way against
     4.87 s through F.linear, MiniLM's at 32 x 128 2.28 s against 2.58 s (interleaved, one run each)."""
 
     @staticmethod
@@ -116,7 +123,9 @@ class _OneDNNLinear(torch.autograd.Function):
     def backward(ctx, dy: torch.Tensor):
         x2, w = ctx.saved_tensors
         dy = dy.contiguous()                                                      # [n,out]
-        dx = _ONEDNN_LINEAR(dy, w.t(), None, "none", [], "") if ctx.needs_input_grad[0] else None  # [n,in]
+        dx = None
+        if ctx.needs_input_grad[0]:                                               # [n,out] @ [out,in] -> [n,in]
+            dx = _ONEDNN_LINEAR(dy, w.t(), None, "none", [], "") if ONEDNN_INPUT_GRAD else dy.mm(w)
         dw = dy.t().mm(x2) if ctx.needs_input_grad[1] else None                   # [out,n] @ [n,in] -> [out,in]
         db = dy.sum(0) if ctx.has_bias and ctx.needs_input_grad[2] else None      # [out]
         return dx, dw, db

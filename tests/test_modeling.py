@@ -185,8 +185,12 @@ def test_fast_path_linear_goes_to_onednn_only_in_float32_cpu_without_taps(monkey
             torch.set_float32_matmul_precision(precision)
         assert linears(lambda: model.double()(ids, tt, mask)) == 0
         model.float()
-    # training: each linear forward, and each backward's product with W (every input needs its gradient)
+    # training: each linear forward, and where ONEDNN_INPUT_GRAD (AVX-512) each backward's product with W too
+    # (every input needs its gradient); elsewhere that product is torch's mm
+    monkeypatch.setattr(modeling, "ONEDNN_INPUT_GRAD", True)
     assert linears(lambda: model(ids, tt, mask)[1].sum().backward()) == 2 * per_forward
+    monkeypatch.setattr(modeling, "ONEDNN_INPUT_GRAD", False)
+    assert linears(lambda: model(ids, tt, mask)[1].sum().backward()) == per_forward
     with Taps(record=False):
         assert linears(lambda: model(ids, tt, mask)[1].sum().backward()) == 0
 
@@ -230,11 +234,12 @@ def linear_within_rounding(modeling, rows, k, n, bias, act, scale, seed):
 
 @settings(max_examples=25, deadline=None)
 @given(rows=st.integers(1, 40), k=st.integers(1, 96), n=st.integers(1, 80), bias=st.booleans(),
-       seed=st.integers(0, 2 ** 16))
-def test_fast_path_linear_gradients_are_f_linear_s_within_float32_rounding(rows, k, n, bias, seed):
+       seed=st.integers(0, 2 ** 16), onednn_dx=st.booleans())
+def test_fast_path_linear_gradients_are_f_linear_s_within_float32_rounding(rows, k, n, bias, seed, onednn_dx):
     """Training through oneDNN (``_OneDNNLinear``): the output and dL/dx within the float32 rounding of their
     dot products (k terms, n terms), dL/dW and dL/db those of F.linear's backward within an n-term
-    dot product's; a planted fault (dx computed with W transposed the wrong way) is far outside."""
+    dot product's; a planted fault (dx computed with W transposed the wrong way) is far outside. dL/dx through
+    oneDNN or torch's mm (``onednn_dx``: ONEDNN_INPUT_GRAD, which this CPU decides)."""
     from bert_torch import modeling
     g = torch.Generator().manual_seed(seed)
     eps = 2.0 ** -23
@@ -254,6 +259,7 @@ def test_fast_path_linear_gradients_are_f_linear_s_within_float32_rounding(rows,
     x, dy = torch.randn(3, rows, k, generator=g), torch.randn(3, rows, n, generator=g)
     with pytest.MonkeyPatch.context() as mp:   # the backward's algebra is checked on any build (onednn_linear)
         mp.setattr(modeling, "_ONEDNN_LINEAR", onednn_linear(modeling))
+        mp.setattr(modeling, "ONEDNN_INPUT_GRAD", onednn_dx)
         got = grads(layer, x, dy, modeling.dense)
     want = grads(layer, x, dy, lambda l, v: l(v))
     w = layer.weight.detach()
@@ -278,6 +284,7 @@ def test_a_wrong_backward_through_onednn_is_seen(monkeypatch):
     from bert_torch import modeling
     real = onednn_linear(modeling)
     monkeypatch.setattr(modeling, "_ONEDNN_LINEAR", real)
+    monkeypatch.setattr(modeling, "ONEDNN_INPUT_GRAD", True)   # dx through the (planted) oneDNN product
     layer = torch.nn.Linear(24, 24)
     x = torch.randn(5, 24, generator=torch.Generator().manual_seed(1), requires_grad=True)
     modeling.dense(layer, x).sum().backward()
