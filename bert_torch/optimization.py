@@ -242,6 +242,8 @@ class BertAdam(Optimizer):
             # clip_gradients' products, made one at a time into a reused buffer as each update needs them:
             # the list would be a second, freshly allocated copy of every gradient.
             scale = self.clip_scale(raw)
+            if scale is not None and bool(scale == 1.0):
+                scale = None   # below the threshold TF multiplies by exactly 1.0, which changes no value: skip the pass
             grads = (g if scale is None else torch.mul(g, scale.to(g.dtype), out=self._scratch(g, 2)) for g in raw)
         else:   # a subclass's own clipping (the gate's planted faults)
             grads = self.clip_gradients(raw)
