@@ -55,9 +55,9 @@ ONEDNN_LINEAR = True   # set False to keep F.linear on the fast path too
 def _find_onednn_activations() -> dict:
     # The intermediate layer's activation applied by the same oneDNN call, on each output tile while it is in
     # cache (a post-op), instead of a second pass over the [B*T, intermediate] output: MiniLM's intermediate
-    # layer at 8 x 128 took 7.2 ms instead of 9.2 ms (one run, AVX-512; where a post-op is used: FUSED_ACTIVATIONS).
-    # oneDNN computes these functions
-    # with its own approximations: within 1.2e-6 of F.gelu at |y| <= 12 (tests/test_modeling.py bounds it).
+    # layer at 8 x 128 took 7.2 ms instead of 9.2 ms (one run, AVX-512; where one is used: FUSED_ACTIVATIONS).
+    # oneDNN computes these functions with its own approximations: within 1.2e-6 of F.gelu at |y| <= 12
+    # (tests/test_modeling.py bounds it).
     # Each post-op is probed here, on values where a wrong function shows: one that fails is not used.
     if _ONEDNN_LINEAR is None:
         return {}
@@ -82,6 +82,11 @@ def cpu_capability() -> str:
         return "DEFAULT"
 
 
+def avx512() -> bool:
+    """Whether torch runs AVX-512 kernels here: what decides the two speed choices below."""
+    return cpu_capability().startswith("AVX512")
+
+
 def _activations_worth_fusing() -> frozenset:
     # Whether a post-op pays depends on the code oneDNN generates for this CPU's vector ISA. Measured,
     # [1024,384] @ [384,1536] with bias, 2 threads, post-op against the linear then the activation: on an AVX-512
@@ -89,14 +94,14 @@ def _activations_worth_fusing() -> frozenset:
     # the erf GELU 14.7 against 12.4, tanh 17.6 against 15.6, ReLU 10.6 against 11.6 (BERT-base's [1024,768] @
     # [768,3072]: tanh GELU 58.1 against 46.8). So the transcendental post-ops only with AVX-512; ReLU's always.
     # A choice of speed only: either way the gate proves the fast path's numbers against the official graph.
-    return frozenset(ACTIVATION_FORMS) if cpu_capability().startswith("AVX512") else frozenset({"relu"})
+    return frozenset(ACTIVATION_FORMS) if avx512() else frozenset({"relu"})
 
 
 # Where the training backward's dx = dy @ W goes. oneDNN, given the transposed weight, was faster on an AVX-512
 # CPU (with it, a BERT-base training step took 4.10 s against 4.87 s through F.linear) and slower on an AVX2 one:
 # [1024,3072] @ [3072,768] 81.2 ms against torch's mm 50.8, [1024,768] @ [768,3072] 53.0 against 40.0 (2 threads,
 # medians of 15 interleaved calls). So oneDNN with AVX-512, torch's mm otherwise.
-ONEDNN_INPUT_GRAD = cpu_capability().startswith("AVX512")
+ONEDNN_INPUT_GRAD = avx512()
 
 
 def _autocast_cpu() -> bool:
@@ -109,8 +114,9 @@ def _autocast_cpu() -> bool:
 class _OneDNNLinear(torch.autograd.Function):
     """``x2 @ w^T + b`` through oneDNN, with nn.Linear's backward written out: the private op has no backward
     of its own. ``dx = dy @ w`` goes through oneDNN too where that pays (``ONEDNN_INPUT_GRAD``); ``dw = dy^T @ x``
-    and ``db`` stay torch's (oneDNN was slower for the transposed product). On an AVX-512 CPU a BERT-base training step at 8 x 128 took 4.10 s this way against
-    4.87 s through F.linear, MiniLM's at 32 x 128 2.28 s against 2.58 s (interleaved, one run each)."""
+    and ``db`` stay torch's (oneDNN was slower for the transposed product). On an AVX-512 CPU a BERT-base
+    training step at 8 x 128 took 4.10 s this way against 4.87 s through F.linear, MiniLM's at 32 x 128 2.28 s
+    against 2.58 s (interleaved, one run each)."""
 
     @staticmethod
     def forward(ctx, x2: torch.Tensor, w: torch.Tensor, b: Optional[torch.Tensor]) -> torch.Tensor:
@@ -151,8 +157,7 @@ def dense(layer: nn.Linear, x: torch.Tensor, act: Optional[str] = None) -> torch
                                     or (layer.bias is not None and layer.bias.requires_grad)):
         y, attr = _OneDNNLinear.apply(x2, w, layer.bias), "none"
     else:
-        fuse = ONEDNN_ACTIVATIONS and act in FUSED_ACTIVATIONS
-        attr, algorithm = _ONEDNN_ACTIVATIONS.get(act, ("none", "")) if fuse else ("none", "")
+        attr, algorithm = _ONEDNN_ACTIVATIONS.get(act, ("none", "")) if act in FUSED_ACTIVATIONS else ("none", "")
         y = _ONEDNN_LINEAR(x2, w, layer.bias, attr, [], algorithm)
     y = y.view(*shape[:-1], w.shape[0])                                           # [n,out] -> [...,out]
     return y if act is None or attr != "none" else FAST_ACTIVATIONS[act](y)
@@ -307,8 +312,8 @@ ACTIVATION_FORMS = {"gelu": "gelu_tanh", "gelu_tanh": "gelu_tanh", "gelu_new": "
                     "gelu_exact": "gelu_erf", "relu": "relu", "tanh": "tanh"}
 # hidden_act -> oneDNN post-op (attribute, algorithm) that passed its probe on this build.
 _ONEDNN_ACTIVATIONS = _find_onednn_activations()
-ONEDNN_ACTIVATIONS = True   # set False to apply the activation after oneDNN's linear, as a second kernel
-# The hidden_acts fused where a post-op passed its probe: those that pay on this CPU (see _activations_worth_fusing).
+# The hidden_acts fused where a post-op passed its probe: those that pay on this CPU (_activations_worth_fusing).
+# Set it to frozenset() to apply every activation after oneDNN's linear, as a second kernel.
 FUSED_ACTIVATIONS = _activations_worth_fusing()
 
 

@@ -65,11 +65,6 @@ def medians(rounds: dict[str, list[float]]) -> dict[str, float]:
     return {k: statistics.median(v) for k, v in rounds.items()}
 
 
-def interleaved(contenders: dict[str, Callable[[], None]], repeats: int) -> dict[str, float]:
-    """Median seconds per contender of ``interleaved_rounds``."""
-    return medians(interleaved_rounds(contenders, repeats))
-
-
 def gemm_floor(config: BertConfig, B: int, T: int, linear: Callable = torch.nn.functional.linear
                ) -> Callable[[], None]:
     """The forward pass's matrix products alone, in float32, with nothing between them; ``linear`` computes

@@ -78,9 +78,10 @@ def test_interleaved_times_each_contender_once_per_round_in_turn(monkeypatch):
         return run
 
     monkeypatch.setattr(bench.time, "perf_counter", lambda: clock[0])
-    medians = bench.interleaved({k: contender(k) for k in "ABC"}, repeats=3)
+    rounds = bench.interleaved_rounds({k: contender(k) for k in "ABC"}, repeats=3)
     assert calls == list("ABC") * 4   # the warm-up round, then three timed rounds
-    assert medians == {"A": 3.0, "B": 2.0, "C": 4.0}   # the warm-up (9, 7, 0) is not counted
+    assert rounds == {"A": [1.0, 5.0, 3.0], "B": [2.0, 2.0, 8.0], "C": [4.0, 6.0, 1.0]}   # the warm-up (9, 7, 0) not
+    assert bench.medians(rounds) == {"A": 3.0, "B": 2.0, "C": 4.0}
 
 
 def test_ratios_are_the_same_run_quotients_of_the_targets():
