@@ -12,6 +12,8 @@ Used by every writer of the project (``bert_torch`` and, since ``bert_torch`` mu
   folder, a full disk) become ``OutputError``: one line naming the path.
 * ``read_text`` / ``read_json``: size-bounded reads; a decoding, permission or nesting problem
   becomes ``InputFileError``: one line naming the file and what it is (vocab, config, ...).
+* ``regular_file``: every reader's check, before it opens an input: a FIFO, pipe, device or socket is
+  refused by name. ``sha256`` of a file ``read_bytes`` read is the hash of the bytes it read.
 """
 from __future__ import annotations
 
@@ -22,6 +24,7 @@ import math
 import os
 import shutil
 import signal
+import stat
 import tempfile
 import threading
 from typing import Callable, Iterator, Mapping, Optional, Sequence
@@ -107,12 +110,12 @@ def remove_on_signal(path: str) -> None:
     the process before ``forget_on_signal(path)``: a killed comparison leaves no scratch behind either."""
     with _LOCK:
         _install_handlers()
-        _PENDING.add(path)
+        _PENDING.add(os.path.abspath(path))
 
 
 def forget_on_signal(path: str) -> None:
     """``path`` is no longer removed on a signal (its owner removed or kept it)."""
-    _PENDING.discard(path)
+    _PENDING.discard(os.path.abspath(path))
 
 
 def _umask() -> int:
@@ -126,10 +129,100 @@ def _describe(e: OSError) -> str:
     return e.strerror or str(e) or type(e).__name__
 
 
+# Files this tool wrote into a folder it does not own (the user's): name -> [size, mtime_ns, inode] when written.
+# An existing file is replaced only while it is listed there unchanged: a file of the user's of the same name
+# (their own bert_config.json beside a --to-tf prefix, a weights file they made) is never overwritten.
+FILES_LEDGER = ".bert-parity-files"
+MAX_LEDGER_BYTES = 1 << 20
+
+
+def _signature(path: str) -> list[int]:
+    st = os.stat(path)
+    return [st.st_size, st.st_mtime_ns, st.st_ino]
+
+
+def _read_ledger(directory: str) -> dict:
+    path = os.path.join(directory, FILES_LEDGER)
+    try:
+        if not stat.S_ISREG(os.lstat(path).st_mode):
+            return {}
+        with open(path, encoding="utf-8") as f:
+            ledger = json.loads(f.read(MAX_LEDGER_BYTES))
+        return ledger if isinstance(ledger, dict) else {}
+    except (OSError, ValueError):
+        return {}
+
+
+def written_by_us(path: str) -> bool:
+    """Whether the file at ``path`` is an output this tool wrote there, unchanged since."""
+    try:
+        return _read_ledger(os.path.dirname(os.path.abspath(path))).get(os.path.basename(path)) == _signature(path)
+    except OSError:
+        return False
+
+
+# Commands (``bert_torch.commands.run_main``) replace only their own earlier outputs; library calls (``write_checkpoint``
+# from a user's script or a test planting a fault in place) write where they are told, as any library function does.
+_GUARD = threading.local()
+
+
+@contextlib.contextmanager
+def only_our_outputs_replaced() -> Iterator[None]:
+    """Within this block (a command's run) an existing file is replaced only when ``written_by_us``."""
+    before = getattr(_GUARD, "on", False)
+    if not before:   # a command's inputs are its own: what an earlier call in this process read is not one
+        _INPUTS.clear()
+    _GUARD.on = True
+    try:
+        yield
+    finally:
+        _GUARD.on = before
+
+
+def check_replaceable(path: str, what: str) -> None:
+    """An existing file at ``path`` may be replaced only when this tool wrote it and nobody changed it since."""
+    if getattr(_GUARD, "on", False) and os.path.lexists(path) and not written_by_us(path):
+        raise OutputError(f"{what} {path}: exists and was not written by bert-parity (or was changed since); "
+                          f"it is never replaced: remove it yourself or give another name")
+
+
+def _inside_pending(directory: str) -> bool:
+    """Whether ``directory`` is (inside) a folder being written aside, which is ours as a whole."""
+    directory = os.path.abspath(directory)
+    return any(os.path.commonpath([directory, p]) == p for p in list(_PENDING) if os.path.isdir(p))
+
+
+def _record_outputs(finals: Sequence[str]) -> None:
+    """Lists the files just written in their folder's ledger (best effort: a folder that cannot take it only
+    means a later run will not replace them)."""
+    if not getattr(_GUARD, "on", False):   # a library call: no command will be asked to replace it
+        return
+    by_dir: dict[str, list[str]] = {}
+    for final in finals:
+        by_dir.setdefault(os.path.dirname(final), []).append(final)
+    for directory, files in by_dir.items():
+        if _inside_pending(directory):
+            continue
+        ledger = {k: v for k, v in _read_ledger(directory).items()
+                  if os.path.lexists(os.path.join(directory, k))}
+        with contextlib.suppress(OSError):
+            ledger.update({os.path.basename(f): _signature(f) for f in files})
+            fd, tmp = tempfile.mkstemp(dir=directory, prefix=f"{FILES_LEDGER}.", suffix=".tmp")
+            try:
+                with os.fdopen(fd, "w", encoding="utf-8") as f:
+                    f.write(dumps(ledger, indent=1) + "\n")
+                os.replace(tmp, os.path.join(directory, FILES_LEDGER))
+            finally:
+                with contextlib.suppress(OSError):
+                    os.remove(tmp)
+
+
 def _prepare_target(path: str, what: str) -> str:
     path = os.path.abspath(os.fspath(path))
     if os.path.isdir(path):
         raise OutputError(f"{what} {path}: is a directory; give a file name")
+    check_not_input(path, what)
+    check_replaceable(path, what)
     directory = os.path.dirname(path)
     try:
         os.makedirs(directory, exist_ok=True)
@@ -138,6 +231,156 @@ def _prepare_target(path: str, what: str) -> str:
     if not os.path.isdir(directory):
         raise OutputError(f"{what} {path}: {directory} is not a directory")
     return path
+
+
+def describe_special(st: os.stat_result) -> str:
+    """What a path that is not a regular file or a folder is, in words."""
+    mode = st.st_mode
+    if stat.S_ISFIFO(mode):
+        return "a FIFO or pipe"
+    if stat.S_ISCHR(mode) or stat.S_ISBLK(mode):
+        return "a device"
+    if stat.S_ISSOCK(mode):
+        return "a socket"
+    return "a folder" if stat.S_ISDIR(mode) else "not a regular file"
+
+
+# Files and folders this process has read as inputs: an output is never written over one of them.
+_INPUTS: dict[tuple[int, int], str] = {}
+
+
+def note_input(path: str) -> None:
+    """Records ``path`` as an input of this run (``check_not_input`` refuses to write over it)."""
+    with contextlib.suppress(OSError):
+        st = os.stat(path)
+        _INPUTS[(st.st_dev, st.st_ino)] = os.path.realpath(path)
+
+
+def check_not_input(path: str, what: str) -> None:
+    """An output at ``path`` would replace or delete an input of this run (the checkpoint just read, the
+    folder holding it): refused, naming both."""
+    if not getattr(_GUARD, "on", False):   # a library call (a script rewriting a checkpoint in place) may
+        return
+    try:
+        st = os.stat(path)
+    except OSError:   # nothing there yet
+        st = None
+    if st is not None and (st.st_dev, st.st_ino) in _INPUTS:
+        raise OutputError(f"{what} {path}: is an input of this run; an input is never overwritten: "
+                          f"give another output name")
+    real = os.path.realpath(path)
+    inside = next((p for p in _INPUTS.values() if os.path.isdir(real) and
+                   os.path.commonpath([real, p]) == real), None)
+    if inside is not None:
+        raise OutputError(f"{what} {path}: holds {inside}, an input of this run; give another output name")
+
+
+def _nearest_existing(path: str) -> str:
+    here = os.path.abspath(path)
+    while not os.path.lexists(here):
+        here = os.path.dirname(here)
+    return here
+
+
+def _check_parent(path: str, what: str) -> None:
+    label = f"{what} {path}".strip()
+    parent = _nearest_existing(os.path.dirname(os.path.abspath(path)))
+    if not os.path.isdir(parent):
+        raise OutputError(f"{label}: {parent} is not a folder")
+    if not os.access(parent, os.W_OK | os.X_OK):
+        raise OutputError(f"{label}: cannot write in {parent} (permission denied)")
+
+
+def check_output_file(path: str, what: str = "") -> None:
+    """``path`` can become an output file: not a folder or special file, in a folder that exists or can be made."""
+    label = f"{what} {path}".strip()
+    if path.endswith(os.sep):
+        raise OutputError(f"{label}: is a folder name (it ends with {os.sep}); give a file name")
+    if os.path.lexists(path):
+        try:
+            st = os.stat(path)
+        except OSError as e:
+            raise OutputError(f"{label}: {_describe(e)}") from None
+        if stat.S_ISDIR(st.st_mode):
+            raise OutputError(f"{label}: is a folder; give a file name")
+        if not stat.S_ISREG(st.st_mode):
+            raise OutputError(f"{label}: is {describe_special(st)}; give a regular file name")
+        check_replaceable(path, what or "output")
+    _check_parent(path, what)
+
+
+OUTPUT_MARKER = ".bert-parity-output"   # in every output folder: which command wrote it (JSON)
+MAX_MARKER_BYTES = 8 << 20   # a marker lists every file of its folder: bounded, as every read is
+
+
+def _marker(path: str) -> Optional[dict]:
+    """Folder ``path``'s marker (``{"command": ..., "files": [...]}``), or None when it is not an output of ours."""
+    marker = os.path.join(path, OUTPUT_MARKER)
+    try:
+        if not stat.S_ISREG(os.stat(marker).st_mode):   # a FIFO there would block the open: not a marker of ours
+            return None
+        with open(marker, encoding="utf-8") as f:
+            data = json.loads(f.read(MAX_MARKER_BYTES))
+        return data if isinstance(data, dict) and isinstance(data.get("command"), str) else None
+    except (OSError, ValueError):
+        return None
+
+
+def output_owner(path: str) -> Optional[str]:
+    """The command that wrote folder ``path`` (its marker), or None when it is not an output of ours."""
+    marker = _marker(path)
+    return marker["command"] if marker else None
+
+
+def _listing(path: str) -> list[str]:
+    """Every file under folder ``path`` (links not followed), relative to it, the marker left out."""
+    found = []
+    for root, dirs, files in os.walk(path):
+        found += [os.path.relpath(os.path.join(root, f), path) for f in files]
+        found += [os.path.relpath(os.path.join(root, d), path) for d in dirs if os.path.islink(os.path.join(root, d))]
+    return sorted(f for f in found if f != OUTPUT_MARKER)
+
+
+def check_output_dir(path: str, owner: Optional[str], what: str = "") -> None:
+    """``path`` can become the output folder of command ``owner``: absent, empty, or a previous output of the
+    same command (which is then replaced as a whole). Anything else is refused before any work: a folder
+    holding other files is never emptied (``--output .`` or the checkpoint's own folder lose nothing).
+    ``owner`` None: a working folder written into file by file (a cache, spilled taps), which may exist."""
+    label = f"{what} {path}".strip()
+    if os.path.lexists(path):
+        try:
+            st = os.stat(path)
+        except OSError as e:
+            raise OutputError(f"{label}: {_describe(e)}") from None
+        if not stat.S_ISDIR(st.st_mode):
+            raise OutputError(f"{label}: exists and is not a folder"
+                              + ("" if stat.S_ISREG(st.st_mode) else f" ({describe_special(st)})"))
+        if not os.access(path, os.W_OK | os.X_OK):
+            raise OutputError(f"{label}: not writable")
+        if owner is None:
+            return
+        try:
+            entries = sorted(os.listdir(path))
+        except OSError as e:
+            raise OutputError(f"{label}: cannot list it ({_describe(e)})") from None
+        marker = _marker(path)
+        found = marker["command"] if marker else None
+        if entries and found == owner:   # ours, unless somebody has put files of their own in it since
+            listed = marker.get("files")
+            added = [f for f in _listing(path) if not isinstance(listed, list) or f not in listed]
+            if added:
+                shown = ", ".join(added[:3]) + (", ..." if len(added) > 3 else "")
+                raise OutputError(f"{label}: a previous output of `bert-parity {owner}`, but it now also holds "
+                                  f"files bert-parity did not write ({shown}); it is not replaced: move them, or "
+                                  f"give a new or empty folder")
+        if entries and found != owner:
+            if found is not None:
+                raise OutputError(f"{label}: holds the output of `bert-parity {found}`, which {owner} does not "
+                                  f"replace; give a new or empty folder")
+            shown = ", ".join(entries[:3]) + (", ..." if len(entries) > 3 else "")
+            raise OutputError(f"{label}: exists and holds files bert-parity did not write ({shown}); give a new "
+                              f"or empty folder (nothing there is deleted or replaced)")
+    _check_parent(path, what)
 
 
 def writable_folder(path: str, flag: str, error: Optional[type] = None) -> str:
@@ -177,7 +420,9 @@ def atomic_outputs(paths: Sequence[str], what: str = "output") -> Iterator[list[
         for tmp, final in zip(tmps, finals):
             if os.path.isdir(final):
                 raise OutputError(f"{what} {final}: is a directory; give a file name")
+            check_replaceable(final, what)   # again: another program may have put a file there meanwhile
             os.replace(tmp, final)
+        _record_outputs(finals)
     except OutputError:
         raise
     except OSError as e:
@@ -214,14 +459,23 @@ def write_json(path: str, obj, what: str = "output", default: Optional[Callable]
 
 
 @contextlib.contextmanager
-def atomic_dir(path: str, what: str = "output folder", keep_existing: bool = False) -> Iterator[str]:
-    """A folder written aside (a temporary folder beside ``path``) and renamed into place when
-    complete, replacing an older one; removed on any failure or SIGTERM/SIGINT.
+def atomic_dir(path: str, what: str = "output folder", keep_existing: bool = False,
+               owner: Optional[str] = None) -> Iterator[str]:
+    """A folder written aside (a temporary folder beside ``path``) and renamed into place when complete, so
+    that it appears whole or not at all; removed on any failure or SIGTERM/SIGINT.
+
+    ``owner``: the command writing it. Its marker (``OUTPUT_MARKER``) goes into the folder, and a folder
+    already at ``path`` is replaced only when it is empty or marked as a previous output of ``owner``
+    (``check_output_dir``, made before any work and again before the swap); anything else is refused, never
+    deleted. Without ``owner`` an existing folder is never replaced.
 
     ``keep_existing``: a folder already at ``path`` when this one is complete (another process wrote the
     same thing first, and may be reading it) is kept, and this one discarded, never swapped under its
     reader; also when the other lands between the check and the rename (the rename then fails)."""
     path = os.path.abspath(os.fspath(path))
+    if not keep_existing:   # (a kept entry, such as a cache's, never replaces anything: its reads are no inputs)
+        check_not_input(path, what)
+        check_output_dir(path, owner or "", what)
     parent = os.path.dirname(path)
     try:
         os.makedirs(parent, exist_ok=True)
@@ -230,24 +484,39 @@ def atomic_dir(path: str, what: str = "output folder", keep_existing: bool = Fal
     except OSError as e:
         raise OutputError(f"{what} {path}: cannot write ({_describe(e)})") from None
     remove_on_signal(tmp)
+    old = None
     try:
         try:
             yield tmp
+            if owner:   # which command wrote the folder, and every file it wrote (nothing else is ever replaced)
+                with open(os.path.join(tmp, OUTPUT_MARKER), "w", encoding="utf-8") as f:
+                    f.write(dumps({"command": owner, "files": _listing(tmp)}) + "\n")
         except OSError as e:
             raise OutputError(f"{what} {path}: cannot write ({_describe(e)})") from None
         if keep_existing and os.path.isdir(path):
             return
         try:
             if os.path.isdir(path):
-                shutil.rmtree(path)
+                check_output_dir(path, owner or "", what)   # still empty, or still ours
+                old = tempfile.mkdtemp(dir=parent, prefix=f".{os.path.basename(path)}.", suffix=".old")
+                remove_on_signal(old)
+                os.replace(path, os.path.join(old, "previous"))   # aside first: never a moment with neither
             os.replace(tmp, path)
         except OSError as e:
             if keep_existing and os.path.isdir(path):   # the other writer's rename came first
                 return
+            if old is not None and not os.path.lexists(path):   # put the previous output back
+                with contextlib.suppress(OSError):
+                    os.replace(os.path.join(old, "previous"), path)
+            if isinstance(e, OutputError):
+                raise
             raise OutputError(f"{what} {path}: cannot write ({_describe(e)})") from None
     finally:
         forget_on_signal(tmp)
         shutil.rmtree(tmp, ignore_errors=True)
+        if old is not None:
+            forget_on_signal(old)
+            shutil.rmtree(old, ignore_errors=True)
 
 
 # --------------------------------------------------------------------------------------------
@@ -348,18 +617,72 @@ def save_safetensors(arrays: Mapping, path: str, metadata: Optional[dict] = None
 # --------------------------------------------------------------------------------------------
 # Reads that name the file
 
-def read_bytes(path: str, what: str = "file", max_bytes: int = MAX_TEXT_BYTES) -> bytes:
+def regular_file(path: str, what: str = "file", missing_ok: bool = False) -> Optional[os.stat_result]:
+    """The ``os.stat`` of ``path`` (links followed) when it is a regular file, recorded as an input of this run
+    (``note_input``); anything else is ``InputFileError``: one line naming ``what``, the path and what it is.
+
+    Decided from the stat, before the file is opened, because opening is already the harm: opening a FIFO for
+    reading blocks until a writer comes, a device reads forever (``/dev/zero``) or nothing (``/dev/null``), and
+    a pipe (``--sentences <(cat f)``) gives its bytes once, so that a second read (the report's hash) sees
+    others. ``missing_ok``: a path that does not exist gives None, for callers that name a missing file in
+    their own words."""
     path = os.fspath(path)
     try:
-        size = os.path.getsize(path)
-        if os.path.isdir(path):
-            raise InputFileError(f"{what} {path}: is a directory, not a file")
-        if size > max_bytes:
-            raise InputFileError(f"{what} {path}: {size} bytes, more than the {max_bytes} a {what} may have")
-        with open(path, "rb") as f:
-            return f.read(max_bytes + 1)
+        st = os.stat(path)
+    except FileNotFoundError as e:
+        if missing_ok:
+            return None
+        raise InputFileError(f"{what} {path}: cannot read ({_describe(e)})") from None
+    except OSError as e:   # a symbolic link loop, a path through a file, no permission on a folder
+        raise InputFileError(f"{what} {path}: cannot read ({_describe(e)})") from None
+    if stat.S_ISDIR(st.st_mode):
+        raise InputFileError(f"{what} {path}: is a directory, not a file")
+    if not stat.S_ISREG(st.st_mode):
+        raise InputFileError(f"{what} {path}: {describe_special(st)}, not a regular file; save it to a file "
+                             f"and give its path")
+    note_input(path)
+    return st
+
+
+def _open_regular(path: str, what: str):
+    """``path`` opened for binary reading once ``regular_file`` passed it; opened without blocking and checked
+    again on the descriptor, so that a FIFO put in its place in between is refused too, never waited on."""
+    regular_file(path, what)
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
     except OSError as e:
         raise InputFileError(f"{what} {path}: cannot read ({_describe(e)})") from None
+    f = os.fdopen(fd, "rb")
+    st = os.fstat(fd)
+    if not stat.S_ISREG(st.st_mode):
+        f.close()
+        raise InputFileError(f"{what} {path}: {describe_special(st)}, not a regular file; save it to a file "
+                             f"and give its path")
+    os.set_blocking(fd, True)
+    return f
+
+
+# The sha256 of the bytes read_bytes last returned for a file ((device, inode) -> size, mtime, digest), so that
+# the hash a report records is of the bytes the run used, not of a second read of a file that has changed.
+_DIGESTS: dict[tuple[int, int], tuple[int, int, str]] = {}
+
+
+def read_bytes(path: str, what: str = "file", max_bytes: int = MAX_TEXT_BYTES) -> bytes:
+    """The bytes of regular file ``path``, at most ``max_bytes`` of them (a bigger file is refused before any
+    is read); their sha256 is what ``sha256(path)`` gives while the file stays as it was."""
+    path = os.fspath(path)
+    try:
+        with _open_regular(path, what) as f:
+            st = os.fstat(f.fileno())
+            if st.st_size > max_bytes:
+                raise InputFileError(f"{what} {path}: {st.st_size} bytes, more than the {max_bytes} a {what} "
+                                     f"may have")
+            data = f.read(st.st_size)   # the size the file has, never more: a file that grows is cut there
+            st = os.fstat(f.fileno())
+    except OSError as e:
+        raise InputFileError(f"{what} {path}: cannot read ({_describe(e)})") from None
+    _DIGESTS[st.st_dev, st.st_ino] = (st.st_size, st.st_mtime_ns, hashlib.sha256(data).hexdigest())
+    return data
 
 
 def decode(data: bytes, path: str, what: str, encoding: str = "utf-8") -> str:
@@ -408,9 +731,20 @@ def read_json(path: str, what: str = "JSON file", max_bytes: int = 64 << 20):
     return loads(read_text(path, what, "utf-8-sig", max_bytes), os.fspath(path), what)
 
 
-def sha256(path: str) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
+def sha256(path: str, what: str = "file") -> str:
+    """The sha256 of regular file ``path``: of the bytes ``read_bytes`` read from it when its size and
+    modification time are still those it had then (a report hashes its inputs after the run read them),
+    else of its content now, read in chunks."""
+    path = os.fspath(path)
+    try:
+        with _open_regular(path, what) as f:
+            st = os.fstat(f.fileno())
+            size, mtime, digest = _DIGESTS.get((st.st_dev, st.st_ino), (None, None, None))
+            if (size, mtime) == (st.st_size, st.st_mtime_ns):
+                return digest
+            h = hashlib.sha256()
+            for chunk in iter(lambda: f.read(1 << 20), b""):
+                h.update(chunk)
+    except OSError as e:
+        raise InputFileError(f"{what} {path}: cannot read ({_describe(e)})") from None
     return h.hexdigest()

@@ -19,9 +19,11 @@ from typing import Mapping, Optional
 import numpy as np
 
 from .commands import EXIT_CODES_HELP, ArgumentParser, HelpFormatter, run_main
+from .flags import OutputPath, checkpoint, input_file, input_file_or_dir
+from ._io import check_output_dir, check_output_file
 from ._io import LazyTensor, read_bytes, sha256
 from .modeling import BertConfig
-from .tokenization import load_vocab
+from .tokenization import parse_vocab
 from .tf_checkpoint import (CheckpointError, checkpoint_prefix, list_variables, open_checkpoint,  # noqa: F401
                             read_checkpoint, write_checkpoint)
 from .weights import check_shapes, detect_head, expected_shapes, open_weights, read_weights, write_weights  # noqa: F401
@@ -160,7 +162,7 @@ def resolve_checkpoint(path: str, bert_config: Optional[str]) -> tuple[str, str]
     if bert_config is None:
         base = path if os.path.isdir(path) else os.path.dirname(prefix)
         bert_config = os.path.join(base, "bert_config.json")
-        if not os.path.isfile(bert_config):
+        if not os.path.lexists(bert_config):   # anything else of that name is checked by its reader (read_json)
             raise CheckpointError(f"{path}: no bert_config.json beside the checkpoint; pass --bert-config")
     return prefix, bert_config
 
@@ -180,7 +182,8 @@ def convert_tf_to_torch(tf_checkpoint: str, output: str, bert_config: Optional[s
     if output_format == "hf":   # a transformers directory (bert_torch.hf_dir), the tokenizer files with it
         from .hf_dir import write_hf_dir
         vocab = os.path.join(os.path.dirname(prefix), "vocab.txt")
-        write_hf_dir(output, tensors, config, vocab if os.path.isfile(vocab) else None)
+        # Anything at that name is read (a FIFO or device there is refused by name, not skipped).
+        write_hf_dir(output, tensors, config, vocab if os.path.lexists(vocab) else None)
         return summary
     # What was actually read, by absolute path and content (a state file may name another prefix).
     index, data = prefix + ".index", prefix + ".data-00000-of-00001"
@@ -202,7 +205,7 @@ def convert_torch_to_tf(torch_weights: str, bert_config: Optional[str], output: 
         if bert_config:
             raise ValueError(f"--bert-config {bert_config}: {torch_weights} is an HF directory and brings its own "
                              f"config.json")
-        if vocab_file is None and os.path.isfile(os.path.join(torch_weights, "vocab.txt")):
+        if vocab_file is None and os.path.lexists(os.path.join(torch_weights, "vocab.txt")):
             vocab_file = os.path.join(torch_weights, "vocab.txt")
         bert_config = os.path.join(torch_weights, "config.json")
     else:
@@ -222,12 +225,13 @@ def convert_torch_to_tf(torch_weights: str, bert_config: Optional[str], output: 
         official = {k: v for k, v in config.to_dict().items() if k not in config.extra}
         extra[config_out] = BertConfig.from_dict(official).to_json_string().encode()
     if vocab_file:
-        vocab = load_vocab(vocab_file)   # one line naming the file when unreadable or not UTF-8
+        vocab_bytes = read_bytes(vocab_file, "vocab")   # read once: the bytes checked are the bytes copied
+        vocab = parse_vocab(vocab_bytes, vocab_file)   # one line naming the file when not UTF-8
         n = max(vocab.values()) + 1 if vocab else 0
         if n > config.vocab_size:   # ids past the embedding table
             raise ValueError(f"vocab {vocab_file}: {n} tokens, but {bert_config} says vocab_size {config.vocab_size}")
         if os.path.abspath(vocab_file) != os.path.join(out_dir, "vocab.txt"):
-            extra[os.path.join(out_dir, "vocab.txt")] = read_bytes(vocab_file, "vocab")
+            extra[os.path.join(out_dir, "vocab.txt")] = vocab_bytes
     write_checkpoint(output, tf_vars, extra_files=extra)
     return len(tf_vars)
 
@@ -236,27 +240,39 @@ def main(argv: Optional[list[str]] = None) -> int:
     ap = ArgumentParser(prog="python -m bert_torch.convert", description=__doc__.split("\n\n")[0],
                         epilog=EXIT_CODES_HELP, formatter_class=HelpFormatter)
     # The second spelling of each flag is the original PyTorch port's (convert_tf_checkpoint_to_pytorch.py).
-    ap.add_argument("--tf-checkpoint", "--tf_checkpoint_path", dest="tf_checkpoint",
+    ap.add_argument("--tf-checkpoint", "--tf_checkpoint_path", dest="tf_checkpoint", type=checkpoint(),
                     help="checkpoint directory or prefix (TF -> PyTorch)")
     ap.add_argument("--to-tf", action="store_true", help="convert PyTorch weights to a TF checkpoint")
-    ap.add_argument("--torch-weights", help="safetensors or .bin/.pt state dict (with --to-tf)")
-    ap.add_argument("--bert-config", "--bert_config_file", dest="bert_config",
+    ap.add_argument("--torch-weights", type=input_file_or_dir("weights file or HF folder"), help="safetensors or .bin/.pt state dict (with --to-tf)")
+    ap.add_argument("--bert-config", "--bert_config_file", dest="bert_config", type=input_file("bert_config.json"),
                     help="bert_config.json (default: the one beside the checkpoint)")
-    ap.add_argument("--vocab-file", help="with --to-tf: copy this vocab.txt beside the checkpoint")
+    ap.add_argument("--vocab-file", type=input_file("vocab file"), help="with --to-tf: copy this vocab.txt beside the checkpoint")
     ap.add_argument("--body-only", action="store_true",
                     help="skip head variables (cls/, output_*), so the file loads into a plain BertModel")
-    ap.add_argument("--output", "--pytorch_dump_path", dest="output", required=True,
+    ap.add_argument("--output", "--pytorch_dump_path", dest="output", required=True, type=OutputPath("output", folder=None),
                     help="OUT.safetensors (or .bin), a folder with --output-format hf, or with --to-tf a "
                          "checkpoint prefix")
     ap.add_argument("--output-format", choices=("weights", "hf"), default="weights",
                     help="weights: one file (safetensors, or a .bin state dict); hf: a transformers directory "
                          "(config.json, model.safetensors, tokenizer files) that AutoModel/AutoTokenizer load")
-    args = ap.parse_args(argv)
+    return run_main(lambda: _checked(ap, ap.parse_args(argv)))
+
+
+def _checked(ap: ArgumentParser, args) -> int:
+    """The flags that depend on each other, checked before any work (usage errors: exit 2, one line)."""
     if args.to_tf and not args.torch_weights:
         ap.error("--to-tf needs --torch-weights (a weights file with --bert-config, or an HF directory)")
     if not args.to_tf and not args.tf_checkpoint:
         ap.error("give --tf-checkpoint (TF -> PyTorch) or --to-tf")
-    return run_main(_convert, args)
+    # The output's kind depends on --output-format: checked before any work, as the flag's type checks the rest.
+    try:
+        if args.output_format == "hf" and not args.to_tf:
+            check_output_dir(args.output, "convert")
+        else:
+            check_output_file(args.output)
+    except OSError as e:
+        ap.error(f"argument --output: {e}")
+    return _convert(args)
 
 
 def check_output_path(output: str) -> None:

@@ -10,6 +10,7 @@ JSON: ``{"linex_index": i, "features": [{"token": t, "layers": [{"index": -1, "v
 """
 from __future__ import annotations
 
+import io
 import os
 import re
 import sys
@@ -18,6 +19,7 @@ from typing import Optional
 import numpy as np
 import torch
 
+from ._io import read_text
 from .glue import truncate_seq_pair
 from .commands import ArgumentParser
 from .modeling import BertConfig, BertModel
@@ -29,16 +31,13 @@ from .weights import WeightsError
 def read_lines(path: str) -> list[tuple[str, Optional[str]]]:
     """(text_a, text_b or None) per line, split on ``|||`` as the official reader does."""
     out = []
-    try:
-        with open(path, encoding="utf-8") as f:
-            for line in f:
-                line = line.strip()
-                if not line:
-                    break   # the official reader stops at the first empty line
-                m = re.match(r"^(.*) \|\|\| (.*)$", line)
-                out.append((m.group(1), m.group(2)) if m else (line, None))
-    except OSError as e:
-        raise ValueError(f"{path}: cannot read ({e.strerror})") from None
+    # newline=None: universal newlines, as the official reader's text-mode file has them.
+    for line in io.StringIO(read_text(path, "input file"), newline=None):
+        line = line.strip()
+        if not line:
+            break   # the official reader stops at the first empty line
+        m = re.match(r"^(.*) \|\|\| (.*)$", line)
+        out.append((m.group(1), m.group(2)) if m else (line, None))
     if not out:
         raise ValueError(f"{path}: no input lines")
     return out

@@ -9,12 +9,14 @@
 from __future__ import annotations
 
 import csv
+import io
 import os
 from dataclasses import dataclass
 from typing import Optional, Sequence
 
 import numpy as np
 
+from ._io import InputFileError, read_text
 from .tokenization import convert_to_unicode
 
 
@@ -43,13 +45,16 @@ class MrpcProcessor:
     """The GLUE MRPC processor (train.tsv, dev.tsv, test.tsv in ``data_dir``)."""
 
     def get_train_examples(self, data_dir: str) -> list[InputExample]:
-        return self._create_examples(self._read_tsv(os.path.join(data_dir, "train.tsv")), "train")
+        path = os.path.join(data_dir, "train.tsv")
+        return self._create_examples(self._read_tsv(path), "train", path)
 
     def get_dev_examples(self, data_dir: str) -> list[InputExample]:
-        return self._create_examples(self._read_tsv(os.path.join(data_dir, "dev.tsv")), "dev")
+        path = os.path.join(data_dir, "dev.tsv")
+        return self._create_examples(self._read_tsv(path), "dev", path)
 
     def get_test_examples(self, data_dir: str) -> list[InputExample]:
-        return self._create_examples(self._read_tsv(os.path.join(data_dir, "test.tsv")), "test")
+        path = os.path.join(data_dir, "test.tsv")
+        return self._create_examples(self._read_tsv(path), "test", path)
 
     def get_labels(self) -> list[str]:
         return ["0", "1"]
@@ -58,27 +63,31 @@ class MrpcProcessor:
     def _read_tsv(path: str) -> list[list[str]]:
         # quotechar=None as the official reader: MRPC sentences contain unbalanced '"'.
         try:
-            with open(path, encoding="utf-8", newline="") as f:
-                return list(csv.reader(f, delimiter="\t", quotechar=None))
-        except OSError as e:
-            raise DataError(f"{path}: cannot read ({e.strerror})") from None
-        except UnicodeDecodeError as e:
-            raise DataError(f"{path}: not UTF-8 text ({e.reason} at byte {e.start})") from None
+            text = read_text(path, "GLUE data file")   # a regular file, bounded by its size
+            return list(csv.reader(io.StringIO(text, newline=""), delimiter="\t", quotechar=None))
+        except InputFileError as e:
+            raise DataError(str(e)) from None
+        except csv.Error as e:   # a field over csv's size limit
+            raise DataError(f"{path}: not a readable tsv ({e})") from None
 
-    def _create_examples(self, lines: list[list[str]], set_type: str) -> list[InputExample]:
+    def _create_examples(self, lines: list[list[str]], set_type: str, source: Optional[str] = None
+                         ) -> list[InputExample]:
+        """``source``: the file the lines came from, named by the errors (default ``<set_type>.tsv``)."""
+        source = source or f"{set_type}.tsv"
         examples = []
         for i, line in enumerate(lines):
             if i == 0:   # the header (with the GLUE files' BOM)
                 continue
             if len(line) < 5:
-                raise DataError(f"{set_type}.tsv row {i}: {len(line)} columns, MRPC rows have 5")
+                raise DataError(f"{source} row {i}: {len(line)} columns, MRPC rows have 5 (Quality, #1 ID, "
+                                f"#2 ID, #1 String, #2 String, tab-separated)")
             label = "0" if set_type == "test" else convert_to_unicode(line[0])
             if label not in self.get_labels():
-                raise DataError(f"{set_type}.tsv row {i}: label {label!r} is not one of {self.get_labels()}")
+                raise DataError(f"{source} row {i}: label {label!r} is not one of {self.get_labels()}")
             examples.append(InputExample(f"{set_type}-{i}", convert_to_unicode(line[3]),
                                          convert_to_unicode(line[4]), label))
         if not examples:
-            raise DataError(f"{set_type}.tsv: no examples")
+            raise DataError(f"{source}: no examples")
         return examples
 
 

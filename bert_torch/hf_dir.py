@@ -14,19 +14,19 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 from typing import Optional
 
 import numpy as np
 
-from ._io import LazyTensor, atomic_dir, read_json, save_safetensors
-from .modeling import ACTIVATIONS, BertConfig, gelu_erf, gelu_tanh
+from ._io import LazyTensor, atomic_dir, read_bytes, read_json, save_safetensors
+from .modeling import ACTIVATIONS, BertConfig, _show, gelu_erf, gelu_tanh, variant_problem
 from .weights import WeightsError, detect_head, open_weights, read_weights
 
-# HF's name for each function bert_torch computes, and back (transformers' ACT2FN meanings).
+# HF's name for each function bert_torch computes, and back (transformers' ACT2FN meanings: gelu_fast and
+# gelu_accurate are the tanh form's formula with its constants written out).
 TO_HF_ACT = {gelu_tanh: "gelu_new", gelu_erf: "gelu"}
 FROM_HF_ACT = {"gelu": "gelu_erf", "gelu_python": "gelu_erf", "gelu_new": "gelu", "gelu_pytorch_tanh": "gelu",
-               "relu": "relu", "tanh": "tanh", "linear": "linear"}
+               "gelu_fast": "gelu", "gelu_accurate": "gelu", "relu": "relu", "tanh": "tanh", "linear": "linear"}
 ARCHITECTURES = {None: "BertModel", "classifier": "BertForSequenceClassification", "squad": "BertForQuestionAnswering"}
 HEAD_OF = {v: k for k, v in ARCHITECTURES.items()}
 FIELDS = ("vocab_size", "hidden_size", "num_hidden_layers", "num_attention_heads", "intermediate_size",
@@ -59,12 +59,14 @@ def write_hf_dir(out_dir: str, tensors: dict, config: BertConfig, vocab_file: Op
           "position_embedding_type": "absolute", "pad_token_id": 0}
     if head == "classifier":
         hf["num_labels"] = int(num_labels)
-    with atomic_dir(out_dir, "--output") as tmp:
+    with atomic_dir(out_dir, "--output", owner="convert") as tmp:
         save_safetensors(arrays, os.path.join(tmp, "model.safetensors"), metadata={"format": "pt"})
         with open(os.path.join(tmp, "config.json"), "w", encoding="utf-8") as f:
             json.dump(hf, f, indent=2, sort_keys=True)
         if vocab_file:
-            shutil.copyfile(vocab_file, os.path.join(tmp, "vocab.txt"))
+            # read_bytes, not a file copy: a regular file only, bounded (a copy of /dev/zero never ends)
+            with open(os.path.join(tmp, "vocab.txt"), "wb") as f:
+                f.write(read_bytes(vocab_file, "vocab"))
             lower = True if do_lower_case is None else do_lower_case
             with open(os.path.join(tmp, "tokenizer_config.json"), "w", encoding="utf-8") as f:
                 json.dump({"tokenizer_class": "BertTokenizer", "do_lower_case": lower,
@@ -83,25 +85,37 @@ def _float32(value):
 
 
 def is_hf_dir(path: str) -> bool:
-    return os.path.isdir(path) and os.path.isfile(os.path.join(path, "config.json"))
+    return os.path.isdir(path) and os.path.lexists(os.path.join(path, "config.json"))   # read_json checks it
+
+
+def check_hf_config(cfg, where: str) -> None:
+    """Refuses an HF config.json (``cfg``, parsed; ``where`` names it) whose model the official graph does not
+    compute: a ValueError naming the field, its value and why. Keys that change nothing computed pass.
+    transformers itself is no judge: it ignores some of these settings (relative position embeddings in 5.x)."""
+    if not isinstance(cfg, dict):
+        raise ValueError(f"{where}: expected a JSON object")
+    act = cfg.get("hidden_act", "gelu")
+    if not isinstance(act, str) or act not in FROM_HF_ACT:
+        raise ValueError(f"{where}: hidden_act {_show(act)}: the official graph has no such activation (in "
+                         f"transformers' names it has {', '.join(sorted(FROM_HF_ACT))}); this model computes "
+                         f"something else")
+    problem = variant_problem(cfg)
+    if problem:
+        raise ValueError(f"{where}: {problem}")
 
 
 def read_hf_dir(path: str, lazy: bool = False) -> tuple[dict, BertConfig]:
     """(tensors under file names, the BertConfig that computes what the directory's model computes).
     With ``lazy``, a model.safetensors' tensors are ``LazyTensor``s, read when used (``open_weights``)."""
     cfg = read_json(os.path.join(path, "config.json"), "HF config")
-    if not isinstance(cfg, dict) or cfg.get("model_type", "bert") != "bert":
-        raise ValueError(f"{path}/config.json: model_type {cfg.get('model_type') if isinstance(cfg, dict) else None!r}"
-                         f" is not a BERT")
-    act = cfg.get("hidden_act", "gelu")
-    if act not in FROM_HF_ACT:
-        raise ValueError(f"{path}/config.json: hidden_act {act!r} has no official-graph equivalent")
-    eps = cfg.get("layer_norm_eps", 1e-12)
-    if eps != 1e-12:
-        raise ValueError(f"{path}/config.json: layer_norm_eps {eps} differs from the official graph's 1e-12")
-    config = BertConfig.from_dict({**{k: cfg[k] for k in FIELDS if k in cfg}, "hidden_act": FROM_HF_ACT[act]})
+    check_hf_config(cfg, os.path.join(path, "config.json"))
+    act = FROM_HF_ACT[cfg.get("hidden_act", "gelu")]
+    try:
+        config = BertConfig.from_dict({**{k: cfg[k] for k in FIELDS if k in cfg}, "hidden_act": act})
+    except (TypeError, ValueError) as e:
+        raise ValueError(f"{os.path.join(path, 'config.json')}: {e}") from None
     weights = next((os.path.join(path, n) for n in ("model.safetensors", "pytorch_model.bin")
-                    if os.path.isfile(os.path.join(path, n))), None)
+                    if os.path.lexists(os.path.join(path, n))), None)   # its reader refuses a FIFO there
     if weights is None:
         raise WeightsError([f"{path}: no model.safetensors or pytorch_model.bin"])
     read = open_weights if lazy else read_weights

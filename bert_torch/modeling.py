@@ -181,6 +181,110 @@ def _show(value) -> str:
     return text if len(text) <= 60 else text[:57] + "..."
 
 
+# The official graph's LayerNorm adds this to the variance, in float32 (tf.contrib.layers.layer_norm in TF 1.x).
+OFFICIAL_LAYER_NORM_EPS = 1e-12
+
+
+def _one_of(*official):
+    return lambda value, config: value in official
+
+
+def _float32_of(value, official: float) -> bool:
+    # The graph adds the epsilon in float32: a config that wrote it as a rounded double names the same one.
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return False
+    try:
+        return bool(torch.tensor(float(value)) == torch.tensor(official))
+    except OverflowError:   # an integer past any float
+        return False
+
+
+def _per_head(value, config) -> bool:
+    heads, hidden = config.get("num_attention_heads", 12), config.get("hidden_size", 768)
+    return value is None or (isinstance(value, int) and isinstance(heads, int) and value * heads == hidden)
+
+
+_ABSENT = _one_of(None)
+_ROTARY = "rotary position embeddings are no part of the official BERT graph, whose positions are learned and added"
+_CROSS = "cross-attention to an encoder's states is no part of the official BERT graph"
+# Settings of BERT variants, read wherever a config is read (bert_config.json, an HF config.json): key ->
+# (whether a value is what the official graph computes, why another is not). Keys in neither this table nor
+# the official fields (HF's bookkeeping, Google's own pooler_* and directionality notes) change nothing the
+# graph computes and are kept as they are. Absent keys take their official meaning, so a JSON null only passes
+# where it is that meaning (transformers 4.x read position_embedding_type null as no position embeddings).
+VARIANT_SETTINGS = {
+    "model_type": (_one_of("bert"), "the official graph computes BERT, and other model types read the same "
+                                    "tensors another way (roberta, for one, numbers positions from "
+                                    "pad_token_id + 1)"),
+    "position_embedding_type": (_one_of("absolute"), "the official BERT graph has absolute position embeddings "
+                                                     "only"),
+    "is_decoder": (_one_of(False, None), "a decoder attends causally (each token to those before it), the "
+                                         "official BERT graph both ways"),
+    "add_cross_attention": (_one_of(False, None), _CROSS),
+    "cross_attention_hidden_size": (_ABSENT, _CROSS),
+    "is_encoder_decoder": (_one_of(False, None), "an encoder-decoder is no part of the official BERT graph"),
+    "directionality": (_one_of("bidi", None), "the official BERT graph attends both ways ('bidi')"),
+    "layer_norm_eps": (lambda v, c: _float32_of(v, OFFICIAL_LAYER_NORM_EPS),
+                       f"the official graph's LayerNorm adds {OFFICIAL_LAYER_NORM_EPS:g} to the variance (fixed in "
+                       f"its code, in float32): another epsilon is other arithmetic"),
+    "rms_norm_eps": (_ABSENT, "RMSNorm is no part of the official BERT graph, which has LayerNorm"),
+    "normalization_type": (_one_of("layer_norm", None), "the official BERT graph normalises with LayerNorm"),
+    "pre_layer_norm": (_one_of(False, None), "the official BERT graph normalises after each residual sum"),
+    "normalize_before": (_one_of(False, None), "the official BERT graph normalises after each residual sum"),
+    "embedding_size": (lambda v, c: v is None or v == c.get("hidden_size", 768),
+                       "embeddings of another width, projected to hidden_size (ALBERT, ELECTRA), are no part of "
+                       "the official graph, whose embeddings are hidden_size wide"),
+    "num_hidden_groups": (_ABSENT, "ALBERT's layer groups (layers sharing their weights) are no part of the "
+                                   "official BERT graph"),
+    "inner_group_num": (_ABSENT, "ALBERT's layer groups (layers sharing their weights) are no part of the "
+                                 "official BERT graph"),
+    "use_bottleneck": (_one_of(False, None), "MobileBERT's bottlenecks are no part of the official BERT graph"),
+    "trigram_input": (_one_of(False, None), "MobileBERT's trigram input is no part of the official BERT graph"),
+    "num_feedforward_networks": (_one_of(1, None), "the official BERT graph has one feed-forward network a layer"),
+    "head_dim": (_per_head, "the official graph's heads are hidden_size / num_attention_heads wide"),
+    "num_key_value_heads": (lambda v, c: v is None or v == c.get("num_attention_heads", 12),
+                            "the official graph has as many key and value heads as query heads"),
+    "attention_bias": (_one_of(True, None), "every dense layer of the official BERT graph has a bias"),
+    "qkv_bias": (_one_of(True, None), "every dense layer of the official BERT graph has a bias"),
+    "relative_attention": (_one_of(False, None), "relative-position attention is no part of the official BERT "
+                                                 "graph"),
+    "relative_attention_num_buckets": (_ABSENT, "relative-position attention is no part of the official BERT graph"),
+    "position_biased_input": (_one_of(True, None), "the official BERT graph adds position embeddings to the input"),
+    "rotary_value": (_one_of(False, None), _ROTARY),
+    "rope_theta": (_ABSENT, _ROTARY),
+    "rope_scaling": (_ABSENT, _ROTARY),
+    "rope_parameters": (_ABSENT, _ROTARY),
+    "attention_type": (_one_of("original_full", None), "the official BERT graph attends to every token (no "
+                                                       "block-sparse or windowed attention)"),
+    "attention_window": (_ABSENT, "the official BERT graph attends to every token (no windowed attention)"),
+    "sliding_window": (_ABSENT, "the official BERT graph attends to every token (no windowed attention)"),
+    "layer_types": (_ABSENT, "the official BERT graph's layers are all alike"),
+    "per_layer_config": (_ABSENT, "the official BERT graph's layers are all alike"),
+    "pruned_heads": (lambda v, c: v in (None, {}, []), "the official graph keeps num_attention_heads in every "
+                                                       "layer, and pruned heads make another attention"),
+    "scale_embedding": (_one_of(False, None), "the official BERT graph does not scale its embeddings"),
+    "pooler_type": (_one_of("first_token_transform", None), "the official graph's pooler is tanh(dense(the "
+                                                            "first token))"),
+    "quantization_config": (_ABSENT, "quantized weights compute in other arithmetic than the official float32 "
+                                     "graph"),
+}
+
+
+def variant_problem(config: dict) -> Optional[str]:
+    """The settings of ``config`` (a config file's keys) under which its model computes something the official
+    graph does not, each as ``FIELD VALUE: why``, in one line; None when every setting is the official graph's.
+    ``hidden_act`` is left to the reader: its words mean different functions in different files."""
+    found = [f"{key} {_show(config[key])}: {why}" for key, (official, why) in VARIANT_SETTINGS.items()
+             if key in config and not official(config[key], config)]
+    if found:   # all of them: a decoder with cross-attention is refused for both, not one at a time
+        return "; ".join(found) + "; this model computes something else"
+    chunk = config.get("chunk_size_feed_forward")
+    # Chunking splits the feed-forward layer's tokens into groups: the same function, but only a count of tokens.
+    if chunk is not None and (isinstance(chunk, bool) or not isinstance(chunk, int) or chunk < 0):
+        return f"chunk_size_feed_forward {_show(chunk)}: must be a non-negative integer (a number of tokens)"
+    return None
+
+
 @dataclass
 class BertConfig:
     """The fields of Google's ``bert_config.json``, with the official defaults.
@@ -190,7 +294,8 @@ class BertConfig:
     official graph we verify against (bert-tensorflow 1.0.4: the tanh form); choose
     ``"gelu_erf"`` for the erf form the 2018 checkpoints were trained with.
     Keys the official config does not know (e.g. HF's ``model_type``) are kept in
-    ``extra`` and written back unchanged.
+    ``extra`` and written back unchanged; those that make a BERT variant the official graph
+    does not compute (``VARIANT_SETTINGS``) are refused, naming the field, its value and why.
     """
 
     vocab_size: int
@@ -227,7 +332,12 @@ class BertConfig:
             raise ValueError(f"bert config: hidden_size {self.hidden_size} is not a multiple of "
                              f"num_attention_heads {self.num_attention_heads}")
         if self.hidden_act not in ACTIVATIONS:
-            raise ValueError(f"bert config: hidden_act {self.hidden_act!r} is not one of {sorted(ACTIVATIONS)}")
+            raise ValueError(f"bert config: hidden_act {_show(self.hidden_act)}: no activation of the official graph "
+                             f"has that name (they are {', '.join(sorted(ACTIVATIONS))}); this model computes "
+                             f"something else")
+        problem = variant_problem(self.to_dict())
+        if problem:
+            raise ValueError(f"bert config: {problem}")
 
     @classmethod
     def from_dict(cls, d: dict) -> "BertConfig":

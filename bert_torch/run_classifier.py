@@ -73,7 +73,8 @@ def load_init_weights(path: str, config: BertConfig) -> dict[str, np.ndarray]:
     heads and optimizer slots in the source are ignored, every body tensor must be there."""
     from .convert import tf_to_torch
     from .tf_checkpoint import CheckpointError, checkpoint_prefix, read_checkpoint
-    if os.path.isfile(path) and path.endswith((".safetensors", ".bin", ".pt")):
+    # Not os.path.isfile: a FIFO of such a name goes to read_weights, which refuses it by name.
+    if not os.path.isdir(path) and path.endswith((".safetensors", ".bin", ".pt")):
         tensors = read_weights(path)
     else:
         try:

@@ -15,7 +15,6 @@ Exit codes: 0 done, 2 bad input (one line on stderr).
 """
 from __future__ import annotations
 
-import json
 import os
 import sys
 from typing import Optional
@@ -98,8 +97,7 @@ def run(args) -> dict:
         from ._io import write_json   # strict JSON (NaN as "nan"), written atomically
         write_json(os.path.join(args.output_dir, "predictions.json"), predictions, "predictions", indent=4)
         write_json(os.path.join(args.output_dir, "nbest_predictions.json"), nbest, "predictions", indent=4)
-        with open(args.predict_file, encoding="utf-8") as f:
-            dataset = json.load(f)["data"]
+        dataset = squad.read_dataset(args.predict_file)
         if any(qa.get("answers") for a in dataset for p in a["paragraphs"] for qa in p["qas"]):
             metrics = squad.evaluate(dataset, predictions)
             results.update({"exact_match": metrics["exact_match"], "f1": metrics["f1"], "questions": metrics["total"]})

@@ -18,6 +18,7 @@ import string
 from dataclasses import dataclass, field
 from typing import Optional, Sequence
 
+from ._io import InputFileError, read_text
 from .tokenization import BasicTokenizer, whitespace_tokenize
 
 
@@ -56,20 +57,43 @@ def _is_whitespace(c: str) -> bool:
     return c in (" ", "\t", "\r", "\n") or ord(c) == 0x202F
 
 
+def read_dataset(input_file: str) -> list:
+    """The ``data`` list of a SQuAD json file, read once: a regular file, bounded by its size."""
+    try:
+        data = json.loads(read_text(input_file, "SQuAD file"))["data"]
+    except InputFileError as e:
+        raise SquadError(str(e)) from None
+    except (ValueError, KeyError, TypeError, RecursionError) as e:   # RecursionError: absurd nesting
+        raise SquadError(f"{input_file}: not a SQuAD json file ({type(e).__name__}: {e})") from None
+    return data
+
+
+def _field(obj, key: str, kind, input_file: str, where: str, name: str):
+    """``obj[key]`` when it is a JSON ``name`` (Python ``kind``), else a SquadError naming the file, the place
+    in it (a question's id where there is one) and the key: the official reader would fail there with a bare
+    KeyError or TypeError, or, for a negative offset, read the wrong characters."""
+    if not isinstance(obj, dict):
+        raise SquadError(f"{input_file}: {where} is {type(obj).__name__}; expected an object")
+    if key not in obj:
+        raise SquadError(f"{input_file}: {where} has no {key!r}")
+    value = obj[key]
+    if not isinstance(value, kind) or isinstance(value, bool):   # True is an int; no SQuAD field is a boolean
+        raise SquadError(f"{input_file}: {where}: {key} is {type(value).__name__} {value!r:.40}; expected {name}")
+    return value
+
+
 def read_squad_examples(input_file: str, is_training: bool) -> list[SquadExample]:
     """SQuAD v1.1 json -> examples. For training, answers whose text cannot be found in the
-    whitespace-tokenised context are skipped, as the official reader skips them."""
-    try:
-        with open(input_file, encoding="utf-8") as f:
-            data = json.load(f)["data"]
-    except OSError as e:
-        raise SquadError(f"{input_file}: cannot read ({e.strerror})") from None
-    except (ValueError, KeyError, TypeError) as e:
-        raise SquadError(f"{input_file}: not a SQuAD json file ({type(e).__name__}: {e})") from None
+    whitespace-tokenised context are skipped, as the official reader skips them. A file that does not
+    have SQuAD's structure is a SquadError naming the file, the place and the field."""
+    data = read_dataset(input_file)
+    if not isinstance(data, list):
+        raise SquadError(f"{input_file}: data is {type(data).__name__}; expected a list of articles")
     examples = []
-    for entry in data:
-        for paragraph in entry["paragraphs"]:
-            text = paragraph["context"]
+    for i, entry in enumerate(data):
+        for j, paragraph in enumerate(_field(entry, "paragraphs", list, input_file, f"data[{i}]", "a list")):
+            where = f"data[{i}].paragraphs[{j}]"
+            text = _field(paragraph, "context", str, input_file, where, "a string")
             doc_tokens, char_to_word, prev_ws = [], [], True
             for c in text:
                 if _is_whitespace(c):
@@ -81,15 +105,26 @@ def read_squad_examples(input_file: str, is_training: bool) -> list[SquadExample
                         doc_tokens[-1] += c
                     prev_ws = False
                 char_to_word.append(len(doc_tokens) - 1)
-            for qa in paragraph["qas"]:
-                ex = SquadExample(qa["id"], qa["question"], doc_tokens,
-                                  answers=[a["text"] for a in qa.get("answers", [])])
+            for k, qa in enumerate(_field(paragraph, "qas", list, input_file, where, "a list")):
+                qid = _field(qa, "id", (str, int), input_file, f"{where}.qas[{k}]", "a string")
+                at = f"question {qid}"
+                answers = _field(qa, "answers", list, input_file, at, "a list") if is_training or "answers" in qa \
+                    else []
+                ex = SquadExample(qid, _field(qa, "question", str, input_file, at, "a string"), doc_tokens,
+                                  answers=[_field(a, "text", str, input_file, f"{at} answers[{n}]", "a string")
+                                           for n, a in enumerate(answers)])
                 if is_training:
-                    if len(qa["answers"]) != 1:
-                        raise SquadError(f"{input_file}: question {qa['id']} has {len(qa['answers'])} answers; "
+                    if len(answers) != 1:
+                        raise SquadError(f"{input_file}: question {qid} has {len(answers)} answers; "
                                          "for training each question needs exactly 1")
-                    answer = qa["answers"][0]
-                    offset, answer_text = answer["answer_start"], answer["text"]
+                    offset = _field(answers[0], "answer_start", int, input_file, f"{at} answers[0]", "an integer")
+                    answer_text = ex.answers[0]
+                    if not answer_text:
+                        raise SquadError(f"{input_file}: question {qid}: its answer's text is empty")
+                    if offset < 0 or offset + len(answer_text) > len(text):
+                        raise SquadError(f"{input_file}: question {qid}: answer_start {offset} with an answer of "
+                                         f"{len(answer_text)} characters lies outside its context of {len(text)} "
+                                         f"characters")
                     start, end = char_to_word[offset], char_to_word[offset + len(answer_text) - 1]
                     actual = " ".join(doc_tokens[start:end + 1])
                     if actual.find(" ".join(whitespace_tokenize(answer_text))) == -1:

@@ -14,6 +14,13 @@ from typing import Callable, Iterable, Mapping, Optional
 
 import torch
 
+
+class TapError(ValueError):
+    """A tap published against the ``Taps`` rules (twice in one forward, or replaced by a tensor of another
+    shape): bad input naming the tap. Raised inside a model's forward, it is the harness's own error there,
+    not the model's (``parity.candidate_side`` lets it through a candidate's boundary unchanged)."""
+
+
 HEAD_TAPS = {
     None: (),
     "classifier": ("classifier/logits",),
@@ -130,15 +137,15 @@ class Taps:
             # Recorded twice, the first value would be lost (or, fed, fed twice): a module that runs more than
             # once per forward (layers shared across depths, a model called twice in one context) makes the
             # name ambiguous, and a comparison of "the" tap would judge whichever came last.
-            raise ValueError(f"tap {name} was published twice in one forward: the model runs the module that "
-                             "publishes it more than once (shared layers?) or ran twice in one Taps context; "
-                             "map each contract tap to a module that runs once per forward")
+            raise TapError(f"tap {name} was published twice in one forward: the model runs the module that "
+                           "publishes it more than once (shared layers?) or ran twice in one Taps context; "
+                           "map each contract tap to a module that runs once per forward")
         self._published.add(name)
         self.seen.append(name)
         if name in self.inject:
             new = torch.as_tensor(self.inject[name])
             if tuple(new.shape) != tuple(x.shape):
-                raise ValueError(f"injected tap {name}: shape {tuple(new.shape)}, expected {tuple(x.shape)}")
+                raise TapError(f"injected tap {name}: shape {tuple(new.shape)}, expected {tuple(x.shape)}")
             if keep and self.sink_computed:   # the block's own output, what a diagnosis judges it by
                 self.sink(name, x.detach() if self.detach else x)
                 keep = False

@@ -16,19 +16,21 @@ import glob
 import math
 import os
 import re
+import stat
 import struct
 from typing import Iterable, Mapping
 
 import google_crc32c
 import numpy as np
 
-from ._io import LazyTensor, atomic_outputs
+from ._io import LazyTensor, atomic_outputs, decode, read_bytes, regular_file
 
 _MAGIC = 0xDB4775248B80FB57
 _FOOTER_LEN = 48  # metaindex and index BlockHandles, zero-padded to 40 bytes, then the magic
 _BLOCK_SIZE = 262144  # TF's table::Options default; TF never compresses checkpoint indexes
 _RESTART_INTERVAL = 16
 _CRC_CHUNK = 1 << 22  # google_crc32c takes only bytes, so big tensors are hashed in slices
+_MAX_STATE_BYTES = 1 << 20  # a `checkpoint` state file is a few lines; a bigger one is not read
 # TF DataType enum -> numpy dtype, for the types TF stores as raw element bytes.
 _NUMPY = {1: np.float32, 2: np.float64, 3: np.int32, 4: np.uint8, 5: np.int16, 6: np.int8,
           8: np.complex64, 9: np.int64, 10: np.bool_, 17: np.uint16, 18: np.complex128,
@@ -192,11 +194,7 @@ def _block_entries(block: bytes):
 
 def _read_table(path: str) -> list[tuple[bytes, bytes]]:
     """All (key, value) pairs of the table at ``path``, in key order."""
-    try:
-        with open(path, "rb") as f:
-            data = f.read()
-    except OSError as e:
-        raise CheckpointError(f"cannot read {path}: {e.strerror}") from None
+    data = read_bytes(path, "TF checkpoint index")   # a regular file, read once, bounded by its size
     if len(data) < _FOOTER_LEN or struct.unpack_from("<Q", data, len(data) - 8)[0] != _MAGIC:
         raise CheckpointError(f"{path} is not a TF checkpoint index (bad magic)")
     try:
@@ -284,16 +282,20 @@ def checkpoint_prefix(path: str) -> str:
     if os.path.isdir(path):
         return _prefix_in_dir(path)
     prefix = re.sub(r"\.(index|meta|data-\d{5}-of-\d{5})$", "", path)
-    if not os.path.isfile(prefix + ".index"):
+    if not os.path.lexists(prefix + ".index"):   # anything else there is named by its reader (_read_table)
         raise CheckpointError(f"no TF checkpoint at {path}: {prefix}.index does not exist")
     return prefix
 
 
 def _prefix_in_dir(directory: str) -> str:
     candidates, outside = [], None
+    state = os.path.join(directory, "checkpoint")
+    with contextlib.suppress(OSError):   # none there, or a folder of that name: no state file
+        if not stat.S_ISDIR(os.stat(state).st_mode):
+            regular_file(state, "checkpoint state file")   # a FIFO or device is refused, never opened
     with contextlib.suppress(OSError, ValueError):  # an unreadable state file is just ignored
-        with open(os.path.join(directory, "checkpoint"), encoding="utf-8") as f:
-            m = re.search(r'^model_checkpoint_path:\s*"((?:[^"\\]|\\.)*)"', f.read(), re.M)
+        text = decode(read_bytes(state, "checkpoint state file", _MAX_STATE_BYTES), state, "checkpoint state file")
+        m = re.search(r'^model_checkpoint_path:\s*"((?:[^"\\]|\\.)*)"', text, re.M)
         if m:  # a text-format string: C escapes, octal for non-ASCII bytes
             named = codecs.escape_decode(m.group(1).encode())[0].decode()
             # Relative paths are relative to the directory. An absolute one (tf.train.Saver writes
@@ -420,6 +422,7 @@ def _checked_entries(prefix: str, names: Iterable[str] | None) -> tuple[str, int
 
 
 def _open_data(path: str, name: str):
+    regular_file(path, "TF checkpoint data file", missing_ok=True)   # a missing one is named below
     try:
         return open(path, "rb")
     except OSError as err:
@@ -432,10 +435,10 @@ def _load_tensor(path: str, name: str, e: _Entry) -> np.ndarray:
 
 
 def _file_size(path: str, name: str) -> int:
-    try:
-        return os.path.getsize(path)
-    except OSError as err:
-        raise CheckpointError(f"cannot open {path} (needed for variable {name}): {err.strerror}") from None
+    st = regular_file(path, "TF checkpoint data file", missing_ok=True)
+    if st is None:
+        raise CheckpointError(f"cannot open {path} (needed for variable {name}): No such file or directory")
+    return st.st_size
 
 
 def _read_tensor(f, path: str, name: str, e: _Entry) -> np.ndarray:

@@ -10,13 +10,12 @@ from __future__ import annotations
 
 import functools
 import json
-import os
 from typing import Mapping, Optional
 
 import numpy as np
 import torch
 
-from ._io import SAFETENSORS_DTYPES, LazyTensor, atomic_output, save_safetensors
+from ._io import SAFETENSORS_DTYPES, LazyTensor, atomic_output, regular_file, save_safetensors
 from .modeling import HEADS, BertConfig
 
 # Buffers some HF versions save beside the parameters; they carry no learned values.
@@ -33,8 +32,7 @@ class WeightsError(ValueError):
 
 def read_weights(path: str) -> dict[str, np.ndarray]:
     """Reads safetensors, or a ``.bin``/``.pt`` state dict with ``weights_only=True``, under file names."""
-    if not os.path.isfile(path):
-        raise WeightsError([f"{path}: no such weights file"])
+    _weights_file(path)
     try:
         if path.endswith(".safetensors"):
             from safetensors.numpy import load_file
@@ -49,6 +47,12 @@ def read_weights(path: str) -> dict[str, np.ndarray]:
     except Exception as e:   # safetensors/pickle raise many types; all mean "unreadable"
         raise WeightsError([_unreadable(path, e)]) from None
     return _file_names(tensors)
+
+
+def _weights_file(path: str) -> None:
+    """A weights file is a regular file, checked before safetensors or torch opens it (a FIFO would block)."""
+    if regular_file(path, "weights file", missing_ok=True) is None:
+        raise WeightsError([f"{path}: no such weights file"])
 
 
 def _unreadable(path: str, e: Exception) -> str:
@@ -66,8 +70,9 @@ def open_weights(path: str) -> dict[str, np.ndarray | LazyTensor]:
     used (a converter streams the file through one tensor at a time). The file is checked as
     ``read_weights`` checks it (``safetensors`` parses and validates the header) before this returns;
     ``.bin``/``.pt`` files, and safetensors with dtypes numpy lacks, are read whole by ``read_weights``."""
-    if not path.endswith(".safetensors") or not os.path.isfile(path):
+    if not path.endswith(".safetensors"):
         return read_weights(path)
+    _weights_file(path)
     try:
         from safetensors import safe_open
         with safe_open(path, framework="numpy") as f:   # the header validated as load_file validates it
@@ -83,6 +88,7 @@ def open_weights(path: str) -> dict[str, np.ndarray | LazyTensor]:
 
     def load(name: str, start: int, end: int, shape: tuple, dtype) -> np.ndarray:
         array = np.empty(shape, dtype)
+        regular_file(path, "weights file")   # read again when used: still a regular file
         with open(path, "rb") as f:
             f.seek(8 + n + start)
             got = f.readinto(memoryview(array.reshape(-1).view(np.uint8)))

@@ -8,7 +8,7 @@ AdamWeightDecayOptimizer; then the whole ``convert``, ``compare`` and ``diagnose
 process: wall time and peak RSS, and compare / diagnose against one TF plus one PyTorch forward. Shapes:
 MiniLM-L6 (real weights) and BERT-base / BERT-large shapes (random weights, written as official checkpoints:
 timing does not depend on the values). Each round times every contender once, in turn, so that a load change
-hits them all; the median of the rounds is kept. The ratios are printed beside issue #13's targets, each with
+hits them all; the median of the rounds is kept. The ratios are printed beside the speed targets, each with
 its spread over the rounds (the same ratio taken round by round) and how many rounds were within the target.
 
     python -m parity.bench [--shapes minilm,base,large] [--batch-size 8] [--seq-len 128] [--repeats 7]
@@ -32,12 +32,16 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
 import torch  # noqa: E402
 
-from bert_torch._io import writable_folder, write_json  # noqa: E402
+from bert_torch._io import atomic_dir, write_json  # noqa: E402
 from bert_torch.commands import EXIT_CODES_HELP, ArgumentParser, HelpFormatter, run_main  # noqa: E402
+from bert_torch.flags import count, output_dir
 from bert_torch import modeling  # noqa: E402
 from bert_torch.modeling import BertConfig  # noqa: E402
 
-from .inputs import available_memory, make_inputs, tap_elements  # noqa: E402
+from .inputs import (MEMORY_MARGIN, RUNTIME_BYTES, SPILL_ABOVE_BYTES, TF_STEP_ACTIVATIONS,  # noqa: E402
+                     TF_TRAINER_BYTES_PER_PARAMETER, TORCH_RUNTIME_BYTES, TORCH_STEP_ACTIVATIONS,
+                     TORCH_TRAINER_BYTES_PER_PARAMETER, in_memory_bytes, make_inputs, memory_shortfall,
+                     optimizer_scratch_bytes, run_bytes, step_activation_bytes)
 from .minilm import build_checkpoint  # noqa: E402
 from .options import BadInput  # noqa: E402
 
@@ -266,7 +270,7 @@ def bench_shape(name: str, B: int, T: int, repeats: int, with_tf: bool, commands
             "ratio_rounds": round_ratios(fwd_rounds, train_rounds)}
 
 
-# Issue #13's targets for the fast path, same run: forward <= 0.85x HF's fastest and <= 1.2x the GEMM floor;
+# The fast path's speed targets, same run: forward <= 0.85x HF's fastest and <= 1.2x the GEMM floor;
 # a training step <= 1.0x HF with AdamW and <= 0.9x the official TF step.
 TARGETS = {"forward: fast path / fastest HF": 0.85, "forward: fast path / GEMM floor": 1.2,
            "training step: bert_torch / HF + AdamW": 1.0, "training step: bert_torch / official TF": 0.9}
@@ -338,17 +342,39 @@ def plot(results: list[dict], path: str) -> None:
 
 # Bounds of the command line, checked before anything is built or timed.
 LIMITS = {"--batch-size": (1, 256), "--seq-len": (1, 512), "--repeats": (1, 100)}
-# Memory of the training contenders, alive together: weights, gradients and two Adam moments (float32) on each of
-# the three sides (bert_torch, HF, TF), and bert_torch's forward model besides; one step's activations at a time,
-# about two float32 values per tap element (what autograd saves, and the backward's temporaries).
-BYTES_PER_PARAMETER = 3 * 4 * 4 + 4
-BYTES_PER_TAP_ELEMENT = 2 * 4
+# Memory of one shape's run (``bench_shape``), an upper bound of its peak: the training phase's, where every
+# contender is alive at once (``training_contenders`` builds them all, and each keeps its optimizer's state
+# between rounds). Bytes per parameter: bert_torch's forward model, kept for the whole shape (4); the forward
+# rounds' HF eager and sdpa copies and the official graph's variables (4 + 4, + 4), freed before the training
+# phase, but the allocators keep most of it and that phase's memory comes on top; bert_torch + BertAdam and HF +
+# AdamW (``TORCH_TRAINER_BYTES_PER_PARAMETER`` each); the official graph + AdamWeightDecay
+# (``TF_TRAINER_BYTES_PER_PARAMETER``; none with ``--no-tf``).
+TRAINING_BYTES_PER_PARAMETER = {True: 4 + 12 + 2 * TORCH_TRAINER_BYTES_PER_PARAMETER + TF_TRAINER_BYTES_PER_PARAMETER,
+                                False: 4 + 8 + 2 * TORCH_TRAINER_BYTES_PER_PARAMETER}
 
 
-def training_bytes(shape: str, B: int, T: int) -> int:
-    """What the training contenders of ``shape`` hold at B x T (``BYTES_PER_PARAMETER``, ``BYTES_PER_TAP_ELEMENT``)."""
-    config = BertConfig.from_dict({"vocab_size": 30522, "max_position_embeddings": 512, **SHAPES[shape]})
-    return BYTES_PER_PARAMETER * config.num_parameters() + BYTES_PER_TAP_ELEMENT * tap_elements(config, B, T)
+def shape_config(shape: str) -> BertConfig:
+    """The config ``shape_checkpoint`` builds for ``shape``: MiniLM's vocabulary and positions, the shape's sizes."""
+    return BertConfig.from_dict({"vocab_size": 30522, "max_position_embeddings": 512, "type_vocab_size": 2,
+                                 **SHAPES[shape]})
+
+
+def bench_bytes(config: BertConfig, B: int, T: int, with_tf: bool = True, commands: bool = False) -> int:
+    """An upper bound of the peak memory of ``bench_shape`` for ``config`` at B x T (see
+    ``TRAINING_BYTES_PER_PARAMETER``), times ``MEMORY_MARGIN``. With ``commands``, the convert, compare and
+    diagnose processes run one at a time while the bench still holds its training contenders: the larger of
+    compare and diagnose, as ``--spill auto`` runs them (``run_bytes``), is added (convert streams: at most 1.5x
+    the checkpoint, tests/test_convert_memory.py, below either)."""
+    # One contender's step runs at a time; TF's pool keeps its step's activations under the PyTorch steps.
+    held = (RUNTIME_BYTES if with_tf else TORCH_RUNTIME_BYTES) \
+        + TRAINING_BYTES_PER_PARAMETER[with_tf] * config.num_parameters() + optimizer_scratch_bytes(config) \
+        + step_activation_bytes(config, B, T, TORCH_STEP_ACTIVATIONS) \
+        + (step_activation_bytes(config, B, T, TF_STEP_ACTIVATIONS) if with_tf else 0)
+    need = int(MEMORY_MARGIN * held)
+    if commands:
+        need += max(run_bytes(config, B, T, c, spilled=in_memory_bytes(config, B, T, c) > SPILL_ABOVE_BYTES)
+                    for c in ("compare", "diagnose"))
+    return need
 
 
 def check_args(args) -> list[str]:
@@ -364,20 +390,20 @@ def check_args(args) -> list[str]:
         value = getattr(args, flag[2:].replace("-", "_"))
         if not lo <= value <= hi:
             raise BadInput(f"{flag} {value}: out of range {lo}-{hi}")
-    have = available_memory()
-    for s in shapes:
-        need = training_bytes(s, args.batch_size, args.seq_len)
-        if have is not None and need > have:
-            raise BadInput(f"--shapes {s} at --batch-size {args.batch_size} x --seq-len {args.seq_len}: the training "
-                           f"contenders need about {need / 2**30:.1f} GiB, {have / 2**30:.1f} GiB is available; "
-                           "use a smaller batch or sequence")
+    for s in shapes:   # one shape at a time: each one's memory is freed before the next is built
+        need = bench_bytes(shape_config(s), args.batch_size, args.seq_len, not args.no_tf, not args.no_commands)
+        short = memory_shortfall(need, TORCH_RUNTIME_BYTES if args.no_tf else RUNTIME_BYTES)
+        if short:
+            what = "the training contenders together" + ("" if args.no_commands else ", and the commands it runs")
+            raise BadInput(f"--shapes {s} at --batch-size {args.batch_size} x --seq-len {args.seq_len}: the bench "
+                           f"({what}) needs {short}; use a smaller batch or sequence"
+                           + ("" if args.no_commands else ", or --no-commands"))
     # The peers are part of the benchmark: a missing one is said up front, not after minutes of timing.
     needed = ["transformers", "matplotlib"] + ([] if args.no_tf else ["tensorflow"])
     missing = [m for m in needed if importlib.util.find_spec(m) is None]
     if missing:
         raise BadInput(f"{', '.join(missing)} not installed: the benchmark needs the test and tf extras "
                        "(make setup)" + ("" if args.no_tf else ", or pass --no-tf to leave TensorFlow out"))
-    writable_folder(args.report_dir, "--report-dir", BadInput)
     return shapes
 
 
@@ -385,16 +411,15 @@ def main(argv: Optional[list[str]] = None) -> int:
     ap = ArgumentParser(prog="python -m parity.bench", description=__doc__.split("\n\n")[0],
                         epilog=EXIT_CODES_HELP, formatter_class=HelpFormatter)
     ap.add_argument("--shapes", default="minilm,base", help=f"comma-separated of {', '.join(SHAPES)}")
-    ap.add_argument("--batch-size", type=int, default=8, help="rows of every timed batch (1-256)")
-    ap.add_argument("--seq-len", type=int, default=128, help="tokens per row (1-512)")
-    ap.add_argument("--repeats", type=int, default=7, help="interleaved rounds of the forward pass; the training "
+    ap.add_argument("--batch-size", type=count(1, 256), default=8, help="rows of every timed batch (1-256)")
+    ap.add_argument("--seq-len", type=count(1, 512), default=128, help="tokens per row (1-512)")
+    ap.add_argument("--repeats", type=count(1, 100), default=7, help="interleaved rounds of the forward pass; the training "
                     "step gets half as many, at least 3 (1-100)")
     ap.add_argument("--no-tf", action="store_true", help="leave the official TF graph out")
     ap.add_argument("--no-commands", action="store_true",
                     help="leave out the whole convert / compare / diagnose commands (wall time, peak RSS)")
-    ap.add_argument("--report-dir", default="reports/bench", help="where bench.json and bench.png go")
-    args = ap.parse_args(argv)
-    return run_main(_bench, args)
+    ap.add_argument("--report-dir", default="reports/bench", type=output_dir("report folder", owner="bench"), help="where bench.json and bench.png go")
+    return run_main(lambda: _bench(ap.parse_args(argv)))
 
 
 def _bench(args) -> int:
@@ -404,11 +429,13 @@ def _bench(args) -> int:
     print(f"load average before: {load_before}, torch threads {torch.get_num_threads()}")
     results = [bench_shape(s, args.batch_size, args.seq_len, args.repeats, not args.no_tf, not args.no_commands)
                for s in shapes]
-    write_json(os.path.join(args.report_dir, "bench.json"),
-               {"results": results, "targets": TARGETS, "repeats": args.repeats, "torch_threads": torch.get_num_threads(),
-                "load_average_before": load_before, "load_average_after": os.getloadavg()},
-               "--report-dir", indent=2)
-    plot(results, os.path.join(args.report_dir, "bench.png"))
+    # The report folder appears whole or not at all, replacing only an empty folder or a previous bench's.
+    with atomic_dir(args.report_dir, "--report-dir", owner="bench") as out:
+        write_json(os.path.join(out, "bench.json"),
+                   {"results": results, "targets": TARGETS, "repeats": args.repeats,
+                    "torch_threads": torch.get_num_threads(), "load_average_before": load_before,
+                    "load_average_after": os.getloadavg()}, "--report-dir", indent=2)
+        plot(results, os.path.join(out, "bench.png"))
     for r in results:
         print(f"\n{r['shape']}, batch {r['batch_size']} x {r['seq_len']}, median of {args.repeats} interleaved rounds:")
         for k, s in r["forward_seconds"].items():

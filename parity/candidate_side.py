@@ -15,8 +15,10 @@ from typing import Callable, Mapping, Optional
 
 import torch
 
+from bert_torch._io import InputFileError
+from bert_torch.commands import foreign
 from bert_torch.modeling import ACTIVATIONS, BertConfig, gelu_erf, gelu_tanh
-from bert_torch.taps import tap
+from bert_torch.taps import TapError, tap
 
 from .inputs import sha256
 from .sides import TorchSide
@@ -26,6 +28,20 @@ KINDS = ("bert_torch", "hf", "module", "ppb", "onnx")
 
 class CandidateError(ValueError):
     """A candidate that cannot be used as given: exit 2, one line naming the spec at fault."""
+
+
+class _HarnessError(Exception):
+    """An error of the harness's own code (the consumer of streamed taps) raised inside a candidate's
+    forward: carried through the candidate's boundary unchanged, then raised again as itself."""
+
+    def __init__(self, error: BaseException):
+        super().__init__(error)
+        self.error = error
+
+
+# This tool's own bad-input errors, raised while a candidate's code runs (by the hooks, the tap map's
+# checks, a file read): they name their culprit already, so ``foreign`` passes them through.
+OWN_ERRORS = (CandidateError, InputFileError, TapError, _HarnessError)
 
 
 @dataclass(frozen=True)
@@ -128,11 +144,20 @@ def _keyword_call(model, input_ids, token_type_ids, attention_mask):
     return model(input_ids=input_ids, token_type_ids=token_type_ids, attention_mask=attention_mask)
 
 
+def _tensor(name: str, module, x, what: str = "output"):
+    """``x`` when it is a tensor; else a TypeError (raised inside the candidate's forward: bad input naming
+    the candidate) saying which tap's module gave what instead."""
+    if not isinstance(x, torch.Tensor):
+        raise TypeError(f"tap {name}: its module ({type(module).__name__}) has {type(x).__name__} as its {what}, "
+                        f"not a tensor (or a tuple that starts with one)")
+    return x
+
+
 def output_hook(name: str):
     """A forward hook publishing a module's output (the first element of a tuple) as tap ``name``;
     an injected replacement becomes the module's output."""
     def hook(module, args, out):
-        first = out[0] if isinstance(out, tuple) else out
+        first = _tensor(name, module, out[0] if isinstance(out, tuple) and out else out)
         new = tap(name, first)
         if new is first:
             return None
@@ -143,8 +168,9 @@ def output_hook(name: str):
 def input_hook(name: str):
     """A forward pre-hook publishing a module's first input as tap ``name`` (and replacing it)."""
     def hook(module, args):
-        new = tap(name, args[0])
-        return None if new is args[0] else (new,) + tuple(args[1:])
+        first = _tensor(name, module, args[0] if args else None, "first positional input")
+        new = tap(name, first)
+        return None if new is first else (new,) + tuple(args[1:])
     return hook
 
 
@@ -152,7 +178,7 @@ def position_hook(name: str):
     """Position-embedding lookups come out [1,T,H] (HF: one row of ids, broadcast) or [B,T,H] (the
     original port: the same ids in every row); the contract's layout is [T,H], the first row."""
     def hook(module, args, out):
-        if out.dim() != 3:
+        if _tensor(name, module, out).dim() != 3:
             return tap(name, out)
         new = tap(name, out[0])
         return None if new is out[0] else new.unsqueeze(0).expand_as(out)
@@ -161,6 +187,7 @@ def position_hook(name: str):
 
 def squad_hook(module, args, out):
     """``qa_outputs`` gives [B,T,2]; the contract has start and end logits [B,T] each."""
+    _tensor("squad/*", module, out)
     start, end = tap("squad/start_logits", out[..., 0]), tap("squad/end_logits", out[..., 1])
     if start is out[..., 0] and end is out[..., 1]:
         return None
@@ -203,6 +230,30 @@ class CandidateSide(TorchSide):
         self.unobservable = dict(unobservable or {})
         self.tap_names = [t for t in self.tap_names if t not in self.unobservable]
         self.files = dict(files or {})
+
+    def _forward(self, inputs) -> None:
+        # The user's model (or transformers', or the port's) runs here: whatever it raises is bad input
+        # naming the candidate, never an internal error of the tool, nor its exit code.
+        with foreign(f"--candidate {self.spec}", ours=OWN_ERRORS):
+            super()._forward(inputs)
+
+    def _twin(self, dtype: torch.dtype) -> "CandidateSide":
+        # A deep copy of the user's model (the precision ladder's float64 rung): its own code may refuse it.
+        with foreign(f"--candidate {self.spec}: copying its model to {dtype}", ours=OWN_ERRORS):
+            return super()._twin(dtype)
+
+    def stream(self, inputs, consume, inject=None, computed: bool = False) -> None:
+        """``TorchSide.stream``, with ``consume`` (the harness's code, called from inside the candidate's
+        forward) failing as itself, not as the candidate."""
+        def sink(name, value):
+            try:
+                consume(name, value)
+            except Exception as e:   # noqa: BLE001 - carried through the boundary, raised again below
+                raise _HarnessError(e) from None
+        try:
+            super().stream(inputs, sink, inject, computed)
+        except _HarnessError as e:
+            raise e.error from None
 
     def tensors(self) -> dict:
         """The model's tensors under weight-file names (diagnose's bit-for-bit check): the adapter's

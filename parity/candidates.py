@@ -1,4 +1,4 @@
-"""Any PyTorch BERT as the candidate side: ``--candidate KIND:PATH`` (CONTRACT.md, issue #14).
+"""Any PyTorch BERT as the candidate side: ``--candidate KIND:PATH`` (CONTRACT.md).
 
     side = make_candidate(parse_candidate("hf:out/my-bert"), config=reference_config)
     side.run(inputs, fetch=None, inject=None)   # the Side protocol of parity.sides
@@ -30,6 +30,7 @@ from typing import Callable, Mapping, Optional
 
 import torch
 
+from bert_torch.commands import foreign
 from bert_torch.modeling import BertConfig
 from bert_torch.taps import tap_names
 
@@ -38,8 +39,8 @@ from .precision import Tier
 from .sides import TAP_HEADS, TorchSide
 
 from .candidate_side import (  # noqa: F401  (re-exported: the public names of the candidates)
-    HF_GELU, HF_GELU_NAMES, HOOKS, KINDS, OFFICIAL_GELU_NAMES, CandidateError, CandidateSide, CandidateSpec,
-    _Adapter, _keyword_call, candidate_spec, check_sizes, input_hook, install_hooks, official_gelu,
+    HF_GELU, HF_GELU_NAMES, HOOKS, KINDS, OFFICIAL_GELU_NAMES, OWN_ERRORS, CandidateError, CandidateSide,
+    CandidateSpec, _Adapter, _keyword_call, candidate_spec, check_sizes, input_hook, install_hooks, official_gelu,
     output_hook, parse_candidate, position_hook, quiet_transformers, squad_hook)
 
 # ---------------------------------------------------------------------------------------------
@@ -60,14 +61,17 @@ def make_candidate(spec: CandidateSpec, *, config: BertConfig, torch_config: Opt
                                  f"an onnx file carries its own precision")
         from .onnx_side import OnnxSide
         return OnnxSide(spec, config, onnx_optimization)
-    side = _make_torch_candidate(spec, config, torch_config, device)
-    return side.with_tier(tier) if tier.reduced else side
+    if spec.kind == "bert_torch":   # this project's own model and loader: an error there is ours to report
+        side = bert_torch_candidate(spec, torch_config or config, device)
+        return side.with_tier(tier) if tier.reduced else side
+    # Someone else's code builds the model (a user's factory, transformers, the port) and the tier's copy
+    # of it: whatever it raises or exits with is bad input naming the candidate.
+    with foreign(f"--candidate {spec}", ours=OWN_ERRORS):
+        side = _make_foreign_candidate(spec, config, device)
+        return side.with_tier(tier) if tier.reduced else side
 
 
-def _make_torch_candidate(spec: CandidateSpec, config: BertConfig, torch_config: Optional[BertConfig],
-                          device: str):
-    if spec.kind == "bert_torch":
-        return bert_torch_candidate(spec, torch_config or config, device)
+def _make_foreign_candidate(spec: CandidateSpec, config: BertConfig, device: str):
     with quiet_transformers():
         if spec.kind == "hf":
             from .candidates_hf import hf_candidate

@@ -17,12 +17,14 @@ How each tap is observed, by transformers' own means (nothing of modeling_bert i
 """
 from __future__ import annotations
 
-import json
 import os
+import stat
 from typing import Optional
 
 import torch
 
+from bert_torch._io import InputFileError, read_json, regular_file
+from bert_torch.hf_dir import check_hf_config
 from bert_torch.modeling import BertConfig
 from bert_torch.taps import LAYER_TAPS, _ACTIVE, tap
 
@@ -41,19 +43,36 @@ def read_hf_config(directory: str, where: str) -> dict:
     path = os.path.join(directory, "config.json")
     if not os.path.isdir(directory):
         raise CandidateError(f"{where}: {directory} is not a directory (hf: takes a save_pretrained directory)")
+    if regular_file(path, "HF config", missing_ok=True) is None:
+        raise CandidateError(f"{where}: no config.json in {directory}")
     try:
-        with open(path, encoding="utf-8") as f:
-            cfg = json.load(f)
-    except FileNotFoundError:
-        raise CandidateError(f"{where}: no config.json in {directory}") from None
-    except (OSError, ValueError) as e:
-        raise CandidateError(f"{where}: {path} is not readable JSON ({type(e).__name__}: {e})") from None
+        cfg = read_json(path, "HF config")
+    except InputFileError as e:
+        raise CandidateError(f"{where}: {e}") from None
     if not isinstance(cfg, dict):
         raise CandidateError(f"{where}: {path} is not a JSON object")
+    try:   # before transformers loads it: transformers ignores some of these settings, and runs others
+        check_hf_config(cfg, f"hf:{path}")
+    except ValueError as e:
+        raise CandidateError(str(e)) from None
     if cfg.get("model_type") != "bert":
         raise CandidateError(f"{where}: {path} has model_type {cfg.get('model_type')!r}; "
                              f"only BERT (model_type 'bert') candidates are compared")
     return cfg
+
+
+def check_hf_files(directory: str) -> None:
+    """transformers opens the directory's files by name (config, weights, shard indexes, generation config):
+    every entry is checked first, and one that is neither a folder nor a regular file (a FIFO, which would block
+    the open, a device, a socket) is refused by name. A broken link is left to transformers, should it need it."""
+    for name in sorted(os.listdir(directory)):
+        path = os.path.join(directory, name)
+        try:
+            is_dir = stat.S_ISDIR(os.stat(path).st_mode)
+        except OSError:
+            continue
+        if not is_dir:
+            regular_file(path, "HF model file")
 
 
 def pick_architecture(cfg: dict, where: str) -> str:
@@ -150,10 +169,24 @@ def hf_tap_map(num_layers: int, head: Optional[str], prefix: str, pooler: bool =
     return m
 
 
+def unchunk(model) -> int:
+    """Turns off ``chunk_size_feed_forward`` (returned; 0: it was off). A chunked feed-forward layer computes
+    the same function token by token, but runs its modules once per chunk, and the contract's taps are one
+    tensor each per forward."""
+    chunks = model.config.chunk_size_feed_forward
+    if chunks:
+        model.config.chunk_size_feed_forward = 0
+        for module in model.modules():   # each BertLayer keeps its own copy of the setting
+            if hasattr(module, "chunk_size_feed_forward"):
+                module.chunk_size_feed_forward = 0
+    return chunks
+
+
 def hf_candidate(spec: CandidateSpec, config: BertConfig, device: str = "cpu") -> CandidateSide:
     where = f"--candidate {spec}"
     cfg = read_hf_config(spec.path, where)
     arch = pick_architecture(cfg, where)
+    check_hf_files(spec.path)
     weights = [os.path.join(spec.path, f) for f in WEIGHT_FILES if os.path.isfile(os.path.join(spec.path, f))]
     if not weights:
         raise CandidateError(f"{where}: no weights in {spec.path} (expected {' or '.join(WEIGHT_FILES)})")
@@ -173,6 +206,7 @@ def hf_candidate(spec: CandidateSpec, config: BertConfig, device: str = "cpu") -
         raise CandidateError(f"{where}: {weights[0]} lacks or misshapes {len(what)} tensor(s) of {arch}, "
                              f"e.g. {what[0]}")
     head = ARCHITECTURES[arch]
+    chunks = unchunk(model)
     impl = register_attention(model)
     prefix = "" if arch == "BertModel" else model.base_model_prefix + "."
     pooler = getattr(model.base_model, "pooler", None) is not None
@@ -181,7 +215,9 @@ def hf_candidate(spec: CandidateSpec, config: BertConfig, device: str = "cpu") -
     act = str(model.config.hidden_act)
     gelu = HF_GELU.get(act)
     description = (f"transformers {transformers.__version__} {arch} from {spec.path} (hidden_act={act}: "
-                   f"GELU {gelu or 'none'} in transformers' meaning, attention {impl}, float32, {device})")
+                   f"GELU {gelu or 'none'} in transformers' meaning, attention {impl}, float32, {device}"
+                   + (f"; chunk_size_feed_forward {chunks} run unchunked: the same function, its feed-forward "
+                      f"taps whole" if chunks else "") + ")")
     files = {os.path.basename(w): w for w in weights}
     files["config.json"] = os.path.join(spec.path, "config.json")
     return CandidateSide(_Adapter(model, model.config, _keyword_call), spec, description, device=device,

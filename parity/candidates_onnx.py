@@ -18,19 +18,21 @@ No injection: onnxruntime cannot replace an intermediate value, so ``diagnose`` 
 """
 from __future__ import annotations
 
+import contextlib
 import json
-import os
 import sys
 import warnings
 from typing import Optional
 
 import torch
 
+from bert_torch._io import atomic_output, check_not_input, note_input
 from bert_torch.modeling import BertConfig
-from bert_torch.commands import ArgumentParser
+from bert_torch.commands import ArgumentParser, foreign, run_main
+from bert_torch.flags import input_file, output_file
 from bert_torch.taps import Taps
 
-from .candidates import CandidateError, make_candidate, parse_candidate
+from .candidates import OWN_ERRORS, CandidateError, CandidateSide, make_candidate, parse_candidate
 from .onnx_side import INPUTS, OPTIMIZATION, OnnxSide  # noqa: F401  (re-exported)
 
 class _TapsAsOutputs(torch.nn.Module):
@@ -47,27 +49,32 @@ class _TapsAsOutputs(torch.nn.Module):
         return tuple(taps.values[n] for n in self.names)
 
 
-def export_onnx(side, path: str, batch: int = 2, seq: int = 16, opset: int = 17) -> list[str]:
-    """Writes ``side``'s model to ``path`` with its taps as outputs; returns the tap names."""
+def export_onnx(side, path: str, vocab_size: int, batch: int = 2, seq: int = 16, opset: int = 17) -> list[str]:
+    """Writes ``side``'s model to ``path`` with its taps as outputs; returns the tap names. The file is written
+    aside and renamed into place: no part of it is left behind by a failure, SIGTERM or SIGINT."""
     import onnx
     names = list(side.tap_names)
-    ids = torch.full((batch, seq), 1000, dtype=torch.long)
+    # The tracer records ops, not values: any id the embedding can look up will do (the smallest vocabulary
+    # is the candidate's; 1000 is a plain word piece in BERT's own).
+    ids = torch.full((batch, seq), min(1000, vocab_size - 1), dtype=torch.long)
     mask = torch.ones_like(ids)
     mask[-1, seq // 2:] = 0   # a padded row, so the mask path is traced as it runs
-    tmp = path + ".tmp"
-    # The tracer warns about Python conditions it freezes (e.g. transformers' "no padding, no mask"
-    # shortcut); the traced row with padding takes the general path, right for every input.
-    with torch.no_grad(), warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        torch.onnx.export(_TapsAsOutputs(side, names).eval(), (ids, torch.zeros_like(ids), mask), tmp,
-                          dynamo=False, opset_version=opset, input_names=list(INPUTS), output_names=names,
-                          dynamic_axes={n: {0: "batch", 1: "sequence"} for n in INPUTS})
-    model = onnx.load(tmp)
-    for key, value in (("bert_parity.taps", json.dumps(names)), ("bert_parity.gelu", side.gelu or ""),
-                       ("bert_parity.source", side.description)):
-        model.metadata_props.add(key=key, value=value)
-    onnx.save(model, tmp)
-    os.replace(tmp, path)   # never a partial file at the final name
+    # Tracing runs the candidate's forward: someone else's code, unless it is bert_torch's own model.
+    traced = (foreign(f"--candidate {side.spec}: cannot be exported to ONNX", ours=OWN_ERRORS)
+              if isinstance(side, CandidateSide) else contextlib.nullcontext())
+    with atomic_output(path, "--output") as tmp:
+        # The tracer warns about Python conditions it freezes (e.g. transformers' "no padding, no mask"
+        # shortcut); the traced row with padding takes the general path, right for every input.
+        with traced, torch.no_grad(), warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            torch.onnx.export(_TapsAsOutputs(side, names).eval(), (ids, torch.zeros_like(ids), mask), tmp,
+                              dynamo=False, opset_version=opset, input_names=list(INPUTS), output_names=names,
+                              dynamic_axes={n: {0: "batch", 1: "sequence"} for n in INPUTS})
+        model = onnx.load(tmp)
+        for key, value in (("bert_parity.taps", json.dumps(names)), ("bert_parity.gelu", side.gelu or ""),
+                           ("bert_parity.source", side.description)):
+            model.metadata_props.add(key=key, value=value)
+        onnx.save(model, tmp)
     return names
 
 
@@ -75,21 +82,22 @@ def main(argv: Optional[list[str]] = None) -> int:
     ap = ArgumentParser(prog="python -m parity.candidates_onnx",
                         description="Export a PyTorch candidate to ONNX with every tap as a graph output")
     ap.add_argument("--candidate", required=True, help="KIND:PATH (bert_torch:, hf:, ppb:, module:)")
-    ap.add_argument("--bert-config", required=True, help="the reference's bert_config.json (sizes, and "
+    ap.add_argument("--bert-config", required=True, type=input_file("bert_config.json"), help="the reference's bert_config.json (sizes, and "
                     "the GELU of a bert_torch candidate)")
-    ap.add_argument("--output", "--out", dest="out", required=True, help="ONNX file to write")
-    args = ap.parse_args(argv)
-    try:
-        spec = parse_candidate(args.candidate)
-        if spec.kind == "onnx":
-            raise CandidateError(f"--candidate {spec}: already ONNX")
-        if not os.path.isdir(os.path.dirname(os.path.abspath(args.out))):
-            raise CandidateError(f"--out {args.out}: its directory does not exist")
-        side = make_candidate(spec, config=BertConfig.from_json_file(args.bert_config))
-        names = export_onnx(side, args.out)
-    except (ValueError, OSError) as e:
-        print(f"error: {str(e).splitlines()[0] if str(e) else type(e).__name__}", file=sys.stderr)
-        return 2
+    ap.add_argument("--output", "--out", dest="out", required=True, type=output_file("ONNX file"), help="ONNX file to write")
+    return run_main(lambda: _export(ap.parse_args(argv)))
+
+
+def _export(args) -> int:
+    spec = parse_candidate(args.candidate)
+    if spec.kind == "onnx":
+        raise CandidateError(f"--candidate {spec}: already ONNX")
+    if spec.kind != "module":   # the candidate's own file or folder is an input, never the output
+        note_input(spec.path)
+    check_not_input(args.out, "--output")
+    config = BertConfig.from_json_file(args.bert_config)
+    side = make_candidate(spec, config=config)
+    names = export_onnx(side, args.out, config.vocab_size)
     print(f"{args.out}: {len(names)} taps as graph outputs, from {side.description}")
     return 0
 

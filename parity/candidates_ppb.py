@@ -17,14 +17,14 @@ from __future__ import annotations
 
 import importlib.machinery
 import importlib.util
-import json
 import os
 import sys
 import types
 
 import torch
 
-from bert_torch.modeling import BertConfig
+from bert_torch._io import read_json, regular_file
+from bert_torch.modeling import BertConfig, variant_problem
 from bert_torch.taps import tap
 
 from .candidate_side import (CandidateError, CandidateSide, CandidateSpec, _Adapter, check_sizes, install_hooks,
@@ -59,6 +59,7 @@ def _no_s3(*args, **kwargs):
 
 
 def read_state(path: str, where: str) -> dict:
+    regular_file(path, "weights file")   # before torch or safetensors opens it: a FIFO would block them
     try:
         if path.endswith(".safetensors"):
             from safetensors.torch import load_file
@@ -133,13 +134,17 @@ def ppb_candidate(spec: CandidateSpec, config: BertConfig, device: str = "cpu") 
     where = f"--candidate {spec}"
     ppb = import_ppb()
     beside = os.path.join(os.path.dirname(os.path.abspath(spec.path)), "bert_config.json")
-    if os.path.isfile(beside):
-        with open(beside, encoding="utf-8") as f:
-            cfg = json.load(f)
+    if os.path.lexists(beside):   # anything of that name is read, and a FIFO or device refused by name
+        cfg = read_json(beside, "bert_config.json")
+        if not isinstance(cfg, dict):
+            raise CandidateError(f"{where}: {beside} is not a JSON object")
     else:   # the reference's file, as the port would read it; its erf spellings name the port's "gelu"
         cfg = config.to_dict()
         cfg["hidden_act"] = "gelu" if official_gelu(cfg["hidden_act"]) == "erf" else cfg["hidden_act"]
     check_sizes(cfg, config, where)
+    variant = variant_problem(cfg)   # a setting of another BERT variant: the port would not compute it either
+    if variant:
+        raise CandidateError(f"{where}: {beside}: {variant}")
     if cfg.get("hidden_act") not in ppb.ACT2FN:
         raise CandidateError(f"{where}: hidden_act {cfg.get('hidden_act')!r} is none of the port's "
                              f"({', '.join(ppb.ACT2FN)})")
@@ -154,6 +159,12 @@ def ppb_candidate(spec: CandidateSpec, config: BertConfig, device: str = "cpu") 
         model = ppb.BertForSequenceClassification(pconfig, num_labels=state["classifier.weight"].shape[0])
     else:
         model = ppb.BertForQuestionAnswering(pconfig)
+    own = model.state_dict()
+    misshapen = [k for k, v in state.items() if k in own and tuple(v.shape) != tuple(own[k].shape)]
+    if misshapen:   # load_state_dict would raise one RuntimeError listing them all, the file unnamed
+        k = misshapen[0]
+        raise CandidateError(f"{where}: {spec.path} holds {k} of shape {list(state[k].shape)}; the port's {arch} "
+                             f"for this bert_config has {list(own[k].shape)}")
     result = model.load_state_dict(state, strict=False)
     if result.missing_keys:
         raise CandidateError(f"{where}: {spec.path} lacks {len(result.missing_keys)} tensor(s) of the port's "

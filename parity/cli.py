@@ -10,12 +10,13 @@ import os
 import sys
 from typing import Optional
 
+from bert_torch._io import atomic_dir
 from bert_torch.commands import EXIT_CODES_HELP, ArgumentParser, HelpFormatter, run_main
 from bert_torch.modeling import BertConfig
 from bert_torch.weights import WeightsError
 
 from .candidates import candidate_spec, make_candidate, official_gelu
-from .compare import clear_report, compare_sides, gelu_line, write_report
+from .compare import compare_sides, gelu_line, write_report
 from .diagnose import add_diagnose_args, run_diagnose
 from .refcache import provenance as tf_cache_provenance
 from .environment import environment
@@ -28,9 +29,20 @@ from .report_render import fmt, num
 
 
 def run_compare(args) -> int:
-    clear_report(args.report_dir)
-    if getattr(args, "golden", None):
-        return run_golden_compare(args)
+    """The report folder is written aside and renamed into place when complete: it appears whole or not at
+    all, and replaces only an empty folder or a previous compare's (``bert_torch._io.atomic_dir``)."""
+    final = args.report_dir
+    with atomic_dir(final, "--report-dir", owner="compare") as out:
+        args.report_dir = out
+        try:
+            report = (run_golden_compare if getattr(args, "golden", None) else _run_compare)(args)
+        finally:
+            args.report_dir = final
+    print_summary(report, os.path.join(final, "report.json"))
+    return 0 if report["verdict"] == "pass" else 1
+
+
+def _run_compare(args) -> dict:
     spec = candidate_spec(args)   # before any model loads: a bad spec is exit 2 at once
     p = prepare(args)
     candidate = make_candidate(spec, config=p.config, torch_config=p.torch_config, device=args.device,
@@ -48,15 +60,14 @@ def run_compare(args) -> int:
         reference.close()
     report["environment"] = environment(args.device, p.files, args.tf_threads, seeds={"inputs": args.seed})
     report["environment"]["tf_cache"] = tf_cache_provenance()   # $BERT_PARITY_TF_CACHE: TF runs reused
-    json_path, _ = write_report(report, args.report_dir)
-    print_summary(report, json_path)
-    return 0 if report["verdict"] == "pass" else 1
+    write_report(report, args.report_dir)
+    return report
 
 
 COMPARE_DEFAULTS = {"batch_size": 8, "seq_len": 128, "seed": 0}
 
 
-def run_golden_compare(args) -> int:
+def run_golden_compare(args) -> dict:
     """``compare --golden``: the reference is a recorded TF run; TensorFlow is never imported."""
     if args.tf_checkpoint:
         raise BadInput("give either --tf-checkpoint or --golden, not both")
@@ -93,9 +104,8 @@ def run_golden_compare(args) -> int:
              "torch_bert_config": args.torch_bert_config}
     report["environment"] = environment(args.device, files, None, seeds={"inputs": recorded["seed"]})
     report["environment"]["reference_environment"] = golden.meta.get("environment")
-    json_path, _ = write_report(report, args.report_dir)
-    print_summary(report, json_path)
-    return 0 if report["verdict"] == "pass" else 1
+    write_report(report, args.report_dir)
+    return report
 
 
 WORST_SHOWN = 5   # taps printed; the full table is in report.md
@@ -139,10 +149,11 @@ def main(argv: Optional[list[str]] = None) -> int:
     diagnose = sub.add_parser("diagnose", help="culprit block, root-cause hints, precision ladder, repro "
                               "(compare's arguments; writes diagnosis.json/.md)", epilog=EXIT_CODES_HELP,
                               formatter_class=fmt)
-    add_compare_args(diagnose)
+    add_compare_args(diagnose, owner="diagnose")
     add_diagnose_args(diagnose)
-    args = ap.parse_args(argv)
-    return run_main(run_diagnose if args.command == "diagnose" else run_compare, args)
+    def run(args) -> int:
+        return (run_diagnose if args.command == "diagnose" else run_compare)(args)
+    return run_main(lambda: run(ap.parse_args(argv)))
 
 
 if __name__ == "__main__":

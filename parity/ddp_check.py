@@ -26,6 +26,7 @@ import torch
 from bert_torch import distributed
 from bert_torch._io import write_json
 from bert_torch.commands import ArgumentParser
+from bert_torch.flags import count, output_file
 from bert_torch.modeling import BertConfig, BertForSequenceClassification
 from bert_torch.optimization import BertAdam, accumulate_gradients, grouped_parameters, micro_batches
 from bert_torch.weights import model_from_tensors, read_weights
@@ -122,13 +123,15 @@ def run(args) -> dict:
 def main(argv: Optional[list[str]] = None) -> int:
     ap = ArgumentParser(prog="torchrun --nproc_per_node 2 -m parity.ddp_check",
                         description=__doc__.split("\n\n")[0])
-    ap.add_argument("--output", help="JSON written by rank 0")
-    ap.add_argument("--batch-size", type=int, default=8, help="rows over all processes")
-    ap.add_argument("--micro", type=int, default=2, help="rows per micro-batch in each process")
-    ap.add_argument("--steps", type=int, default=3)
+    ap.add_argument("--output", type=output_file("result file"), help="JSON written by rank 0")
+    ap.add_argument("--batch-size", type=count(1, 65536), default=8, help="rows over all processes")
+    ap.add_argument("--micro", type=count(1, 65536), default=2, help="rows per micro-batch in each process")
+    ap.add_argument("--steps", type=count(1, 100_000), default=3)
     ap.add_argument("--planted", choices=("sum",), help="plant a fault that must fail")
     ap.add_argument("--device", default="cpu")
-    args = ap.parse_args(argv)
+    args = ap.parse_or_exit_code(argv)
+    if isinstance(args, int):   # a usage error (its line printed) or --help
+        return args
     try:
         out = run(args)
     except ValueError as e:

@@ -19,7 +19,7 @@ import threading
 from importlib import metadata
 from typing import Optional
 
-from bert_torch.commands import EXIT_CODES_HELP, ArgumentParser
+from bert_torch.commands import EXIT_CODES_HELP, VERBOSE_ENV, ArgumentParser, run_main
 
 # command -> (module whose main(argv) runs it, whether main expects the command name first, help)
 COMMANDS = {
@@ -116,6 +116,8 @@ def main(argv: Optional[list[str]] = None) -> int:
     argv = [a for a in argv if a != "--verbose"]
     # TensorFlow reads its log level once, at import: set before any command can import it.
     os.environ["TF_CPP_MIN_LOG_LEVEL"] = "0" if verbose else os.environ.get("TF_CPP_MIN_LOG_LEVEL", "3")
+    if verbose:   # every command's errors come with their traceback (bert_torch.commands.run_main)
+        os.environ[VERBOSE_ENV] = "1"
     if entry_point and not verbose and argv and argv[0] not in ("-h", "--help", "--version"):
         drop_native_tf_logs()
     first = next((i for i, a in enumerate(argv) if not a.startswith("-")), None)
@@ -124,4 +126,6 @@ def main(argv: Optional[list[str]] = None) -> int:
         return 2
     module, with_name, _ = COMMANDS[argv[first]]
     rest = argv[first:] if with_name else argv[first + 1:]
-    return importlib.import_module(module).main(rest)
+    # Around every command, whatever its module does itself: an uncaught error is an internal error (exit 3),
+    # never Python's traceback and exit 1, which the contract keeps for a parity failure.
+    return run_main(lambda: importlib.import_module(module).main(rest))

@@ -21,6 +21,7 @@ import sys
 import time
 from typing import Optional
 from bert_torch.commands import ArgumentParser
+from bert_torch.flags import input_dir, output_dir
 
 TIERS = [("fp32", "autocast"), ("tf32", "autocast"), ("bf16", "autocast"), ("bf16", "cast"),
          ("fp16", "autocast"), ("fp16", "cast")]
@@ -151,9 +152,11 @@ def render(report: dict) -> str:
 def main(argv: Optional[list[str]] = None) -> int:
     ap = ArgumentParser(prog="python -m parity.gpu_check", description=__doc__.split("\n\n")[0])
     ap.add_argument("--device", default="cuda", help="cuda (default), cuda:N, or cpu to run the script on the CPU")
-    ap.add_argument("--report-dir", default="reports/gpu-check")
-    ap.add_argument("--data-dir", help="real data (MRPC); default ../shared/data beside the repo when present")
-    args = ap.parse_args(argv)
+    ap.add_argument("--report-dir", default="reports/gpu-check", type=output_dir("report folder"))
+    ap.add_argument("--data-dir", type=input_dir("data folder"), help="real data (MRPC); default ../shared/data beside the repo when present")
+    args = ap.parse_or_exit_code(argv)
+    if isinstance(args, int):   # a usage error (its line printed) or --help
+        return args
     if not (args.device == "cpu" or args.device.startswith("cuda")):
         print(f"error: --device {args.device}: expected cpu, cuda or cuda:N", file=sys.stderr)
         return 2

@@ -44,9 +44,10 @@ class Inputs:
 # Flag bounds, checked before anything is allocated (the memory estimate below is the real guard).
 MAX_BATCH = 1 << 16
 MAX_SEED = (1 << 32) - 1
+MAX_SEQ = 131072   # BertConfig's bound on max_position_embeddings; the config's own value is checked later
 MAX_THREADS = 1024
-# Bytes held per tap element over a run: TF float32, PyTorch float32, its float64 twin (compare);
-# diagnose adds each side fed the other's inputs and a local float64 run.
+# Bytes of taps per tap element a run keeps (what decides ``--spill auto``): TF float32, PyTorch float32, its
+# float64 twin (compare); diagnose adds each side fed the other's inputs and a local float64 run.
 BYTES_PER_TAP_ELEMENT = {"compare": 4 + 4 + 8, "diagnose": 2 * (4 + 4 + 8), "dump": 4}
 # On disk (``--spill``), the runs each command always writes: compare the reference, the candidate (float32)
 # and its float64 twin; diagnose also both local runs. A reduced precision tier adds a float32 twin (4), and a
@@ -55,12 +56,18 @@ BYTES_PER_TAP_ELEMENT = {"compare": 4 + 4 + 8, "diagnose": 2 * (4 + 4 + 8), "dum
 SPILLED_BYTES_PER_TAP_ELEMENT = {"compare": 4 + 4 + 8, "diagnose": 4 + 4 + 4 + 4 + 8}
 
 
+def activation_sizes(config, batch_size: int, seq_len: int) -> tuple[int, int, int]:
+    """Elements of one layer's activations of each size: [B,T,H], [B,T,I] and [B,N,T,T] (attention scores)."""
+    B, T = batch_size, seq_len
+    return B * T * config.hidden_size, B * T * config.intermediate_size, B * config.num_attention_heads * T * T
+
+
 def tap_elements(config, batch_size: int, seq_len: int) -> int:
     """Elements of every contract tap of one forward pass (CONTRACT.md, Taps)."""
-    B, T, H = batch_size, seq_len, config.hidden_size
-    N, I = config.num_attention_heads, config.intermediate_size
-    per_layer = 8 * B * T * H + 2 * B * N * T * T + B * T * I
-    return 4 * B * T * H + T * H + config.num_hidden_layers * per_layer + B * H
+    bth, bti, bntt = activation_sizes(config, batch_size, seq_len)
+    per_layer = 8 * bth + 2 * bntt + bti
+    return 4 * bth + seq_len * config.hidden_size + config.num_hidden_layers * per_layer \
+        + batch_size * config.hidden_size
 
 
 def available_memory() -> Optional[int]:
@@ -83,17 +90,137 @@ SPILL_ABOVE_BYTES = 1 << 30
 
 
 def in_memory_bytes(config, batch_size: int, seq_len: int, command: str = "compare") -> int:
-    """What a run holds in memory when every side's taps are kept (``--spill never``)."""
+    """The taps a run keeps in memory when every side's runs are kept (``--spill never``); ``run_bytes`` is
+    the whole run's peak."""
     return tap_elements(config, batch_size, seq_len) * BYTES_PER_TAP_ELEMENT[command]
+
+
+# The memory estimates below (``run_bytes``; ``parity.bench.bench_bytes``, ``parity.finetune.memory``) are upper
+# bounds of a run's peak resident memory, checked before anything is allocated against MemAvailable.
+# tests/test_memory_bounds.py measures the peak of real runs at several sizes against them.
+#
+# A process's memory besides its weights and taps: the interpreter with torch, numpy and the harness, and
+# TensorFlow's runtime with the official graph built and its session open. Measured (TF 2.x, torch 2.13, x86-64
+# Linux): 0.88 GiB once imported, 1.02-1.08 GiB at the peak of a run of a model of a few kilobytes; torch, numpy
+# and the harness alone 0.25 GiB.
+RUNTIME_BYTES = 5 << 28                # 1.25 GiB
+TORCH_RUNTIME_BYTES = 3 << 28          # 0.375 GiB: a process without TensorFlow (the parent of a spilled run)
+# What the allocators keep beyond what the sums below count as live: glibc's heap does not shrink around freed
+# blocks (one run's arrays, freed, under the next run's), TensorFlow's pool keeps a step's buffers. Measured
+# peaks came to 0.88-1.01 of the bench's sums (five sizes, 2 to 29 million parameters), 0.61-0.79 of compare's,
+# diagnose's and dump's, 0.90 of the quick fine-tuning suite's; the estimates are the sums times this.
+MEMORY_MARGIN = 1.25
+# Weights held per parameter at a run's peak. compare: TF's variables (4), the candidate (4), the float32 copy
+# its float64 twin is cast from and the twin (4 + 8), a reduced precision tier's float32 twin (4). diagnose
+# also keeps the checkpoint's tensors and the PyTorch file's (4 + 4; the candidate is built on the latter, sharing
+# its memory) for the weights' diagnosis. dump: TF's variables and the checkpoint as ``prepare`` read it (4 + 4).
+WEIGHT_BYTES_PER_PARAMETER = {"compare": 4 + 4 + 4 + 8 + 4, "diagnose": 4 + 4 + 4 + 4 + 8 + 4, "dump": 4 + 4}
+# Of those, what the process that compares holds while a spilled run's TF worker runs (before the twins are
+# made): the candidate; in diagnose also the checkpoint's tensors.
+SPILLED_WEIGHT_BYTES_BEFORE_TWINS = {"compare": 4, "diagnose": 4 + 4}
+# Taps held per tap element at the peak: ``BYTES_PER_TAP_ELEMENT``'s runs, a reduced precision tier's float32
+# twin run (4; not in dump), and TensorFlow's own buffers of a run's fetches while they are laid out as the
+# contract's (4).
+RUN_BYTES_PER_TAP_ELEMENT = {"compare": BYTES_PER_TAP_ELEMENT["compare"] + 4 + 4,
+                             "diagnose": BYTES_PER_TAP_ELEMENT["diagnose"] + 4 + 4,
+                             "dump": BYTES_PER_TAP_ELEMENT["dump"] + 4}
+# The most taps one TF run of a spilled run fetches (parity.sides' STREAM_GROUP_BYTES, TFSide.stream's groups:
+# repeated here because parity.sides imports this module; tests/test_memory_bounds.py holds them equal).
+STREAM_GROUP_BYTES = 256 << 20
+# Besides the kept runs, one layer's taps in float64 this many times over: the activations of the layer a
+# forward is computing (a float64 twin's), and the float64 differences a comparison takes of each tap
+# (a diagnosis judges every tap four ways: end to end, both local runs, the precision ladder).
+TRANSIENT_LAYERS = {"compare": 3, "diagnose": 6, "dump": 2}
+
+
+def run_bytes(config, batch_size: int, seq_len: int, command: str = "compare", spilled: bool = False) -> int:
+    """An upper bound of the peak memory of ``command`` (compare, diagnose, dump) at this size, every process
+    of the run together, times ``MEMORY_MARGIN``.
+
+    In memory, everything is alive at the end: TF in process, every run's taps, the twins. ``spilled``
+    (``--spill``): the runs stream to disk tap by tap and TensorFlow runs in a worker process
+    (parity.tf_worker), which holds its runtime, its variables and the taps of one streamed group
+    (TFSide.stream: consecutive layers up to ``STREAM_GROUP_BYTES``), twice (TF's buffers and the contract's
+    copies); it has exited before the float64 twin is made. The peak is then the larger of the two phases:
+    the worker beside the comparing process, and that process alone with its twins."""
+    bth, bti, bntt = activation_sizes(config, batch_size, seq_len)
+    layer = 8 * bth + 2 * bntt + bti
+    taps = tap_elements(config, batch_size, seq_len)
+    params = config.num_parameters()
+    transient = TRANSIENT_LAYERS[command] * 8 * layer
+    if not spilled:
+        held = RUNTIME_BYTES + WEIGHT_BYTES_PER_PARAMETER[command] * params \
+            + RUN_BYTES_PER_TAP_ELEMENT[command] * taps + transient
+    else:
+        group = min(4 * taps, max(4 * layer, STREAM_GROUP_BYTES))
+        worker = RUNTIME_BYTES + TORCH_RUNTIME_BYTES + (4 + SPILLED_WEIGHT_BYTES_BEFORE_TWINS[command]) * params \
+            + 2 * group
+        alone = TORCH_RUNTIME_BYTES + (WEIGHT_BYTES_PER_PARAMETER[command] - 4) * params + transient
+        held = max(worker, alone)
+    return int(MEMORY_MARGIN * held)
+
+
+# A training step's memory (parity.bench's contenders, parity.finetune's runs). The official graph +
+# AdamWeightDecayOptimizer, bytes per parameter: variables and two slots (4 + 8), and a step's gradients, their
+# clipped copies and the update's three temporaries (next_m, next_v, the update) of every variable at once, which
+# TF's pool keeps (5 x 4).
+TF_TRAINER_BYTES_PER_PARAMETER = 4 + 8 + 5 * 4
+# A PyTorch model and its optimizer (BertAdam, torch's AdamW): weights, gradients, two moments.
+TORCH_TRAINER_BYTES_PER_PARAMETER = 4 + 4 + 8
+# Float32 buffers the size of the largest variable (the word embeddings): BertAdam's three scratch buffers, and the
+# two temporaries of torch's AdamW update (the denominator and the step).
+LARGEST_VARIABLE_COPIES = 3 + 2
+# Activations per layer, in float32 elements of each size ([B,T,H], [B,T,I], [B,N,T,T]; ``activation_sizes``).
+# TF's training step saves about 12 [B,T,H]-sized tensors for its backward (every product's input, q, k and v in
+# both layouts, the LayerNorms' inputs), 2 [B,T,I] (the GELU's input and output) and the attention probabilities,
+# and its backward makes the scores' and probabilities' gradients of a layer; its pool keeps all of it after the
+# step. A PyTorch step (bert_torch's, HF's) saves about 10 [B,T,H], 3 [B,T,I] and, where SDPA takes its math
+# kernel (dropout on), the scores and probabilities.
+TF_STEP_ACTIVATIONS = (12, 2, 3)
+TORCH_STEP_ACTIVATIONS = (10, 3, 2)
+
+
+def step_activation_bytes(config, batch_size: int, seq_len: int, per_layer: tuple[int, int, int]) -> int:
+    """Float32 bytes of a training step's activations: ``per_layer`` elements of each size, every layer."""
+    sizes = activation_sizes(config, batch_size, seq_len)
+    return 4 * config.num_hidden_layers * sum(n * size for n, size in zip(per_layer, sizes))
+
+
+def optimizer_scratch_bytes(config) -> int:
+    """``LARGEST_VARIABLE_COPIES`` float32 buffers the size of the largest variable."""
+    return 4 * LARGEST_VARIABLE_COPIES * max(config.vocab_size, config.intermediate_size) * config.hidden_size
+
+
+def resident_bytes() -> int:
+    """This process's resident memory (VmRSS), 0 where unknown."""
+    try:
+        with open("/proc/self/status", encoding="ascii") as f:
+            return next((int(line.split()[1]) * 1024 for line in f if line.startswith("VmRSS:")), 0)
+    except (OSError, ValueError, IndexError):
+        return 0
+
+
+def memory_shortfall(need: int, runtime: int = RUNTIME_BYTES) -> Optional[str]:
+    """None when a run whose peak is estimated at ``need`` bytes fits in what the kernel says is available;
+    else the numbers, for the refusal's line. The estimate counts the process's runtime (``runtime`` bytes,
+    times ``MEMORY_MARGIN``), and what this process already holds of it (its imports; in a test session, TF's
+    runtime too) is resident now, not to be allocated."""
+    have = available_memory()
+    if have is None:
+        return None
+    held = min(resident_bytes(), int(MEMORY_MARGIN * runtime))
+    if need - held <= have:
+        return None
+    already = f" ({held / 2**30:.1f} GiB of it held already)" if held else ""
+    return f"about {need / 2**30:.1f} GiB{already}, {have / 2**30:.1f} GiB is available"
 
 
 def check_run_size(batch_size: int, seq_len: int, seed: int, config, command: str = "compare",
                    tf_threads: Optional[int] = None, source: str = "the config", spill_dir: Optional[str] = None
                    ) -> None:
-    """Every size flag in range, and the run's memory (taps of every side, and the weights)
-    against what is available: one line naming the flags, before anything is allocated. With
-    ``spill_dir`` (the runs streamed to disk) memory holds about one layer's taps, and the disk must
-    hold every run's."""
+    """Every size flag in range, and the run's peak memory (``run_bytes``) against what is available: one
+    line naming the flags, before anything is allocated. With ``spill_dir`` (the runs streamed to disk) the
+    disk must also hold every run's taps."""
     for flag, value, low, high in (("--batch-size", batch_size, 1, MAX_BATCH), ("--seq-len", seq_len, 1,
                                    config.max_position_embeddings), ("--seed", seed, 0, MAX_SEED)):
         if not low <= value <= high:
@@ -101,23 +228,17 @@ def check_run_size(batch_size: int, seq_len: int, seed: int, config, command: st
             raise InputError(f"{flag} {value}: must be between {low} and {high} ({limit})")
     if tf_threads is not None and not 1 <= tf_threads <= MAX_THREADS:
         raise InputError(f"--tf-threads {tf_threads}: must be between 1 and {MAX_THREADS}")
-    if spill_dir is None:
-        taps = in_memory_bytes(config, batch_size, seq_len, command)
-    else:
-        taps = tap_elements(config, batch_size, seq_len) * SPILLED_BYTES_PER_TAP_ELEMENT.get(command, 4)
+    if spill_dir is not None:
+        spilled = tap_elements(config, batch_size, seq_len) * SPILLED_BYTES_PER_TAP_ELEMENT.get(command, 4)
         free = shutil.disk_usage(spill_dir).free
-        if taps > free:
+        if spilled > free:
             raise InputError(f"--batch-size {batch_size} x --seq-len {seq_len} x {config.num_hidden_layers} layers: "
-                             f"{command} streams about {taps / 2**30:.1f} GiB of taps to --spill-dir {spill_dir}, "
+                             f"{command} streams about {spilled / 2**30:.1f} GiB of taps to --spill-dir {spill_dir}, "
                              f"which has {free / 2**30:.1f} GiB free; free space, or pick another folder")
-        # Every run streams: memory holds a layer or two of taps at a time (a float64 layer in diagnose).
-        taps = taps // max(config.num_hidden_layers, 1) * 2
-    need = taps + config.num_parameters() * (4 + 4 + 8)
-    have = available_memory()
-    if have is not None and need > have:
+    short = memory_shortfall(run_bytes(config, batch_size, seq_len, command, spilled=spill_dir is not None))
+    if short:
         raise InputError(f"--batch-size {batch_size} x --seq-len {seq_len} x {config.num_hidden_layers} layers: "
-                         f"{command} needs about {need / 2**30:.1f} GiB for its taps and weights, "
-                         f"{have / 2**30:.1f} GiB is available; use a smaller batch or sequence")
+                         f"{command} needs {short}; use a smaller batch or sequence")
 
 
 def read_pairs(path: str) -> list[tuple[str, str]]:

@@ -27,6 +27,7 @@ the runs' output folders) into ``--report-dir``; exit 0 pass, 1 fail, 2 bad inpu
 """
 from __future__ import annotations
 
+import io
 import os
 import shutil
 import subprocess
@@ -37,7 +38,8 @@ from typing import Optional
 import numpy as np
 
 from bert_torch.commands import EXIT_CODES_HELP, ArgumentParser, HelpFormatter, run_main
-from bert_torch._io import read_json, write_json
+from bert_torch.flags import count, input_dir, output_dir, real
+from bert_torch._io import read_json, read_text, write_json
 from bert_torch.optimization import num_train_steps, num_warmup_steps
 
 from .files import REPO_ROOT, default_data_dir
@@ -107,8 +109,7 @@ def subset(src_dir: str, out_dir: str, n_train: int, n_dev: int) -> str:
     os.makedirs(out_dir, exist_ok=True)
     for split, n in (("train", n_train), ("dev", n_dev)):
         src = os.path.join(src_dir, f"{split}.tsv")
-        with open(src, encoding="utf-8", newline="") as f:
-            lines = f.readlines()
+        lines = io.StringIO(read_text(src, "GLUE data file"), newline="").readlines()
         if len(lines) - 1 < n:
             raise ValueError(f"{src}: {len(lines) - 1} rows, {n} asked for")
         with open(os.path.join(out_dir, f"{split}.tsv"), "w", encoding="utf-8", newline="") as f:
@@ -350,19 +351,21 @@ def main(argv: Optional[list[str]] = None) -> int:
         return runner_main(argv[1:])
     ap = ArgumentParser(prog="python -m parity.mrpc_ddp_check", description=__doc__.split("\n\n")[0],
                         epilog=EXIT_CODES_HELP, formatter_class=HelpFormatter)
-    ap.add_argument("--report-dir", required=True, help="output folder: mrpc_ddp.json, the runs' outputs")
-    ap.add_argument("--data-dir", help="folder with mrpc/train.tsv and dev.tsv (default: ../shared/data)")
+    ap.add_argument("--report-dir", required=True, type=output_dir("report folder"), help="output folder: mrpc_ddp.json, the runs' outputs")
+    ap.add_argument("--data-dir", type=input_dir("data folder"), help="folder with mrpc/train.tsv and dev.tsv (default: ../shared/data)")
     ap.add_argument("--sample", action="store_true", help="the committed 64-pair sample as train and dev instead")
-    ap.add_argument("--train-examples", type=int, help="the first N train pairs (default: 256; --sample: 64)")
-    ap.add_argument("--dev-examples", type=int, help="the first N dev pairs (default: 128; --sample: 64)")
-    ap.add_argument("--seq-len", type=int, default=64, help="max_seq_length")
-    ap.add_argument("--batch-size", type=int, default=8, help="examples per optimizer step (a multiple of 4)")
-    ap.add_argument("--epochs", type=float, default=1.0, help="steps = int(train examples / batch x epochs)")
-    ap.add_argument("--lr", type=float, default=5e-5, help="learning rate (warmup 0.1, linear decay)")
-    ap.add_argument("--seed", type=int, default=0, help="the runner's --seed: head init and batch order")
+    ap.add_argument("--train-examples", type=count(1, 10_000_000), help="the first N train pairs (default: 256; --sample: 64)")
+    ap.add_argument("--dev-examples", type=count(1, 10_000_000), help="the first N dev pairs (default: 128; --sample: 64)")
+    ap.add_argument("--seq-len", type=count(1, 131072), default=64, help="max_seq_length")
+    ap.add_argument("--batch-size", type=count(1, 65536), default=8, help="examples per optimizer step (a multiple of 4)")
+    ap.add_argument("--epochs", type=real(above=0, hi=1000), default=1.0, help="steps = int(train examples / batch x epochs)")
+    ap.add_argument("--lr", type=real(above=0, hi=1.0), default=5e-5, help="learning rate (warmup 0.1, linear decay)")
+    ap.add_argument("--seed", type=count(0, (1 << 32) - 1), default=0, help="the runner's --seed: head init and batch order")
     ap.add_argument("--planted", action="append", default=[], choices=sorted(PLANTED),
                     help="also run the 2-process side with this fault planted (repeatable): each must fail")
-    args = ap.parse_args(argv)
+    args = ap.parse_or_exit_code(argv)
+    if isinstance(args, int):   # a usage error (its line printed) or --help
+        return args
     result = run_main(run_check, args.report_dir, args.data_dir, args.sample, args.train_examples, args.dev_examples,
                       args.seq_len, args.batch_size, args.epochs, args.lr, args.seed, tuple(args.planted))
     if not isinstance(result, dict):

@@ -6,6 +6,8 @@ import os
 
 import numpy as np
 
+from bert_torch.commands import foreign, verbose
+from bert_torch._io import regular_file
 from bert_torch.modeling import BertConfig
 from bert_torch.taps import tap_names
 
@@ -15,6 +17,9 @@ from .inputs import sha256
 
 
 INPUTS = ("input_ids", "token_type_ids", "attention_mask")
+INPUT_TYPES = {"tensor(int64)": np.int64, "tensor(int32)": np.int32}   # the graph's input type -> what is fed
+# An input's axes: what a fixed size is called, the axis's name, and the flag that sets it.
+AXES = (("batch size", "batch", "--batch-size"), ("sequence length", "sequence", "--seq-len"))
 OPTIMIZATION = ("all", "off")
 
 
@@ -31,15 +36,28 @@ class OnnxSide(SideBase):
         options = ort.SessionOptions()
         options.graph_optimization_level = (ort.GraphOptimizationLevel.ORT_ENABLE_ALL if optimization == "all"
                                             else ort.GraphOptimizationLevel.ORT_DISABLE_ALL)
-        try:
+        # onnxruntime logs a failing node to stderr itself, then raises what the one error line reports;
+        # its own lines (2: warnings and up) come with --verbose only.
+        options.log_severity_level = 2 if verbose() else 4
+        if not os.path.isdir(spec.path):   # a folder is onnxruntime's to refuse, in its words
+            regular_file(spec.path, "ONNX file")   # a FIFO would block onnxruntime's open
+        # onnxruntime raises its own types for unreadable or invalid graphs
+        with foreign(f"{where}: onnxruntime cannot load it", ours=(CandidateError,)):
             self.session = ort.InferenceSession(spec.path, options, providers=["CPUExecutionProvider"])
-        except Exception as e:   # onnxruntime raises its own types for unreadable or invalid graphs
-            raise CandidateError(f"{where}: onnxruntime cannot load it ({type(e).__name__}: "
-                                 f"{str(e).splitlines()[0] if str(e) else ''})") from None
         given = {i.name: i for i in self.session.get_inputs()}
         if set(given) != set(INPUTS):
             raise CandidateError(f"{where}: graph inputs {sorted(given)}; expected {', '.join(INPUTS)}")
-        self.input_types = {n: np.int64 if "int64" in given[n].type else np.int32 for n in INPUTS}
+        for name in INPUTS:   # what run() feeds: [batch, sequence] integer ids
+            if given[name].type not in INPUT_TYPES:
+                raise CandidateError(f"{where}: the graph's {name} is {given[name].type}; expected "
+                                     f"{' or '.join(INPUT_TYPES)} (token ids)")
+            if given[name].shape is not None and len(given[name].shape) != 2:
+                raise CandidateError(f"{where}: the graph's {name} has shape {given[name].shape}; expected "
+                                     f"[batch, sequence]")
+        self.input_types = {n: INPUT_TYPES[given[n].type] for n in INPUTS}
+        # Axes the graph fixed at export (an int, where a dynamic axis has a name): the inputs must match them.
+        self.fixed = {n: [d if isinstance(d, int) else None for d in (given[n].shape or (None, None))]
+                      for n in INPUTS}
         meta = self.session.get_modelmeta().custom_metadata_map
         outputs = [o.name for o in self.session.get_outputs()]
         head = "classifier" if "classifier/logits" in outputs else "squad" if "squad/start_logits" in outputs else None
@@ -55,14 +73,27 @@ class OnnxSide(SideBase):
         self.description = (f"onnxruntime {ort.__version__} CPU, graph optimisation {optimization}, {spec.path} "
                             f"({meta.get('bert_parity.source', 'source not recorded')}; GELU {self.gelu or 'unknown'})")
 
+    def check_shape(self, shape: tuple[int, int]) -> None:
+        """Inputs of ``shape`` [B, T] fit the graph's fixed axes, else a CandidateError saying which flag to change."""
+        where = f"--candidate {self.spec}"
+        for name in INPUTS:
+            for axis, (size, given) in enumerate(zip(self.fixed[name], shape)):
+                if size is not None and size != given:
+                    what, axis_name, flag = AXES[axis]
+                    raise CandidateError(f"{where}: the graph's {name} has a fixed {what} {size}; {flag} {given} "
+                                         f"cannot run: re-export with a dynamic {axis_name} axis or pass {flag} {size}")
+
     def run(self, inputs, fetch=None, inject=None) -> dict[str, np.ndarray]:
         if inject:
             raise CandidateError(f"--candidate {self.spec}: onnxruntime cannot replace an intermediate value "
                                  f"({sorted(inject)[0]}): onnx candidates are compared, not diagnosed")
+        self.check_shape(np.shape(inputs.input_ids))
         names = self.tap_names if fetch is None else [n for n in fetch if n in self.tap_names]
         feed = {n: np.asarray(a, self.input_types[n]) for n, a in
                 zip(INPUTS, (inputs.input_ids, inputs.token_type_ids, inputs.input_mask))}
-        return {n: np.asarray(v, np.float32) for n, v in zip(names, self.session.run(names, feed))}
+        # The graph is someone else's: what onnxruntime raises running it names the candidate.
+        with foreign(f"--candidate {self.spec}", ours=(CandidateError,)):
+            return {n: np.asarray(v, np.float32) for n, v in zip(names, self.session.run(names, feed))}
 
     def close(self) -> None:
         self.session = None

@@ -24,6 +24,7 @@ from typing import Callable, Optional
 
 from bert_torch._io import write_json, write_text
 from bert_torch.commands import ArgumentParser
+from bert_torch.flags import output_dir
 
 SETTINGS: dict[str, dict[str, str]] = {
     "native": {},
@@ -241,14 +242,16 @@ def main(argv: Optional[list[str]] = None) -> int:
         worker(argv[1], int(argv[2]), int(argv[3]), argv[4], tiers, sized=len(argv) > 6 and argv[6] == "sized")
         return 0
     ap = ArgumentParser(prog="python -m parity.portability", description=__doc__.split("\n\n")[0])
-    ap.add_argument("--report-dir", default="reports/portability")
+    ap.add_argument("--report-dir", default="reports/portability", type=output_dir("report folder"))
     ap.add_argument("--short", action="store_true", help="CI: every emulation at once, one small shape")
     ap.add_argument("--settings", help=f"comma-separated subset of {', '.join(SETTINGS)}")
     ap.add_argument("--shapes", help="comma-separated BxT shapes (default: 8x128,4x256,2x512)")
     ap.add_argument("--tiers", action="store_true",
                     help="instead: every precision tier x the mutation suite and the sized faults' detection "
                          "thresholds, native setting, 8 x 128 (writes tiers.md/.json)")
-    args = ap.parse_args(argv)
+    args = ap.parse_or_exit_code(argv)
+    if isinstance(args, int):   # a usage error (its line printed) or --help
+        return args
     settings = {"combined": COMBINED} if args.short else dict(SETTINGS)
     if args.settings:
         wanted = [s.strip() for s in args.settings.split(",") if s.strip()]

@@ -19,6 +19,7 @@ from typing import Callable, Iterable, Mapping, Optional, Protocol
 import numpy as np
 import torch
 
+from bert_torch._io import regular_file
 from bert_torch.modeling import BertConfig
 from bert_torch.taps import Taps, tap_names, tap_shape
 from bert_torch.weights import load_model
@@ -461,6 +462,8 @@ class GoldenSide(SideBase):
     def __init__(self, path: str):
         from safetensors import safe_open
         self.path = path
+        if regular_file(path, "golden file", missing_ok=True) is None:   # a FIFO would block safe_open
+            raise GoldenError(f"{path}: no such golden file")
         try:
             with safe_open(path, framework="np") as f:
                 header = f.metadata() or {}
@@ -484,15 +487,41 @@ class GoldenSide(SideBase):
             input_meta = dict(self.meta["inputs"])
         except (KeyError, TypeError, ValueError) as e:
             raise GoldenError(f"{path}: golden metadata is incomplete or malformed ({type(e).__name__}: {e})") from None
+        if self.head is not None and self.head not in TAP_HEADS:
+            raise GoldenError(f"{path}: golden metadata head {self.head!r}; expected none or one of "
+                              f"{', '.join(TAP_HEADS)}")
+        contract = tap_names(self.config.num_hidden_layers, self.head)
+        odd = next((n for n in self.tap_names if n not in contract), None)
+        if odd is not None or len(set(self.tap_names)) != len(self.tap_names):
+            raise GoldenError(f"{path}: golden metadata tap_names lists {odd!r}, which is no contract tap of its "
+                              f"bert_config and head" if odd is not None else
+                              f"{path}: golden metadata tap_names lists a tap twice")
+        if self.num_labels < 1:
+            raise GoldenError(f"{path}: golden metadata num_labels {self.num_labels}; expected at least 1")
         self.description = f"{self.meta.get('reference', 'official TF graph')}, replayed from golden file {os.path.basename(path)}"
         # The recorded run's arithmetic (files before it was recorded: float32 on a CPU, the only kind then).
         self.precision = self.meta.get("precision") or {"tier": "fp32", "device": "cpu"}
         ids = [arrays.get(f"inputs/{k}") for k in ("input_ids", "token_type_ids", "input_mask")]
         if any(a is None for a in ids) or len({a.shape for a in ids}) != 1 or ids[0].ndim != 2:
             raise GoldenError(f"{path}: inputs/input_ids, inputs/token_type_ids, inputs/input_mask must all be [B,T]")
-        self.inputs = Inputs(*(a.astype(np.int32) for a in ids), meta=input_meta)
         B, T = ids[0].shape
         cfg = self.config
+        if not B or not 0 < T <= cfg.max_position_embeddings:
+            raise GoldenError(f"{path}: inputs are [{B},{T}]; a run needs at least one row of 1 to "
+                              f"{cfg.max_position_embeddings} (max_position_embeddings) tokens")
+        # What the recorded run fed its model: token ids inside its bert_config's vocabularies, a 0/1 mask.
+        for name, a, bound, allowed in (
+                ("input_ids", ids[0], cfg.vocab_size, f"outside [0, {cfg.vocab_size}) (its bert_config's vocab_size)"),
+                ("token_type_ids", ids[1], cfg.type_vocab_size,
+                 f"outside [0, {cfg.type_vocab_size}) (its bert_config's type_vocab_size)"),
+                ("input_mask", ids[2], 2, "where only 0 (padding) and 1 (real token) are allowed")):
+            if not np.issubdtype(a.dtype, np.integer):
+                raise GoldenError(f"{path}: inputs/{name} is {a.dtype}; expected integers")
+            bad = (a < 0) | (a >= bound)
+            if bad.any():
+                at = [int(i) for i in np.argwhere(bad)[0]]
+                raise GoldenError(f"{path}: inputs/{name} holds {int(a[tuple(at)])} at {at}, {allowed}")
+        self.inputs = Inputs(*(a.astype(np.int32) for a in ids), meta=input_meta)
         self._taps = {}
         for name in self.tap_names:
             a = arrays.get(f"taps/{name}")

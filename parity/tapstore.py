@@ -1,5 +1,5 @@
 """Taps spilled to disk, one file each, read back one at a time: what keeps a comparison's memory to a few
-taps, whatever the model's size (issue #13).
+taps, whatever the model's size.
 
 A comparison needs every tap of up to four runs of one model (the reference, the candidate, its float32 and
 float64 twins): held in memory at once that is layers x batch x length^2, 13 GB for BERT-large at 8 x 128.

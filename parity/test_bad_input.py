@@ -128,12 +128,18 @@ def test_config_that_is_not_json(compare, ckpt):
     check_compare_fails(compare, ckpt, expect=("bert_config.json", "JSON"))
 
 
-def test_a_stale_report_is_removed_when_the_input_is_bad(compare, ckpt, tmp_path):
+def test_a_failed_run_leaves_the_previous_report_whole_and_nothing_else(compare, ckpt, tmp_path):
+    """A report folder is replaced as a whole or not at all: a run refused as bad input leaves the previous
+    report as it was (its own record says what it compared), and no temporary beside it."""
     run = compare(ckpt["dir"], ckpt["torch_weights"], "--batch-size", "2", "--seq-len", "16")
     assert run.code == 0
     report_dir = run.report_dir
-    assert (report_dir / "report.json").exists()
+    before = {p.name: p.read_bytes() for p in report_dir.iterdir() if p.is_file()}
     from parity import cli
-    code = cli.main(["compare", "--tf-checkpoint", ckpt["dir"], "--torch-weights", str(tmp_path / "nope.safetensors"),
+    broken = tmp_path / "broken.safetensors"
+    broken.write_bytes(b"not a weights file")   # refused after the flags are read, while the run prepares
+    code = cli.main(["compare", "--tf-checkpoint", ckpt["dir"], "--torch-weights", str(broken),
                      "--report-dir", str(report_dir)])
-    assert code == 2 and not (report_dir / "report.json").exists()
+    assert code == 2
+    assert {p.name: p.read_bytes() for p in report_dir.iterdir() if p.is_file()} == before
+    assert not [p for p in report_dir.parent.iterdir() if p.name.startswith(".")], "a temporary was left"

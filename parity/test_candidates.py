@@ -338,11 +338,13 @@ def test_diagnose_refuses_a_candidate_with_taps_not_observable(minilm, capsys, t
     (["--candidate", "hf:/no/such/dir"], ["/no/such/dir", "no such file"]),
     (["--candidate", "nokind"], ["expected KIND:PATH"]),
     ([], ["exactly one of --candidate"]),
-    (["--candidate", "hf:/tmp", "--torch-weights", "w.safetensors"], ["both were given"]),
+    (["--candidate", "hf:/tmp", "--torch-weights", "WEIGHTS"], ["both were given"]),
     (["--candidate", "onnx:/tmp"], ["onnxruntime cannot load it"]),
-    (["--candidate", "hf:/tmp", "--torch-bert-config", "c.json"], ["--torch-bert-config applies to bert_torch"]),
+    (["--candidate", "hf:/tmp", "--torch-bert-config", "CONFIG"], ["--torch-bert-config applies to bert_torch"]),
 ])
 def test_bad_candidate_specs(minilm, capsys, tmp_path, argv, words):
+    # Real files where a flag names one: the flags' own checks pass, and the candidate's rule is what fails.
+    argv = [{"WEIGHTS": minilm["torch_weights"], "CONFIG": minilm["bert_config"]}.get(a, a) for a in argv]
     code, err, _, _ = run_cli(capsys, tmp_path, "compare", "--tf-checkpoint", minilm["dir"], *argv)
     one_line(code, err, *words)
 

@@ -126,7 +126,7 @@ def test_runner_under_torchrun_matches_single_process_and_tf_on_mrpc(tmp_path):
 
 @pytest.mark.parametrize("extra,message", [
     (["--sample", "--batch-size", "6"], "--batch-size 6: must be a multiple of 2 processes x 2"),
-    (["--data-dir", "/nonexistent/data"], "--data-dir /nonexistent/data: no mrpc/train.tsv"),
+    (["--data-dir", "/nonexistent/data"], "--data-dir: /nonexistent/data: no such file or directory"),
     (["--sample", "--train-examples", "4"], "no optimizer step"),
 ])
 def test_mrpc_ddp_check_bad_input_exit_2(tmp_path, capsys, extra, message):

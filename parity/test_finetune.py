@@ -368,6 +368,9 @@ def test_multiseed_runs_both_sides_with_dropout(minilm, sample_mrpc):
 def test_cli_bad_data_dir_exit_2(tmp_path, capsys):
     code = finetune.main(["--data-dir", str(tmp_path / "nowhere"), "--out", str(tmp_path / "out"), "--quick"])
     err = capsys.readouterr().err.strip()
+    assert code == 2 and "--data-dir" in err and "nowhere: no such file" in err and len(err.splitlines()) == 1
+    code = finetune.main(["--data-dir", str(tmp_path), "--out", str(tmp_path / "out"), "--quick"])
+    err = capsys.readouterr().err.strip()
     assert code == 2 and "no mrpc/train.tsv" in err and len(err.splitlines()) == 1
     assert finetune.main(["--data-dir", str(tmp_path), "--out", str(tmp_path), "--seeds", "1"]) == 2
 

@@ -443,7 +443,7 @@ def test_output_naming_a_directory(base, tmp_path, capsys):
     out = os.path.join(f["work"], "out.bin")
     os.makedirs(out)
     code, lines = convert_in_process(capsys, "--tf-checkpoint", f["dir"], "--output", out)
-    assert code == 2 and len(lines) == 1 and "out.bin: is a directory" in lines[0], lines
+    assert code == 2 and len(lines) == 1 and "out.bin: is a folder" in lines[0], lines
     assert os.listdir(out) == [] and [n for n in os.listdir(f["work"]) if n.endswith(".tmp")] == []
 
 

@@ -175,7 +175,7 @@ def test_cli_bad_input_exits_2_with_one_line(tmp_path, capsys):
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "train.tsv:2: 3 tab-separated fields" in err
     assert tokens.main(["--sample", "--no-hf", "--vocab-file", str(tmp_path / "vocab.txt")]) == 2
-    assert "vocab.txt: no such vocab file" in capsys.readouterr().err
+    assert "--vocab-file" in (err := capsys.readouterr().err) and "vocab.txt: no such file" in err
     (tmp_path / "latin1.txt").write_bytes(b"[UNK]\ncaf\xe9\n")
     assert tokens.main(["--sample", "--no-hf", "--vocab-file", str(tmp_path / "latin1.txt")]) == 2
     assert "latin1.txt: not UTF-8 text: byte 0xe9 at offset 9" in capsys.readouterr().err
@@ -211,3 +211,13 @@ def test_hf_triangulation_counts_and_explains_the_known_differences():
 def test_generated_texts_are_deterministic():
     assert tokens.generated_texts(50) == tokens.generated_texts(50)
     assert tokens.generated_texts(50, seed=1) != tokens.generated_texts(50)
+
+
+@pytest.mark.parametrize("content", ["", "\n\n\n", "hello\nworld\n"])
+def test_a_vocab_without_unk_is_bad_input_not_a_parity_failure(tmp_path, capsys, content):
+    """Neither tokenizer can run without [UNK]: exit 2 naming the file, never a report of differing ids."""
+    vocab = tmp_path / "vocab.txt"
+    vocab.write_text(content, encoding="utf-8")
+    assert tokens.main(["--sample", "--no-hf", "--limit", "5", "--vocab-file", str(vocab)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and str(vocab) in err and "[UNK]" in err, err

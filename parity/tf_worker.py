@@ -1,4 +1,4 @@
-"""The official graph in a process of its own, for comparisons that stream their runs to disk (issue #13).
+"""The official graph in a process of its own, for comparisons that stream their runs to disk.
 
 ``IsolatedTFSide`` is the TF reference of a spilled comparison or diagnosis (``--spill``): its first run starts
 ``python -m parity.tf_worker SPEC``, which builds ``TFSide`` there and then serves runs, one request line on its

@@ -16,7 +16,6 @@ from the official tokenizer, with one example per kind of difference.
 """
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import sys
@@ -26,7 +25,8 @@ from dataclasses import asdict, dataclass
 from typing import Callable, Iterable, Optional, Sequence
 
 from bert_torch.commands import EXIT_CODES_HELP, ArgumentParser, HelpFormatter, run_main
-from bert_torch._io import write_json
+from bert_torch.flags import count, input_dir, input_file, output_file
+from bert_torch._io import read_text, sha256, write_json
 from bert_torch.tokenization import FullTokenizer, load_vocab
 
 from .files import SAMPLE_DIR, default_data_dir
@@ -95,13 +95,8 @@ def first_difference(a: Sequence, b: Sequence) -> Optional[int]:
 # ---------------------------------------------------------------------------------------------
 
 def _read(path: str) -> str:
-    try:
-        with open(path, encoding="utf-8", newline="") as f:
-            return f.read()
-    except OSError as e:
-        raise InputError(f"{path}: cannot read ({e.strerror})") from None
-    except UnicodeDecodeError as e:
-        raise InputError(f"{path}: not UTF-8 (byte {e.start})") from None
+    """A data file's text: a regular file, read once (its ``sha256`` is of these bytes), bounded by its size."""
+    return read_text(path, "data file")
 
 
 def mrpc_texts(path: str, label: str) -> list[Text]:
@@ -155,14 +150,9 @@ def load_corpus(data_dir: Optional[str]) -> tuple[list[Text], dict]:
     for kind, path in files:
         label = os.path.relpath(path, SAMPLE_DIR if data_dir is None else data_dir)
         got = (mrpc_texts if kind == "mrpc" else squad_texts)(path, label)
-        sources[label] = {"texts": len(got), "sha256": _sha256(path)}
+        sources[label] = {"texts": len(got), "sha256": sha256(path)}
         texts += got
     return texts, sources
-
-
-def _sha256(path: str) -> str:
-    with open(path, "rb") as f:
-        return hashlib.sha256(f.read()).hexdigest()
 
 
 # ---------------------------------------------------------------------------------------------
@@ -264,12 +254,15 @@ def check_token_parity(data_dir: Optional[str] = None, vocab_file: Optional[str]
     if vocab_file is None:
         from .minilm import minilm_dir
         vocab_file = os.path.join(minilm_dir(), "vocab.txt")
-    if not os.path.isfile(vocab_file):
+    if not os.path.lexists(vocab_file):   # anything else of that name is checked by load_vocab
         raise InputError(f"{vocab_file}: no such vocab file")
     try:
-        vocab_size = len(load_vocab(vocab_file))
+        vocab = load_vocab(vocab_file)
     except UnicodeDecodeError as e:
         raise InputError(f"{vocab_file}: not a UTF-8 vocab file (byte {e.start})") from None
+    vocab_size = len(vocab)
+    if "[UNK]" not in vocab:   # both tokenizers map unknown pieces to it: without one they cannot tokenize at all
+        raise InputError(f"{vocab_file}: no [UNK] token among its {vocab_size} tokens: not a WordPiece vocab")
     if texts is None:
         texts, sources = load_corpus(data_dir)
     else:
@@ -293,7 +286,7 @@ def check_token_parity(data_dir: Optional[str] = None, vocab_file: Optional[str]
                       "seconds": round(time.perf_counter() - t0, 2)})
     report = {
         "verdict": "fail" if n_diff else "pass",
-        "vocab_file": vocab_file, "vocab_sha256": _sha256(vocab_file), "vocab_size": vocab_size,
+        "vocab_file": vocab_file, "vocab_sha256": sha256(vocab_file), "vocab_size": vocab_size,
         "data_dir": data_dir,
         "corpus": "given" if "given" in sources else "sample" if data_dir is None else "full",
         "sources": sources,
@@ -480,17 +473,17 @@ def main(argv: Optional[list[str]] = None) -> int:
     ap = ArgumentParser(prog="python -m parity.tokens",
                         description="Token parity against the official BERT tokenizer, id for id",
                         epilog=EXIT_CODES_HELP, formatter_class=HelpFormatter)
-    ap.add_argument("--data-dir", help="folder with mrpc/{train,dev,test}.tsv and squad/dev-v1.1.json "
+    ap.add_argument("--data-dir", type=input_dir("data folder"), help="folder with mrpc/{train,dev,test}.tsv and squad/dev-v1.1.json "
                                        "(default: ../shared/data beside the repository when present, "
                                        "else the committed samples)")
     ap.add_argument("--sample", action="store_true", help="use the committed samples even if a data dir exists")
-    ap.add_argument("--vocab-file", help="vocab.txt (default: the all-MiniLM-L6-v2 uncased vocab)")
-    ap.add_argument("--output", "--out", dest="out", help="write the report as JSON here")
+    ap.add_argument("--vocab-file", type=input_file("vocab file"), help="vocab.txt (default: the all-MiniLM-L6-v2 uncased vocab)")
+    ap.add_argument("--output", "--out", dest="out", type=output_file("report file"), help="write the report as JSON here")
     ap.add_argument("--no-hf", action="store_true", help="skip the transformers triangulation")
-    ap.add_argument("--limit", type=int, help="compare only the first N texts")
-    ap.add_argument("--generated", type=int, default=2000,
+    ap.add_argument("--limit", type=count(1), help="compare only the first N texts (N >= 1)")
+    ap.add_argument("--generated", type=count(0, 10_000_000), default=2000,
                     help="seeded random texts added to the HF triangulation (default 2000)")
-    return run_main(_tokens, ap.parse_args(argv))
+    return run_main(lambda: _tokens(ap.parse_args(argv)))
 
 
 def _tokens(args) -> int:

@@ -3,11 +3,12 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 from typing import Optional
 
 import tensorflow.compat.v1 as tf1
 from bert import optimization
+
+from bert_torch._io import read_bytes
 
 from ._official import OFFICIAL_CONFIG_FIELDS, build, building, load_config, modeling, official_config, run_module
 from ._taps import find_taps
@@ -65,6 +66,7 @@ def write_random_checkpoint(out_dir: str, bert_config: dict | str, *, seed: int 
     defaults = modeling.BertConfig(vocab_size=raw["vocab_size"]).to_dict()
     with open(os.path.join(out_dir, "bert_config.json"), "w", encoding="utf-8") as f:
         json.dump({k: raw.get(k, defaults[k]) for k in OFFICIAL_CONFIG_FIELDS}, f, indent=2)
-    if vocab_file is not None:
-        shutil.copyfile(vocab_file, os.path.join(out_dir, "vocab.txt"))
+    if vocab_file is not None:   # read_bytes, not a file copy: a regular file only, bounded by its size
+        with open(os.path.join(out_dir, "vocab.txt"), "wb") as f:
+            f.write(read_bytes(vocab_file, "vocab"))
     return prefix

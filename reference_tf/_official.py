@@ -16,9 +16,9 @@ os.environ["TF_USE_LEGACY_KERAS"] = "1"
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
 import contextlib  # noqa: E402
+import glob  # noqa: E402
 import importlib  # noqa: E402
 import inspect  # noqa: E402
-import json  # noqa: E402
 import sys  # noqa: E402
 import threading  # noqa: E402
 import types  # noqa: E402
@@ -34,6 +34,9 @@ from absl import logging as absl_logging  # noqa: E402
 if os.environ["TF_CPP_MIN_LOG_LEVEL"] not in ("0", "1"):   # the Python side of TF's logging, likewise
     absl_logging.set_verbosity(absl_logging.ERROR)
     tf1.logging.set_verbosity(tf1.logging.ERROR)
+
+from bert_torch._io import InputFileError, read_json, regular_file  # noqa: E402
+from bert_torch.modeling import variant_problem  # noqa: E402
 
 from ._errors import ReferenceError  # noqa: E402
 
@@ -118,12 +121,14 @@ def load_config(bert_config: dict | str | os.PathLike) -> dict:
     if isinstance(bert_config, dict):
         return dict(bert_config)
     try:
-        with open(bert_config, encoding="utf-8") as f:
-            loaded = json.load(f)
-    except (OSError, ValueError) as e:
-        raise ReferenceError(f"cannot read bert_config {bert_config}: {e}") from None
+        loaded = read_json(bert_config, "bert_config")   # a regular file, bounded by its size
+    except InputFileError as e:
+        raise ReferenceError(str(e)) from None
     if not isinstance(loaded, dict):
         raise ReferenceError(f"bert_config {bert_config} is not a JSON object")
+    variant = variant_problem(loaded)   # the official graph would build a plain BERT and compare it as if it were this
+    if variant:
+        raise ReferenceError(f"bert_config {bert_config}: {variant}")
     return loaded
 
 
@@ -227,6 +232,22 @@ def first_line(error: Exception) -> str:
     return text.strip().splitlines()[0] if text.strip() else type(error).__name__
 
 
+def check_checkpoint_files(checkpoint: str) -> None:
+    """TensorFlow opens a checkpoint's files itself (a folder's ``checkpoint`` state file, the index, the data
+    shards): each one there must be a regular file, checked before TF opens it, since a FIFO would block the
+    open and a device never end. A missing one is left to TF, which names it."""
+    if os.path.isdir(checkpoint):
+        paths = [os.path.join(checkpoint, "checkpoint"), *glob.glob(os.path.join(glob.escape(checkpoint), "*.index")),
+                 *glob.glob(os.path.join(glob.escape(checkpoint), "*.data-*"))]
+    else:
+        paths = [checkpoint + ".index", *glob.glob(glob.escape(checkpoint) + ".data-*")]
+    for path in paths:
+        try:
+            regular_file(path, "checkpoint file", missing_ok=True)
+        except InputFileError as e:
+            raise ReferenceError(str(e)) from None
+
+
 def restore(session, prefix: str) -> None:
     """Restore every variable of the session's graph from checkpoint ``prefix``.
 
@@ -235,6 +256,7 @@ def restore(session, prefix: str) -> None:
     """
     with session.graph.as_default():
         variables = tf1.global_variables()
+    check_checkpoint_files(prefix)
     try:
         stored = dict(tf1.train.list_variables(prefix))
     except (tf1.errors.OpError, ValueError) as e:

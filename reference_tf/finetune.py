@@ -9,7 +9,7 @@ The global_step race. ``create_optimizer`` computes the learning rate from ``glo
 groups the parameter updates with ``global_step.assign(global_step + 1)`` with no control
 dependency between the read and the increment, so which one the executor runs first is not
 defined: the rate a step uses is lr(t) or lr(t + 1). The code's comments intend lr(t) at step t
-(a zero first step under warmup). Issue 6 measured both outcomes under TF 2, varying from run to
+(a zero first step under warmup). Both outcomes have been measured under TF 2, varying from run to
 run (always lr(t + 1) with one inter-op thread); in this project's runs (TF 2.21, small graphs and
 a 2-layer BERT, 1 and default inter-op threads) every step happened to use lr(t). An order that
 depends on the executor is not a reference, so ``OfficialOptimizer`` and ``FineTuner`` (with
@@ -29,7 +29,7 @@ import tensorflow.compat.v1 as tf1
 from bert import optimization
 
 from ._errors import ReferenceError
-from ._official import building, first_line, load_config, modeling, official_config, run_module
+from ._official import building, check_checkpoint_files, first_line, load_config, modeling, official_config, run_module
 
 ORDERS = ("intended", "as_built")
 
@@ -231,6 +231,7 @@ class FineTuner(_Trainer):
                 self._outputs = {"start_logits": start, "end_logits": end}
             self.tvars = tf1.trainable_variables()
             # The official run_*.model_fn initialisation from the pretrained checkpoint.
+            check_checkpoint_files(init_checkpoint)
             try:
                 assignment, _ = modeling.get_assignment_map_from_checkpoint(self.tvars, init_checkpoint)
                 tf1.train.init_from_checkpoint(init_checkpoint, assignment)

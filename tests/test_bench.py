@@ -13,7 +13,7 @@ import sys
 
 import pytest
 
-from parity import bench
+from parity import bench, inputs
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -22,11 +22,11 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     (["--shapes", "small"], "--shapes small"),
     (["--shapes", ""], "--shapes ''"),
     (["--shapes", " , "], "--shapes"),
-    (["--batch-size", "0"], "--batch-size 0"),
-    (["--batch-size", "257"], "--batch-size 257"),
-    (["--seq-len", "513"], "--seq-len 513"),
-    (["--repeats", "0"], "--repeats 0"),
-    (["--repeats", "101"], "--repeats 101"),
+    (["--batch-size", "0"], "--batch-size: 0"),
+    (["--batch-size", "257"], "--batch-size: 257"),
+    (["--seq-len", "513"], "--seq-len: 513"),
+    (["--repeats", "0"], "--repeats: 0"),
+    (["--repeats", "101"], "--repeats: 101"),
     (["--shapes", "large", "--batch-size", "256", "--seq-len", "512"], "--shapes large"),
 ])
 def test_a_bad_flag_is_one_line_naming_it_before_anything_is_made(tmp_path, capsys, argv, flag):
@@ -41,21 +41,22 @@ def test_the_report_folder_is_checked_before_timing(tmp_path, capsys):
     a_file = tmp_path / "bench.json"
     a_file.write_text("{}")
     assert bench.main(["--report-dir", str(a_file)]) == 2
-    assert capsys.readouterr().err.strip() == f"error: --report-dir {a_file}: exists and is not a folder"
+    assert capsys.readouterr().err.strip().startswith(f"error: argument --report-dir: {a_file}: exists and is not a folder")
     below_a_file = a_file / "sub"
     assert bench.main(["--report-dir", str(below_a_file)]) == 2
     err = capsys.readouterr().err.strip()
-    assert err.startswith(f"error: --report-dir {below_a_file}: cannot create the folder"), err
+    assert err.startswith(f"error: argument --report-dir: {below_a_file}: ") and "is not a folder" in err, err
 
 
 def test_memory_is_bounded_from_the_shape_before_building_it(tmp_path, monkeypatch):
     """The estimate grows with the model and with batch x length: BERT-base fits where BERT-large does not,
     and the same shape is refused once the batch is large enough."""
-    args = argparse.Namespace(shapes="base", batch_size=8, seq_len=128, repeats=3, no_tf=True,
-                                    report_dir=str(tmp_path / "out"))
-    need = bench.training_bytes("base", 8, 128)
-    assert 5 << 30 < need < 8 << 30   # BERT-base's 110M parameters at 52 bytes, and its activations at 8 x 128
-    monkeypatch.setattr(bench, "available_memory", lambda: need + 1)
+    args = argparse.Namespace(shapes="base", batch_size=8, seq_len=128, repeats=3, no_tf=True, no_commands=True,
+                              report_dir=str(tmp_path / "out"))
+    need = bench.bench_bytes(bench.shape_config("base"), 8, 128, with_tf=False)
+    assert 8 << 30 < need < 12 << 30   # BERT-base's 110M parameters in three models and two optimizers, activations
+    monkeypatch.setattr(inputs, "available_memory", lambda: need + 1)
+    monkeypatch.setattr(inputs, "resident_bytes", lambda: 0)   # a fresh process: all of it still to allocate
     assert bench.check_args(args) == ["base"]
     args.shapes = "minilm,large"
     with pytest.raises(bench.BadInput, match=r"^--shapes large at --batch-size 8 x --seq-len 128"):
@@ -63,6 +64,25 @@ def test_memory_is_bounded_from_the_shape_before_building_it(tmp_path, monkeypat
     args.shapes, args.batch_size = "base", 9
     with pytest.raises(bench.BadInput, match=r"^--shapes base at --batch-size 9"):
         bench.check_args(args)
+
+
+def test_bert_large_at_2_x_384_is_refused_on_24_gib_before_anything_is_timed(tmp_path, monkeypatch, capsys):
+    """The run the kernel killed at 24.3 GB resident (signal 9, no report): three training contenders with their
+    optimizers, TF's pool and the forward rounds' leftovers need far more; refused, exit 2, one line naming the
+    estimate, nothing built or timed."""
+    monkeypatch.setattr(inputs, "available_memory", lambda: 24 << 30)
+    monkeypatch.setattr(inputs, "resident_bytes", lambda: 0)
+    monkeypatch.setattr(bench, "bench_shape", lambda *a: pytest.fail("a shape was built"))
+    monkeypatch.setattr(bench, "interleaved_rounds", lambda *a: pytest.fail("something was timed"))
+    out = tmp_path / "bench"
+    assert bench.main(["--shapes", "large", "--batch-size", "2", "--seq-len", "384", "--report-dir", str(out)]) == 2
+    lines = [line for line in capsys.readouterr().err.splitlines() if line.strip()]
+    need = bench.bench_bytes(bench.shape_config("large"), 2, 384, commands=True)
+    assert need > 30 << 30
+    assert len(lines) == 1 and lines[0].startswith(
+        "error: --shapes large at --batch-size 2 x --seq-len 384: the bench (the training contenders together, and "
+        f"the commands it runs) needs about {need / 2**30:.1f} GiB, 24.0 GiB is available; "), lines
+    assert not out.exists()
 
 
 def test_interleaved_times_each_contender_once_per_round_in_turn(monkeypatch):

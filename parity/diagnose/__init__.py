@@ -30,10 +30,10 @@ from __future__ import annotations
 from .algorithm import LADDER_FACTOR, Diagnosis, ReproArrays, check, diagnose, merge_hints, structured
 from .blocks import Block, blocks, float64_twin, local_taps, schedule
 from .command import add_diagnose_args, bert_torch_side, calibration_floors, release_check, run_diagnose
-from .render import DIAGNOSIS_FILES, DIAGNOSIS_PICTURES, clear_diagnosis, public, render_markdown, write_diagnosis
+from .render import DIAGNOSIS_FILES, DIAGNOSIS_PICTURES, public, render_markdown, write_diagnosis
 from .repro import write_repro
 
 __all__ = ["Block", "DIAGNOSIS_FILES", "Diagnosis", "ReproArrays", "DIAGNOSIS_PICTURES", "LADDER_FACTOR", "add_diagnose_args", "bert_torch_side",
-           "blocks", "calibration_floors", "check", "clear_diagnosis", "diagnose", "float64_twin", "local_taps",
+           "blocks", "calibration_floors", "check", "diagnose", "float64_twin", "local_taps",
            "merge_hints", "public", "release_check", "render_markdown", "run_diagnose", "schedule", "structured",
            "write_diagnosis", "write_repro"]

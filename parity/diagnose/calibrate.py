@@ -30,6 +30,7 @@ import torch
 
 from bert_torch._io import write_json
 from bert_torch.commands import EXIT_CODES_HELP, ArgumentParser, HelpFormatter, run_main
+from bert_torch.flags import checkpoint, count, input_file, output_file
 
 DEFAULTS = dict(bert_config=None, torch_bert_config=None, vocab_file=None, sentences=None, batch_size=8,
                 seq_len=128, seed=0, device="cpu", profile="fp32-cpu", tf_threads=None, golden=None,
@@ -133,15 +134,15 @@ def calibrate(args) -> dict:
 def main(argv: Optional[list] = None) -> int:
     ap = ArgumentParser(prog="python -m parity.diagnose.calibrate", description=__doc__.split("\n\n")[0],
                         epilog=EXIT_CODES_HELP, formatter_class=HelpFormatter)
-    ap.add_argument("--tf-checkpoint", required=True)
-    ap.add_argument("--torch-weights", required=True)
-    ap.add_argument("--bert-config")
-    ap.add_argument("--vocab-file")
-    ap.add_argument("--sentences")
-    ap.add_argument("--output", "--out", dest="out", help="calibration JSON to write")
+    ap.add_argument("--tf-checkpoint", required=True, type=checkpoint())
+    ap.add_argument("--torch-weights", required=True, type=input_file("weights file"))
+    ap.add_argument("--bert-config", type=input_file("bert_config.json"))
+    ap.add_argument("--vocab-file", type=input_file("vocab file"))
+    ap.add_argument("--sentences", type=input_file("sentences file"))
+    ap.add_argument("--output", "--out", dest="out", type=output_file("calibration file"), help="calibration JSON to write")
     ap.add_argument("--child-out", help=argparse.SUPPRESS)
-    ap.add_argument("--child-threads", type=int, help=argparse.SUPPRESS)
-    return run_main(_main, ap.parse_args(argv))
+    ap.add_argument("--child-threads", type=count(1, 1024), help=argparse.SUPPRESS)
+    return run_main(lambda: _main(ap.parse_args(argv)))
 
 
 def _main(ns) -> int:

@@ -6,7 +6,7 @@ import json
 import os
 from typing import Optional
 
-from bert_torch._io import read_json
+from bert_torch._io import atomic_dir, read_json
 from bert_torch.commands import ArgumentParser
 from bert_torch.modeling import BertConfig
 
@@ -17,12 +17,25 @@ from ..precision import Tier
 from ..compare import RunStore
 from ..sides import TorchSide
 from .algorithm import diagnose
-from .render import DIAGNOSIS_FILES, clear_diagnosis, print_summary, write_diagnosis
+from .render import DIAGNOSIS_FILES, print_summary, write_diagnosis
 from .repro import write_repro
 
 
 def run_diagnose(args) -> int:
-    """compare's arguments and exit codes: 0 clean, 1 a mismatch diagnosed, 2 bad input."""
+    """compare's arguments and exit codes: 0 clean, 1 a mismatch diagnosed, 2 bad input. The report folder is
+    written aside and renamed into place when complete (as compare's)."""
+    final = args.report_dir
+    with atomic_dir(final, "--report-dir", owner="diagnose") as out:
+        args.report_dir = out
+        try:
+            d = _run_diagnose(args)
+        finally:
+            args.report_dir = final
+    print_summary(d, os.path.join(final, DIAGNOSIS_FILES[0]))
+    return 0 if d["verdict"] == "pass" else 1
+
+
+def _run_diagnose(args):
     from bert_torch.convert import resolve_checkpoint, tf_to_torch
     from bert_torch.tf_checkpoint import read_checkpoint
     from bert_torch.tokenization import load_vocab
@@ -34,7 +47,6 @@ def run_diagnose(args) -> int:
     from ..sides import TFSide
     from ..tf_worker import IsolatedTFSide
 
-    clear_diagnosis(args.report_dir)
     spec = candidate_spec(args)
     if getattr(args, "golden", None):
         raise BadInput("diagnose runs the TensorFlow graph itself (blocks are fed each other's inputs): "
@@ -45,11 +57,8 @@ def run_diagnose(args) -> int:
     vocab = find_vocab(args.tf_checkpoint, prefix, args.vocab_file)
     vocab_ids = load_vocab(vocab)
     h = vocab_hint(vocab, max(vocab_ids.values()) + 1 if vocab_ids else 0, config.vocab_size)
-    if h:
-        d = {"verdict": "bad_input", "culprit": None, "culprit_block": None, "hints": [h], "error": h["evidence"],
-             "stages": {"inputs": "vocab does not match the checkpoint: nothing was run"}}
-        write_diagnosis(d, args.report_dir)
-        raise BadInput(f"{h['evidence']} (vocab_mismatch; see {args.report_dir}/diagnosis.md)")
+    if h:   # bad input: nothing is written (the hint's evidence is the one line)
+        raise BadInput(f"{h['evidence']} (vocab_mismatch)")
     p = prepare(args)
     tf_weights, _ = tf_to_torch(read_checkpoint(p.prefix), p.config, where=p.prefix)
     if spec.kind == "onnx":
@@ -92,9 +101,8 @@ def run_diagnose(args) -> int:
         else:
             d["stages"]["repro"] = f"not written: repro.py runs bert_torch, and the candidate is {spec.kind}:"
         d.repro = None   # the arrays go with the store
-    json_path, _ = write_diagnosis(d, args.report_dir)
-    print_summary(d, json_path)
-    return 0 if d["verdict"] == "pass" else 1
+    write_diagnosis(d, args.report_dir)
+    return d
 
 
 def bert_torch_side(args, torch_config: BertConfig, tf_weights, torch_weights, tier=None) -> tuple:
@@ -142,7 +150,7 @@ def release_check(ctx) -> dict:
         build_checkpoint(ckpt)
     out = os.path.join(ctx.report_dir, "diagnose")
     parser = ArgumentParser()
-    add_compare_args(parser)
+    add_compare_args(parser, owner="diagnose")
     add_diagnose_args(parser)
     code = run_diagnose(parser.parse_args([
         "--tf-checkpoint", ckpt, "--torch-weights", os.path.join(ckpt, "pytorch_model.safetensors"),

@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import os
-import shutil
 
 from bert_torch._io import dumps, write_text
 
@@ -33,14 +32,6 @@ def write_diagnosis(diagnosis: dict, report_dir: str) -> tuple[str, str]:
         write_text(os.path.join(report_dir, "diagnosis.html"), report_render.compare_html(diagnosis, report_dir, plots),
                    "diagnosis")
     return j, m
-
-
-def clear_diagnosis(report_dir: str) -> None:
-    for n in DIAGNOSIS_FILES + DIAGNOSIS_PICTURES:
-        p = os.path.join(report_dir, n)
-        if os.path.exists(p):
-            os.remove(p)
-    shutil.rmtree(os.path.join(report_dir, "repro"), ignore_errors=True)
 
 
 def _g(x) -> str:
@@ -119,5 +110,5 @@ def print_summary(d: dict, json_path: str) -> None:
             print(f"  {b['name']:<24} {b['status']}: local {_g(b['local_pytorch']['max_abs'])}, "
                   f"end to end {_g(b['end_to_end']['max_abs'])}")
     if d.get("repro"):
-        print(f"repro: python {d['repro']}/repro.py")
+        print(f"repro: python {os.path.join(os.path.dirname(json_path), d['repro'], 'repro.py')}")
     print(f"diagnosis: {json_path}")

@@ -64,7 +64,7 @@ def write_repro(diagnosis: dict, report_dir: str, config: BertConfig, profile: P
     final = os.path.join(report_dir, "repro")
     with atomic_dir(final, "repro folder") as out:   # written aside, renamed into place when complete
         _write_repro_files(out, b, arrays, config, profile, head, num_labels)
-    diagnosis["repro"] = final
+    diagnosis["repro"] = "repro"   # beside diagnosis.json (the folder is written aside, then renamed)
     return final
 
 

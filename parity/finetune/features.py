@@ -71,7 +71,7 @@ def mrpc_batches(data_dir: str, vocab_file: str, split: str, max_seq_length: int
     from bert_torch.tokenization import FullTokenizer
     p = MrpcProcessor()
     if sample_tsv:
-        examples = p._create_examples(p._read_tsv(sample_tsv), split)
+        examples = p._create_examples(p._read_tsv(sample_tsv), split, sample_tsv)
     else:
         examples = {"train": p.get_train_examples, "dev": p.get_dev_examples}[split](data_dir)
     examples = examples[:limit]

@@ -8,8 +8,9 @@ import sys
 import time
 from typing import Callable, Optional
 
-from bert_torch._io import write_json, write_text
+from bert_torch._io import atomic_dir, write_json, write_text
 from bert_torch.commands import EXIT_CODES_HELP, ArgumentParser, HelpFormatter, run_main
+from bert_torch.flags import count, input_dir, output_dir, real
 from bert_torch.optimization import num_train_steps as official_num_train_steps
 
 from ..refcache import provenance as tf_cache_provenance
@@ -27,6 +28,7 @@ from .features import (
     squad_predictions_check,
     take,
 )
+from .memory import check_memory
 from .multiseed import SEED_BATCH, SEED_LR, SEED_SEQ, SEED_STEPS, multiseed_check
 from .optimizer import optimizer_check, planted_fault_checks
 from .training import gradient_check, squad_training_check, tf_gradients, training_check
@@ -101,10 +103,27 @@ def squad_files(data_dir: str, config: FinetuneConfig) -> tuple[str, str]:
     return dev_file, train_file
 
 
+def read_data(mrpc: str, squad_dev: str, squad_train: str) -> None:
+    """Reads every data file of the checks as bert_torch reads them, before any work: a malformed row or
+    question is one line naming the file and the place (the official code, which reads them again later,
+    would fail minutes in, with a bare IndexError or KeyError)."""
+    from bert_torch.glue import MrpcProcessor
+    from bert_torch.squad import SquadError, read_squad_examples
+    for what, path, examples in (
+            ("MRPC train pairs", os.path.join(mrpc, "train.tsv"), MrpcProcessor().get_train_examples(mrpc)),
+            ("MRPC dev pairs", os.path.join(mrpc, "dev.tsv"), MrpcProcessor().get_dev_examples(mrpc)),
+            ("SQuAD questions", squad_dev, read_squad_examples(squad_dev, is_training=False)),
+            ("SQuAD training questions with a findable answer", squad_train,
+             read_squad_examples(squad_train, is_training=True))):
+        if not examples:   # every check trains or evaluates on some: none is bad input, not a crash later
+            raise SquadError(f"{path}: no {what}")
+
+
 def run_finetune_checks(data_dir: Optional[str], out_dir: str, config: FinetuneConfig = FULL, device: str = "cpu",
                         log: Callable = lambda s: print(s, file=sys.stderr, flush=True)) -> dict:
     """All fine-tuning checks at ``config``'s sizes; writes out_dir/finetune.json and finetune.md and
-    returns the result dict. A run cut short leaves ``finetune.partial.json`` (verdict "incomplete").
+    returns the result dict. A run cut short leaves ``finetune.partial.json`` (verdict "incomplete") in
+    ``out_dir`` (the command writes into a folder aside, removed when the run fails).
 
     Why FULL's sizes. The deterministic MRPC run is the official recipe; its sequences are cut to the
     longest MRPC pair rounded up to 8 (104 tokens on GLUE MRPC, ``trim_padding``): no pair is truncated, so
@@ -124,6 +143,8 @@ def run_finetune_checks(data_dir: Optional[str], out_dir: str, config: FinetuneC
     if not mrpc or not os.path.isfile(os.path.join(mrpc, "train.tsv")) or not os.path.isfile(os.path.join(mrpc, "dev.tsv")):
         raise FileNotFoundError(f"--data-dir {data_dir}: no mrpc/train.tsv and mrpc/dev.tsv there")
     dev_file, train_file = squad_files(data_dir, config)   # every input checked before minutes of work start
+    read_data(mrpc, dev_file, train_file)
+    check_memory(config)   # and the largest phase's memory, before anything is built
     os.makedirs(out_dir, exist_ok=True)
     t0 = time.time()
     minilm = build_checkpoint(os.path.join(out_dir, "minilm"))
@@ -251,45 +272,42 @@ OVERRIDES = ("train_epochs", "train_steps", "train_batch_size", "train_seq_len",
 def main(argv: Optional[list[str]] = None) -> int:
     ap = ArgumentParser(prog="python -m parity.finetune", description=DESCRIPTION,
                         epilog=EXIT_CODES_HELP, formatter_class=HelpFormatter)
-    ap.add_argument("--data-dir", default=None, help="folder with mrpc/ (default: ../shared/data from the repo root)")
-    ap.add_argument("--report-dir", "--out", dest="out", help="output folder for finetune.json / finetune.md (required)")
+    ap.add_argument("--data-dir", default=None, type=input_dir("data folder"), help="folder with mrpc/ (default: ../shared/data from the repo root)")
+    ap.add_argument("--report-dir", "--out", dest="out", type=output_dir("report folder", owner="finetune"), help="output folder for finetune.json / finetune.md (required)")
     ap.add_argument("--quick", action="store_true", help="CI sizes (a few minutes)")
     ap.add_argument("--device", default="cpu", help="PyTorch device (cuda is untested)")
-    ap.add_argument("--train-epochs", type=float, default=None, help="deterministic run: MRPC epochs, steps by "
+    ap.add_argument("--train-epochs", type=real(above=0, hi=1000), default=None, help="deterministic run: MRPC epochs, steps by "
                     "the official count (default 3: 343 steps at batch 32)")
-    ap.add_argument("--train-steps", type=int, default=None, help="deterministic run: optimizer steps "
+    ap.add_argument("--train-steps", type=count(1, 10_000_000), default=None, help="deterministic run: optimizer steps "
                     "(overrides --train-epochs)")
-    ap.add_argument("--train-batch-size", type=int, default=None, help="deterministic run: batch size (default 32)")
-    ap.add_argument("--train-seq-len", type=int, default=None, help="deterministic run: max_seq_length "
+    ap.add_argument("--train-batch-size", type=count(1, 65536), default=None, help="deterministic run: batch size (default 32)")
+    ap.add_argument("--train-seq-len", type=count(1, 131072), default=None, help="deterministic run: max_seq_length "
                     "(default 128 with the all-padding columns cut: no pair truncated)")
-    ap.add_argument("--seeds", type=int, default=None, help="multi-seed runs per side with dropout on "
+    ap.add_argument("--seeds", type=count(0, 1000), default=None, help="multi-seed runs per side with dropout on "
                     "(default 3; 0 with --quick)")
-    ap.add_argument("--squad-steps", type=int, default=None, help="SQuAD deterministic run: steps (default 100)")
-    ap.add_argument("--squad-dev", type=int, default=None, help="SQuAD: dev questions evaluated (default 500)")
-    ap.add_argument("--seed-steps", type=int, default=None, help=f"steps of each multi-seed run (default {SEED_STEPS})")
-    ap.add_argument("--seed-batch-size", type=int, default=None, help=f"multi-seed batch size (default {SEED_BATCH})")
-    ap.add_argument("--seed-seq-len", type=int, default=None, help=f"multi-seed max_seq_length (default {SEED_SEQ})")
-    ap.add_argument("--seed-lr", type=float, default=None, help=f"multi-seed learning rate (default {SEED_LR:g})")
-    args = ap.parse_args(argv)
+    ap.add_argument("--squad-steps", type=count(1, 10_000_000), default=None, help="SQuAD deterministic run: steps (default 100)")
+    ap.add_argument("--squad-dev", type=count(1, 10_000_000), default=None, help="SQuAD: dev questions evaluated (default 500)")
+    ap.add_argument("--seed-steps", type=count(1, 10_000_000), default=None, help=f"steps of each multi-seed run (default {SEED_STEPS})")
+    ap.add_argument("--seed-batch-size", type=count(1, 65536), default=None, help=f"multi-seed batch size (default {SEED_BATCH})")
+    ap.add_argument("--seed-seq-len", type=count(1, 131072), default=None, help=f"multi-seed max_seq_length (default {SEED_SEQ})")
+    ap.add_argument("--seed-lr", type=real(above=0, hi=1.0), default=None, help=f"multi-seed learning rate (default {SEED_LR:g})")
+    args = ap.parse_or_exit_code(argv)
+    if isinstance(args, int):   # a usage error (its line printed) or --help
+        return args
     if not args.out:
-        print("error: --report-dir is required", file=sys.stderr)
-        return 2
-    if args.train_epochs is not None and not args.train_epochs > 0:
-        print(f"error: --train-epochs {args.train_epochs} must be positive", file=sys.stderr)
-        return 2
-    if args.seeds is not None and (args.seeds == 1 or args.seeds < 0):
-        print(f"error: --seeds {args.seeds}: give 0 (none) or at least 2", file=sys.stderr)
-        return 2
-    for name in (n for n in OVERRIDES if n not in ("train_epochs", "seeds")):
-        value = getattr(args, name)
-        if value is not None and value < 1:
-            print(f"error: --{name.replace('_', '-')} {value} must be positive", file=sys.stderr)
-            return 2
+        ap.error("the following arguments are required: --report-dir")
+    if args.seeds == 1:   # its range is declared with the flag; a single seed has no spread to test
+        ap.error("argument --seeds: 1: give 0 (none) or at least 2")
     overrides = {name: getattr(args, name) for name in OVERRIDES if getattr(args, name) is not None}
     config = dataclasses.replace(QUICK if args.quick else FULL, **overrides)
-    result = run_main(run_finetune_checks, args.data_dir, args.out, config, device=args.device)
-    if not isinstance(result, dict):   # exit 2: bad input, already reported on stderr by run_main
-        return result
+    return run_main(_finetune, args, config)
+
+
+def _finetune(args, config: FinetuneConfig) -> int:
+    """The report folder is written aside and renamed into place when complete: a run cut short (an error,
+    Ctrl-C) leaves nothing, and only an empty folder or a previous finetune report is replaced."""
+    with atomic_dir(args.out, "--report-dir", owner="finetune") as out:
+        result = run_finetune_checks(args.data_dir, out, config, device=args.device)
     print(result["summary"])
     for c in result["checks"]:
         print(f"  {c['name']}: {c['summary']}")

@@ -2,7 +2,6 @@
 batches; per-variable gradients, per-step losses, dev predictions, and the TF-trained model converted."""
 from __future__ import annotations
 
-import json
 import os
 import time
 from typing import Callable, Optional
@@ -295,9 +294,8 @@ def squad_training_check(minilm: dict, train_file: str, dev_file: str, steps: in
     order = cycled_order(n, steps, batch_size)
     warmup = int(steps * warmup_proportion)
     wanted = {e.qas_id for e in dev_ex}
-    with open(dev_file, encoding="utf-8") as f:
-        dataset = [{"paragraphs": [{"qas": [q for q in p["qas"] if q["id"] in wanted]} for p in a["paragraphs"]]}
-                   for a in json.load(f)["data"]]
+    dataset = [{"paragraphs": [{"qas": [q for q in p["qas"] if q["id"] in wanted]} for p in a["paragraphs"]]}
+               for a in squad.read_dataset(dev_file)]
 
     def answers(start, end):
         raw = [squad.RawResult(f.unique_id, list(map(float, s)), list(map(float, e)))

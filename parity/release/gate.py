@@ -9,7 +9,8 @@ import time
 import tomllib
 from typing import Optional
 from bert_torch.commands import EXIT_CODES_HELP, ArgumentParser, HelpFormatter, run_main
-from bert_torch._io import atomic_output, dumps
+from bert_torch.flags import input_dir, input_file, iso_date, maybe_file, or_empty, output_dir, real
+from bert_torch._io import atomic_dir, atomic_output, dumps
 from ..refcache import CACHE_ENV, LOG_ENV, OWNER_ENV, RefCache, provenance as tf_cache_provenance
 from ..environment import environment, git_state
 from ..files import REPO_ROOT, default_data_dir
@@ -170,18 +171,20 @@ def project_version() -> str:
 def main(argv: Optional[list[str]] = None) -> int:
     ap = ArgumentParser(prog="python -m parity.release", description="The release gate and its report.",
                         epilog=EXIT_CODES_HELP, formatter_class=HelpFormatter)
-    ap.add_argument("--report-dir", help="default: reports/<version>-<commit>")
-    ap.add_argument("--data-dir", help="real data (MRPC, SQuAD); default ../shared/data beside the repo when present")
-    ap.add_argument("--work-dir", help="checkpoints built for the report (default: build/release)")
-    ap.add_argument("--baseline", default=DEFAULT_BASELINE, help="last release's report.json ('' for none)")
-    ap.add_argument("--waivers", default=DEFAULT_WAIVERS, help="waiver ledger (TOML)")
+    ap.add_argument("--report-dir", type=output_dir("report folder", owner="release"), help="default: reports/<version>-<commit>")
+    ap.add_argument("--data-dir", type=input_dir("data folder"), help="real data (MRPC, SQuAD); default ../shared/data beside the repo when present")
+    ap.add_argument("--work-dir", type=output_dir("work folder"), help="checkpoints built for the report (default: build/release)")
+    ap.add_argument("--baseline", default=DEFAULT_BASELINE, type=or_empty(maybe_file("baseline report")), help="last release's report.json ('' for none)")
+    ap.add_argument("--waivers", default=DEFAULT_WAIVERS, type=or_empty(input_file("waiver ledger")), help="waiver ledger (TOML)")
     ap.add_argument("--checks", help="comma-separated globs of check names to run (default: all)")
     ap.add_argument("--pytest-args", default="-m '' -n 2 --dist loadfile parity/",
                     help="arguments of the gate-suite pytest run (default: two pytest-xdist workers, a test file "
                          "per worker at a time, so a file's TF fixtures are built once)")
-    ap.add_argument("--growth-factor", type=float, default=GROWTH_FACTOR)
-    ap.add_argument("--noise-floor", type=float, default=NOISE_FLOOR, help="in units of the tap's tolerance")
-    ap.add_argument("--today", help="date the waivers expire against (default: today, UTC)")
+    ap.add_argument("--growth-factor", type=real(1.0, 1e6), default=GROWTH_FACTOR,
+                    help="a tap regresses when its error grows by more than this factor over the baseline's (>= 1)")
+    ap.add_argument("--noise-floor", type=real(0.0, 1.0), default=NOISE_FLOOR,
+                    help="errors under this share of the tap's tolerance never count as a regression (0 to 1)")
+    ap.add_argument("--today", type=iso_date(), help="date the waivers expire against (default: today, UTC)")
     ap.add_argument("--list", action="store_true", help="list the checks and exit")
     ap.add_argument("--precision", default="fp32", help="the candidate's tier in the layerwise checks: "
                     "fp32, tf32, bf16, fp16 (the reference stays the float32 graph)")
@@ -189,16 +192,16 @@ def main(argv: Optional[list[str]] = None) -> int:
     ap.add_argument("--candidate", metavar="KIND:PATH", help="the model the primary check (real MiniLM weights, "
                     "every tap) proves instead of bert_torch: bert_torch:W, hf:DIR, ppb:FILE, onnx:FILE, "
                     "module:pkg.mod:factory (built from the same MiniLM weights; the random-init checks stay bert_torch)")
-    ap.add_argument("--tf-cache", metavar="DIR", default=os.environ.get(CACHE_ENV) or None,
+    ap.add_argument("--tf-cache", metavar="DIR", type=output_dir("TF cache folder"), default=os.environ.get(CACHE_ENV) or None,
                     help="reuse the official graph's results (taps, gradients, training runs) stored in DIR by an "
                          "earlier run when everything that determines them is unchanged, and store new ones there "
                          "(make report: build/tf-cache; default: $BERT_PARITY_TF_CACHE, else none). The report's "
                          "provenance says what was reused")
-    ap.add_argument("--promote", metavar="REPORT_JSON", help="make this passing report the baseline and exit")
+    ap.add_argument("--promote", metavar="REPORT_JSON", type=input_file("release report"), help="make this passing report the baseline and exit")
     ap.add_argument("--require-data", action="store_true", default=os.environ.get("PARITY_REQUIRE_DATA") == "1",
                     help="a check whose data set is missing fails the gate instead of being listed as not run "
                          "(CI; also PARITY_REQUIRE_DATA=1)")
-    return run_main(_release, ap.parse_args(argv))
+    return run_main(lambda: _release(ap.parse_args(argv)))
 
 
 def _release(args) -> int:
@@ -226,7 +229,7 @@ def _release(args) -> int:
     data_dir = args.data_dir or default_data_dir()
     if args.data_dir and not os.path.isdir(args.data_dir):
         raise ReleaseInputError(f"--data-dir {args.data_dir}: no such directory")
-    today = datetime.date.fromisoformat(args.today) if args.today else datetime.datetime.now(datetime.timezone.utc).date()
+    today = args.today or datetime.datetime.now(datetime.timezone.utc).date()
     ctx = Context(report_dir=report_dir, work_dir=args.work_dir or os.path.join(REPO_ROOT, "build", "release"),
                   data_dir=data_dir, profile=PROFILES["fp32-cpu"], waivers=load_waivers(args.waivers),
                   today=today, pytest_args=shlex.split(args.pytest_args), require_data=args.require_data,
@@ -234,14 +237,15 @@ def _release(args) -> int:
                   candidate=parse_candidate(args.candidate) if args.candidate else None)
     check_supported(ctx.tier, "cpu")
     baseline = load_baseline(args.baseline)
-    os.makedirs(ctx.report_dir, exist_ok=True)
     os.makedirs(ctx.work_dir, exist_ok=True)
     use_tf_cache(args.tf_cache, os.path.join(ctx.work_dir, "tf-cache-uses.jsonl"))
-    for name in REPORT_FILES:   # a failed run never leaves last time's report looking current
-        if os.path.exists(os.path.join(ctx.report_dir, name)):
-            os.remove(os.path.join(ctx.report_dir, name))
-    report = run_release(ctx, checks, not_run, baseline, version, args.growth_factor, args.noise_floor)
-    files = write_release(report, ctx)
+    # The report folder is written aside and renamed into place when complete (it appears whole or not at all),
+    # replacing only an empty folder or a previous release report.
+    with atomic_dir(report_dir, "--report-dir", owner="release") as out:
+        ctx.report_dir = out
+        report = run_release(ctx, checks, not_run, baseline, version, args.growth_factor, args.noise_floor)
+        files = [os.path.join(report_dir, os.path.relpath(f, out)) for f in write_release(report, ctx)]
+    ctx.report_dir = report_dir
     print(report["headline"])
     for r in report["reasons"][1:]:
         print(f"  also: {r}")

@@ -1,11 +1,12 @@
 """The ratchet against the last release's report (``reports/baseline.json``): a tap that passed there
 and fails now, or whose error grew past the growth factor above the noise floor, is a regression."""
 from __future__ import annotations
-import json
 import os
 from typing import Optional
 
 import numpy as np
+
+from bert_torch._io import InputFileError, read_json
 
 from ..files import REPO_ROOT
 from .context import ReleaseInputError
@@ -121,10 +122,33 @@ def load_baseline(path: Optional[str]) -> Optional[dict]:
     if not os.path.exists(path):
         return None
     try:
-        with open(path, encoding="utf-8") as f:
-            doc = json.load(f)
-    except (OSError, json.JSONDecodeError) as e:
+        doc = read_json(path, "baseline report")   # a regular file, bounded by its size
+    except InputFileError as e:
         raise ReleaseInputError(f"{path}: not a readable baseline report ({e})") from None
     if not isinstance(doc, dict) or not isinstance(doc.get("checks"), list):
         raise ReleaseInputError(f"{path}: not a release report (no 'checks' list); promote one with `make baseline`")
+    problem = release_report_problem(doc)
+    if problem:
+        raise ReleaseInputError(f"{path}: not a release report as the release writes them: {problem}")
     return doc
+
+
+def release_report_problem(doc: dict) -> Optional[str]:
+    """What in a release report's structure the ratchet and ``--promote`` could not read, or None: checked
+    before either uses it, so that a malformed baseline is bad input named up front, never a crash later."""
+    for key, kinds in (("verdict", str), ("version", (str, type(None))), ("created_utc", (str, type(None))),
+                       ("git", (dict, type(None))), ("checks_run", (list, type(None)))):
+        if not isinstance(doc.get(key), kinds):
+            return f"'{key}' is {type(doc.get(key)).__name__}"
+    if not all(isinstance(n, str) for n in doc.get("checks_run") or []):
+        return "'checks_run' holds a value that is not a check's name"
+    for i, c in enumerate(doc["checks"]):
+        if not isinstance(c, dict) or not isinstance(c.get("name"), str):
+            return f"checks[{i}] is not a check with a name"
+        if c.get("kind") != "layerwise":
+            continue
+        if not isinstance(c.get("inputs"), dict) or not isinstance(c.get("taps"), list):
+            return f"check {c['name']!r}: a layerwise check needs 'inputs' and a 'taps' list"
+        if not all(isinstance(t, dict) and isinstance(t.get("name"), str) for t in c["taps"]):
+            return f"check {c['name']!r}: a tap without a name"
+    return None

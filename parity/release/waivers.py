@@ -3,10 +3,14 @@ and an expiry date; an expired waiver, or one no tap needs any more, fails the g
 from __future__ import annotations
 import dataclasses
 import datetime
+import math
 import fnmatch
 import os
 import tomllib
 from typing import Optional
+
+from bert_torch._io import InputFileError, read_text
+
 from ..files import PACKAGE_DIR
 from .context import ReleaseInputError
 
@@ -34,20 +38,25 @@ def load_waivers(path: Optional[str]) -> list[Waiver]:
     if not path or not os.path.exists(path):
         return []
     try:
-        with open(path, "rb") as f:
-            doc = tomllib.load(f)
-    except (OSError, tomllib.TOMLDecodeError) as e:
+        doc = tomllib.loads(read_text(path, "waiver ledger"))   # a regular file, bounded by its size
+    except (InputFileError, tomllib.TOMLDecodeError) as e:
         raise ReleaseInputError(f"{path}: not a readable TOML waiver ledger ({e})") from None
     out = []
-    for i, w in enumerate(doc.get("waiver", [])):
+    tables = doc.get("waiver", [])
+    if not isinstance(tables, list) or not all(isinstance(w, dict) for w in tables):
+        raise ReleaseInputError(f"{path}: 'waiver' must be an array of tables ([[waiver]] sections), "
+                                f"got {type(tables).__name__}")
+    for i, w in enumerate(tables):
         where = f"{path}: waiver {w.get('id', i)!r}"
         for key in ("id", "taps", "atol", "rtol", "reason", "expires"):
             if key not in w:
                 raise ReleaseInputError(f"{where}: missing field {key!r}")
         if not isinstance(w["expires"], datetime.date) or isinstance(w["expires"], datetime.datetime):
             raise ReleaseInputError(f"{where}: expires must be a TOML date (e.g. 2027-01-31), got {w['expires']!r}")
-        if not all(isinstance(w[k], (int, float)) and w[k] >= 0 for k in ("atol", "rtol")):
-            raise ReleaseInputError(f"{where}: atol and rtol must be non-negative numbers")
+        # finite: an infinite (or NaN) tolerance would switch the check off rather than widen it
+        if not all(isinstance(w[k], (int, float)) and not isinstance(w[k], bool) and math.isfinite(w[k])
+                   and w[k] >= 0 for k in ("atol", "rtol")):
+            raise ReleaseInputError(f"{where}: atol and rtol must be finite non-negative numbers")
         if not str(w["reason"]).strip():
             raise ReleaseInputError(f"{where}: a waiver needs a reason")
         unknown = set(w) - {"id", "taps", "check", "atol", "rtol", "reason", "expires", "issue"}

@@ -1,0 +1,44 @@
+"""The release command's own inputs (a baseline to promote or ratchet against, the waiver ledger) are checked
+for the structure the release reads before they are used: a malformed one is exit 2 naming it, and nothing is
+written."""
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from parity import release
+
+
+@pytest.mark.parametrize("doc", [
+    {"verdict": "pass", "checks": [], "checks_run": 5},
+    {"verdict": "pass", "checks": [], "git": "abc"},
+    {"verdict": "pass", "checks": [5, "x"]},
+    {"verdict": "pass", "checks": [{"name": "layers", "kind": "layerwise", "inputs": {}, "taps": [3]}]},
+    {"verdict": "pass", "checks": [{"name": "layers", "kind": "layerwise"}]},
+    {"verdict": 1, "checks": []},
+])
+def test_a_malformed_report_is_not_promoted(tmp_path, capsys, doc):
+    src, dst = tmp_path / "report.json", tmp_path / "baseline.json"
+    src.write_text(json.dumps(doc))
+    assert release.main(["--promote", str(src), "--baseline", str(dst)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "not a release report" in err and str(src) in err, err
+    assert not dst.exists()
+
+
+@pytest.mark.parametrize("ledger, words", [
+    ("waiver = 5", "array of tables"),
+    ("waiver = [1, 2]", "array of tables"),
+    ('[[waiver]]\nid = "a"\ntaps = "*"\natol = inf\nrtol = 0\nreason = "x"\nexpires = 2030-01-01', "finite"),
+    ('[[waiver]]\nid = "a"\ntaps = "*"\natol = nan\nrtol = 0\nreason = "x"\nexpires = 2030-01-01', "finite"),
+    ('[[waiver]]\nid = "a"\ntaps = "*"\natol = true\nrtol = 0\nreason = "x"\nexpires = 2030-01-01', "finite"),
+])
+def test_a_malformed_waiver_ledger_is_named_before_any_check_runs(tmp_path, capsys, ledger, words):
+    path = tmp_path / "waivers.toml"
+    path.write_text(ledger)
+    code = release.main(["--checks", "tokens", "--baseline", "", "--waivers", str(path),
+                         "--work-dir", str(tmp_path / "w"), "--report-dir", str(tmp_path / "r")])
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and len(err.splitlines()) == 1 and str(path) in err and words in err, err
+    assert not (tmp_path / "r").exists()
