@@ -164,9 +164,14 @@ class ArgumentParser(argparse.ArgumentParser):
         except SystemExit as e:
             return e.code if isinstance(e.code, int) else EXIT_BAD_INPUT
 
-    def error(self, message: str):
+    def usage_error(self, message: str) -> int:
+        """A usage error's line on stderr; returns its exit code (2), for a ``main`` that returns its code."""
         first = message.splitlines()[0] if message.strip() else "bad command line"
-        self.exit(EXIT_BAD_INPUT, f"error: {first} (see {self.prog} --help)\n")
+        print(f"error: {first} (see {self.prog} --help)", file=sys.stderr)
+        return EXIT_BAD_INPUT
+
+    def error(self, message: str):
+        sys.exit(self.usage_error(message))
 
 
 class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):

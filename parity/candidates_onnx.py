@@ -49,6 +49,21 @@ class _TapsAsOutputs(torch.nn.Module):
         return tuple(taps.values[n] for n in self.names)
 
 
+def inline_shared_initializers(graph) -> int:
+    """Replaces each ``Identity`` of an initializer by an initializer of its own (returns how many). torch's
+    exporter merges parameters of equal value (a freshly initialised model's LayerNorm weights are all ones)
+    into one initializer read through Identity nodes, and onnxruntime's graph optimisations (``ORT_ENABLE_ALL``)
+    remove such an Identity while a node still reads its output: the file would not load. A trained model
+    seldom has equal parameters, so this copies little."""
+    from onnx import numpy_helper
+    inits = {i.name: i for i in graph.initializer}
+    aliases = [n for n in graph.node if n.op_type == "Identity" and len(n.input) == 1 and n.input[0] in inits]
+    for node in aliases:
+        graph.initializer.append(numpy_helper.from_array(numpy_helper.to_array(inits[node.input[0]]), node.output[0]))
+        graph.node.remove(node)
+    return len(aliases)
+
+
 def export_onnx(side, path: str, vocab_size: int, batch: int = 2, seq: int = 16, opset: int = 17) -> list[str]:
     """Writes ``side``'s model to ``path`` with its taps as outputs; returns the tap names. The file is written
     aside and renamed into place: no part of it is left behind by a failure, SIGTERM or SIGINT."""
@@ -71,6 +86,7 @@ def export_onnx(side, path: str, vocab_size: int, batch: int = 2, seq: int = 16,
                               dynamo=False, opset_version=opset, input_names=list(INPUTS), output_names=names,
                               dynamic_axes={n: {0: "batch", 1: "sequence"} for n in INPUTS})
         model = onnx.load(tmp)
+        inline_shared_initializers(model.graph)
         for key, value in (("bert_parity.taps", json.dumps(names)), ("bert_parity.gelu", side.gelu or ""),
                            ("bert_parity.source", side.description)):
             model.metadata_props.add(key=key, value=value)

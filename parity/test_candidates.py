@@ -513,3 +513,56 @@ def test_hf_task_heads_pass(random_checkpoint, capsys, tmp_path, head, arch, num
     assert [t["name"] for t in report["taps"]] == [n for n in tap_names(2, head) if n not in hidden]
     assert [t["name"] for t in report["not_observable"]] == hidden and worst(report) <= 1.0
     assert arch in report["sides"]["candidate"]
+
+
+def test_the_onnx_export_of_a_freshly_initialised_model_loads_with_every_optimisation(tmp_path):
+    """Equal parameters (a fresh model's LayerNorm weights) are merged by torch's exporter behind Identity nodes
+    that onnxruntime's optimisations break; the export gives each its own initializer, and the file loads and
+    runs at ORT_ENABLE_ALL, matching bert_torch."""
+    import onnx
+    from bert_torch.modeling import BertModel
+    from bert_torch.weights import model_tensors, write_weights
+    from parity import candidates_onnx
+    from parity.onnx_side import OnnxSide
+    config = BertConfig(vocab_size=40, hidden_size=16, num_hidden_layers=2, num_attention_heads=2,
+                        intermediate_size=32, max_position_embeddings=32)
+    torch.manual_seed(0)
+    weights, cfg, out = str(tmp_path / "w.safetensors"), str(tmp_path / "c.json"), str(tmp_path / "m.onnx")
+    write_weights(weights, model_tensors(BertModel(config)))
+    config.to_json_file(cfg)
+    side = make_candidate(CandidateSpec("bert_torch", weights), config=config)
+    candidates_onnx.export_onnx(side, out, config.vocab_size)
+    graph = onnx.load(out).graph
+    assert not [n for n in graph.node if n.op_type == "Identity" and n.input[0] in {i.name for i in graph.initializer}]
+    onnx_side = OnnxSide(CandidateSpec("onnx", out), config, "all")
+    from parity.inputs import Inputs
+    rng = np.random.default_rng(0)
+    mask = np.ones((2, 12), np.int32)
+    mask[1, 7:] = 0
+    inputs = Inputs(rng.integers(0, config.vocab_size, (2, 12)).astype(np.int32),
+                    rng.integers(0, 2, (2, 12)).astype(np.int32), mask)
+    got, want = onnx_side.run(inputs), side.run(inputs)
+    assert np.allclose(got["layer_1/output"], want["layer_1/output"], atol=1e-4)
+
+
+def test_a_declared_gelu_mismatch_fails_whatever_the_taps(tmp_path):
+    """Two sides that say they compute different GELUs are different models: never a pass, even where (small
+    activations) every tap agrees within tolerance; the hint names both forms."""
+    from bert_torch.modeling import BertModel
+    from bert_torch.weights import model_tensors, write_weights
+    from parity.inputs import Inputs
+    config = BertConfig(vocab_size=40, hidden_size=16, num_hidden_layers=1, num_attention_heads=2,
+                        intermediate_size=32, max_position_embeddings=32)
+    torch.manual_seed(0)
+    weights = str(tmp_path / "w.safetensors")
+    write_weights(weights, model_tensors(BertModel(config)))
+    reference = make_candidate(CandidateSpec("bert_torch", weights), config=config)
+    candidate = make_candidate(CandidateSpec("bert_torch", weights), config=config)
+    inputs = Inputs(np.arange(24, dtype=np.int32).reshape(2, 12) % 40, np.zeros((2, 12), np.int32),
+                    np.ones((2, 12), np.int32))
+    same = compare_sides(reference, candidate, inputs, get_profile("fp32-cpu"))
+    assert same["verdict"] == "pass"
+    candidate.gelu = "erf" if reference.gelu == "tanh" else "tanh"
+    report = compare_sides(reference, candidate, inputs, get_profile("fp32-cpu"))
+    assert all(t["passed"] for t in report["taps"]) and report["verdict"] == "fail"
+    assert report["hints"][0]["cause"] == "gelu_variant" and candidate.gelu in report["hints"][0]["evidence"]

@@ -299,3 +299,16 @@ def _inputs_never_outputs(tmp_path):
     assert data.read_bytes() == b"the user's weights" and leftovers(data.parent) == []
     note_input(str(tmp_path / "missing"))   # nothing to record: no error, no entry
     check_not_input(str(tmp_path / "missing"), "--output")
+
+
+def test_scratch_named_by_a_relative_path_is_matched_as_an_absolute_one(tmp_path, monkeypatch):
+    """A relative --spill-dir registers relative scratch folders; outputs are absolute: one way of naming both."""
+    from bert_torch._io import _inside_pending, forget_on_signal, remove_on_signal
+    monkeypatch.chdir(tmp_path)
+    os.mkdir("scratch")
+    remove_on_signal("scratch")
+    try:
+        assert _inside_pending(str(tmp_path / "scratch" / "a")) and not _inside_pending(str(tmp_path / "other"))
+    finally:
+        forget_on_signal("scratch")
+    assert not _inside_pending(str(tmp_path / "scratch" / "a"))

@@ -295,9 +295,9 @@ def main(argv: Optional[list[str]] = None) -> int:
     if isinstance(args, int):   # a usage error (its line printed) or --help
         return args
     if not args.out:
-        ap.error("the following arguments are required: --report-dir")
+        return ap.usage_error("the following arguments are required: --report-dir")
     if args.seeds == 1:   # its range is declared with the flag; a single seed has no spread to test
-        ap.error("argument --seeds: 1: give 0 (none) or at least 2")
+        return ap.usage_error("argument --seeds: 1: give 0 (none) or at least 2")
     overrides = {name: getattr(args, name) for name in OVERRIDES if getattr(args, name) is not None}
     config = dataclasses.replace(QUICK if args.quick else FULL, **overrides)
     return run_main(_finetune, args, config)
