@@ -181,7 +181,8 @@ def only_our_outputs_replaced() -> Iterator[None]:
 
 def check_replaceable(path: str, what: str) -> None:
     """An existing file at ``path`` may be replaced only when this tool wrote it and nobody changed it since."""
-    if getattr(_GUARD, "on", False) and os.path.lexists(path) and not written_by_us(path):
+    if (getattr(_GUARD, "on", False) and os.path.lexists(path) and not written_by_us(path)
+            and not _inside_pending(os.path.dirname(os.path.abspath(path)))):   # (a folder being written aside is ours)
         raise OutputError(f"{what} {path}: exists and was not written by bert-parity (or was changed since); "
                           f"it is never replaced: remove it yourself or give another name")
 

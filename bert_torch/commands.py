@@ -24,11 +24,11 @@ from typing import Callable, Iterator, Optional
 from ._io import only_our_outputs_replaced
 
 EXIT_OK, EXIT_PARITY_FAILURE, EXIT_BAD_INPUT, EXIT_INTERNAL = 0, 1, 2, 3
-EXIT_SIGINT, EXIT_SIGTERM = 130, 143
+EXIT_SIGINT = 130   # SIGTERM ends the process by the signal itself (143 to a shell), after the temporaries go
 
 EXIT_CODES_HELP = ("exit codes: 0 pass (or done), 1 parity failure, 2 bad input (one line on stderr), "
                    "3 internal error, 130/143 interrupted")
-# Where an internal error is to be reported (pyproject.toml's project name, so it reads the same everywhere).
+# Where an internal error is to be reported: one wording for every command.
 REPORT_BUGS = "the bert-parity maintainers' issue tracker"
 # `bert-parity --verbose` (or BERT_PARITY_VERBOSE=1): an error's traceback is printed after its line.
 VERBOSE_ENV = "BERT_PARITY_VERBOSE"

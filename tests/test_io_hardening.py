@@ -312,3 +312,12 @@ def test_scratch_named_by_a_relative_path_is_matched_as_an_absolute_one(tmp_path
     finally:
         forget_on_signal("scratch")
     assert not _inside_pending(str(tmp_path / "scratch" / "a"))
+
+
+def test_a_file_rewritten_inside_a_folder_written_aside_is_ours(tmp_path):
+    """A command rewriting its progress file inside its own output folder (still aside) replaces it freely."""
+    from bert_torch._io import atomic_dir, only_our_outputs_replaced, write_text
+    with only_our_outputs_replaced(), atomic_dir(str(tmp_path / "out"), "--report-dir", owner="finetune") as tmp:
+        for step in range(3):
+            write_text(os.path.join(tmp, "progress.json"), f"{step}")
+    assert (tmp_path / "out" / "progress.json").read_text() == "2"
