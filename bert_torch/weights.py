@@ -25,8 +25,9 @@ IGNORED_BUFFERS = ("embeddings.position_ids", "embeddings.token_type_ids")
 class WeightsError(ValueError):
     """Bad weights: one line per culprit, each naming the tensor (and file) at fault."""
 
-    def __init__(self, problems: list[str]):
+    def __init__(self, problems: list[str], unreadable: bool = False):
         self.problems = list(problems)
+        self.unreadable = unreadable   # the file itself, not how its tensors fit a config
         super().__init__("\n".join(self.problems))
 
 
@@ -40,19 +41,19 @@ def read_weights(path: str) -> dict[str, np.ndarray]:
         else:
             state = torch.load(path, map_location="cpu", weights_only=True)   # never unpickle code
             if not isinstance(state, Mapping):
-                raise WeightsError([f"{path}: expected a state dict, found {type(state).__name__}"])
+                raise WeightsError([f"{path}: expected a state dict, found {type(state).__name__}"], unreadable=True)
             tensors = {k: v.detach().cpu().numpy() for k, v in state.items() if isinstance(v, torch.Tensor)}
     except WeightsError:
         raise
     except Exception as e:   # safetensors/pickle raise many types; all mean "unreadable"
-        raise WeightsError([_unreadable(path, e)]) from None
+        raise WeightsError([_unreadable(path, e)], unreadable=True) from None
     return _file_names(tensors)
 
 
 def _weights_file(path: str) -> None:
     """A weights file is a regular file, checked before safetensors or torch opens it (a FIFO would block)."""
     if regular_file(path, "weights file", missing_ok=True) is None:
-        raise WeightsError([f"{path}: no such weights file"])
+        raise WeightsError([f"{path}: no such weights file"], unreadable=True)
 
 
 def _unreadable(path: str, e: Exception) -> str:
@@ -81,7 +82,7 @@ def open_weights(path: str) -> dict[str, np.ndarray | LazyTensor]:
             n = int.from_bytes(f.read(8), "little")
             header = json.loads(f.read(n))
     except Exception as e:   # as read_weights: every failure means "unreadable"
-        raise WeightsError([_unreadable(path, e)]) from None
+        raise WeightsError([_unreadable(path, e)], unreadable=True) from None
     if not all(header[k]["dtype"] in SAFETENSORS_DTYPES for k in keys):
         return read_weights(path)
     keys.sort(key=lambda k: tuple(header[k]["data_offsets"]))   # load_file's order: the data's
@@ -94,7 +95,7 @@ def open_weights(path: str) -> dict[str, np.ndarray | LazyTensor]:
             got = f.readinto(memoryview(array.reshape(-1).view(np.uint8)))
         if got != end - start:
             raise WeightsError([f"{path}: unreadable weights file (truncated: {name} needs bytes "
-                                f"[{8 + n + start}, {8 + n + end}))"])
+                                f"[{8 + n + start}, {8 + n + end}))"], unreadable=True)
         return array
 
     tensors = {}

@@ -274,7 +274,7 @@ def check_sizes(values: Mapping[str, int], config: BertConfig, where: str) -> No
     """The candidate's sizes against the reference's bert_config: a mismatch is bad input."""
     keys = ("vocab_size", "hidden_size", "num_hidden_layers", "num_attention_heads", "intermediate_size",
             "max_position_embeddings", "type_vocab_size")
-    diff = [f"{k} {values.get(k)} (reference: {getattr(config, k)})" for k in keys
+    diff = [f"{k} {values.get(k)!r} (reference: {getattr(config, k)!r})" for k in keys
             if values.get(k) is not None and values.get(k) != getattr(config, k)]
     if diff:
         raise CandidateError(f"{where}: does not match the reference's bert_config: {', '.join(diff)}")

@@ -96,6 +96,8 @@ def run_golden_compare(args) -> dict:
         candidate = make_candidate(spec, config=config, torch_config=torch_config, device=args.device,
                                    onnx_optimization=args.onnx_optimization, tier=tier)
     except WeightsError as e:
+        if e.unreadable:   # the file itself is at fault, whatever config it would meet
+            raise
         more = f" (and {len(e.problems) - 1} more)" if len(e.problems) > 1 else ""
         raise BadInput(f"{args.torch_weights} does not fit the bert_config of golden file {args.golden}: "
                        f"{e.problems[0]}{more}") from None

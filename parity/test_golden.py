@@ -123,6 +123,11 @@ def test_golden_that_does_not_fit_the_weights_is_bad_input(golden, random_checkp
     code, err = one_line_error(capsys, ["compare", "--torch-weights", golden["torch_weights"],
                                         "--report-dir", str(tmp_path / "r")])
     assert code == 2 and "--tf-checkpoint is required" in err
+    garbage = tmp_path / "garbage.safetensors"   # the file itself at fault: said so, not blamed on the config
+    garbage.write_bytes(b"\x08" + b"\x00" * 7 + b"not json")
+    code, err = one_line_error(capsys, ["compare", "--golden", golden["path"], "--torch-weights", str(garbage),
+                                        "--report-dir", str(tmp_path / "r")])
+    assert code == 2 and str(garbage) in err and "does not fit" not in err, err
     assert not (tmp_path / "r" / "report.json").exists()
 
 
