@@ -125,6 +125,12 @@ def _umask() -> int:
     return mask
 
 
+def _temp_prefix(final: str) -> str:
+    """A temporary's name beside ``final``: its name cut so that the whole stays within a file system's 255 bytes
+    (a legal output name must not fail because its temporary's is longer)."""
+    return "." + os.fsencode(os.path.basename(final))[:200].decode(errors="ignore") + "."
+
+
 def _describe(e: OSError) -> str:
     return e.strerror or str(e) or type(e).__name__
 
@@ -151,6 +157,18 @@ def _read_ledger(directory: str) -> dict:
         return ledger if isinstance(ledger, dict) else {}
     except (OSError, ValueError):
         return {}
+
+
+def _is_ledger(path: str) -> bool:
+    """Whether the file at ``path`` is a ledger this tool wrote (a JSON object of name -> signature)."""
+    try:
+        if not stat.S_ISREG(os.lstat(path).st_mode):
+            return False
+        with open(path, encoding="utf-8") as f:
+            data = json.loads(f.read(MAX_LEDGER_BYTES))
+        return isinstance(data, dict) and all(isinstance(v, list) and len(v) == 3 for v in data.values())
+    except (OSError, ValueError):
+        return False
 
 
 def written_by_us(path: str) -> bool:
@@ -204,6 +222,9 @@ def _record_outputs(finals: Sequence[str]) -> None:
     for directory, files in by_dir.items():
         if _inside_pending(directory):
             continue
+        where = os.path.join(directory, FILES_LEDGER)
+        if os.path.lexists(where) and not _is_ledger(where):   # a file of the user's by that name is kept
+            continue
         ledger = {k: v for k, v in _read_ledger(directory).items()
                   if os.path.lexists(os.path.join(directory, k))}
         with contextlib.suppress(OSError):
@@ -222,6 +243,8 @@ def _prepare_target(path: str, what: str) -> str:
     path = os.path.abspath(os.fspath(path))
     if os.path.isdir(path):
         raise OutputError(f"{what} {path}: is a directory; give a file name")
+    if os.path.basename(path) in (FILES_LEDGER, OUTPUT_MARKER):
+        raise OutputError(f"{what} {path}: that name is this tool's own record of what it wrote; give another name")
     check_not_input(path, what)
     check_replaceable(path, what)
     directory = os.path.dirname(path)
@@ -295,6 +318,8 @@ def _check_parent(path: str, what: str) -> None:
 def check_output_file(path: str, what: str = "") -> None:
     """``path`` can become an output file: not a folder or special file, in a folder that exists or can be made."""
     label = f"{what} {path}".strip()
+    if os.path.basename(path) in (FILES_LEDGER, OUTPUT_MARKER):
+        raise OutputError(f"{label}: that name is this tool's own record of what it wrote; give another name")
     if path.endswith(os.sep):
         raise OutputError(f"{label}: is a folder name (it ends with {os.sep}); give a file name")
     if os.path.lexists(path):
@@ -333,13 +358,18 @@ def output_owner(path: str) -> Optional[str]:
     return marker["command"] if marker else None
 
 
-def _listing(path: str) -> list[str]:
-    """Every file under folder ``path`` (links not followed), relative to it, the marker left out."""
-    found = []
+def _listing(path: str) -> dict[str, list[int]]:
+    """Every file under folder ``path`` (links not followed), relative to it, the marker left out -> its size
+    and modification time: a file changed since it was written is no longer the tool's to replace."""
+    found = {}
     for root, dirs, files in os.walk(path):
-        found += [os.path.relpath(os.path.join(root, f), path) for f in files]
-        found += [os.path.relpath(os.path.join(root, d), path) for d in dirs if os.path.islink(os.path.join(root, d))]
-    return sorted(f for f in found if f != OUTPUT_MARKER)
+        for name in files + [d for d in dirs if os.path.islink(os.path.join(root, d))]:
+            full = os.path.join(root, name)
+            with contextlib.suppress(OSError):
+                st = os.lstat(full)
+                found[os.path.relpath(full, path)] = [st.st_size, st.st_mtime_ns]
+    found.pop(OUTPUT_MARKER, None)
+    return dict(sorted(found.items()))
 
 
 def check_output_dir(path: str, owner: Optional[str], what: str = "") -> None:
@@ -368,12 +398,13 @@ def check_output_dir(path: str, owner: Optional[str], what: str = "") -> None:
         found = marker["command"] if marker else None
         if entries and found == owner:   # ours, unless somebody has put files of their own in it since
             listed = marker.get("files")
-            added = [f for f in _listing(path) if not isinstance(listed, list) or f not in listed]
-            if added:
-                shown = ", ".join(added[:3]) + (", ..." if len(added) > 3 else "")
-                raise OutputError(f"{label}: a previous output of `bert-parity {owner}`, but it now also holds "
-                                  f"files bert-parity did not write ({shown}); it is not replaced: move them, or "
-                                  f"give a new or empty folder")
+            listed = listed if isinstance(listed, dict) else {}
+            foreign = [f for f, sig in _listing(path).items() if listed.get(f) != sig]
+            if foreign:
+                shown = ", ".join(foreign[:3]) + (", ..." if len(foreign) > 3 else "")
+                raise OutputError(f"{label}: a previous output of `bert-parity {owner}`, but it now holds files "
+                                  f"bert-parity did not write or that changed since ({shown}); it is not replaced: "
+                                  f"move them, or give a new or empty folder")
         if entries and found != owner:
             if found is not None:
                 raise OutputError(f"{label}: holds the output of `bert-parity {found}`, which {owner} does not "
@@ -409,7 +440,7 @@ def atomic_outputs(paths: Sequence[str], what: str = "output") -> Iterator[list[
     tmps: list[str] = []
     try:
         for final in finals:
-            fd, tmp = tempfile.mkstemp(dir=os.path.dirname(final), prefix=f".{os.path.basename(final)}.", suffix=".tmp")
+            fd, tmp = tempfile.mkstemp(dir=os.path.dirname(final), prefix=_temp_prefix(final), suffix=".tmp")
             os.fchmod(fd, 0o666 & ~_umask())   # mkstemp's 0600 would make outputs private; open() would not
             os.close(fd)
             tmps.append(tmp)
@@ -473,14 +504,15 @@ def atomic_dir(path: str, what: str = "output folder", keep_existing: bool = Fal
     ``keep_existing``: a folder already at ``path`` when this one is complete (another process wrote the
     same thing first, and may be reading it) is kept, and this one discarded, never swapped under its
     reader; also when the other lands between the check and the rename (the rename then fails)."""
-    path = os.path.abspath(os.fspath(path))
+    # A link names the folder it points to: that is what is written aside and replaced, and the link stays.
+    path = os.path.realpath(os.fspath(path))
     if not keep_existing:   # (a kept entry, such as a cache's, never replaces anything: its reads are no inputs)
         check_not_input(path, what)
         check_output_dir(path, owner or "", what)
     parent = os.path.dirname(path)
     try:
         os.makedirs(parent, exist_ok=True)
-        tmp = tempfile.mkdtemp(dir=parent, prefix=f".{os.path.basename(path)}.", suffix=".tmp")
+        tmp = tempfile.mkdtemp(dir=parent, prefix=_temp_prefix(path), suffix=".tmp")
         os.chmod(tmp, 0o777 & ~_umask())
     except OSError as e:
         raise OutputError(f"{what} {path}: cannot write ({_describe(e)})") from None
@@ -499,7 +531,8 @@ def atomic_dir(path: str, what: str = "output folder", keep_existing: bool = Fal
         try:
             if os.path.isdir(path):
                 check_output_dir(path, owner or "", what)   # still empty, or still ours
-                old = tempfile.mkdtemp(dir=parent, prefix=f".{os.path.basename(path)}.", suffix=".old")
+                check_not_input(path, what)   # and holds none of the files this run has read since it began
+                old = tempfile.mkdtemp(dir=parent, prefix=_temp_prefix(path), suffix=".old")
                 remove_on_signal(old)
                 os.replace(path, os.path.join(old, "previous"))   # aside first: never a moment with neither
             os.replace(tmp, path)

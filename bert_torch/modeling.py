@@ -267,6 +267,25 @@ VARIANT_SETTINGS = {
                                                             "first token))"),
     "quantization_config": (_ABSENT, "quantized weights compute in other arithmetic than the official float32 "
                                      "graph"),
+    # Other BERT-family models' own words for the same kinds of change (NEZHA, ERNIE, RemBERT, ConvBERT, and
+    # configs that spell the epsilon as GPT-2 and T5 do).
+    "layer_norm_epsilon": (lambda v, c: _float32_of(v, OFFICIAL_LAYER_NORM_EPS),
+                           f"the official graph's LayerNorm adds {OFFICIAL_LAYER_NORM_EPS:g} to the variance: "
+                           f"another epsilon is other arithmetic"),
+    "use_relative_position": (_one_of(False, None), "relative-position attention (NEZHA) is no part of the "
+                                                    "official BERT graph"),
+    "max_relative_position": (lambda v, c: not c.get("use_relative_position"),
+                              "relative-position attention (NEZHA) is no part of the official BERT graph"),
+    "use_task_id": (_one_of(False, None), "task-type embeddings (ERNIE) are no part of the official BERT graph"),
+    "input_embedding_size": (lambda v, c: v is None or v == c.get("hidden_size", 768),
+                             "embeddings of another width (RemBERT) are no part of the official BERT graph"),
+    "output_embedding_size": (lambda v, c: v is None or v == c.get("hidden_size", 768),
+                              "embeddings of another width (RemBERT) are no part of the official BERT graph"),
+    "head_ratio": (_one_of(1, None), "ConvBERT's mixed convolution and attention heads are no part of the official "
+                                     "BERT graph"),
+    "conv_kernel_size": (_ABSENT, "ConvBERT's span convolutions are no part of the official BERT graph"),
+    "num_groups": (_one_of(1, None), "grouped feed-forward layers (ConvBERT) are no part of the official BERT "
+                                     "graph"),
 }
 
 

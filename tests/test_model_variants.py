@@ -34,6 +34,10 @@ VARIANTS = [
     ("embedding_size", 8), ("num_hidden_groups", 1), ("head_dim", 4), ("num_key_value_heads", 1),
     ("pruned_heads", {"0": [1]}), ("rope_theta", 10000.0), ("attention_type", "block_sparse"),
     ("quantization_config", {"quant_method": "bitsandbytes", "load_in_8bit": True}),
+    # Other BERT-family models' own fields: NEZHA, ERNIE, RemBERT, ConvBERT, and the epsilon spelled as GPT-2 does.
+    ("use_relative_position", True), ("use_task_id", True),
+    ("input_embedding_size", 8), ("output_embedding_size", 32), ("head_ratio", 2), ("conv_kernel_size", 9),
+    ("num_groups", 2), ("layer_norm_epsilon", 1e-5),
 ]
 # Activations neither the official graph nor bert_torch computes, in any vocabulary.
 FOREIGN_ACTS = ["silu", "swish", "quick_gelu", "gelu_10", "mish", "relu6", "sigmoid"]

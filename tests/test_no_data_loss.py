@@ -82,3 +82,46 @@ def test_a_previous_output_of_the_same_command_is_replaced(ck, tmp_path, capsys)
     capsys.readouterr()
     err = refused(capsys, ["release", "--report-dir", str(out), "--checks", "nothing-matches"], out)
     assert "bert-parity convert" in err
+
+
+def test_an_edited_or_added_file_in_a_previous_output_keeps_the_folder(ck, tmp_path, capsys):
+    """The marker lists each file with its size and time: a file the user edited, added or copied in (an input
+    of the next run, say) makes the folder theirs again, and it is not replaced."""
+    out = tmp_path / "hf"
+    argv = ["convert", "--tf-checkpoint", ck["dir"], "--output-format", "hf", "--output", str(out)]
+    assert frontdoor.main(argv) == 0
+    with open(out / "config.json", "a") as f:
+        f.write("\n")
+    refused(capsys, argv, out)
+    (out / "config.json").write_bytes((out / "config.json").read_bytes()[:-1])
+    os.utime(out / "config.json")
+    shutil.copy(ck["config"], out / "bert_config.json")   # a file of the user's in it
+    refused(capsys, ["convert", "--tf-checkpoint", ck["prefix"], "--bert-config", str(out / "bert_config.json"),
+                     "--output-format", "hf", "--output", str(out)], out)
+
+
+def test_a_link_to_an_output_folder_stays_a_link(ck, tmp_path, capsys):
+    target, link = tmp_path / "target", tmp_path / "link"
+    target.mkdir()
+    link.symlink_to(target)
+    assert frontdoor.main(["convert", "--tf-checkpoint", ck["dir"], "--output-format", "hf",
+                           "--output", str(link)]) == 0
+    assert link.is_symlink() and (target / "config.json").exists()
+
+
+def test_the_tools_own_records_are_never_an_output_nor_overwritten(ck, tmp_path, capsys):
+    folder = tmp_path / "mine"
+    folder.mkdir()
+    for name in (".bert-parity-files", ".bert-parity-output"):
+        err = refused(capsys, ["convert", "--tf-checkpoint", ck["dir"], "--output", str(folder / name)], folder)
+        assert "record of what it wrote" in err
+    notes = folder / ".bert-parity-files"
+    notes.write_text("my own notes, not a ledger")
+    assert frontdoor.main(["convert", "--tf-checkpoint", ck["dir"], "--output", str(folder / "w.safetensors")]) == 0
+    assert notes.read_text() == "my own notes, not a ledger"
+
+
+def test_a_long_legal_output_name_is_written(ck, tmp_path):
+    name = "a" * 243 + ".safetensors"   # 255 bytes: the longest name the file system takes
+    assert frontdoor.main(["convert", "--tf-checkpoint", ck["dir"], "--output", str(tmp_path / name)]) == 0
+    assert (tmp_path / name).stat().st_size > 0

@@ -42,3 +42,11 @@ def test_a_malformed_waiver_ledger_is_named_before_any_check_runs(tmp_path, caps
     err = capsys.readouterr().err.strip()
     assert code == 2 and len(err.splitlines()) == 1 and str(path) in err and words in err, err
     assert not (tmp_path / "r").exists()
+
+
+@pytest.mark.parametrize("checks", [",,", " ", ""])
+def test_a_check_selection_naming_nothing_is_bad_input(tmp_path, capsys, checks):
+    code = release.main(["--checks", checks, "--baseline", "", "--report-dir", str(tmp_path / "r")])
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and len(err.splitlines()) == 1 and "--checks" in err, err
+    assert not (tmp_path / "r").exists()

@@ -214,8 +214,10 @@ def _release(args) -> int:
         for n, why in not_run.items():
             print(f"{n:32} not run: {why}")
         return 0
-    if args.checks:
+    if args.checks is not None:
         globs = [g.strip() for g in args.checks.split(",") if g.strip()]
+        if not globs:   # an empty selection is a mistake, not a gate that ran nothing (or everything)
+            raise ReleaseInputError(f"--checks {args.checks!r}: names no check; `--list` shows them")
         unknown = [g for g in globs if not any(fnmatch.fnmatchcase(c.name, g) for c in checks)]
         if unknown:
             raise ReleaseInputError(f"--checks {unknown[0]}: matches no check; `--list` shows them")
