@@ -21,7 +21,8 @@ import torch
 
 from ._io import read_text
 from .glue import truncate_seq_pair
-from .commands import ArgumentParser
+from .commands import ArgumentParser, run_main
+from .flags import checkpoint, count, input_file, output_file
 from .modeling import BertConfig, BertModel
 from .run_classifier import Progress, load_init_weights, resolve_device
 from .tokenization import FullTokenizer
@@ -60,18 +61,21 @@ def featurize(a: str, b: Optional[str], tokenizer, T: int) -> tuple[list[str], l
 
 def main(argv: Optional[list[str]] = None) -> int:
     ap = ArgumentParser(prog="python -m bert_torch.extract_features", description=__doc__.split("\n\n")[0])
-    ap.add_argument("--input_file", required=True)
-    ap.add_argument("--output_file", required=True)
-    ap.add_argument("--vocab_file", required=True)
-    ap.add_argument("--bert_config_file", required=True)
-    ap.add_argument("--init_checkpoint", required=True, help="TF checkpoint (dir or prefix) or PyTorch weights file")
+    ap.add_argument("--input_file", required=True, type=input_file("input file"))
+    ap.add_argument("--output_file", required=True, type=output_file("output file"))
+    ap.add_argument("--vocab_file", required=True, type=input_file("vocab file"))
+    ap.add_argument("--bert_config_file", required=True, type=input_file("bert_config.json"))
+    ap.add_argument("--init_checkpoint", required=True, type=checkpoint(), help="TF checkpoint (dir or prefix) or PyTorch weights file")
     ap.add_argument("--layers", default="-1,-2,-3,-4")
-    ap.add_argument("--max_seq_length", type=int, default=128)
-    ap.add_argument("--batch_size", type=int, default=32)
+    ap.add_argument("--max_seq_length", type=count(3, 131072), default=128)
+    ap.add_argument("--batch_size", type=count(1, 65536), default=32)
     ap.add_argument("--do_lower_case", action="store_true")
     ap.add_argument("--device", default="cpu", help="cpu or cuda[:N] (CUDA is untested in this project)")
     ap.add_argument("--no_progress", action="store_true")
-    args = ap.parse_args(argv)
+    return run_main(lambda: _extract(ap.parse_args(argv)))
+
+
+def _extract(args) -> int:
     try:
         config = BertConfig.from_json_file(args.bert_config_file)
         layers = [int(x) for x in args.layers.split(",")]

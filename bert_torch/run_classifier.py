@@ -34,7 +34,8 @@ import numpy as np
 import torch
 
 from . import distributed, glue
-from .commands import ArgumentParser
+from .commands import ArgumentParser, run_main
+from .flags import checkpoint, count, input_dir, input_file, output_dir, real
 from ._io import write_bytes, write_json, write_text
 from .modeling import BertConfig, BertForSequenceClassification
 from .optimization import (BertAdam, accumulate_gradients, grouped_parameters, micro_batches, num_train_steps,
@@ -120,19 +121,19 @@ def training_batches(n: int, batch_size: int, steps: int, seed: int):
 
 
 def add_common_args(ap: argparse.ArgumentParser) -> None:
-    ap.add_argument("--bert_config_file", required=True)
-    ap.add_argument("--vocab_file", required=True)
-    ap.add_argument("--output_dir", required=True)
-    ap.add_argument("--init_checkpoint", help="TF checkpoint (dir or prefix) or PyTorch weights file")
+    ap.add_argument("--bert_config_file", required=True, type=input_file("bert_config.json"))
+    ap.add_argument("--vocab_file", required=True, type=input_file("vocab file"))
+    ap.add_argument("--output_dir", required=True, type=output_dir("output folder"))
+    ap.add_argument("--init_checkpoint", type=checkpoint(), help="TF checkpoint (dir or prefix) or PyTorch weights file")
     ap.add_argument("--do_lower_case", action="store_true")
-    ap.add_argument("--max_seq_length", type=int, default=128)
+    ap.add_argument("--max_seq_length", type=count(3, 131072), default=128)   # [CLS] a [SEP] at the least
     ap.add_argument("--do_train", action="store_true")
-    ap.add_argument("--learning_rate", type=float, default=5e-5)
-    ap.add_argument("--num_train_epochs", type=float, default=3.0)
-    ap.add_argument("--warmup_proportion", type=float, default=0.1)
-    ap.add_argument("--train_batch_size", type=int, default=32,
+    ap.add_argument("--learning_rate", type=real(above=0, hi=1.0), default=5e-5)
+    ap.add_argument("--num_train_epochs", type=real(0.0, 10000.0), default=3.0)
+    ap.add_argument("--warmup_proportion", type=real(0.0, 1.0), default=0.1)
+    ap.add_argument("--train_batch_size", type=count(1, 65536), default=32,
                     help="examples per optimizer step, over all processes (torchrun) and accumulation steps")
-    ap.add_argument("--gradient_accumulation_steps", type=int, default=1,
+    ap.add_argument("--gradient_accumulation_steps", type=count(1, 65536), default=1,
                     help="split each process's share of a train batch into this many forward/backward passes")
     ap.add_argument("--fp16", action="store_true",
                     help="torch.autocast float16 with loss scaling (GradScaler): a step whose gradients overflow is "
@@ -141,13 +142,13 @@ def add_common_args(ap: argparse.ArgumentParser) -> None:
     ap.add_argument("--optimize_on_cpu", action="store_true",
                     help="keep float32 master weights and Adam's moments in host memory; the model runs on "
                          "--device, its gradients are copied to the host for each step and the weights back")
-    ap.add_argument("--local_rank", type=int, default=-1,
+    ap.add_argument("--local_rank", type=count(-1, 65535), default=-1,
                     help="set by the old torch.distributed.launch; torchrun's LOCAL_RANK is read instead")
-    ap.add_argument("--seed", type=int, default=42)
-    ap.add_argument("--hidden_dropout_prob", type=float, default=None,
+    ap.add_argument("--seed", type=count(0, (1 << 32) - 1), default=42)
+    ap.add_argument("--hidden_dropout_prob", type=real(0.0, below=1.0), default=None,
                     help="override the config's hidden_dropout_prob (embeddings, layer outputs, and the "
                          "classifier's dropout on the pooled output); default: the config's")
-    ap.add_argument("--attention_probs_dropout_prob", type=float, default=None,
+    ap.add_argument("--attention_probs_dropout_prob", type=real(0.0, below=1.0), default=None,
                     help="override the config's attention_probs_dropout_prob; default: the config's")
     ap.add_argument("--no_dropout", action="store_true",
                     help="every dropout 0 (both of the above): deterministic training, as the parity checks "
@@ -399,20 +400,16 @@ def run(args) -> dict:
 def main(argv: Optional[list[str]] = None) -> int:
     ap = ArgumentParser(prog="python -m bert_torch.run_classifier", description=__doc__.split("\n\n")[0])
     ap.add_argument("--task_name", default="mrpc")
-    ap.add_argument("--data_dir", required=True)
+    ap.add_argument("--data_dir", required=True, type=input_dir("data folder"))
     ap.add_argument("--do_eval", action="store_true")
-    ap.add_argument("--eval_batch_size", type=int, default=8)
+    ap.add_argument("--eval_batch_size", type=count(1, 65536), default=8)
     add_common_args(ap)
-    return run_and_print(run, ap.parse_args(argv))
+    return run_main(lambda: run_and_print(run, ap.parse_args(argv)))
 
 
 def run_and_print(run_fn, args) -> int:
-    """Runs a task, prints its results as `key = value` lines; bad input: one line, exit 2."""
-    try:
-        results = run_fn(args)
-    except (ValueError, WeightsError, OSError) as e:   # data, config and weight errors are ValueErrors
-        print(f"error: {str(e).splitlines()[0]}", file=sys.stderr)
-        return 2
+    """Runs a task, prints its results as `key = value` lines (errors: ``run_main``'s exit codes)."""
+    results = run_fn(args)
     if getattr(args, "world", None) is None or args.world.main:   # under torchrun, rank 0 speaks for the job
         for k in sorted(results):
             print(f"{k} = {results[k]}")

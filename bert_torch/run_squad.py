@@ -23,7 +23,8 @@ import numpy as np
 import torch
 
 from . import distributed, squad
-from .commands import ArgumentParser
+from .commands import ArgumentParser, run_main
+from .flags import count, input_file
 from .modeling import BertForQuestionAnswering
 from .run_classifier import (Progress, add_common_args, check_common_args, load_body, load_init_weights,
                              model_config, resolve_device, run_and_print, save_model, set_seed, train_loop,
@@ -109,17 +110,17 @@ def run(args) -> dict:
 
 def main(argv: Optional[list[str]] = None) -> int:
     ap = ArgumentParser(prog="python -m bert_torch.run_squad", description=__doc__.split("\n\n")[0])
-    ap.add_argument("--train_file")
-    ap.add_argument("--predict_file")
+    ap.add_argument("--train_file", type=input_file("SQuAD train file"))
+    ap.add_argument("--predict_file", type=input_file("SQuAD predict file"))
     ap.add_argument("--do_predict", action="store_true")
-    ap.add_argument("--doc_stride", type=int, default=128)
-    ap.add_argument("--max_query_length", type=int, default=64)
-    ap.add_argument("--predict_batch_size", type=int, default=8)
-    ap.add_argument("--n_best_size", type=int, default=20)
-    ap.add_argument("--max_answer_length", type=int, default=30)
+    ap.add_argument("--doc_stride", type=count(1, 131072), default=128)
+    ap.add_argument("--max_query_length", type=count(1, 131072), default=64)
+    ap.add_argument("--predict_batch_size", type=count(1, 65536), default=8)
+    ap.add_argument("--n_best_size", type=count(1, 10000), default=20)
+    ap.add_argument("--max_answer_length", type=count(1, 131072), default=30)
     add_common_args(ap)
     ap.set_defaults(max_seq_length=384, train_batch_size=12, learning_rate=3e-5, num_train_epochs=2.0)
-    return run_and_print(run, ap.parse_args(argv))
+    return run_main(lambda: run_and_print(run, ap.parse_args(argv)))
 
 
 if __name__ == "__main__":

@@ -24,6 +24,14 @@ class _Captured(BaseException):   # passes through run_main, which catches Excep
     pass
 
 
+# The python -m commands outside the front door: the original port's runners and the DDP checks.
+RUNNERS = {"run_classifier": "bert_torch.run_classifier", "run_squad": "bert_torch.run_squad",
+           "extract_features": "bert_torch.extract_features", "ddp_check": "parity.ddp_check",
+           "mrpc_ddp_check": "parity.mrpc_ddp_check"}
+PATH_DESTS |= {"bert_config_file", "vocab_file", "output_dir", "init_checkpoint", "train_file", "predict_file",
+               "input_file", "output_file"}
+
+
 def parsers() -> dict[str, argparse.ArgumentParser]:
     """command -> its parser, as its main builds it (parse_args stopped before anything runs)."""
     found = {}
@@ -33,7 +41,8 @@ def parsers() -> dict[str, argparse.ArgumentParser]:
         raise _Captured(self)
     commands.ArgumentParser.parse_args = capture
     try:
-        for name, (module, with_name, _) in frontdoor.COMMANDS.items():
+        commands_ = {**frontdoor.COMMANDS, **{n: (m, False, "") for n, m in RUNNERS.items()}}
+        for name, (module, with_name, _) in commands_.items():
             main = importlib.import_module(module).main
             try:
                 main([name] if with_name else []) if main.__code__.co_argcount else main()
@@ -56,7 +65,7 @@ def test_every_numeric_and_path_flag_is_declared():
                   if (a.type in (int, float) or (a.dest in PATH_DESTS and (cmd, a.dest) not in INTERNAL))
                   and not isinstance(a.type, flags.Declared)]
     assert not undeclared, f"declare these in bert_torch.flags: {undeclared}"
-    assert sum(isinstance(a.type, flags.Number) for _, a in FLAGS) >= 30   # the walk found the commands' flags
+    assert sum(isinstance(a.type, flags.Number) for _, a in FLAGS) >= 55   # the walk found the commands' flags
 
 
 NUMERIC = [(cmd, a) for cmd, a in FLAGS if isinstance(a.type, flags.Number)]
@@ -68,7 +77,9 @@ def run(cmd: str, flag: str, value: str, capsys) -> tuple[int, str]:
     """The command through the front door; a trailing unknown flag makes a wrongly accepted value a different
     usage error, never a run."""
     try:
-        code = frontdoor.main([cmd, flag, value, "--no-such-flag-at-all"])
+        argv = [flag, value, "--no-such-flag-at-all"]
+        code = (importlib.import_module(RUNNERS[cmd]).main(argv) if cmd in RUNNERS
+                else frontdoor.main([cmd, *argv]))
     except SystemExit as e:
         code = e.code
     return code, capsys.readouterr().err

@@ -137,7 +137,8 @@ def test_run_classifier_no_dropout_trains_deterministically_and_logs_each_step(t
 
 
 @pytest.mark.parametrize("extra,message", [
-    (["--hidden_dropout_prob", "1.5"], "--hidden_dropout_prob 1.5: must be in [0, 1)"),
+    (["--hidden_dropout_prob", "1.5"], "--hidden_dropout_prob: 1.5 is out of range: must be >= 0 and < 1"),
+    (["--hidden_dropout_prob", "1"], "--hidden_dropout_prob: 1 is out of range: must be >= 0 and < 1"),
     (["--no_dropout", "--attention_probs_dropout_prob", "0.1"], "--no_dropout with --attention_probs_dropout_prob"),
     (["--gradient_accumulation_steps", "3"], "multiple of --gradient_accumulation_steps"),
     (["--max_seq_length", "1000"], "exceeds max_position_embeddings"),
