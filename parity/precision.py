@@ -58,6 +58,8 @@ class Tier:
                                  f"{', '.join(UNIT_ROUNDOFF)}")
         if self.mode not in MODES:
             raise PrecisionError(f"--precision-mode {self.mode}: choose autocast or cast")
+        if self.mode == "cast" and self.name not in DTYPES:   # a float32 tier has nothing to cast to
+            raise PrecisionError(f"--precision-mode cast applies to bf16 and fp16, not to --precision {self.name}")
 
     margin = MARGIN
 

@@ -50,3 +50,28 @@ def test_a_check_selection_naming_nothing_is_bad_input(tmp_path, capsys, checks)
     err = capsys.readouterr().err.strip()
     assert code == 2 and len(err.splitlines()) == 1 and "--checks" in err, err
     assert not (tmp_path / "r").exists()
+
+
+@pytest.mark.parametrize("floor", ["inf", "nan", -1.0, True, 1e400, None])
+def test_a_calibration_floor_must_be_a_finite_non_negative_number(tmp_path, floor):
+    """Floors feed diagnose's ladder and hints: an infinite, negative or non-numeric one is bad input naming
+    the file and the tap, never a diagnosis resting on it."""
+    from parity.diagnose.command import calibration_floors
+    path = tmp_path / "cal.json"
+    path.write_text(json.dumps({"taps": {"layer_0/output": {"floor": 1e-6}, "pooler/output": {"floor": floor}}})
+                    .replace("1e+400", "1e400"))
+    with pytest.raises(ValueError, match="pooler/output"):
+        calibration_floors(str(path))
+    path.write_text(json.dumps({"taps": {}}))
+    with pytest.raises(ValueError, match="no taps"):
+        calibration_floors(str(path))
+    path.write_text(json.dumps({"taps": {"pooler/output": {"floor": 2e-6}}}))
+    assert calibration_floors(str(path)) == {"pooler/output": 2e-6}
+
+
+@pytest.mark.parametrize("tier", ["fp32", "tf32"])
+def test_cast_mode_is_refused_for_a_float32_tier(tier):
+    from parity.precision import PrecisionError, Tier
+    with pytest.raises(PrecisionError, match="applies to bf16 and fp16"):
+        Tier(tier, "cast")
+    assert Tier("bf16", "cast").cast_dtype is not None

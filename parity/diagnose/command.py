@@ -3,6 +3,7 @@ section."""
 from __future__ import annotations
 
 import json
+import math
 import os
 from typing import Optional
 
@@ -128,9 +129,15 @@ def calibration_floors(path: Optional[str]) -> Optional[dict]:
         return None
     try:
         data = read_json(path, "calibration file")   # size, encoding and nesting bounded
-        return {name: float(v["floor"]) for name, v in data["taps"].items()}
+        floors = {name: v["floor"] for name, v in data["taps"].items()}
     except (OSError, ValueError, KeyError, TypeError, AttributeError) as e:
         raise ValueError(f"{path}: not a calibration file ({type(e).__name__}: {e})") from None
+    if not floors:
+        raise ValueError(f"{path}: not a calibration file (no taps)")
+    for name, floor in floors.items():   # a floor is a measured error: a finite number, zero or more
+        if isinstance(floor, bool) or not isinstance(floor, (int, float)) or not math.isfinite(floor) or floor < 0:
+            raise ValueError(f"{path}: tap {name}: floor {floor!r} is not a finite non-negative number")
+    return {name: float(floor) for name, floor in floors.items()}
 
 
 def add_diagnose_args(p) -> None:
