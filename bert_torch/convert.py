@@ -243,10 +243,12 @@ def main(argv: Optional[list[str]] = None) -> int:
     ap.add_argument("--tf-checkpoint", "--tf_checkpoint_path", dest="tf_checkpoint", type=checkpoint(),
                     help="checkpoint directory or prefix (TF -> PyTorch)")
     ap.add_argument("--to-tf", action="store_true", help="convert PyTorch weights to a TF checkpoint")
-    ap.add_argument("--torch-weights", type=input_file_or_dir("weights file or HF folder"), help="safetensors or .bin/.pt state dict (with --to-tf)")
+    ap.add_argument("--torch-weights", type=input_file_or_dir("weights file or HF folder"),
+                    help="safetensors or .bin/.pt state dict (with --to-tf)")
     ap.add_argument("--bert-config", "--bert_config_file", dest="bert_config", type=input_file("bert_config.json"),
                     help="bert_config.json (default: the one beside the checkpoint)")
-    ap.add_argument("--vocab-file", type=input_file("vocab file"), help="with --to-tf: copy this vocab.txt beside the checkpoint")
+    ap.add_argument("--vocab-file", type=input_file("vocab file"),
+                    help="with --to-tf: copy this vocab.txt beside the checkpoint")
     ap.add_argument("--body-only", action="store_true",
                     help="skip head variables (cls/, output_*), so the file loads into a plain BertModel")
     ap.add_argument("--output", "--pytorch_dump_path", dest="output", required=True, type=OutputPath("output", folder=None),

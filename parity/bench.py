@@ -413,12 +413,14 @@ def main(argv: Optional[list[str]] = None) -> int:
     ap.add_argument("--shapes", default="minilm,base", help=f"comma-separated of {', '.join(SHAPES)}")
     ap.add_argument("--batch-size", type=count(1, 256), default=8, help="rows of every timed batch (1-256)")
     ap.add_argument("--seq-len", type=count(1, 512), default=128, help="tokens per row (1-512)")
-    ap.add_argument("--repeats", type=count(1, 100), default=7, help="interleaved rounds of the forward pass; the training "
-                    "step gets half as many, at least 3 (1-100)")
+    ap.add_argument("--repeats", type=count(1, 100), default=7,
+                    help="interleaved rounds of the forward pass; the training "
+                         "step gets half as many, at least 3 (1-100)")
     ap.add_argument("--no-tf", action="store_true", help="leave the official TF graph out")
     ap.add_argument("--no-commands", action="store_true",
                     help="leave out the whole convert / compare / diagnose commands (wall time, peak RSS)")
-    ap.add_argument("--report-dir", default="reports/bench", type=output_dir("report folder", owner="bench"), help="where bench.json and bench.png go")
+    ap.add_argument("--report-dir", default="reports/bench", type=output_dir("report folder", owner="bench"),
+                    help="where bench.json and bench.png go")
     return run_main(lambda: _bench(ap.parse_args(argv)))
 
 

@@ -98,9 +98,11 @@ def main(argv: Optional[list[str]] = None) -> int:
     ap = ArgumentParser(prog="python -m parity.candidates_onnx",
                         description="Export a PyTorch candidate to ONNX with every tap as a graph output")
     ap.add_argument("--candidate", required=True, help="KIND:PATH (bert_torch:, hf:, ppb:, module:)")
-    ap.add_argument("--bert-config", required=True, type=input_file("bert_config.json"), help="the reference's bert_config.json (sizes, and "
-                    "the GELU of a bert_torch candidate)")
-    ap.add_argument("--output", "--out", dest="out", required=True, type=output_file("ONNX file"), help="ONNX file to write")
+    ap.add_argument("--bert-config", required=True, type=input_file("bert_config.json"),
+                    help="the reference's bert_config.json (sizes, and "
+                         "the GELU of a bert_torch candidate)")
+    ap.add_argument("--output", "--out", dest="out", required=True, type=output_file("ONNX file"),
+                    help="ONNX file to write")
     return run_main(lambda: _export(ap.parse_args(argv)))
 
 

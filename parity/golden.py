@@ -19,7 +19,7 @@ from typing import Optional
 
 from bert_torch.commands import EXIT_CODES_HELP, ArgumentParser, HelpFormatter, run_main
 from bert_torch.flags import checkpoint, count, input_file, output_file
-from .inputs import MAX_BATCH, MAX_SEED, MAX_SEQ
+from .inputs import MAX_BATCH, MAX_SEED, MAX_SEQ, MAX_THREADS
 
 from .refcache import provenance as tf_cache_provenance
 from .environment import environment
@@ -62,14 +62,17 @@ def dump(args) -> int:
 
 def add_dump_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--tf-checkpoint", required=True, type=checkpoint(), help="checkpoint directory or prefix")
-    p.add_argument("--bert-config", type=input_file("bert_config.json"), help="bert_config.json (default: beside the checkpoint)")
+    p.add_argument("--bert-config", type=input_file("bert_config.json"),
+                   help="bert_config.json (default: beside the checkpoint)")
     p.add_argument("--vocab-file", type=input_file("vocab file"), help="vocab.txt (default: beside the checkpoint)")
-    p.add_argument("--sentences", type=input_file("sentences file"), help="MRPC-format tsv of sentence pairs (default: the committed MRPC sample)")
-    p.add_argument("--output", "--out", dest="out", required=True, type=output_file("golden file"), help="golden file to write (safetensors)")
+    p.add_argument("--sentences", type=input_file("sentences file"),
+                   help="MRPC-format tsv of sentence pairs (default: the committed MRPC sample)")
+    p.add_argument("--output", "--out", dest="out", required=True, type=output_file("golden file"),
+                   help="golden file to write (safetensors)")
     p.add_argument("--batch-size", type=count(1, MAX_BATCH), default=8)
     p.add_argument("--seq-len", type=count(1, MAX_SEQ), default=128)
     p.add_argument("--seed", type=count(0, MAX_SEED), default=0)
-    p.add_argument("--tf-threads", type=count(1, 1024), help="TF intra-op threads (default: TF's own)")
+    p.add_argument("--tf-threads", type=count(1, MAX_THREADS), help="TF intra-op threads (default: TF's own)")
 
 
 def main(argv: Optional[list[str]] = None) -> int:

@@ -153,7 +153,8 @@ def main(argv: Optional[list[str]] = None) -> int:
     ap = ArgumentParser(prog="python -m parity.gpu_check", description=__doc__.split("\n\n")[0])
     ap.add_argument("--device", default="cuda", help="cuda (default), cuda:N, or cpu to run the script on the CPU")
     ap.add_argument("--report-dir", default="reports/gpu-check", type=output_dir("report folder"))
-    ap.add_argument("--data-dir", type=input_dir("data folder"), help="real data (MRPC); default ../shared/data beside the repo when present")
+    ap.add_argument("--data-dir", type=input_dir("data folder"),
+                    help="real data (MRPC); default ../shared/data beside the repo when present")
     args = ap.parse_or_exit_code(argv)
     if isinstance(args, int):   # a usage error (its line printed) or --help
         return args

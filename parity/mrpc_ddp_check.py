@@ -351,17 +351,24 @@ def main(argv: Optional[list[str]] = None) -> int:
         return runner_main(argv[1:])
     ap = ArgumentParser(prog="python -m parity.mrpc_ddp_check", description=__doc__.split("\n\n")[0],
                         epilog=EXIT_CODES_HELP, formatter_class=HelpFormatter)
-    ap.add_argument("--report-dir", required=True, type=output_dir("report folder"), help="output folder: mrpc_ddp.json, the runs' outputs")
-    ap.add_argument("--data-dir", type=input_dir("data folder"), help="folder with mrpc/train.tsv and dev.tsv (default: ../shared/data)")
+    ap.add_argument("--report-dir", required=True, type=output_dir("report folder"),
+                    help="output folder: mrpc_ddp.json, the runs' outputs")
+    ap.add_argument("--data-dir", type=input_dir("data folder"),
+                    help="folder with mrpc/train.tsv and dev.tsv (default: ../shared/data)")
     ap.add_argument("--sample", action="store_true", help="the committed 64-pair sample as train and dev instead")
-    ap.add_argument("--train-examples", type=count(1, 10_000_000), help="the first N train pairs (default: 256; --sample: 64)")
-    ap.add_argument("--dev-examples", type=count(1, 10_000_000), help="the first N dev pairs (default: 128; --sample: 64)")
+    ap.add_argument("--train-examples", type=count(1, 10_000_000),
+                    help="the first N train pairs (default: 256; --sample: 64)")
+    ap.add_argument("--dev-examples", type=count(1, 10_000_000),
+                    help="the first N dev pairs (default: 128; --sample: 64)")
     ap.add_argument("--seq-len", type=count(5, 131072), default=64,   # [CLS] a [SEP] b [SEP] at the least
                     help="max_seq_length")
-    ap.add_argument("--batch-size", type=count(1, 65536), default=8, help="examples per optimizer step (a multiple of 4)")
-    ap.add_argument("--epochs", type=real(above=0, hi=1000), default=1.0, help="steps = int(train examples / batch x epochs)")
+    ap.add_argument("--batch-size", type=count(1, 65536), default=8,
+                    help="examples per optimizer step (a multiple of 4)")
+    ap.add_argument("--epochs", type=real(above=0, hi=1000), default=1.0,
+                    help="steps = int(train examples / batch x epochs)")
     ap.add_argument("--lr", type=real(above=0, hi=1.0), default=5e-5, help="learning rate (warmup 0.1, linear decay)")
-    ap.add_argument("--seed", type=count(0, (1 << 32) - 1), default=0, help="the runner's --seed: head init and batch order")
+    ap.add_argument("--seed", type=count(0, (1 << 32) - 1), default=0,
+                    help="the runner's --seed: head init and batch order")
     ap.add_argument("--planted", action="append", default=[], choices=sorted(PLANTED),
                     help="also run the 2-process side with this fault planted (repeatable): each must fail")
     args = ap.parse_or_exit_code(argv)

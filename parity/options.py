@@ -20,7 +20,8 @@ from bert_torch.modeling import BertConfig
 from bert_torch.tf_checkpoint import read_checkpoint
 from bert_torch.weights import detect_head
 
-from .inputs import MAX_BATCH, MAX_SEED, MAX_SEQ, BYTES_PER_TAP_ELEMENT, SPILL_ABOVE_BYTES, Inputs, check_run_size, in_memory_bytes, make_inputs
+from .inputs import (BYTES_PER_TAP_ELEMENT, MAX_BATCH, MAX_SEED, MAX_SEQ, MAX_THREADS, SPILL_ABOVE_BYTES, Inputs,
+                     check_run_size, in_memory_bytes, make_inputs)
 from .metrics import PROFILES, Profile, get_profile
 from .precision import Tier, check_supported
 
@@ -31,34 +32,43 @@ class BadInput(ValueError):
 
 def add_compare_args(p: argparse.ArgumentParser, owner: str = "compare") -> None:
     """compare's flags (diagnose's too, ``owner`` "diagnose": the command whose report folder may be replaced)."""
-    p.add_argument("--tf-checkpoint", type=checkpoint(), help="checkpoint directory or prefix (required unless --golden)")
-    p.add_argument("--golden", type=input_file("golden file"), help="compare against a golden file (python -m reference_tf dump) "
-                                    "instead of running TensorFlow")
-    p.add_argument("--bert-config", type=input_file("bert_config.json"), help="bert_config.json (default: beside the checkpoint)")
-    p.add_argument("--torch-weights", type=input_file("weights file"), help="safetensors or .bin/.pt state dict (= --candidate bert_torch:W)")
+    p.add_argument("--tf-checkpoint", type=checkpoint(),
+                   help="checkpoint directory or prefix (required unless --golden)")
+    p.add_argument("--golden", type=input_file("golden file"),
+                   help="compare against a golden file (python -m reference_tf dump) "
+                        "instead of running TensorFlow")
+    p.add_argument("--bert-config", type=input_file("bert_config.json"),
+                   help="bert_config.json (default: beside the checkpoint)")
+    p.add_argument("--torch-weights", type=input_file("weights file"),
+                   help="safetensors or .bin/.pt state dict (= --candidate bert_torch:W)")
     p.add_argument("--candidate", help="KIND:PATH, the PyTorch side: bert_torch:W, hf:DIR, ppb:FILE, onnx:FILE, "
                                        "module:pkg.mod:factory (README, 'Candidates'); exactly one of --candidate "
                                        "and --torch-weights")
     p.add_argument("--onnx-optimization", default="all", choices=("all", "off"),
                    help="onnxruntime graph optimisation of an onnx: candidate")
-    p.add_argument("--torch-bert-config", type=input_file("bert_config.json"), help="config for the PyTorch side only (default: --bert-config)")
+    p.add_argument("--torch-bert-config", type=input_file("bert_config.json"),
+                   help="config for the PyTorch side only (default: --bert-config)")
     p.add_argument("--vocab-file", type=input_file("vocab file"), help="vocab.txt (default: beside the checkpoint)")
-    p.add_argument("--sentences", type=input_file("sentences file"), help="MRPC-format tsv of sentence pairs (default: the committed MRPC sample)")
-    p.add_argument("--report-dir", required=True, type=output_dir("report folder", owner=owner), help="folder for report.json and report.md")
+    p.add_argument("--sentences", type=input_file("sentences file"),
+                   help="MRPC-format tsv of sentence pairs (default: the committed MRPC sample)")
+    p.add_argument("--report-dir", required=True, type=output_dir("report folder", owner=owner),
+                   help="folder for report.json and report.md")
     p.add_argument("--batch-size", type=count(1, MAX_BATCH), default=8, help="sentence pairs per batch")
-    p.add_argument("--seq-len", type=count(1, MAX_SEQ), default=128, help="tokens per row (row 0 full, the others padded)")
+    p.add_argument("--seq-len", type=count(1, MAX_SEQ), default=128,
+                   help="tokens per row (row 0 full, the others padded)")
     p.add_argument("--seed", type=count(0, MAX_SEED), default=0, help="which sentence pairs are drawn")
     p.add_argument("--device", default="cpu", help="PyTorch device: cpu, cuda, cuda:1 ...")
     p.add_argument("--profile", default="fp32-cpu", help=f"tolerance profile: {', '.join(sorted(PROFILES))}")
-    p.add_argument("--tf-threads", type=count(1, 1024), help="TF intra-op threads (default: TF's own)")
+    p.add_argument("--tf-threads", type=count(1, MAX_THREADS), help="TF intra-op threads (default: TF's own)")
     p.add_argument("--precision", default="fp32",
                    help="the candidate's arithmetic (the reference stays the float32 graph): fp32 (TF32 off), "
                         "tf32 (CUDA's, or an exact emulation on CPU), bf16, fp16")
     p.add_argument("--spill", default="auto", choices=("auto", "always", "never"),
                    help="stream each run's taps to disk and compare them one at a time, so that memory holds "
                         "about one layer's taps (auto: when keeping every run in memory would take over 1 GiB)")
-    p.add_argument("--spill-dir", type=output_dir("spill folder"), help="folder for the streamed taps (default: the system's temporary folder); "
-                                       "removed when the run ends")
+    p.add_argument("--spill-dir", type=output_dir("spill folder"),
+                   help="folder for the streamed taps (default: the system's temporary folder); "
+                        "removed when the run ends")
     p.add_argument("--precision-mode", default="autocast",
                    help="bf16/fp16 as torch.autocast, or cast: the whole model cast, as for inference")
 

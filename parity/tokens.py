@@ -473,12 +473,15 @@ def main(argv: Optional[list[str]] = None) -> int:
     ap = ArgumentParser(prog="python -m parity.tokens",
                         description="Token parity against the official BERT tokenizer, id for id",
                         epilog=EXIT_CODES_HELP, formatter_class=HelpFormatter)
-    ap.add_argument("--data-dir", type=input_dir("data folder"), help="folder with mrpc/{train,dev,test}.tsv and squad/dev-v1.1.json "
-                                       "(default: ../shared/data beside the repository when present, "
-                                       "else the committed samples)")
+    ap.add_argument("--data-dir", type=input_dir("data folder"),
+                    help="folder with mrpc/{train,dev,test}.tsv and squad/dev-v1.1.json "
+                         "(default: ../shared/data beside the repository when present, "
+                         "else the committed samples)")
     ap.add_argument("--sample", action="store_true", help="use the committed samples even if a data dir exists")
-    ap.add_argument("--vocab-file", type=input_file("vocab file"), help="vocab.txt (default: the all-MiniLM-L6-v2 uncased vocab)")
-    ap.add_argument("--output", "--out", dest="out", type=output_file("report file"), help="write the report as JSON here")
+    ap.add_argument("--vocab-file", type=input_file("vocab file"),
+                    help="vocab.txt (default: the all-MiniLM-L6-v2 uncased vocab)")
+    ap.add_argument("--output", "--out", dest="out", type=output_file("report file"),
+                    help="write the report as JSON here")
     ap.add_argument("--no-hf", action="store_true", help="skip the transformers triangulation")
     ap.add_argument("--limit", type=count(1), help="compare only the first N texts (N >= 1)")
     ap.add_argument("--generated", type=count(0, 10_000_000), default=2000,

@@ -22,6 +22,7 @@ from importlib import metadata
 import pytest
 
 from bert_torch import tokenization as ours
+from no_tensorflow import blocking  # noqa: E402  (tests/ is on sys.path: tests/conftest.py)
 
 OFFICIAL_FILE = "bert/tokenization.py"
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -177,20 +178,7 @@ def test_official_flags_are_readable_from_ours():
 
 
 # absl, TensorFlow and the official package made unimportable, as in the core install (no `tf` extra).
-_NO_ABSL = textwrap.dedent("""
-    import importlib.machinery, sys
-    class _Absent:
-        def create_module(self, spec):
-            raise ModuleNotFoundError(f"No module named {spec.name!r}", name=spec.name)
-        def exec_module(self, module):
-            pass
-    class _Block:
-        def find_spec(self, name, path=None, target=None):
-            if name.split(".")[0] in ("absl", "tensorflow", "tf_keras", "bert"):
-                return importlib.machinery.ModuleSpec(name, _Absent(), origin=None)
-            return None
-    sys.meta_path.insert(0, _Block())
-""")
+_NO_ABSL = blocking("absl", "tensorflow", "tf_keras", "bert")
 
 _WITHOUT_ABSL = _NO_ABSL + textwrap.dedent("""
     import inspect, types

@@ -139,7 +139,8 @@ def main(argv: Optional[list] = None) -> int:
     ap.add_argument("--bert-config", type=input_file("bert_config.json"))
     ap.add_argument("--vocab-file", type=input_file("vocab file"))
     ap.add_argument("--sentences", type=input_file("sentences file"))
-    ap.add_argument("--output", "--out", dest="out", type=output_file("calibration file"), help="calibration JSON to write")
+    ap.add_argument("--output", "--out", dest="out", type=output_file("calibration file"),
+                    help="calibration JSON to write")
     ap.add_argument("--child-out", help=argparse.SUPPRESS)
     ap.add_argument("--child-threads", type=count(1, 1024), help=argparse.SUPPRESS)
     return run_main(lambda: _main(ap.parse_args(argv)))

@@ -276,25 +276,36 @@ MIN_SEQ = 5
 def main(argv: Optional[list[str]] = None) -> int:
     ap = ArgumentParser(prog="python -m parity.finetune", description=DESCRIPTION,
                         epilog=EXIT_CODES_HELP, formatter_class=HelpFormatter)
-    ap.add_argument("--data-dir", default=None, type=input_dir("data folder"), help="folder with mrpc/ (default: ../shared/data from the repo root)")
-    ap.add_argument("--report-dir", "--out", dest="out", type=output_dir("report folder", owner="finetune"), help="output folder for finetune.json / finetune.md (required)")
+    ap.add_argument("--data-dir", default=None, type=input_dir("data folder"),
+                    help="folder with mrpc/ (default: ../shared/data from the repo root)")
+    ap.add_argument("--report-dir", "--out", dest="out", type=output_dir("report folder", owner="finetune"),
+                    help="output folder for finetune.json / finetune.md (required)")
     ap.add_argument("--quick", action="store_true", help="CI sizes (a few minutes)")
     ap.add_argument("--device", default="cpu", help="PyTorch device (cuda is untested)")
-    ap.add_argument("--train-epochs", type=real(above=0, hi=1000), default=None, help="deterministic run: MRPC epochs, steps by "
-                    "the official count (default 3: 343 steps at batch 32)")
+    ap.add_argument("--train-epochs", type=real(above=0, hi=1000), default=None,
+                    help="deterministic run: MRPC epochs, steps by "
+                         "the official count (default 3: 343 steps at batch 32)")
     ap.add_argument("--train-steps", type=count(1, 10_000_000), default=None, help="deterministic run: optimizer steps "
                     "(overrides --train-epochs)")
-    ap.add_argument("--train-batch-size", type=count(1, 65536), default=None, help="deterministic run: batch size (default 32)")
-    ap.add_argument("--train-seq-len", type=count(MIN_SEQ, 131072), default=None, help="deterministic run: max_seq_length "
-                    "(default 128 with the all-padding columns cut: no pair truncated)")
+    ap.add_argument("--train-batch-size", type=count(1, 65536), default=None,
+                    help="deterministic run: batch size (default 32)")
+    ap.add_argument("--train-seq-len", type=count(MIN_SEQ, 131072), default=None,
+                    help="deterministic run: max_seq_length "
+                         "(default 128 with the all-padding columns cut: no pair truncated)")
     ap.add_argument("--seeds", type=count(0, 1000), default=None, help="multi-seed runs per side with dropout on "
                     "(default 3; 0 with --quick)")
-    ap.add_argument("--squad-steps", type=count(1, 10_000_000), default=None, help="SQuAD deterministic run: steps (default 100)")
-    ap.add_argument("--squad-dev", type=count(1, 10_000_000), default=None, help="SQuAD: dev questions evaluated (default 500)")
-    ap.add_argument("--seed-steps", type=count(1, 10_000_000), default=None, help=f"steps of each multi-seed run (default {SEED_STEPS})")
-    ap.add_argument("--seed-batch-size", type=count(1, 65536), default=None, help=f"multi-seed batch size (default {SEED_BATCH})")
-    ap.add_argument("--seed-seq-len", type=count(MIN_SEQ, 131072), default=None, help=f"multi-seed max_seq_length (default {SEED_SEQ})")
-    ap.add_argument("--seed-lr", type=real(above=0, hi=1.0), default=None, help=f"multi-seed learning rate (default {SEED_LR:g})")
+    ap.add_argument("--squad-steps", type=count(1, 10_000_000), default=None,
+                    help="SQuAD deterministic run: steps (default 100)")
+    ap.add_argument("--squad-dev", type=count(1, 10_000_000), default=None,
+                    help="SQuAD: dev questions evaluated (default 500)")
+    ap.add_argument("--seed-steps", type=count(1, 10_000_000), default=None,
+                    help=f"steps of each multi-seed run (default {SEED_STEPS})")
+    ap.add_argument("--seed-batch-size", type=count(1, 65536), default=None,
+                    help=f"multi-seed batch size (default {SEED_BATCH})")
+    ap.add_argument("--seed-seq-len", type=count(MIN_SEQ, 131072), default=None,
+                    help=f"multi-seed max_seq_length (default {SEED_SEQ})")
+    ap.add_argument("--seed-lr", type=real(above=0, hi=1.0), default=None,
+                    help=f"multi-seed learning rate (default {SEED_LR:g})")
     args = ap.parse_or_exit_code(argv)
     if isinstance(args, int):   # a usage error (its line printed) or --help
         return args

@@ -171,11 +171,16 @@ def project_version() -> str:
 def main(argv: Optional[list[str]] = None) -> int:
     ap = ArgumentParser(prog="python -m parity.release", description="The release gate and its report.",
                         epilog=EXIT_CODES_HELP, formatter_class=HelpFormatter)
-    ap.add_argument("--report-dir", type=output_dir("report folder", owner="release"), help="default: reports/<version>-<commit>")
-    ap.add_argument("--data-dir", type=input_dir("data folder"), help="real data (MRPC, SQuAD); default ../shared/data beside the repo when present")
-    ap.add_argument("--work-dir", type=output_dir("work folder"), help="checkpoints built for the report (default: build/release)")
-    ap.add_argument("--baseline", default=DEFAULT_BASELINE, type=or_empty(maybe_file("baseline report")), help="last release's report.json ('' for none)")
-    ap.add_argument("--waivers", default=DEFAULT_WAIVERS, type=or_empty(input_file("waiver ledger")), help="waiver ledger (TOML)")
+    ap.add_argument("--report-dir", type=output_dir("report folder", owner="release"),
+                    help="default: reports/<version>-<commit>")
+    ap.add_argument("--data-dir", type=input_dir("data folder"),
+                    help="real data (MRPC, SQuAD); default ../shared/data beside the repo when present")
+    ap.add_argument("--work-dir", type=output_dir("work folder"),
+                    help="checkpoints built for the report (default: build/release)")
+    ap.add_argument("--baseline", default=DEFAULT_BASELINE, type=or_empty(maybe_file("baseline report")),
+                    help="last release's report.json ('' for none)")
+    ap.add_argument("--waivers", default=DEFAULT_WAIVERS, type=or_empty(input_file("waiver ledger")),
+                    help="waiver ledger (TOML)")
     ap.add_argument("--checks", help="comma-separated globs of check names to run (default: all)")
     ap.add_argument("--pytest-args", default="-m '' -n 2 --dist loadfile parity/",
                     help="arguments of the gate-suite pytest run (default: two pytest-xdist workers, a test file "
@@ -197,7 +202,8 @@ def main(argv: Optional[list[str]] = None) -> int:
                          "earlier run when everything that determines them is unchanged, and store new ones there "
                          "(make report: build/tf-cache; default: $BERT_PARITY_TF_CACHE, else none). The report's "
                          "provenance says what was reused")
-    ap.add_argument("--promote", metavar="REPORT_JSON", type=input_file("release report"), help="make this passing report the baseline and exit")
+    ap.add_argument("--promote", metavar="REPORT_JSON", type=input_file("release report"),
+                    help="make this passing report the baseline and exit")
     ap.add_argument("--require-data", action="store_true", default=os.environ.get("PARITY_REQUIRE_DATA") == "1",
                     help="a check whose data set is missing fails the gate instead of being listed as not run "
                          "(CI; also PARITY_REQUIRE_DATA=1)")
