@@ -9,7 +9,7 @@ VERSION := $(shell sed -n 's/^version = "\(.*\)"/\1/p' pyproject.toml)
 COMMIT  := $(shell git rev-parse --short HEAD 2>/dev/null || echo nogit)
 REPORT_DIR ?= reports/$(VERSION)-$(COMMIT)
 
-.PHONY: setup test check test-all report baseline bench portability gpu-check clean
+.PHONY: setup test check test-all demo report baseline bench portability gpu-check clean
 
 setup: $(BIN)/.installed
 
@@ -39,35 +39,43 @@ check: setup
 test-all: setup
 	$(BIN)/python -m pytest -q -m ''
 
+# The first thing to run: the real all-MiniLM-L6-v2 weights written as a Google-format TF checkpoint,
+# converted back to PyTorch by bert-parity and compared tap by tap against the official graph -> reports/demo/.
+demo: setup
+	$(BIN)/python -m parity.minilm --out build/demo
+	$(BIN)/bert-parity convert --tf-checkpoint build/demo/bert_model.ckpt --output build/demo/converted.safetensors
+	$(BIN)/bert-parity compare --tf-checkpoint build/demo --torch-weights build/demo/converted.safetensors \
+	  --report-dir reports/demo
+
 # The release report: the whole gate (pytest -m '' parity/, slow checks included), every tap of the real
 # MiniLM weights and of three random-init configs, the ratchet against reports/baseline.json and the
 # waivers of parity/waivers.toml -> $(REPORT_DIR)/report.{json,md,html} + PNG plots. Exits non-zero when
 # the gate fails; report.md's first line says why. DATA_DIR defaults to ../shared/data when present.
 DATA_DIR ?=
 # The official graph's results (taps, gradients, training runs) are kept in TF_CACHE and reused while
-# everything that determines them is unchanged (parity/refcache.py); `make report TF_CACHE=` runs all of TF.
+# everything that determines them is unchanged (parity/sides/refcache.py); `make report TF_CACHE=` runs all of TF.
 TF_CACHE ?= build/tf-cache
 report: setup
-	$(BIN)/python -m parity.release --report-dir $(REPORT_DIR) $(if $(DATA_DIR),--data-dir $(DATA_DIR)) $(if $(TF_CACHE),--tf-cache $(TF_CACHE))
+	$(BIN)/bert-parity release --report-dir $(REPORT_DIR) $(if $(DATA_DIR),--data-dir $(DATA_DIR)) $(if $(TF_CACHE),--tf-cache $(TF_CACHE))
 
 # Promote a passing report (default: this commit's) to reports/baseline.json, the next release's ratchet.
 baseline: setup
-	$(BIN)/python -m parity.release --promote $(REPORT_DIR)/report.json
+	$(BIN)/bert-parity release --promote $(REPORT_DIR)/report.json
 
-# Verdicts on any CPU: MiniLM layerwise + the mutation suite under emulated hardware (parity/portability.py),
+# Verdicts on any CPU: MiniLM layerwise + the mutation suite under emulated hardware (parity/checks/portability.py),
 # 7 settings x 3 shapes up to 512 tokens -> reports/portability/portability.{md,json}. CI runs --short.
 portability: setup
-	$(BIN)/python -m parity.portability --report-dir reports/portability
+	$(BIN)/bert-parity portability --report-dir reports/portability
 
-# The GPU check (parity/gpu_check.py): candidate tiers on CUDA against golden files recorded by TF on CPU,
+# The GPU check (parity/checks/gpu.py): candidate tiers on CUDA against golden files recorded by TF on CPU,
 # MRPC dev predictions GPU vs CPU -> reports/gpu-check/. Without CUDA every GPU row reads "not run: no CUDA";
 # GPU_CHECK_DEVICE=cpu runs the same script end to end on the CPU.
 GPU_CHECK_DEVICE ?= cuda
 gpu-check: setup
-	$(BIN)/python -m parity.gpu_check --device $(GPU_CHECK_DEVICE) --report-dir reports/gpu-check
+	$(BIN)/bert-parity gpu-check --device $(GPU_CHECK_DEVICE) --report-dir reports/gpu-check
 
 bench: setup
-	$(BIN)/python -m parity.bench
+	$(BIN)/bert-parity bench
 
 clean:
 	rm -rf build .pytest_cache .hypothesis

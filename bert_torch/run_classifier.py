@@ -17,7 +17,7 @@ file appears whole or not at all. Dropout is the config's (the classifier's too:
 0.1 in every released config, the official ``keep_prob`` 0.9); ``--no_dropout`` (or
 ``--hidden_dropout_prob 0 --attention_probs_dropout_prob 0``) makes training deterministic: then the run
 is a function of ``--seed``, the data and the weights, also under torchrun with any accumulation that
-keeps ``--train_batch_size`` (``parity.mrpc_ddp_check`` compares those runs with TensorFlow's).
+keeps ``--train_batch_size`` (``parity.checks.mrpc_ddp`` compares those runs with TensorFlow's).
 Exit codes: 0 done, 2 bad input (one line on stderr).
 """
 from __future__ import annotations

@@ -18,7 +18,7 @@ import torch
 class TapError(ValueError):
     """A tap published against the ``Taps`` rules (twice in one forward, or replaced by a tensor of another
     shape): bad input naming the tap. Raised inside a model's forward, it is the harness's own error there,
-    not the model's (``parity.candidate_side`` lets it through a candidate's boundary unchanged)."""
+    not the model's (``parity.candidates.spec`` lets it through a candidate's boundary unchanged)."""
 
 
 HEAD_TAPS = {

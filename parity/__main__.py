@@ -1,6 +1,6 @@
 """``python -m parity``: the ``bert-parity`` command (``parity.frontdoor``)."""
 import sys
 
-from .frontdoor import main
+from parity.frontdoor import main
 
 sys.exit(main())

@@ -6,7 +6,7 @@ live here. ``build_checkpoint``/``minilm_dir`` (``parity/minilm.py``) give the r
 """
 from __future__ import annotations
 
-from .minilm import build_checkpoint, minilm_dir
+from parity.minilm import build_checkpoint, minilm_dir
 
 # Random-init checkpoints written by the official code: odd head sizes, 1 to 3 layers,
 # type_vocab_size 2 and 16 (16 is also the official default when the json omits it),

@@ -17,11 +17,11 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 from bert_torch import convert  # noqa: E402
 from bert_torch.tokenization import FullTokenizer  # noqa: E402
-from parity import cli  # noqa: E402
-from parity.golden import main as dump_golden  # noqa: E402
+from parity import frontdoor
+from parity.compare.golden import main as dump_golden  # noqa: E402
 from parity.inputs import SAMPLE, read_pairs  # noqa: E402
 from parity.minilm import build_checkpoint, minilm_dir  # noqa: E402
-from parity.report_schema import check_json_file  # noqa: E402
+from parity.compare.schema import check_json_file  # noqa: E402
 
 
 @pytest.fixture(scope="session")
@@ -36,7 +36,7 @@ def minilm_reference(minilm):
     ``make(batch, seq) -> {"config", "inputs", "ref", "names", "weights"}``."""
     from bert_torch.modeling import BertConfig
     from parity.inputs import make_inputs
-    from parity.sides import TFSide
+    from parity.sides.base import TFSide
     cache = {}
 
     def make(batch: int, seq: int) -> dict:
@@ -127,7 +127,7 @@ def compare(tmp_path, capsys):
     the first argument is a golden file (``compare --golden``), not a checkpoint."""
     def run(tf_checkpoint: str, torch_weights: str, *extra: str, golden: bool = False) -> Run:
         report_dir = tmp_path / f"report{len(list(tmp_path.iterdir()))}"
-        code = cli.main(["compare", "--golden" if golden else "--tf-checkpoint", tf_checkpoint,
+        code = frontdoor.main(["compare", "--golden" if golden else "--tf-checkpoint", tf_checkpoint,
                          "--torch-weights", torch_weights, "--report-dir", str(report_dir), *extra])
         out, err = capsys.readouterr()
         sys.stdout.write(out)

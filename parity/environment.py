@@ -15,8 +15,8 @@ from typing import Optional
 
 import torch
 
-from .files import REPO_ROOT
-from .inputs import sha256
+from parity.files import REPO_ROOT
+from parity.inputs import sha256
 
 
 

@@ -2,10 +2,10 @@
 
     bert-parity [--version] [--verbose] COMMAND [ARGS...]    # bert-parity COMMAND --help for its arguments
 
-Each subcommand is the ``main`` of the module that implements it (``COMMANDS``), given the rest of
-the command line: ``bert-parity tokens --sample`` is ``python -m parity.tokens --sample``. The
-modules are imported only when their command runs, so that ``--help`` and ``--version`` load neither
-torch nor TensorFlow, and a command needs only the extras it uses.
+Each subcommand (``COMMANDS``) is an options class and a function: the rest of the command line is parsed
+into the typed options (``bert_torch.options``: every flag declared once, with its type and range), and only
+then is the function's module imported and run on them. ``--help``, ``--version`` and every usage error are
+answered without loading torch or TensorFlow, and a command needs only the extras it uses.
 """
 from __future__ import annotations
 
@@ -17,27 +17,61 @@ import re
 import sys
 import threading
 from importlib import metadata
-from typing import Optional
+from typing import NamedTuple, Optional
 
 from bert_torch.commands import EXIT_CODES_HELP, VERBOSE_ENV, ArgumentParser, run_main
 
-# command -> (module whose main(argv) runs it, whether main expects the command name first, help)
+class Command(NamedTuple):
+    """A subcommand: its options class (``module:Class``, light: parsing it imports neither torch nor TensorFlow),
+    the function that runs on the parsed options (``module:function``, imported only after parsing), its help."""
+    options: str
+    run: str
+    help: str
+
+
 COMMANDS = {
-    "convert": ("bert_torch.convert", False, "TF checkpoint to PyTorch weights (--to-tf: and back)"),
-    "compare": ("parity.cli", True, "run both sides on the same inputs and compare every tap "
-                                    "(--golden FILE: against a recorded TF run, without TensorFlow)"),
-    "diagnose": ("parity.cli", True, "culprit block, root-cause hints, precision ladder, repro script"),
-    "dump": ("parity.golden", False, "record the official graph's inputs and every tap in a golden file"),
-    "tokens": ("parity.tokens", False, "token parity of bert_torch's tokenizer against the official one"),
-    "finetune": ("parity.finetune", False, "fine-tuning parity: optimizer, features, gradients, training"),
-    "release": ("parity.release", False, "the release gate and its report (make report)"),
-    "bench": ("parity.bench", False, "bert_torch against HF, TF and the GEMM floor, forward and training step (asserts nothing)"),
-    "calibrate": ("parity.diagnose.calibrate", False, "measure per-tap noise floors for a calibrated profile"),
-    "export-onnx": ("parity.candidates_onnx", False, "write an ONNX file with every tap as a graph output, from any "
-                                                     "PyTorch candidate (--candidate KIND:PATH)"),
-    "portability": ("parity.portability", False, "MiniLM and the mutation suite under emulated CPUs (make portability)"),
-    "gpu-check": ("parity.gpu_check", False, "candidate tiers on CUDA against CPU golden files (make gpu-check)"),
+    "convert": Command("bert_torch.options:ConvertOptions", "bert_torch.convert:run_convert",
+                       "TF checkpoint to PyTorch weights (--to-tf: and back; --output-format hf: a transformers "
+                       "folder)"),
+    "compare": Command("parity.compare.options:CompareOptions", "parity.compare.command:run_compare",
+                       "run both sides on the same inputs and compare every tap (--golden FILE: against a recorded "
+                       "TF run, without TensorFlow)"),
+    "diagnose": Command("parity.diagnose.options:DiagnoseOptions", "parity.diagnose.command:run_diagnose",
+                        "culprit block, root-cause hints, precision ladder, repro script"),
+    "dump": Command("parity.compare.options:DumpOptions", "parity.compare.golden:dump",
+                    "record the official graph's inputs and every tap in a golden file"),
+    "tokens": Command("parity.tokens:TokensOptions", "parity.tokens:run_tokens",
+                      "token parity of bert_torch's tokenizer against the official one"),
+    "finetune": Command("parity.finetune.options:FinetuneOptions", "parity.finetune.suite:run_finetune",
+                        "fine-tuning parity: optimizer, features, gradients, training"),
+    "release": Command("parity.release.options:ReleaseOptions", "parity.release.gate:run_release_command",
+                       "the release gate and its report (make report)"),
+    "bench": Command("parity.checks.options:BenchOptions", "parity.checks.bench:run_bench",
+                     "bert_torch against HF, TF and the GEMM floor, forward and training step (asserts nothing)"),
+    "calibrate": Command("parity.diagnose.options:CalibrateOptions", "parity.diagnose.calibrate:run_calibrate",
+                         "measure per-tap noise floors for a calibrated profile"),
+    "export-onnx": Command("parity.candidates.options:ExportOnnxOptions", "parity.candidates.export_onnx:run_export",
+                           "write an ONNX file with every tap as a graph output, from any PyTorch candidate "
+                           "(--candidate KIND:PATH)"),
+    "portability": Command("parity.checks.options:PortabilityOptions", "parity.checks.portability:run_portability",
+                           "MiniLM and the mutation suite under emulated CPUs (make portability)"),
+    "gpu-check": Command("parity.checks.options:GpuCheckOptions", "parity.checks.gpu:run_gpu_check",
+                         "candidate tiers on CUDA against CPU golden files (make gpu-check)"),
 }
+
+
+def load(target: str):
+    """``module:name`` to the object it names."""
+    module, name = target.split(":")
+    return getattr(importlib.import_module(module), name)
+
+
+def run_command(name: str, argv: list[str]) -> int:
+    """The command's options parsed from ``argv`` (a usage error or ``--help`` ends here, before any model
+    library is imported), then its run on them."""
+    command = COMMANDS[name]
+    opts = load(command.options).parse(argv)
+    return load(command.run)(opts)
 
 
 # TensorFlow's native log lines: `I0000 00:00:1796135975.943563   10287 port.cc:153] ...` (severity I, W, E;
@@ -102,8 +136,8 @@ def parser() -> argparse.ArgumentParser:
     ap.add_argument("--verbose", action="store_true",
                     help="show TensorFlow's own log lines (silenced by default); accepted anywhere on the line")
     sub = ap.add_subparsers(dest="command", metavar="COMMAND", required=True)
-    for name, (_, _, text) in COMMANDS.items():
-        sub.add_parser(name, help=text, add_help=False)
+    for name, command in COMMANDS.items():
+        sub.add_parser(name, help=command.help, add_help=False)
     return ap
 
 
@@ -124,8 +158,6 @@ def main(argv: Optional[list[str]] = None) -> int:
     if first is None or argv[first] not in COMMANDS or any(a in ("-h", "--help", "--version") for a in argv[:first]):
         parser().parse_args(argv)   # --help, --version, or a usage error naming the unknown command (exit 2)
         return 2
-    module, with_name, _ = COMMANDS[argv[first]]
-    rest = argv[first:] if with_name else argv[first + 1:]
     # Around every command, whatever its module does itself: an uncaught error is an internal error (exit 3),
     # never Python's traceback and exit 1, which the contract keeps for a parity failure.
-    return run_main(lambda: importlib.import_module(module).main(rest))
+    return run_main(run_command, argv[first], argv[first + 1:])

@@ -23,6 +23,10 @@ from bert_torch.tokenization import FullTokenizer, load_vocab
 SAMPLE = os.path.join(os.path.dirname(__file__), "data", "mrpc_sample.tsv")
 
 
+class BadInput(ValueError):
+    """A command's input at fault (a flag, a file, a combination of them): exit 2, the message its one line."""
+
+
 class InputError(ValueError):
     """Bad input data (vocab, sentences, sizes): one line naming the file at fault."""
 
@@ -95,7 +99,7 @@ def in_memory_bytes(config, batch_size: int, seq_len: int, command: str = "compa
     return tap_elements(config, batch_size, seq_len) * BYTES_PER_TAP_ELEMENT[command]
 
 
-# The memory estimates below (``run_bytes``; ``parity.bench.bench_bytes``, ``parity.finetune.memory``) are upper
+# The memory estimates below (``run_bytes``; ``parity.checks.bench.bench_bytes``, ``parity.finetune.memory``) are upper
 # bounds of a run's peak resident memory, checked before anything is allocated against MemAvailable.
 # tests/test_memory_bounds.py measures the peak of real runs at several sizes against them.
 #
@@ -124,8 +128,8 @@ SPILLED_WEIGHT_BYTES_BEFORE_TWINS = {"compare": 4, "diagnose": 4 + 4}
 RUN_BYTES_PER_TAP_ELEMENT = {"compare": BYTES_PER_TAP_ELEMENT["compare"] + 4 + 4,
                              "diagnose": BYTES_PER_TAP_ELEMENT["diagnose"] + 4 + 4,
                              "dump": BYTES_PER_TAP_ELEMENT["dump"] + 4}
-# The most taps one TF run of a spilled run fetches (parity.sides' STREAM_GROUP_BYTES, TFSide.stream's groups:
-# repeated here because parity.sides imports this module; tests/test_memory_bounds.py holds them equal).
+# The most taps one TF run of a spilled run fetches (parity.sides.base' STREAM_GROUP_BYTES, TFSide.stream's groups:
+# repeated here because parity.sides.base imports this module; tests/test_memory_bounds.py holds them equal).
 STREAM_GROUP_BYTES = 256 << 20
 # Besides the kept runs, one layer's taps in float64 this many times over: the activations of the layer a
 # forward is computing (a float64 twin's), and the float64 differences a comparison takes of each tap
@@ -139,7 +143,7 @@ def run_bytes(config, batch_size: int, seq_len: int, command: str = "compare", s
 
     In memory, everything is alive at the end: TF in process, every run's taps, the twins. ``spilled``
     (``--spill``): the runs stream to disk tap by tap and TensorFlow runs in a worker process
-    (parity.tf_worker), which holds its runtime, its variables and the taps of one streamed group
+    (parity.sides.tf_worker), which holds its runtime, its variables and the taps of one streamed group
     (TFSide.stream: consecutive layers up to ``STREAM_GROUP_BYTES``), twice (TF's buffers and the contract's
     copies); it has exited before the float64 twin is made. The peak is then the larger of the two phases:
     the worker beside the comparing process, and that process alone with its twins."""
@@ -160,7 +164,7 @@ def run_bytes(config, batch_size: int, seq_len: int, command: str = "compare", s
     return int(MEMORY_MARGIN * held)
 
 
-# A training step's memory (parity.bench's contenders, parity.finetune's runs). The official graph +
+# A training step's memory (parity.checks.bench's contenders, parity.finetune's runs). The official graph +
 # AdamWeightDecayOptimizer, bytes per parameter: variables and two slots (4 + 8), and a step's gradients, their
 # clipped copies and the update's three temporaries (next_m, next_v, the update) of every variable at once, which
 # TF's pool keeps (5 x 4).

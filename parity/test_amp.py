@@ -1,4 +1,4 @@
-"""Mixed-precision training parity (parity/amp_check.py): the runners' --bf16 and --fp16 loss curves against
+"""Mixed-precision training parity (parity/checks/amp.py): the runners' --bf16 and --fp16 loss curves against
 their fp32 run under a rule set by the tier's unit roundoff; fp16's skipped steps leave the schedule where it
 was; two classic faults (the schedule advanced on skipped steps; gradients clipped while scaled) caught.
 
@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from bert_torch.modeling import BertConfig, BertForSequenceClassification
-from parity import amp_check
+from parity.checks import amp as amp_check
 
 STEPS = 8
 

@@ -135,10 +135,10 @@ def test_a_failed_run_leaves_the_previous_report_whole_and_nothing_else(compare,
     assert run.code == 0
     report_dir = run.report_dir
     before = {p.name: p.read_bytes() for p in report_dir.iterdir() if p.is_file()}
-    from parity import cli
+    from parity import frontdoor
     broken = tmp_path / "broken.safetensors"
     broken.write_bytes(b"not a weights file")   # refused after the flags are read, while the run prepares
-    code = cli.main(["compare", "--tf-checkpoint", ckpt["dir"], "--torch-weights", str(broken),
+    code = frontdoor.main(["compare", "--tf-checkpoint", ckpt["dir"], "--torch-weights", str(broken),
                      "--report-dir", str(report_dir)])
     assert code == 2
     assert {p.name: p.read_bytes() for p in report_dir.iterdir() if p.is_file()} == before

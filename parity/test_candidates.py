@@ -20,13 +20,13 @@ from hypothesis import given, settings, strategies as st
 
 from bert_torch.modeling import BertConfig, gelu_erf, gelu_tanh
 from bert_torch.taps import tap_names, tap_shape
-from parity import cli
-from parity.candidates import (HF_GELU, CandidateError, CandidateSpec, make_candidate, official_gelu,
+from parity import frontdoor
+from parity.candidates.factory import (HF_GELU, CandidateError, CandidateSpec, make_candidate, official_gelu,
                                parse_candidate)
-from parity.compare import compare_sides
+from parity.compare.core import compare_sides
 from parity.inputs import make_inputs
-from parity.metrics import get_profile
-from parity.sides import TorchSide
+from parity.numerics.metrics import get_profile
+from parity.sides.base import TorchSide
 
 transformers = pytest.importorskip("transformers", reason="the hf extra (transformers) is not installed")
 
@@ -75,7 +75,7 @@ def golden(minilm_golden):
 
 def run_cli(capsys, tmp_path, *argv) -> tuple[int, str, dict | None, str]:
     report_dir = tmp_path / f"r{len(list(tmp_path.iterdir()))}"
-    code = cli.main([*argv, "--report-dir", str(report_dir)])
+    code = frontdoor.main([*argv, "--report-dir", str(report_dir)])
     err = capsys.readouterr().err.strip()
     path = report_dir / "report.json"
     report = json.loads(path.read_text()) if path.exists() else None
@@ -326,7 +326,7 @@ def test_tap_map_naming_a_missing_module(minilm, capsys, tmp_path, monkeypatch):
 
 
 def test_diagnose_refuses_a_candidate_with_taps_not_observable(minilm, capsys, tmp_path):
-    code = cli.main(["diagnose", "--tf-checkpoint", minilm["dir"], "--candidate", "module:parity.examples.my_bert:minilm_hf",
+    code = frontdoor.main(["diagnose", "--tf-checkpoint", minilm["dir"], "--candidate", "module:parity.examples.my_bert:minilm_hf",
                      "--batch-size", str(B), "--seq-len", str(T), "--report-dir", str(tmp_path / "d")])
     one_line(code, capsys.readouterr().err.strip(), "30 are not observable", "layer_0/attention/query")
     assert not (tmp_path / "d" / "diagnosis.json").exists()
@@ -365,7 +365,7 @@ def test_diagnose_names_the_gelu_in_the_candidates_words(hf_dirs, minilm, capsys
     """diagnose on an HF candidate: weights bit-equal through the hooks' model, the culprit found by
     injection (local vs inherited), and gelu_variant saying what to write in config.json."""
     report_dir = tmp_path / "d"
-    code = cli.main(["diagnose", "--tf-checkpoint", minilm["dir"], "--candidate", f"hf:{hf_dirs['gelu']}",
+    code = frontdoor.main(["diagnose", "--tf-checkpoint", minilm["dir"], "--candidate", f"hf:{hf_dirs['gelu']}",
                      "--batch-size", str(B), "--seq-len", str(T), "--report-dir", str(report_dir)])
     d = json.loads((report_dir / "diagnosis.json").read_text())
     assert code == 1 and d["culprit"] == "layer_0/ffn"
@@ -385,7 +385,7 @@ def test_diagnose_names_the_gelu_in_the_candidates_words(hf_dirs, minilm, capsys
 def ppb_file(minilm, tmp_path_factory):
     if importlib.util.find_spec("pytorch_pretrained_bert") is None:   # not importorskip: it imports boto3 unstubbed
         pytest.skip("the ppb extra (pytorch-pretrained-bert 0.6.2) is not installed")
-    from parity.candidates_ppb import import_ppb
+    from parity.candidates.ppb import import_ppb
     import_ppb()   # stubs boto3/botocore when absent, before the converter imports the port
     from pytorch_pretrained_bert.convert_tf_checkpoint_to_pytorch import convert_tf_checkpoint_to_pytorch
     out = tmp_path_factory.mktemp("ppb")
@@ -425,9 +425,9 @@ def test_ppb_passes_the_erf_graph_and_catches_a_planted_fault(ppb_file, tmp_path
 
 
 def test_gelu_advice_speaks_each_vocabulary():
-    from parity.candidates import HF_GELU_NAMES, OFFICIAL_GELU_NAMES
-    from parity.candidates_ppb import PPB_GELU_NAMES
-    from parity.hints import _gelu_advice
+    from parity.candidates.factory import HF_GELU_NAMES, OFFICIAL_GELU_NAMES
+    from parity.candidates.ppb import PPB_GELU_NAMES
+    from parity.numerics.hints import _gelu_advice
     assert _gelu_advice(HF_GELU_NAMES, "erf", "tanh").startswith("Set hidden_act to gelu_new in the candidate's config.json")
     assert _gelu_advice(HF_GELU_NAMES, "tanh", "erf").startswith("Set hidden_act to gelu in the candidate's config.json")
     assert _gelu_advice(OFFICIAL_GELU_NAMES, "erf", "tanh").startswith("Set hidden_act to gelu in the candidate's bert_config.json")
@@ -443,7 +443,7 @@ def test_gelu_advice_speaks_each_vocabulary():
 @pytest.fixture(scope="session")
 def onnx_files(hf_dirs, minilm, tmp_path_factory):
     pytest.importorskip("onnxruntime", reason="the onnx extra (onnx, onnxruntime) is not installed")
-    from parity.candidates_onnx import main as export_main
+    from parity.candidates.export_onnx import main as export_main
     out = tmp_path_factory.mktemp("onnx")
     files = {}
     for name in ("gelu_new", "fault"):
@@ -522,8 +522,8 @@ def test_the_onnx_export_of_a_freshly_initialised_model_loads_with_every_optimis
     import onnx
     from bert_torch.modeling import BertModel
     from bert_torch.weights import model_tensors, write_weights
-    from parity import candidates_onnx
-    from parity.onnx_side import OnnxSide
+    from parity.candidates import export_onnx as candidates_onnx
+    from parity.candidates.onnx import OnnxSide
     config = BertConfig(vocab_size=40, hidden_size=16, num_hidden_layers=2, num_attention_heads=2,
                         intermediate_size=32, max_position_embeddings=32)
     torch.manual_seed(0)

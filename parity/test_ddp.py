@@ -1,6 +1,6 @@
-"""Data-parallel parity under torchrun (parity/ddp_check.py): 2 processes x 4 rows with micro-batches, gloo on
+"""Data-parallel parity under torchrun (parity/checks/ddp.py): 2 processes x 4 rows with micro-batches, gloo on
 CPU, against one process on the 8 rows; and the classic fault (gradients summed across processes) caught.
-Then the runner itself (parity/mrpc_ddp_check.py): one process against torchrun 2 x accumulation 2, and TF."""
+Then the runner itself (parity/checks/mrpc_ddp.py): one process against torchrun 2 x accumulation 2, and TF."""
 from __future__ import annotations
 
 import json
@@ -16,7 +16,7 @@ TORCHRUN = shutil.which("torchrun", path=os.path.dirname(sys.executable)) or shu
 
 def ddp(tmp_path, *extra) -> tuple[int, dict, str]:
     out = tmp_path / "ddp.json"
-    proc = subprocess.run([TORCHRUN, "--standalone", "--nproc_per_node", "2", "-m", "parity.ddp_check",
+    proc = subprocess.run([TORCHRUN, "--standalone", "--nproc_per_node", "2", "-m", "parity.checks.ddp",
                            "--output", str(out), *extra], capture_output=True, text=True, timeout=900,
                           env={**os.environ, "OMP_NUM_THREADS": "1"})
     return proc.returncode, json.loads(out.read_text()) if out.exists() else {}, proc.stdout + proc.stderr
@@ -44,7 +44,7 @@ def test_gradients_summed_across_processes_are_caught(tmp_path):
     assert out["gradients"][0]["tol_ratio"] > 100   # twice the gradient: far past the rule, not at its edge
 
 
-# ---- the runner itself under torchrun (parity/mrpc_ddp_check.py): python -m bert_torch.run_classifier --no_dropout,
+# ---- the runner itself under torchrun (parity/checks/mrpc_ddp.py): python -m bert_torch.run_classifier --no_dropout,
 # one process against 2 processes x accumulation 2 with the same --train_batch_size, and against TensorFlow ----
 
 def _runner_log(run: dict) -> dict:
@@ -60,7 +60,7 @@ def test_runner_under_torchrun_trains_as_one_process_tiny(tmp_path):
     import torch
     from bert_torch.modeling import BertConfig, BertModel
     from bert_torch.weights import model_tensors, write_weights
-    from parity import mrpc_ddp_check as check
+    from parity.checks import mrpc_ddp as check
     from parity.inputs import SAMPLE
     from parity.minilm import minilm_dir
     torch.manual_seed(0)
@@ -89,7 +89,7 @@ def test_runner_under_torchrun_trains_as_one_process_tiny(tmp_path):
 
 
 def _mrpc_ddp(tmp_path, *extra) -> tuple[int, dict, str]:
-    proc = subprocess.run([sys.executable, "-m", "parity.mrpc_ddp_check", "--report-dir", str(tmp_path), *extra],
+    proc = subprocess.run([sys.executable, "-m", "parity.checks.mrpc_ddp", "--report-dir", str(tmp_path), *extra],
                           capture_output=True, text=True, timeout=3600)
     out = tmp_path / "mrpc_ddp.json"
     return proc.returncode, json.loads(out.read_text()) if out.exists() else {}, proc.stdout + proc.stderr
@@ -105,7 +105,7 @@ def test_runner_under_torchrun_matches_single_process_and_tf_on_mrpc(tmp_path):
     from parity.files import default_data_dir
     data = default_data_dir()
     if data is None or not os.path.isfile(os.path.join(data, "mrpc", "train.tsv")):
-        pytest.skip("no MRPC data under ../shared/data (python -m parity.mrpc_ddp_check --data-dir DIR)")
+        pytest.skip("no MRPC data under ../shared/data (python -m parity.checks.mrpc_ddp --data-dir DIR)")
     code, out, log = _mrpc_ddp(tmp_path, "--data-dir", data, "--planted", "rank-seed", "--planted", "no-allreduce")
     assert code == 0 and out["verdict"] == "pass", log[-3000:]
     assert out["clean_passed"] and not out["problems"] and out["steps"] == 32
@@ -130,7 +130,7 @@ def test_runner_under_torchrun_matches_single_process_and_tf_on_mrpc(tmp_path):
     (["--sample", "--train-examples", "4"], "no optimizer step"),
 ])
 def test_mrpc_ddp_check_bad_input_exit_2(tmp_path, capsys, extra, message):
-    from parity import mrpc_ddp_check
+    from parity.checks import mrpc_ddp as mrpc_ddp_check
     assert mrpc_ddp_check.main(["--report-dir", str(tmp_path / "out"), *extra]) == 2
     err = capsys.readouterr().err.strip()
     assert err.startswith("error: ") and message in err and len(err.splitlines()) == 1, err

@@ -22,13 +22,16 @@ from bert_torch.convert import tf_to_torch
 from bert_torch.modeling import BertConfig, LayerNorm
 from bert_torch.tf_checkpoint import read_checkpoint
 from bert_torch.weights import model_from_tensors
-from parity import cli
-from parity.diagnose import blocks, diagnose, schedule, write_diagnosis, write_repro
-from parity.hints import CAUSES
+from parity import frontdoor
+from parity.diagnose.blocks import blocks, schedule
+from parity.diagnose.algorithm import diagnose
+from parity.diagnose.render import write_diagnosis
+from parity.diagnose.repro import write_repro
+from parity.numerics.hints import CAUSES
 from parity.inputs import make_inputs
-from parity.metrics import get_profile
-from parity.report_schema import check_json_file
-from parity.sides import TFSide, TorchSide
+from parity.numerics.metrics import get_profile
+from parity.compare.schema import check_json_file
+from parity.sides.base import TFSide, TorchSide
 
 PROFILE = get_profile("fp32-cpu")
 # One LayerNorm with epsilon 1e-5 is smaller than fp32-cpu's allowance (which must also cover long
@@ -289,7 +292,7 @@ def test_no_false_alarms_over_inputs(tiny_squad, batch, seq, seed):
 # The command line.
 
 def diagnose_cli(ck, report_dir, *extra):
-    return cli.main(["diagnose", "--tf-checkpoint", ck["dir"], "--torch-weights", ck["torch_weights"],
+    return frontdoor.main(["diagnose", "--tf-checkpoint", ck["dir"], "--torch-weights", ck["torch_weights"],
                      "--report-dir", str(report_dir), "--batch-size", "2", "--seq-len", "16", *extra])
 
 
@@ -342,7 +345,7 @@ def test_calibrated_profile_on_real_weights(minilm, compare):
     run = compare(minilm["dir"], minilm["torch_weights"], "--profile", "calibrated-minilm-l6",
                   "--batch-size", "2", "--seq-len", "32")
     from parity.environment import machine, same_machine
-    from parity.metrics import PROFILES
+    from parity.numerics.metrics import PROFILES
     profile = PROFILES["calibrated-minilm-l6"]
     taps = run.report["taps"]
     # Every tap's tolerance: k x the file's floor, or k x this machine's own float32 rounding, whichever is larger.
@@ -389,7 +392,7 @@ def test_no_false_alarms_over_configurations(random_checkpoint, tmp_path_factory
                initializer_range=0.1)
     ck = random_checkpoint(cfg, head=head, seed=seed, perturb=0.02)
     out = tmp_path_factory.mktemp("diag")
-    code = cli.main(["diagnose", "--tf-checkpoint", ck["dir"], "--torch-weights", ck["torch_weights"],
+    code = frontdoor.main(["diagnose", "--tf-checkpoint", ck["dir"], "--torch-weights", ck["torch_weights"],
                      "--report-dir", str(out), "--batch-size", "3", "--seq-len", str(seq), "--seed", str(seed)])
     d = check_json_file(str(out / "diagnosis.json"), "diagnosis")
     assert code == 0 and (d["verdict"], d["culprit"], d["hints"]) == ("pass", None, []), d["blocks"]

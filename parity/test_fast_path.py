@@ -13,10 +13,10 @@ from hypothesis import given, settings, strategies as st
 from bert_torch import modeling
 from bert_torch.modeling import BertConfig, BertModel
 from bert_torch.taps import Taps
-from parity.compare import twin_runs
+from parity.compare.core import twin_runs
 from parity.inputs import make_inputs
-from parity.metrics import PROFILES, compare_tap
-from parity.sides import FastPathSide, TFSide, TorchSide
+from parity.numerics.metrics import PROFILES, compare_tap
+from parity.sides.base import FastPathSide, TFSide, TorchSide
 from parity.checkpoints import CONFIGS, SEQ
 
 

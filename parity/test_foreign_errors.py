@@ -26,7 +26,7 @@ from bert_torch.modeling import BertConfig
 from bert_torch.weights import build_model, model_tensors, write_weights
 from parity.files import sample
 from parity.inputs import SAMPLE, make_inputs
-from parity.sides import GoldenSide, TorchSide
+from parity.sides.base import GoldenSide, TorchSide
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TINY = BertConfig(vocab_size=40, hidden_size=16, num_hidden_layers=2, num_attention_heads=2,
@@ -212,7 +212,7 @@ def test_the_harness_own_error_inside_a_candidates_forward_stays_its_own(files, 
     """The consumer of streamed taps runs inside the candidate's forward: its failure is not the candidate's
     (a bug of the tool stays exit 3), while the candidate's own failure there is named as the candidate's."""
     from bert_torch.commands import ForeignError
-    from parity.candidates import make_candidate, parse_candidate
+    from parity.candidates.factory import make_candidate, parse_candidate
     monkeypatch.syspath_prepend(files["mods"])
     inputs = make_inputs(os.path.join(files["dir"], "vocab.txt"), 2, 8, 0, vocab_size=TINY.vocab_size)
 

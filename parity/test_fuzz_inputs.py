@@ -33,7 +33,7 @@ import sys
 import pytest
 from hypothesis import HealthCheck, example, given, settings, strategies as st
 
-from parity.report_schema import check_json_file
+from parity.compare.schema import check_json_file
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TINY = dict(vocab_size=120, hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=37,
@@ -181,7 +181,7 @@ def base(random_checkpoint, tmp_path_factory):
     golden format: the format is what is fuzzed here, not the numbers)."""
     from bert_torch.modeling import BertConfig
     from parity.inputs import make_inputs
-    from parity.sides import GoldenSide, TorchSide
+    from parity.sides.base import GoldenSide, TorchSide
     ck = random_checkpoint(TINY, perturb=0.02)
     config = BertConfig.from_json_file(ck["bert_config"])
     inputs = make_inputs(ck["vocab"], 2, 8, 0, vocab_size=config.vocab_size, type_vocab_size=2)

@@ -9,7 +9,7 @@ from safetensors.numpy import load_file, save_file
 
 from bert_torch.taps import tap_names
 from parity.checkpoints import CONFIGS, SEQ   # the configurations, shared with the release report
-from parity.report_schema import check_json_file
+from parity.compare.schema import check_json_file
 
 
 def assert_all_taps_pass(run, num_layers: int, head=None):
@@ -69,9 +69,9 @@ def test_pretraining_checkpoint_with_optimizer_state(random_checkpoint, compare,
 
 @pytest.fixture(scope="module")
 def minilm_run(minilm, tmp_path_factory):
-    from parity import cli
+    from parity import frontdoor
     report_dir = tmp_path_factory.mktemp("minilm-report")
-    code = cli.main(["compare", "--tf-checkpoint", minilm["dir"], "--torch-weights", minilm["torch_weights"],
+    code = frontdoor.main(["compare", "--tf-checkpoint", minilm["dir"], "--torch-weights", minilm["torch_weights"],
                      "--report-dir", str(report_dir), "--batch-size", "8", "--seq-len", "128"])
     return code, check_json_file(str(report_dir / "report.json"), "report")
 

@@ -10,11 +10,12 @@ import numpy as np
 import pytest
 from hypothesis import HealthCheck, given, settings, strategies as st
 
-from parity import cli
-from parity.report_schema import check_json_file
-from parity.sides import GoldenError, GoldenSide
+
+from parity import frontdoor
+from parity.compare.schema import check_json_file
+from parity.sides.base import GoldenError, GoldenSide
 from parity.checkpoints import CONFIGS
-from parity.golden import main as dump_main
+from parity.compare.golden import main as dump_main
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -63,7 +64,7 @@ def test_golden_round_trip_without_tensorflow_matches_the_live_comparison(golden
     assert live.code == 0 and live.report["verdict"] == "pass"
     out = tmp_path / "replayed"
     run = run_without_tf(
-        "from parity.cli import main\n"
+        "from parity.compare.command import main\n"
         f"code = main(['compare', '--golden', {golden['path']!r}, '--torch-weights', {golden['torch_weights']!r},"
         f" '--report-dir', {str(out)!r}])\n"
         "assert not [m for m in sys.modules if m.split('.')[0] in ('tensorflow', 'bert', 'reference_tf')]\n"
@@ -99,7 +100,7 @@ def test_golden_file_contents(golden):
 
 
 def one_line_error(capsys, argv) -> tuple[int, str]:
-    code = cli.main(argv)
+    code = frontdoor.main(argv)
     err = capsys.readouterr().err.strip()
     return code, err
 

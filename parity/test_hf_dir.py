@@ -12,7 +12,7 @@ import pytest
 from bert_torch import convert
 from bert_torch.tf_checkpoint import read_checkpoint
 from bert_torch.tokenization import FullTokenizer
-from parity import cli
+from parity import frontdoor
 from parity.inputs import SAMPLE, read_pairs
 from parity.minilm import build_checkpoint
 
@@ -41,7 +41,7 @@ def test_hf_directory_loads_offline_and_computes_the_official_graph(tmp_path, mo
         assert tok.convert_ids_to_tokens(tok(a, add_special_tokens=False)["input_ids"]) == ours.tokenize(a)
     reference = ["--golden", minilm_golden] if act == "gelu" else \
         ["--tf-checkpoint", ck["dir"], "--batch-size", "2", "--seq-len", "32"]
-    code = cli.main(["compare", *reference, "--candidate", f"hf:{out}", "--report-dir", str(tmp_path / "r")])
+    code = frontdoor.main(["compare", *reference, "--candidate", f"hf:{out}", "--report-dir", str(tmp_path / "r")])
     report = json.loads((tmp_path / "r" / "report.json").read_text())
     assert code == 0, capsys.readouterr().out
     form = {"gelu": "tanh", "gelu_erf": "erf"}[act]

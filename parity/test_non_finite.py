@@ -12,9 +12,10 @@ import pytest
 
 from bert_torch import convert
 from bert_torch.tf_checkpoint import read_checkpoint, write_checkpoint
-from parity import cli
-from parity.metrics import compare_tap, get_profile
-from parity.report_schema import check_json_file, strict_loads, validate
+from parity.compare import command as cli
+from parity import frontdoor
+from parity.numerics.metrics import compare_tap, get_profile
+from parity.compare.schema import check_json_file, strict_loads, validate
 
 TINY = dict(vocab_size=120, hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=37,
             max_position_embeddings=64, type_vocab_size=2, hidden_act="gelu")
@@ -56,7 +57,7 @@ def test_compare_fails_with_words_and_strict_json(nan_ckpt, compare):
 
 def test_diagnose_names_the_nan_not_the_weights(nan_ckpt, tmp_path, capsys):
     out = tmp_path / "d"
-    code = cli.main(["diagnose", "--tf-checkpoint", nan_ckpt["dir"], "--torch-weights", nan_ckpt["torch_weights"],
+    code = frontdoor.main(["diagnose", "--tf-checkpoint", nan_ckpt["dir"], "--torch-weights", nan_ckpt["torch_weights"],
                      "--report-dir", str(out), "--batch-size", "2", "--seq-len", "16"])
     assert code == 1, capsys.readouterr()
     d = check_json_file(str(out / "diagnosis.json"), "diagnosis")
@@ -90,8 +91,8 @@ def test_compare_tap_counts_each_kind(bad):
 def test_printers_never_crash_on_non_finite(capsys):
     """print_summary, the markdown of compare and of the release report, on rows holding NaN/Inf
     (as floats in memory and as strings read back from strict JSON)."""
-    from parity.compare import render_markdown
-    from parity.report_render import tap_cells
+    from parity.compare.core import render_markdown
+    from parity.compare.render import tap_cells
     ref = np.ones((2, 4), np.float32)
     cand = ref.copy()
     cand[0, 0] = np.inf
@@ -110,8 +111,8 @@ def test_printers_never_crash_on_non_finite(capsys):
 
 def test_schemas_know_every_cause_and_reject_what_they_should():
     import jsonschema
-    from parity.hints import CAUSES
-    from parity.report_schema import schema
+    from parity.numerics.hints import CAUSES
+    from parity.compare.schema import schema
     assert set(CAUSES) <= set(schema("diagnosis")["$defs"]["hint"]["properties"]["cause"]["enum"])
     row = compare_tap("pooler/output", np.ones((2, 3), np.float32), np.ones((2, 3), np.float32), get_profile("fp32-cpu"))
     good = {"verdict": "pass", "first_divergence": None, "inputs": {"batch_size": 2, "seq_len": 3},

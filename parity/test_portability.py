@@ -1,4 +1,4 @@
-"""The short form of ``make portability`` (parity/portability.py): under every CPU emulation at once
+"""The short form of ``make portability`` (parity/checks/portability.py): under every CPU emulation at once
 (PyTorch's portable kernels, oneDNN and MKL capped at AVX2, TensorFlow without oneDNN, one thread), in a
 fresh process, clean MiniLM passes and every planted fault of the mutation suite is caught."""
 from __future__ import annotations
@@ -9,12 +9,12 @@ import sys
 
 import pytest
 
-from parity import portability
+from parity.checks import portability as portability
 
 
 @pytest.mark.heavy
 def test_short_portability_run_has_no_false_alarm_and_catches_every_fault(tmp_path):
-    proc = subprocess.run([sys.executable, "-m", "parity.portability", "--short", "--report-dir", str(tmp_path)],
+    proc = subprocess.run([sys.executable, "-m", "parity.checks.portability", "--short", "--report-dir", str(tmp_path)],
                           capture_output=True, text=True, timeout=900)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     data = json.loads((tmp_path / "portability.json").read_text())

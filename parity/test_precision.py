@@ -1,4 +1,4 @@
-"""Precision tiers of the candidate (parity/precision.py): fp32, tf32, bf16, fp16 against the float32 official
+"""Precision tiers of the candidate (parity/numerics/precision.py): fp32, tf32, bf16, fp16 against the float32 official
 graph, on real MiniLM weights; the tier's ceiling; the three precision traps diagnose and compare name."""
 from __future__ import annotations
 
@@ -9,11 +9,11 @@ import pytest
 import torch
 from hypothesis import given, settings, strategies as st
 
-from parity import precision
-from parity.compare import compare_sides
-from parity.metrics import get_profile
-from parity.precision import PrecisionError, Tier, round_to_tf32
-from parity.sides import SideBase, TorchSide
+from parity.numerics import precision as precision
+from parity.compare.core import compare_sides
+from parity.numerics.metrics import get_profile
+from parity.numerics.precision import PrecisionError, Tier, round_to_tf32
+from parity.sides.base import SideBase, TorchSide
 
 TIERS = [("fp32", "autocast"), ("tf32", "autocast"), ("bf16", "autocast"), ("bf16", "cast"),
          ("fp16", "autocast"), ("fp16", "cast")]
@@ -194,7 +194,7 @@ def test_a_tf32_reference_that_says_so_is_accounted_for(minilm_ref):
 
 
 def test_a_golden_from_another_machine_is_named_side_by_side(minilm_ref):
-    from parity.compare import render_markdown
+    from parity.compare.core import render_markdown
     from parity.environment import environment
     clean = TorchSide.from_weights(minilm_ref["weights"], minilm_ref["config"])
     other = {"cpu": "Some Other CPU", "arch": "x86_64", "torch_cpu_capability": "AVX2", "isa": ["avx2"], "gpu": None}
@@ -210,7 +210,7 @@ def test_a_golden_from_another_machine_is_named_side_by_side(minilm_ref):
 
 def test_a_calibration_from_another_machine_is_labelled_and_never_stricter_than_here(tmp_path, minilm_ref):
     import json as _json
-    from parity.metrics import calibrated_profile
+    from parity.numerics.metrics import calibrated_profile
     taps = {n: {"floor": 1e-12} for n in minilm_ref["names"]}   # a floor far below this machine's rounding
     path = tmp_path / "elsewhere.json"
     path.write_text(_json.dumps({"taps": taps, "environment": {"machine": {"cpu": "Far Away CPU"}}}))

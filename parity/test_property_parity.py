@@ -37,10 +37,10 @@ from hypothesis import strategies as st  # noqa: E402
 from bert_torch import convert  # noqa: E402
 from bert_torch.modeling import BertConfig  # noqa: E402
 from bert_torch.taps import tap_names  # noqa: E402
-from parity.compare import compare_sides, write_report  # noqa: E402
+from parity.compare.core import compare_sides, write_report  # noqa: E402
 from parity.inputs import Inputs  # noqa: E402
-from parity.metrics import get_profile  # noqa: E402
-from parity.sides import TFSide, TorchSide  # noqa: E402
+from parity.numerics.metrics import get_profile  # noqa: E402
+from parity.sides.base import TFSide, TorchSide  # noqa: E402
 
 # Not "every position padding": such a row is ill-conditioned in the official graph (see
 # test_fully_masked_row_is_ill_conditioned), and no real input has one ([CLS] is always real).
@@ -237,7 +237,7 @@ def test_fully_masked_row_is_ill_conditioned(side_cache):
     the same forward pass, pass every tap. No real input has such a row ([CLS] is always real),
     so the random patterns above leave it out, and this records the behaviour instead.
     """
-    from parity.metrics import compare_tap
+    from parity.numerics.metrics import compare_tap
     config = FIXED[1]
     case = {"config": config, "seed": 0, "perturb": 0.02,
             "inputs": {"input_ids": [[0] * 7] * 3, "token_type_ids": [[0] * 7] * 3,

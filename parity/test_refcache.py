@@ -9,7 +9,10 @@ import os
 import numpy as np
 import pytest
 
-from parity import cli, refcache, release
+
+from parity import frontdoor
+from parity.release import gate as release
+from parity.sides import refcache
 from parity.finetune.features import mrpc_batches, take
 from parity.finetune.training import tf_gradients
 from parity.inputs import SAMPLE
@@ -27,7 +30,7 @@ def cache_env(tmp_path, monkeypatch):
 
 
 def compare(minilm, out, expect: int = 0) -> dict:
-    code = cli.main(["compare", "--tf-checkpoint", minilm["dir"], "--torch-weights", minilm["torch_weights"],
+    code = frontdoor.main(["compare", "--tf-checkpoint", minilm["dir"], "--torch-weights", minilm["torch_weights"],
                      "--report-dir", str(out), "--batch-size", "2", "--seq-len", "32"])
     report = json.loads((out / "report.json").read_text())
     assert code == expect and report["verdict"] == ("pass" if expect == 0 else "fail")

@@ -12,11 +12,16 @@ from hypothesis import given, settings, strategies as st
 
 from bert_torch import modeling
 from bert_torch.modeling import BertConfig
-from parity import files, release
+from parity import files
+from parity.release import checks as release_checks
+from parity.release import context as release_context
+from parity.release import gate as release_gate
+from parity.release import ratchet as release_ratchet
+from parity.release import waivers as release_waivers
 from parity.release import render as release_render
 from parity.inputs import make_inputs
-from parity.metrics import PROFILES
-from parity.sides import Capabilities, SideBase, TFSide, TorchSide
+from parity.numerics.metrics import PROFILES
+from parity.sides.base import Capabilities, SideBase, TFSide, TorchSide
 
 TODAY = datetime.date(2026, 6, 1)
 MINILM = "layerwise/minilm-l6-v2"
@@ -27,7 +32,7 @@ MINILM = "layerwise/minilm-l6-v2"
 @settings(max_examples=200, deadline=None)
 @given(base=st.floats(0, 3), now=st.floats(0, 3))
 def test_growth_rule_is_factor_above_the_noise_floor(base, now):
-    flagged = release.grew(base, now, factor=2.0, floor=0.05)
+    flagged = release_ratchet.grew(base, now, factor=2.0, floor=0.05)
     assert flagged == (now > 2.0 * max(base, 0.05))
     if now <= 0.1:   # at most twice the floor: float32 noise however much it "grew"
         assert not flagged
@@ -37,15 +42,15 @@ def test_growth_rule_is_factor_above_the_noise_floor(base, now):
 
 def test_noise_below_the_floor_is_not_a_regression():
     # 1e-7 against atol 2e-5 is tol_ratio 0.005; a kernel change that doubles it (or x10) is noise.
-    assert not release.grew(0.005, 0.01) and not release.grew(0.005, 0.05)
-    assert release.grew(0.005, 0.11)      # past twice the floor: real
-    assert release.grew(0.3, 0.61) and not release.grew(0.3, 0.59)
+    assert not release_ratchet.grew(0.005, 0.01) and not release_ratchet.grew(0.005, 0.05)
+    assert release_ratchet.grew(0.005, 0.11)      # past twice the floor: real
+    assert release_ratchet.grew(0.3, 0.61) and not release_ratchet.grew(0.3, 0.59)
 
 
 # ------------------------------------------------------------------ real comparisons of MiniLM
 
-def make_ctx(tmp_path, waivers=(), today=TODAY) -> release.Context:
-    return release.Context(report_dir=str(tmp_path), work_dir=str(tmp_path), data_dir=None,
+def make_ctx(tmp_path, waivers=(), today=TODAY) -> release_context.Context:
+    return release_context.Context(report_dir=str(tmp_path), work_dir=str(tmp_path), data_dir=None,
                            profile=PROFILES["fp32-cpu"], waivers=list(waivers), today=today, pytest_args=[])
 
 
@@ -71,12 +76,12 @@ def torch_with_eps(sides, eps: float, monkeypatch) -> TorchSide:
 
 def section(sides, candidate, tmp_path, waivers=(), today=TODAY) -> dict:
     ctx = make_ctx(tmp_path, waivers, today)
-    return release.compare_layerwise(ctx, MINILM, sides["tf"], candidate, sides["inputs"]), ctx
+    return release_checks.compare_layerwise(ctx, MINILM, sides["tf"], candidate, sides["inputs"]), ctx
 
 
 def gate(ctx, sections, baseline=None) -> dict:
-    checks = [release.Check(s["name"], lambda c, s=s: s, "precomputed") for s in sections]
-    return release.run_release(ctx, checks, {}, baseline, "test")
+    checks = [release_context.Check(s["name"], lambda c, s=s: s, "precomputed") for s in sections]
+    return release_gate.run_release(ctx, checks, {}, baseline, "test")
 
 
 @pytest.fixture(scope="module")
@@ -159,11 +164,11 @@ def test_real_failure_is_a_new_failure_for_the_ratchet(minilm_sides, clean_secti
 
 # ------------------------------------------------------------------ waivers
 
-def waiver(**kw) -> release.Waiver:
+def waiver(**kw) -> release_waivers.Waiver:
     base = dict(id="w1", taps="*", check="layerwise/*", atol=2e-4, rtol=1e-4, reason="test",
                 expires=datetime.date(2026, 12, 31))
     base.update(kw)
-    return release.Waiver(**base)
+    return release_waivers.Waiver(**base)
 
 
 def test_needed_waiver_is_applied_and_printed(minilm_sides, tmp_path, monkeypatch):
@@ -209,7 +214,7 @@ def test_waiver_ledger_is_checked(tmp_path, capsys):
     good = tmp_path / "ok.toml"
     good.write_text('[[waiver]]\nid = "a"\ntaps = "pooler/*"\natol = 1e-4\nrtol = 0\nreason = "r"\n'
                     'expires = 2027-01-01\n')
-    (w,) = release.load_waivers(str(good))
+    (w,) = release_waivers.load_waivers(str(good))
     assert (w.check, w.expires) == ("*", datetime.date(2027, 1, 1))
     cases = {"missing": '[[waiver]]\nid = "a"\ntaps = "x"\natol = 1\nrtol = 0\nexpires = 2027-01-01\n',
              "bad date": '[[waiver]]\nid = "a"\ntaps = "x"\natol = 1\nrtol = 0\nreason = "r"\nexpires = "soon"\n',
@@ -217,17 +222,17 @@ def test_waiver_ledger_is_checked(tmp_path, capsys):
     for name, text in cases.items():
         p = tmp_path / f"{name}.toml"
         p.write_text(text)
-        assert release.main(["--waivers", str(p), "--checks", "layerwise/minilm*", "--report-dir",
+        assert release_gate.main(["--waivers", str(p), "--checks", "layerwise/minilm*", "--report-dir",
                              str(tmp_path / "r")]) == 2
         err = capsys.readouterr().err.strip()
         assert err.startswith(f"error: {p}") and "\n" not in err, (name, err)
     # The committed ledger parses, and every waiver in it has a future expiry and a reason.
-    for w in release.load_waivers(release.DEFAULT_WAIVERS):
+    for w in release_waivers.load_waivers(release_waivers.DEFAULT_WAIVERS):
         assert w.reason.strip()
 
 
 def test_committed_baseline_is_a_passing_release_report():
-    with open(release.DEFAULT_BASELINE) as f:
+    with open(release_ratchet.DEFAULT_BASELINE) as f:
         base = json.load(f)
     assert base["verdict"] == "pass" and base["headline"].startswith("Release gate PASS")
     names = [s["name"] for s in base["checks"]]
@@ -244,11 +249,11 @@ def test_promote_refuses_a_failing_report(tmp_path, capsys):
     failing = tmp_path / "fail.json"
     failing.write_text(json.dumps({"verdict": "fail", "headline": "Release gate FAIL: x", "checks": []}))
     dst = tmp_path / "baseline.json"
-    assert release.main(["--promote", str(failing), "--baseline", str(dst)]) == 2
+    assert release_gate.main(["--promote", str(failing), "--baseline", str(dst)]) == 2
     assert "only a passing report" in capsys.readouterr().err and not dst.exists()
     passing = tmp_path / "pass.json"
     passing.write_text(json.dumps({"verdict": "pass", "headline": "Release gate PASS", "checks": []}))
-    assert release.main(["--promote", str(passing), "--baseline", str(dst)]) == 0
+    assert release_gate.main(["--promote", str(passing), "--baseline", str(dst)]) == 0
     assert json.loads(dst.read_text())["verdict"] == "pass"
 
 
@@ -256,7 +261,7 @@ def test_promote_refuses_a_failing_report(tmp_path, capsys):
 
 def run_main(tmp_path, name, *extra) -> tuple[int, str]:
     out = tmp_path / name
-    code = release.main(["--checks", "layerwise/random-tiny-1layer", "--report-dir", str(out),
+    code = release_gate.main(["--checks", "layerwise/random-tiny-1layer", "--report-dir", str(out),
                          "--work-dir", str(tmp_path / "work"), *extra])
     return code, str(out)
 
@@ -268,7 +273,7 @@ def clean_release(tmp_path_factory):
     code, first = run_main(tmp, "first", "--baseline", "", "--waivers", "")
     assert code == 0
     base = tmp / "baseline.json"
-    assert release.main(["--promote", os.path.join(first, "report.json"), "--baseline", str(base)]) == 0
+    assert release_gate.main(["--promote", os.path.join(first, "report.json"), "--baseline", str(base)]) == 0
     code, out = run_main(tmp, "second", "--baseline", str(base), "--waivers", "")
     return code, out, tmp
 
@@ -318,7 +323,7 @@ def test_makefile_report_runs_the_release_and_propagates_its_exit():
            if k not in ("MAKEFLAGS", "MFLAGS", "MAKELEVEL", "REPORT_DIR", "TF_CACHE", "DATA_DIR")}
     out = subprocess.run(["make", "-n", "report", "baseline", "BIN=py"], capture_output=True, text=True,
                          cwd=files.REPO_ROOT, env=env)
-    lines = [line for line in out.stdout.splitlines() if "parity.release" in line]
+    lines = [line for line in out.stdout.splitlines() if "bert-parity release" in line]
     assert len(lines) == 2 and "--report-dir reports/" in lines[0] and "--promote" in lines[1], out.stdout
     assert "|| true" not in out.stdout and not lines[0].lstrip().startswith("-")
 
@@ -349,8 +354,8 @@ def test_html_report_in_a_real_browser(clean_release, tmp_path, browser):
 
 def test_check_that_cannot_run_here_is_listed_not_failed(tmp_path):
     def needs_data(ctx):
-        raise release.NotRun("needs the MRPC data set")
-    report = release.run_release(make_ctx(tmp_path), [release.Check("finetune", needs_data, "x")], {}, None, "test")
+        raise release_context.NotRun("needs the MRPC data set")
+    report = release_gate.run_release(make_ctx(tmp_path), [release_context.Check("finetune", needs_data, "x")], {}, None, "test")
     assert report["checks_not_run"] == {"finetune": "needs the MRPC data set"} and report["checks_run"] == []
     assert report["verdict"] == "fail" and report["reasons"] == ["no check ran"]   # nothing ran: nothing proven
 
@@ -368,7 +373,7 @@ def test_release_report_proves_the_candidate_given(minilm, tmp_path):
     work = tmp_path / "work"
 
     def run(candidate: str, out: str):
-        code = release.main(["--checks", "layerwise/minilm-l6-v2", "--candidate", candidate, "--baseline", "",
+        code = release_gate.main(["--checks", "layerwise/minilm-l6-v2", "--candidate", candidate, "--baseline", "",
                              "--report-dir", str(tmp_path / out), "--work-dir", str(work)])
         return code, json.loads((tmp_path / out / "report.json").read_text())
 
@@ -386,7 +391,7 @@ def test_release_report_proves_the_candidate_given(minilm, tmp_path):
 
 
 def test_release_candidate_bad_spec_is_one_line(tmp_path, capsys):
-    code = release.main(["--checks", "layerwise/minilm-l6-v2", "--candidate", "tflite:model.tflite", "--baseline", "",
+    code = release_gate.main(["--checks", "layerwise/minilm-l6-v2", "--candidate", "tflite:model.tflite", "--baseline", "",
                          "--report-dir", str(tmp_path / "out"), "--work-dir", str(tmp_path / "work")])
     err = capsys.readouterr().err.strip().splitlines()
     assert code == 2 and len(err) == 1 and "--candidate 'tflite:model.tflite'" in err[0], err

@@ -8,7 +8,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from parity import report_render
+from parity.compare import render as report_render
 from parity.checkpoints import CONFIGS
 
 

@@ -14,12 +14,12 @@ import pytest
 
 from bert_torch.modeling import BertConfig
 from parity.checkpoints import CONFIGS, SEQ
-from parity.compare import compare_sides
+from parity.compare.core import compare_sides
 from parity.inputs import make_inputs, tap_elements
-from parity.metrics import get_profile
-from parity.precision import Tier
-from parity.sides import TFSide, TorchSide
-from parity.tapstore import LazyTaps, TapStore
+from parity.numerics.metrics import get_profile
+from parity.numerics.precision import Tier
+from parity.sides.base import TFSide, TorchSide
+from parity.sides.tapstore import LazyTaps, TapStore
 
 
 def sides(ck: dict, batch: int, seq: int, head=None, tier: Tier = Tier()):
@@ -112,7 +112,7 @@ def test_the_tf_worker_is_fed_from_the_spilled_file_itself(tmp_path):
     """A fed tap that already lies in a spilled run as float32 reaches the TF worker by its file, not as a
     copy the parent writes (BERT-large diagnose at 8 x 384: about 0.6 GB less written); any other fed value
     (in memory, or stored in another dtype) is written to the run's folder, as float32."""
-    from parity.tf_worker import IsolatedTFSide
+    from parity.sides.tf_worker import IsolatedTFSide
     with TapStore(str(tmp_path), "cand") as store:
         store.put("layer_0/output", np.ones((2, 3), np.float32))
         store.put("layer_1/output", np.ones((2, 3), np.float64))
@@ -131,10 +131,10 @@ def test_the_tf_worker_is_fed_from_the_spilled_file_itself(tmp_path):
 CHILD = """
 import json, sys
 from bert_torch.modeling import BertConfig
-from parity.compare import compare_sides
+from parity.compare.core import compare_sides
 from parity.inputs import make_inputs
-from parity.metrics import get_profile
-from parity.sides import TFSide, TorchSide
+from parity.numerics.metrics import get_profile
+from parity.sides.base import TFSide, TorchSide
 ck, spill = json.loads(sys.argv[1]), sys.argv[2] == "spill"
 config = BertConfig.from_json_file(ck["bert_config"])
 inputs = make_inputs(ck["vocab"], 8, 256, 0, vocab_size=config.vocab_size, type_vocab_size=config.type_vocab_size)
@@ -198,9 +198,10 @@ def test_spilled_diagnosis_is_the_in_memory_one(random_checkpoint, tmp_path, fau
     side's input as the stream reaches it), the diagnosis (culprit, hints, every tap and block row) is the
     in-memory one, with TF in process and with TF in a worker process serving all of the reference's runs;
     its repro is written from the spilled taps before they go."""
-    from parity.compare import RunStore
-    from parity.diagnose import diagnose, write_repro
-    from parity.tf_worker import IsolatedTFSide
+    from parity.compare.core import RunStore
+    from parity.diagnose.algorithm import diagnose
+    from parity.diagnose.repro import write_repro
+    from parity.sides.tf_worker import IsolatedTFSide
     from bert_torch.convert import tf_to_torch
     from bert_torch.tf_checkpoint import read_checkpoint
     ck = random_checkpoint(CONFIGS["odd-heads-2layer"], perturb=0.02)
@@ -233,8 +234,8 @@ def test_spilled_diagnosis_is_the_in_memory_one(random_checkpoint, tmp_path, fau
 
 CHILD_COMPARE = r"""
 import json, sys
-from parity import cli
-code = cli.main(json.loads(sys.argv[1]))
+from parity import frontdoor
+code = frontdoor.main(json.loads(sys.argv[1]))
 print(json.dumps({"code": code, "tensorflow_imported": "tensorflow" in sys.modules}))
 """
 
@@ -260,7 +261,7 @@ def test_a_spilled_comparison_or_diagnosis_runs_tensorflow_in_a_worker_never_in_
 @pytest.mark.heavy
 def test_the_tf_worker_reports_bad_input_in_one_line(random_checkpoint, tmp_path):
     """A checkpoint that does not fit the config is the worker's one-line message, raised as bad input."""
-    from parity.tf_worker import IsolatedTFSide
+    from parity.sides.tf_worker import IsolatedTFSide
     ck = random_checkpoint(CONFIGS["tiny-1layer"], perturb=0.02)
     config = BertConfig.from_json_file(ck["bert_config"])
     wrong = BertConfig.from_dict({**config.to_dict(), "intermediate_size": config.intermediate_size + 1})
@@ -276,7 +277,7 @@ def test_the_tf_worker_serves_runs_until_released_and_names_a_bad_feed(random_ch
     """One worker serves several runs (end to end, and fed a tap: the fed tap comes back as fed and moves what
     follows), a feed of an unknown tap is its one-line error while the worker carries on, and ``release`` ends
     it and removes its folder; its runs are the in-process TFSide's bit for bit."""
-    from parity.tf_worker import IsolatedTFSide
+    from parity.sides.tf_worker import IsolatedTFSide
     ck = random_checkpoint(CONFIGS["tiny-1layer"], perturb=0.02)
     reference, _, inputs = sides(ck, 2, 8)
     config = BertConfig.from_json_file(ck["bert_config"])
@@ -308,7 +309,7 @@ def test_a_worker_killed_mid_run_is_one_line_naming_the_signal(random_checkpoint
     nothing is left in the work folder."""
     import signal
     from bert_torch.commands import error_lines
-    from parity.tf_worker import IsolatedTFSide, WorkerKilled
+    from parity.sides.tf_worker import IsolatedTFSide, WorkerKilled
     ck = random_checkpoint(CONFIGS["tiny-1layer"], perturb=0.02)
     _, _, inputs = sides(ck, 2, 8)
     worker = IsolatedTFSide(ck["prefix"], BertConfig.from_json_file(ck["bert_config"]), work_dir=str(tmp_path),
@@ -331,7 +332,7 @@ def test_a_comparison_ended_by_sigterm_leaves_no_spilled_taps_behind(tmp_path):
     container stopped) removes them as it dies, and still dies of the signal."""
     import signal
     code = ("import sys, time, numpy as np\n"
-            "from parity.tapstore import TapStore\n"
+            "from parity.sides.tapstore import TapStore\n"
             f"store = TapStore(root={str(tmp_path)!r})\n"
             "store.put('layer_0/output', np.ones((4, 8, 16), np.float32))\n"
             "print(store.dir, flush=True)\n"

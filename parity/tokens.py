@@ -29,8 +29,8 @@ from bert_torch.flags import count, input_dir, input_file, output_file
 from bert_torch._io import read_text, sha256, write_json
 from bert_torch.tokenization import FullTokenizer, load_vocab
 
-from .files import SAMPLE_DIR, default_data_dir
-from .inputs import InputError
+from parity.files import SAMPLE_DIR, default_data_dir
+from parity.inputs import InputError
 
 MRPC_SPLITS = ("train", "dev", "test")
 SPECIAL_TOKENS = ("[CLS]", "[SEP]", "[UNK]", "[PAD]", "[MASK]")
@@ -252,7 +252,7 @@ def check_token_parity(data_dir: Optional[str] = None, vocab_file: Optional[str]
     """
     start = time.perf_counter()
     if vocab_file is None:
-        from .minilm import minilm_dir
+        from parity.minilm import minilm_dir
         vocab_file = os.path.join(minilm_dir(), "vocab.txt")
     if not os.path.lexists(vocab_file):   # anything else of that name is checked by load_vocab
         raise InputError(f"{vocab_file}: no such vocab file")

@@ -1,6 +1,6 @@
 """``python -m reference_tf dump ...`` (CONTRACT.md): record the official graph's taps in a golden file.
 
-The command is ``bert-parity dump`` (``parity.golden``); this entry point stays because the contract
+The command is ``bert-parity dump`` (``parity.compare.golden``); this entry point stays because the contract
 names it. It re-executes ``python -m parity dump`` in a child process instead of importing ``parity``:
 ``reference_tf`` sits below ``parity`` (the harness imports the reference, never the other way round;
 pyproject.toml ``[tool.importlinter]`` enforces it), and the dump needs the harness's inputs,

@@ -1,4 +1,4 @@
-"""``make bench`` (parity/bench.py): its command line refuses bad input before timing anything, its
+"""``make bench`` (parity/checks/bench.py): its command line refuses bad input before timing anything, its
 arithmetic (interleaved medians, the ratios beside issue #13's targets) is what it says, its picture is
 written whole or not at all, and the whole command runs end to end. No timing is asserted: timings are
 not tests."""
@@ -13,7 +13,8 @@ import sys
 
 import pytest
 
-from parity import bench, inputs
+from parity import inputs
+from parity.checks import bench
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -172,7 +173,7 @@ def test_the_whole_command_runs_and_writes_its_ratios(tmp_path):
     """A tiny real run (MiniLM, 2 x 8, one round, TF included): exit 0, every contender timed, every ratio of
     the targets finite and positive, bench.json and bench.png written."""
     out = tmp_path / "bench"
-    proc = subprocess.run([sys.executable, "-m", "parity.bench", "--shapes", "minilm", "--batch-size", "2",
+    proc = subprocess.run([sys.executable, "-m", "parity.checks.bench", "--shapes", "minilm", "--batch-size", "2",
                            "--seq-len", "8", "--repeats", "1", "--no-commands", "--report-dir", str(out)],
                           capture_output=True, text=True, cwd=REPO, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]

@@ -1,11 +1,11 @@
-"""compare_tap's statistics are the contract's formulas, evaluated in float64 (parity/metrics.py computes them
+"""compare_tap's statistics are the contract's formulas, evaluated in float64 (parity/numerics/metrics.py computes them
 in place, to keep a large tap's temporaries few; this checks it against the plain expressions)."""
 from __future__ import annotations
 
 import numpy as np
 from hypothesis import given, settings, strategies as st
 
-from parity.metrics import REL_EPS, compare_tap, get_profile
+from parity.numerics.metrics import REL_EPS, compare_tap, get_profile
 
 PROFILE = get_profile("fp32-cpu")
 

@@ -26,30 +26,28 @@ class _Captured(BaseException):   # passes through run_main, which catches Excep
 
 # The python -m commands outside the front door: the original port's runners and the DDP checks.
 RUNNERS = {"run_classifier": "bert_torch.run_classifier", "run_squad": "bert_torch.run_squad",
-           "extract_features": "bert_torch.extract_features", "ddp_check": "parity.ddp_check",
-           "mrpc_ddp_check": "parity.mrpc_ddp_check"}
+           "extract_features": "bert_torch.extract_features", "ddp_check": "parity.checks.ddp",
+           "mrpc_ddp_check": "parity.checks.mrpc_ddp"}
 PATH_DESTS |= {"bert_config_file", "vocab_file", "output_dir", "init_checkpoint", "train_file", "predict_file",
                "input_file", "output_file"}
 
 
 def parsers() -> dict[str, argparse.ArgumentParser]:
-    """command -> its parser, as its main builds it (parse_args stopped before anything runs)."""
-    found = {}
+    """command -> its parser: a front-door command's from its options class, a runner's as its main builds it
+    (parse_args stopped before anything runs)."""
+    found = {name: frontdoor.load(command.options).parser() for name, command in frontdoor.COMMANDS.items()}
     real = commands.ArgumentParser.parse_args
 
     def capture(self, args=None, namespace=None):
         raise _Captured(self)
     commands.ArgumentParser.parse_args = capture
     try:
-        commands_ = {**frontdoor.COMMANDS, **{n: (m, False, "") for n, m in RUNNERS.items()}}
-        for name, (module, with_name, _) in commands_.items():
+        for name, module in RUNNERS.items():
             main = importlib.import_module(module).main
             try:
-                main([name] if with_name else []) if main.__code__.co_argcount else main()
+                main([]) if main.__code__.co_argcount else main()
             except _Captured as c:
-                parser = c.args[0]
-            sub = next((a for a in parser._actions if isinstance(a, argparse._SubParsersAction)), None)
-            found[name] = sub.choices[name] if sub else parser
+                found[name] = c.args[0]
     finally:
         commands.ArgumentParser.parse_args = real
     return found

@@ -16,8 +16,8 @@ from hypothesis import given, settings, strategies as st
 
 from bert_torch.commands import EXIT_CODES_HELP, TF_MISSING, error_lines
 from parity import frontdoor
-from parity.cli import print_summary
-from parity.metrics import compare_tap, get_profile
+from parity.compare.command import print_summary
+from parity.numerics.metrics import compare_tap, get_profile
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -157,20 +157,20 @@ def test_summary_shows_first_divergence_worst_five_and_where_the_table_is(n_fail
 
 def test_release_requires_its_data_when_asked(tmp_path):
     """--require-data (CI): a check that cannot run for want of data fails the gate instead of being skipped."""
-    from parity import release
+    from parity.release import context as release_context, gate as release_gate
 
     def needs_data(ctx):
-        raise release.NotRun("fine-tuning needs the MRPC data set")
+        raise release_context.NotRun("fine-tuning needs the MRPC data set")
 
     def fine(ctx):
         return {"name": "other", "kind": "other", "verdict": "pass", "summary": "ok"}
 
-    checks = [release.Check("other", fine, "x"), release.Check("finetune", needs_data, "x")]
+    checks = [release_context.Check("other", fine, "x"), release_context.Check("finetune", needs_data, "x")]
     for require in (False, True):
-        ctx = release.Context(report_dir=str(tmp_path), work_dir=str(tmp_path), data_dir=None,
+        ctx = release_context.Context(report_dir=str(tmp_path), work_dir=str(tmp_path), data_dir=None,
                               profile=get_profile("fp32-cpu"), waivers=[], today=None, pytest_args=[],
                               require_data=require)
-        report = release.run_release(ctx, checks, {}, None, "test")
+        report = release_gate.run_release(ctx, checks, {}, None, "test")
         if require:
             assert report["verdict"] == "fail" and "finetune" not in report["checks_not_run"]
             assert any("required (--require-data) but not run" in r for r in report["reasons"])
@@ -231,7 +231,7 @@ def test_a_bad_flag_value_is_named_in_its_one_line(capsys, argv, named):
 
 
 @pytest.mark.parametrize("module", ["bert_torch.run_classifier", "bert_torch.run_squad", "bert_torch.extract_features",
-                                    "parity.ddp_check", "parity.mrpc_ddp_check"])
+                                    "parity.checks.ddp", "parity.checks.mrpc_ddp"])
 def test_the_runners_usage_errors_are_one_line_too(capsys, module):
     import importlib
     try:   # a runner's main returns its code (or exits with it, as the original scripts' mains do)

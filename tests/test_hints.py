@@ -1,4 +1,4 @@
-"""parity.hints: each known signature fires on its fault, names it with numbers, and stays silent otherwise.
+"""parity.numerics.hints: each known signature fires on its fault, names it with numbers, and stays silent otherwise.
 
 The reference here is the unmodified ``bert_torch`` model (which the gate proves equal to the
 official graph); the candidate is the same weights with one fault. The end-to-end version,
@@ -14,12 +14,12 @@ from hypothesis import given, settings, strategies as st
 from bert_torch import BertConfig
 from bert_torch.modeling import LayerNorm
 from bert_torch.weights import model_from_tensors, model_tensors
-from parity.diagnose import blocks, local_taps
-from parity.hints import (CAUSES, Context, activation_hints, block_of_weight, compare_weights, vocab_hint,
+from parity.diagnose.blocks import blocks, local_taps
+from parity.numerics.hints import (CAUSES, Context, activation_hints, block_of_weight, compare_weights, vocab_hint,
                           weight_hints)
 from parity.inputs import Inputs
-from parity.metrics import Profile, compare_tap
-from parity.sides import TorchSide
+from parity.numerics.metrics import Profile, compare_tap
+from parity.sides.base import TorchSide
 
 # Both sides run the same bert_torch code on the same weights, so they agree bit for bit but for
 # the planted fault: a tolerance just above float32 rounding of a single op is the honest one.
@@ -246,7 +246,7 @@ def test_calibrated_profile_allows_k_times_each_floor():
     """The committed MiniLM calibration gives a profile of k x floor per tap, and reports error / floor."""
     import json
     import os
-    from parity.metrics import CALIBRATION_DIR, CALIBRATION_K, PROFILES
+    from parity.numerics.metrics import CALIBRATION_DIR, CALIBRATION_K, PROFILES
     with open(os.path.join(CALIBRATION_DIR, "minilm-l6.json"), encoding="utf-8") as f:
         taps = json.load(f)["taps"]
     assert len(taps) == 5 + 11 * 6 + 1

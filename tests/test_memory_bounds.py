@@ -1,6 +1,6 @@
 """Every pre-flight memory estimate is an upper bound of the peak it guards, and not a loose one.
 
-``parity.inputs.run_bytes`` (compare, diagnose, dump; in memory and spilled), ``parity.bench.bench_bytes`` and
+``parity.inputs.run_bytes`` (compare, diagnose, dump; in memory and spilled), ``parity.checks.bench.bench_bytes`` and
 ``parity.finetune.memory.finetune_bytes`` are pure functions of the sizes: the quick tests check what they
 count and that the commands refuse, with the numbers, what would not fit. The heavy ones run the real commands
 at several small sizes, each in a fresh process whose peak is measured (its own VmHWM; while it has children,
@@ -20,8 +20,9 @@ from concurrent.futures import ThreadPoolExecutor
 import pytest
 
 from bert_torch.modeling import BertConfig
-from parity import bench, inputs
-from parity.finetune import FULL, QUICK
+from parity import inputs
+from parity.checks import bench
+from parity.finetune.suite import FULL, QUICK
 from parity.finetune import memory as finetune_memory
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -52,7 +53,7 @@ def test_run_estimates_grow_with_every_size_and_order_the_commands():
 
 
 def test_the_spilled_estimate_counts_the_stream_group_tf_fetches():
-    from parity import sides
+    from parity.sides import base as sides
     assert inputs.STREAM_GROUP_BYTES == sides.STREAM_GROUP_BYTES
 
 
@@ -183,7 +184,7 @@ else:
 """
 
 BENCH_RUN = """
-from parity import bench
+from parity.checks import bench
 bench.SHAPES["probe"] = dict(hidden_size={H}, num_hidden_layers={L}, num_attention_heads={N}, intermediate_size={I})
 bench.bench_shape("probe", {B}, {T}, 1, True, False)
 """

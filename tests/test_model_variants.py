@@ -18,7 +18,8 @@ from bert_torch import convert
 from bert_torch.hf_dir import check_hf_config, read_hf_dir
 from bert_torch.modeling import BertConfig
 from bert_torch.tf_checkpoint import read_checkpoint
-from parity import cli
+from parity.compare import command as cli
+from parity import frontdoor
 from parity.minilm import minilm_dir
 
 OFFICIAL_EPS_AS_FLOAT32 = 9.999999960041972e-13   # 1e-12 rounded to float32, as a float32-minded writer saves it
@@ -132,7 +133,7 @@ def test_compare_refuses_a_bert_config_of_a_variant_before_any_model_runs(tiny_c
     config.write_text(json.dumps({**BertConfig.from_json_file(tiny_checkpoint["config"]).to_dict(),
                                   "position_embedding_type": "relative_key"}))
     monkeypatch.setattr(cli, "TFSide", None)   # reaching the reference at all would be exit 3, not 2
-    code = cli.main(["compare", "--tf-checkpoint", tiny_checkpoint["prefix"], "--bert-config", str(config),
+    code = frontdoor.main(["compare", "--tf-checkpoint", tiny_checkpoint["prefix"], "--bert-config", str(config),
                      "--torch-weights", tiny_checkpoint["weights"], "--seq-len", "16",
                      "--report-dir", str(tmp_path / "r")])
     refused(code, capsys.readouterr().err, str(config), "position_embedding_type", "relative_key")
@@ -196,7 +197,7 @@ def test_hf_candidate_of_a_variant_is_refused_before_any_model_runs(tiny_checkpo
     with tempfile.TemporaryDirectory() as root:
         candidate = hf_copy(hf_dir, root, **{field: value})
         capsys.readouterr()
-        code = cli.main(["compare", "--tf-checkpoint", tiny_checkpoint["dir"], "--candidate", f"hf:{candidate}",
+        code = frontdoor.main(["compare", "--tf-checkpoint", tiny_checkpoint["dir"], "--candidate", f"hf:{candidate}",
                          "--seq-len", "16", "--batch-size", "2", "--report-dir", os.path.join(root, "r")])
         refused(code, capsys.readouterr().err, f"hf:{os.path.join(candidate, 'config.json')}", field, value)
         assert not os.path.exists(os.path.join(root, "r"))
@@ -205,7 +206,7 @@ def test_hf_candidate_of_a_variant_is_refused_before_any_model_runs(tiny_checkpo
 @pytest.mark.parametrize("field,value", [("position_embedding_type", "relative_key"), ("is_decoder", True)])
 def test_diagnose_refuses_an_hf_variant(tiny_checkpoint, hf_dir, tmp_path, capsys, field, value):
     candidate = hf_copy(hf_dir, str(tmp_path), **{field: value})
-    code = cli.main(["diagnose", "--tf-checkpoint", tiny_checkpoint["dir"], "--candidate", f"hf:{candidate}",
+    code = frontdoor.main(["diagnose", "--tf-checkpoint", tiny_checkpoint["dir"], "--candidate", f"hf:{candidate}",
                      "--seq-len", "16", "--batch-size", "2", "--report-dir", str(tmp_path / "r")])
     refused(code, capsys.readouterr().err, f"hf:{os.path.join(candidate, 'config.json')}", field, value)
     assert not (tmp_path / "r").exists()
@@ -245,11 +246,11 @@ def test_to_tf_of_a_chunked_hf_directory_is_the_same_checkpoint(tiny_checkpoint,
 def test_chunked_hf_candidate_publishes_every_tap_once_and_matches(tiny_checkpoint, hf_dir, chunk, seq_len):
     """Against bert_torch on the same weights (no TensorFlow): every contract tap compared, all within fp32."""
     pytest.importorskip("transformers")
-    from parity.candidates import CandidateSpec, make_candidate
-    from parity.compare import compare_sides
+    from parity.candidates.factory import CandidateSpec, make_candidate
+    from parity.compare.core import compare_sides
     from parity.inputs import make_inputs
-    from parity.metrics import get_profile
-    from parity.sides import TorchSide
+    from parity.numerics.metrics import get_profile
+    from parity.sides.base import TorchSide
     config = BertConfig.from_json_file(tiny_checkpoint["config"])
     vocab = os.path.join(tiny_checkpoint["dir"], "vocab.txt")
     inputs = make_inputs(vocab, 2, seq_len, 0, vocab_size=config.vocab_size, type_vocab_size=config.type_vocab_size)
@@ -267,7 +268,7 @@ def test_chunked_hf_candidate_publishes_every_tap_once_and_matches(tiny_checkpoi
 def test_chunked_hf_candidate_passes_against_the_official_graph(tiny_checkpoint, hf_dir, tmp_path, capsys):
     pytest.importorskip("transformers")
     candidate = hf_copy(hf_dir, str(tmp_path), chunk_size_feed_forward=4)
-    code = cli.main(["compare", "--tf-checkpoint", tiny_checkpoint["dir"], "--candidate", f"hf:{candidate}",
+    code = frontdoor.main(["compare", "--tf-checkpoint", tiny_checkpoint["dir"], "--candidate", f"hf:{candidate}",
                      "--seq-len", "16", "--batch-size", "2", "--report-dir", str(tmp_path / "r")])
     out = capsys.readouterr()
     report = json.loads((tmp_path / "r" / "report.json").read_text())

@@ -1,4 +1,4 @@
-"""The TF reference cache (parity/refcache.py): a result is reused only when everything that determines it
+"""The TF reference cache (parity/sides/refcache.py): a result is reused only when everything that determines it
 is the same and the stored entry is intact; anything else is recomputed, and every use is reported."""
 from __future__ import annotations
 
@@ -11,8 +11,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
-from parity import refcache
-from parity.refcache import CacheError, Entry, File, RefCache
+from parity.sides import refcache as refcache
+from parity.sides.refcache import CacheError, Entry, File, RefCache
 
 
 class Counted:

@@ -7,7 +7,7 @@ import json
 
 import pytest
 
-from parity import release
+from parity.release import gate as release_gate
 
 
 @pytest.mark.parametrize("doc", [
@@ -21,7 +21,7 @@ from parity import release
 def test_a_malformed_report_is_not_promoted(tmp_path, capsys, doc):
     src, dst = tmp_path / "report.json", tmp_path / "baseline.json"
     src.write_text(json.dumps(doc))
-    assert release.main(["--promote", str(src), "--baseline", str(dst)]) == 2
+    assert release_gate.main(["--promote", str(src), "--baseline", str(dst)]) == 2
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and "not a release report" in err and str(src) in err, err
     assert not dst.exists()
@@ -37,7 +37,7 @@ def test_a_malformed_report_is_not_promoted(tmp_path, capsys, doc):
 def test_a_malformed_waiver_ledger_is_named_before_any_check_runs(tmp_path, capsys, ledger, words):
     path = tmp_path / "waivers.toml"
     path.write_text(ledger)
-    code = release.main(["--checks", "tokens", "--baseline", "", "--waivers", str(path),
+    code = release_gate.main(["--checks", "tokens", "--baseline", "", "--waivers", str(path),
                          "--work-dir", str(tmp_path / "w"), "--report-dir", str(tmp_path / "r")])
     err = capsys.readouterr().err.strip()
     assert code == 2 and len(err.splitlines()) == 1 and str(path) in err and words in err, err
@@ -46,7 +46,7 @@ def test_a_malformed_waiver_ledger_is_named_before_any_check_runs(tmp_path, caps
 
 @pytest.mark.parametrize("checks", [",,", " ", ""])
 def test_a_check_selection_naming_nothing_is_bad_input(tmp_path, capsys, checks):
-    code = release.main(["--checks", checks, "--baseline", "", "--report-dir", str(tmp_path / "r")])
+    code = release_gate.main(["--checks", checks, "--baseline", "", "--report-dir", str(tmp_path / "r")])
     err = capsys.readouterr().err.strip()
     assert code == 2 and len(err.splitlines()) == 1 and "--checks" in err, err
     assert not (tmp_path / "r").exists()
@@ -71,7 +71,7 @@ def test_a_calibration_floor_must_be_a_finite_non_negative_number(tmp_path, floo
 
 @pytest.mark.parametrize("tier", ["fp32", "tf32"])
 def test_cast_mode_is_refused_for_a_float32_tier(tier):
-    from parity.precision import PrecisionError, Tier
+    from parity.numerics.precision import PrecisionError, Tier
     with pytest.raises(PrecisionError, match="applies to bf16 and fp16"):
         Tier(tier, "cast")
     assert Tier("bf16", "cast").cast_dtype is not None

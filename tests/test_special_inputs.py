@@ -268,28 +268,28 @@ def token_parity_data(tmp, ck):
 
 @reader()
 def golden_file(tmp, ck):
-    from parity.sides import GoldenSide
+    from parity.sides.base import GoldenSide
     path = str(tmp / "g.golden")
     return path, lambda: GoldenSide(path)
 
 
 @reader(error=ValueError)
 def hf_candidate_config(tmp, ck):
-    from parity.candidates_hf import read_hf_config
+    from parity.candidates.hf import read_hf_config
     (tmp / "hf").mkdir()
     return str(tmp / "hf" / "config.json"), lambda: read_hf_config(str(tmp / "hf"), "--candidate hf:x")
 
 
 @reader(kinds=SPECIAL)   # folders and broken links in an HF folder are transformers' to judge, if it opens them
 def hf_candidate_files(tmp, ck):
-    from parity.candidates_hf import check_hf_files
+    from parity.candidates.hf import check_hf_files
     (tmp / "hf").mkdir()
     return str(tmp / "hf" / "model.safetensors"), lambda: check_hf_files(str(tmp / "hf"))
 
 
 @reader()
 def ppb_candidate_state(tmp, ck):
-    from parity.candidates_ppb import read_state
+    from parity.candidates.ppb import read_state
     path = str(tmp / "pytorch_model.bin")
     return path, lambda: read_state(path, "--candidate ppb:x")
 
@@ -298,22 +298,22 @@ def ppb_candidate_state(tmp, ck):
 def onnx_candidate(tmp, ck):
     pytest.importorskip("onnxruntime")
     from bert_torch.modeling import BertConfig
-    from parity.candidate_side import CandidateSpec
-    from parity.onnx_side import OnnxSide
+    from parity.candidates.spec import CandidateSpec
+    from parity.candidates.onnx import OnnxSide
     path = str(tmp / "m.onnx")
     return path, lambda: OnnxSide(CandidateSpec("onnx", path), BertConfig.from_json_file(ck["config"]))
 
 
 @reader(error=ValueError, kinds=SPECIAL + ("folder",))   # an absent ledger is no ledger
 def release_waivers(tmp, ck):
-    from parity.release import load_waivers
+    from parity.release.waivers import load_waivers
     path = str(tmp / "waivers.toml")
     return path, lambda: load_waivers(path)
 
 
 @reader(error=ValueError, kinds=SPECIAL + ("folder",))   # an absent baseline is no baseline
 def release_baseline(tmp, ck):
-    from parity.release import load_baseline
+    from parity.release.ratchet import load_baseline
     path = str(tmp / "baseline.json")
     return path, lambda: load_baseline(path)
 
@@ -404,8 +404,8 @@ def test_compare_refuses_a_fifo_or_a_pipe_as_sentences(tmp_path, tiny_checkpoint
 DRIVER = r"""
 import contextlib, io, json, sys, time
 from bert_torch import convert
-from parity import cli
-mains = {"compare": cli.main, "convert": convert.main}
+from parity import frontdoor
+mains = {"compare": frontdoor.main, "convert": convert.main}
 for case in json.loads(sys.stdin.read()):
     print(json.dumps({"started": case["id"]}), flush=True)
     err, start = io.StringIO(), time.monotonic()
@@ -522,7 +522,7 @@ def test_report_hash_of_sentences_is_of_the_bytes_used(tmp_path, tiny_checkpoint
     """compare's path to ``report.json``'s ``environment.sha256``: ``prepare`` reads the sentences and builds the
     inputs from them, ``environment`` hashes the files afterwards; the hash is of what ``prepare`` read."""
     from parity.environment import environment
-    from parity.options import add_compare_args, prepare
+    from parity.compare.options import add_compare_args, prepare
     data = ("Quality\t#1 ID\t#2 ID\t#1 String\t#2 String\n"
             + "".join(f"1\t{i}\t{i}\t{a}\t{b}\n" for i, (a, b) in enumerate(pairs))).encode()
     sentences = tmp_path / "pairs.tsv"

@@ -10,7 +10,7 @@ import pytest  # noqa: E402
 from hypothesis import given, settings, strategies as st  # noqa: E402
 
 from bert_torch import squad  # noqa: E402
-from parity import finetune  # noqa: E402
+from parity.finetune import features as finetune_features
 from parity.minilm import minilm_dir  # noqa: E402
 
 VOCAB = os.path.join(minilm_dir(), "vocab.txt")
@@ -18,7 +18,7 @@ VOCAB = os.path.join(minilm_dir(), "vocab.txt")
 
 @pytest.mark.parametrize("seq,stride", [(384, 128), (96, 32)])   # 96/32: many doc_stride windows per context
 def test_eval_features_identical_to_official(seq, stride):
-    r = finetune.squad_feature_check(finetune.squad_features(finetune.SQUAD_SAMPLE, VOCAB, False, seq, stride, 64))
+    r = finetune_features.squad_feature_check(finetune_features.squad_features(finetune_features.SQUAD_SAMPLE, VOCAB, False, seq, stride, 64))
     assert r["verdict"] == "pass", r["mismatches"]
     assert r["examples"] == 55
     if seq == 96:
@@ -26,8 +26,8 @@ def test_eval_features_identical_to_official(seq, stride):
 
 
 def test_training_features_identical_to_official():
-    built = finetune.squad_features(finetune.SQUAD_TRAIN_SAMPLE, VOCAB, True, 96, 32, 24)
-    r = finetune.squad_feature_check(built)
+    built = finetune_features.squad_features(finetune_features.SQUAD_TRAIN_SAMPLE, VOCAB, True, 96, 32, 24)
+    r = finetune_features.squad_feature_check(built)
     assert r["verdict"] == "pass", r["mismatches"]
     ex, feats = built.examples, built.features
     assert any(f.start_position == 0 for f in feats) and any(f.start_position > 0 for f in feats)
@@ -36,7 +36,7 @@ def test_training_features_identical_to_official():
 
 def test_feature_check_catches_wrong_stride():
     """A planted fault: our side with doc_stride 33 against the official 32."""
-    ref = finetune.squad_features(finetune.SQUAD_SAMPLE, VOCAB, False, 96, 32, 64)
+    ref = finetune_features.squad_features(finetune_features.SQUAD_SAMPLE, VOCAB, False, 96, 32, 64)
     from bert_torch.tokenization import FullTokenizer
     mine = squad.convert_examples_to_features(ref.examples, FullTokenizer(VOCAB), 96, 33, 64, False)
     assert [f.input_ids for f in mine] != [f.input_ids for f in ref.ref_features]
@@ -44,14 +44,14 @@ def test_feature_check_catches_wrong_stride():
 
 @pytest.fixture(scope="module")
 def windows():
-    return finetune.squad_features(finetune.SQUAD_SAMPLE, VOCAB, False, 96, 32, 64)
+    return finetune_features.squad_features(finetune_features.SQUAD_SAMPLE, VOCAB, False, 96, 32, 64)
 
 
 @settings(max_examples=5, deadline=None)
 @given(seed=st.integers(0, 2**31))
 def test_write_predictions_identical_to_official(windows, seed):
     """Same random logits in, same answers and n-best lists (texts, probabilities) out."""
-    r = finetune.squad_predictions_check(windows, finetune.random_results(windows.features, seed))
+    r = finetune_features.squad_predictions_check(windows, finetune_features.random_results(windows.features, seed))
     assert r["verdict"] == "pass", r["differences"]
 
 
@@ -100,8 +100,8 @@ def test_run_squad_trains_and_predicts(tmp_path, capsys):
     config.to_json_file(str(tmp_path / "bert_config.json"))
     write_weights(str(tmp_path / "w.safetensors"), model_tensors(BertModel(config)))
     out = tmp_path / "out"
-    code = run_squad.main(["--do_train", "--do_predict", "--do_lower_case", "--train_file", finetune.SQUAD_TRAIN_SAMPLE,
-                           "--predict_file", finetune.SQUAD_SAMPLE, "--vocab_file", VOCAB,
+    code = run_squad.main(["--do_train", "--do_predict", "--do_lower_case", "--train_file", finetune_features.SQUAD_TRAIN_SAMPLE,
+                           "--predict_file", finetune_features.SQUAD_SAMPLE, "--vocab_file", VOCAB,
                            "--bert_config_file", str(tmp_path / "bert_config.json"),
                            "--init_checkpoint", str(tmp_path / "w.safetensors"), "--max_seq_length", "96",
                            "--doc_stride", "32", "--max_query_length", "24", "--train_batch_size", "8",
@@ -110,7 +110,7 @@ def test_run_squad_trains_and_predicts(tmp_path, capsys):
     assert code == 0, err
     assert "predict [" in err
     predictions = json.loads((out / "predictions.json").read_text())
-    data = json.load(open(finetune.SQUAD_SAMPLE))["data"]
+    data = json.load(open(finetune_features.SQUAD_SAMPLE))["data"]
     assert set(predictions) == {qa["id"] for p in data[0]["paragraphs"] for qa in p["qas"]}
     results = dict(line.split(" = ") for line in (out / "eval_results.txt").read_text().splitlines())
     assert float(results["exact_match"]) == pytest.approx(squad.evaluate(data, predictions)["exact_match"])

@@ -95,7 +95,7 @@ def test_installed_command_runs_from_outside_the_repo(installed):
 
 
 def test_calibrated_profile_works_installed(installed):
-    code = ("from parity.metrics import get_profile\n"
+    code = ("from parity.numerics.metrics import get_profile\n"
             "p = get_profile('calibrated-minilm-l6')\n"
             "print(p.name)\n")
     got = in_venv(installed, installed["python"], "-c", code)
@@ -105,7 +105,7 @@ def test_calibrated_profile_works_installed(installed):
 @pytest.mark.slow
 def test_golden_replay_from_the_installed_wheel(installed, tiny_checkpoint, tmp_path):
     """A golden file recorded here with TensorFlow, replayed by the installed `bert-parity compare --golden`."""
-    from parity.golden import main as dump_main
+    from parity.compare.golden import main as dump_main
     golden = str(tmp_path / "tiny.golden.safetensors")
     assert dump_main(["--tf-checkpoint", tiny_checkpoint["dir"], "--output", golden, "--batch-size", "2",
                       "--seq-len", "12"]) == 0

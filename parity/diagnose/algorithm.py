@@ -10,14 +10,14 @@ import numpy as np
 
 from bert_torch.modeling import BertConfig
 
-from ..hints import CAUSES, Context, activation_hints, compare_weights, non_finite_hint, weight_hints
-from ..inputs import Inputs
-from ..metrics import Profile, compare_tap
-from ..precision import precision_hints
-from ..compare import RunStore
-from ..sides import complete
-from .blocks import Block, blocks, float64_twin, local_taps, schedule
-from .render import _g
+from parity.numerics.hints import CAUSES, Context, activation_hints, compare_weights, non_finite_hint, weight_hints
+from parity.inputs import Inputs
+from parity.numerics.metrics import Profile, compare_tap
+from parity.numerics.precision import precision_hints
+from parity.compare.core import RunStore
+from parity.sides.base import complete
+from parity.diagnose.blocks import Block, blocks, float64_twin, local_taps, schedule
+from parity.diagnose.render import _g
 
 # Precision ladder: |TF32 - PT64| this many times |PT32 - PT64| (and over the floor) means the
 # formulas differ; below it, both sides are rounding the same formula.
@@ -62,7 +62,7 @@ def structured(name: str, ref: np.ndarray, cand: np.ndarray, mask: np.ndarray) -
 
 def check(name: str, ref, cand, profile: Profile, rounding: Optional[float] = None, widen: float = 0.0) -> dict:
     """compare_tap's verdict and worst error only (no cosine, no norms): for the local runs.
-    ``widen``: a precision tier's own rounding term (parity/precision.py), added to atol."""
+    ``widen``: a precision tier's own rounding term (parity/numerics/precision.py), added to atol."""
     atol, rtol = profile.tolerance(name, ref, rounding)
     atol += widen
     out = {"name": name, "max_abs": None, "tol_ratio": None, "passed": False}
@@ -161,7 +161,7 @@ def diagnose(reference, candidate, inputs: Inputs, profile: Profile, *, config: 
     could not be loaded (``candidate_problem`` says why): the diagnosis then rests on the
     weights alone. ``candidate64``: a float64 side for the ladder ("auto": the candidate's
     model in float64). ``floors``: calibrated per-tap noise floors (tap -> max abs). ``store``: where the
-    runs are kept (``parity.compare.RunStore``: in memory by default, or spilled to disk); it must outlive
+    runs are kept (``parity.compare.core.RunStore``: in memory by default, or spilled to disk); it must outlive
     ``write_repro``, which reads the culprit block's taps from it.
     """
     t0 = time.perf_counter()
@@ -250,7 +250,7 @@ def run_sides(reference, candidate, inputs: Inputs, bs: list, profile: Profile, 
     store = store or RunStore(inputs)
     # The candidate first, so that the reference's runs come one after the other and it can let go of what
     # it holds before the float64 twin (the largest model of all) is made: a TF worker process and its
-    # copy of the weights (parity/tf_worker.py). The runs are independent; the order changes no number.
+    # copy of the weights (parity/sides/tf_worker.py). The runs are independent; the order changes no number.
     cand = store.collect(candidate, "candidate")
     ref = store.collect(reference, "reference")
     tf_local = local_taps(reference, inputs, cand, bs, store, "local-reference")
@@ -259,7 +259,7 @@ def run_sides(reference, candidate, inputs: Inputs, bs: list, profile: Profile, 
     twin = float64_twin(candidate) if candidate64 == "auto" else candidate64
     pt64 = store.collect(twin, "float64") if twin is not None else {}
     # The candidate's own float32 rounding per tap, for profiles whose tolerance includes it, and for a
-    # precision tier its rounding as run (parity/precision.py).
+    # precision tier its rounding as run (parity/numerics/precision.py).
     twin32 = candidate.float32() if twin is not None else None
     pt32 = store.collect(twin32, "float32") if twin32 is not None else cand
     rounding = _roundings(pt32, pt64) if profile.rounding_k else {}
@@ -339,7 +339,7 @@ def find_suspects(diagnosis: Diagnosis, runs: Runs, rows: list, block_rows: list
 
 
 def block_hints(br: dict, runs: Runs, rows: list, profile: Profile, tf_weights, gelu_names, hints: list) -> list:
-    """The hints for a suspect block: the known signatures (``parity.hints.activation_hints``), else what
+    """The hints for a suspect block: the known signatures (``parity.numerics.hints.activation_hints``), else what
     its precision ladder says."""
     failing = sorted(set(br["local_pytorch"]["failing"]) | set(br["local_tensorflow"]["failing"])
                      ) or br.get("local_ladder", {}).get("formulas_differ", [])
@@ -373,7 +373,7 @@ def merge_hints(hints: list) -> list:
 
 def _ladder_hint(b: Block, failing_rows: list, local: bool = False) -> dict:
     """No known signature: say what the precision ladder says about the worst failing tap."""
-    from ..hints import hint
+    from parity.numerics.hints import hint
     # The per-block ladder exists only when it was needed (see diagnose); else the end-to-end one.
     key = (lambda r: r["local"].get("ladder") or r["ladder"]) if local else (lambda r: r["ladder"])
     rows = [r for r in failing_rows if key(r)["reading"]] or failing_rows

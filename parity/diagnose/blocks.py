@@ -9,10 +9,10 @@ import numpy as np
 
 from bert_torch.taps import EMBEDDING_TAPS, LAYER_TAPS
 
-from ..compare import RunStore
-from ..inputs import Inputs
-from ..sides import Side
-from ..tapstore import LazyTaps
+from parity.compare.core import RunStore
+from parity.inputs import Inputs
+from parity.sides.base import Side
+from parity.sides.tapstore import LazyTaps
 
 
 @dataclass

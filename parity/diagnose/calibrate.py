@@ -12,58 +12,49 @@ Floors, per tap, as max |a - b| over every element:
 
 ``floor`` is the largest of the three, over several input sets (``INPUT_SETS``: rounding
 error depends on the inputs, so one set under-estimates it). The ``calibrated-*`` profiles of
-``parity.metrics`` allow ``k x floor`` per tap. This process never imports TensorFlow itself.
+``parity.numerics.metrics`` allow ``k x floor`` per tap. This process never imports TensorFlow itself.
 """
 from __future__ import annotations
 
-import argparse
 import os
 import subprocess
 import sys
 import tempfile
 import time
-from types import SimpleNamespace
 from typing import Optional
 
 import numpy as np
 import torch
 
 from bert_torch._io import write_json
-from bert_torch.commands import EXIT_CODES_HELP, ArgumentParser, HelpFormatter, run_main
-from bert_torch.flags import checkpoint, count, input_file, output_file
+from bert_torch.commands import run_main
 
-DEFAULTS = dict(bert_config=None, torch_bert_config=None, vocab_file=None, sentences=None, batch_size=8,
-                seq_len=128, seed=0, device="cpu", profile="fp32-cpu", tf_threads=None, golden=None,
-                report_dir=None)
+from parity.diagnose.options import CalibrateOptions
 
 
 # (batch, seq_len, seed): the compare default and its neighbours, long and short rows.
 INPUT_SETS = ((8, 128, 0), (8, 128, 1), (8, 128, 2), (8, 32, 0), (8, 32, 1), (8, 32, 2))
 
 
-def _inputs(args) -> list:
+def _inputs(opts: CalibrateOptions) -> list:
     """(spec, Inputs) of every input set, built the way compare builds its inputs."""
     from bert_torch.convert import resolve_checkpoint
     from bert_torch.modeling import BertConfig
 
-    from ..options import prepare
-    _, config_path = resolve_checkpoint(args.tf_checkpoint, args.bert_config)
+    from parity.compare.prepare import prepare
+    _, config_path = resolve_checkpoint(opts.tf_checkpoint, opts.bert_config)
     longest = BertConfig.from_json_file(config_path).max_position_embeddings
     out = []
     for batch, seq, seed in INPUT_SETS:   # a model with fewer positions gets its longest rows instead
-        a = SimpleNamespace(**{**vars(args), "batch_size": batch, "seq_len": min(seq, longest), "seed": seed})
-        out.append((f"{batch}x{a.seq_len}-seed{seed}", prepare(a)))
+        one = opts.replace(batch_size=batch, seq_len=min(seq, longest), seed=seed)
+        out.append((f"{batch}x{one.seq_len}-seed{seed}", prepare(one)))
     return out
 
 
-def _args(ns) -> SimpleNamespace:
-    return SimpleNamespace(**{**DEFAULTS, **{k: v for k, v in vars(ns).items() if v is not None}})
-
-
-def _tf_child(args, out: str, threads: Optional[int]) -> None:
+def _tf_child(opts: CalibrateOptions, out: str, threads: Optional[int]) -> None:
     """In a child process: run the official graph once and save every tap (npz)."""
-    from ..sides import TFSide
-    sets = _inputs(args)
+    from parity.sides.base import TFSide
+    sets = _inputs(opts)
     first = sets[0][1]
     side = TFSide(first.prefix, first.config, head=first.head, num_labels=first.num_labels, intra_op_threads=threads)
     try:
@@ -72,13 +63,13 @@ def _tf_child(args, out: str, threads: Optional[int]) -> None:
         side.close()
 
 
-def _run_child(args, onednn: str, threads: Optional[int], out: str) -> dict:
+def _run_child(opts: CalibrateOptions, onednn: str, threads: Optional[int], out: str) -> dict:
     env = dict(os.environ, TF_ENABLE_ONEDNN_OPTS=onednn, TF_CPP_MIN_LOG_LEVEL="2", TF_USE_LEGACY_KERAS="1")
-    cmd = [sys.executable, "-m", "parity.diagnose.calibrate", "--child-out", out, "--tf-checkpoint", args.tf_checkpoint,
-           "--torch-weights", args.torch_weights]
+    cmd = [sys.executable, "-m", "parity.diagnose.calibrate", "--child-out", out, "--tf-checkpoint", opts.tf_checkpoint,
+           "--torch-weights", opts.torch_weights]
     for opt in ("bert_config", "vocab_file", "sentences"):
-        if getattr(args, opt):
-            cmd += [f"--{opt.replace('_', '-')}", getattr(args, opt)]
+        if getattr(opts, opt):
+            cmd += [f"--{opt.replace('_', '-')}", getattr(opts, opt)]
     if threads:
         cmd += ["--child-threads", str(threads)]
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True)
@@ -93,20 +84,20 @@ def _max_abs(a, b) -> float:
     return float(np.max(np.abs(np.asarray(a, np.float64) - np.asarray(b, np.float64)))) if np.size(a) else 0.0
 
 
-def calibrate(args) -> dict:
-    from ..environment import environment
-    from ..sides import TorchSide
-    sets = _inputs(args)
+def calibrate(opts: CalibrateOptions) -> dict:
+    from parity.environment import environment
+    from parity.sides.base import TorchSide
+    sets = _inputs(opts)
     torch_config, files = sets[0][1].torch_config, sets[0][1].files
     t0 = time.perf_counter()
     with tempfile.TemporaryDirectory() as tmp:
         runs = {
-            "onednn_on": _run_child(args, "1", None, os.path.join(tmp, "a.npz")),
-            "onednn_on_1_thread": _run_child(args, "1", 1, os.path.join(tmp, "b.npz")),
-            "onednn_off": _run_child(args, "0", None, os.path.join(tmp, "c.npz")),
+            "onednn_on": _run_child(opts, "1", None, os.path.join(tmp, "a.npz")),
+            "onednn_on_1_thread": _run_child(opts, "1", 1, os.path.join(tmp, "b.npz")),
+            "onednn_off": _run_child(opts, "0", None, os.path.join(tmp, "c.npz")),
         }
-    side32 = TorchSide.from_weights(args.torch_weights, torch_config)
-    side64 = TorchSide.from_weights(args.torch_weights, torch_config, dtype=torch.float64)
+    side32 = TorchSide.from_weights(opts.torch_weights, torch_config)
+    side64 = TorchSide.from_weights(opts.torch_weights, torch_config, dtype=torch.float64)
     taps: dict = {}
     for spec, prepared in sets:
         pt32, pt64 = side32.run(prepared.inputs), side64.run(prepared.inputs)
@@ -120,7 +111,7 @@ def calibrate(args) -> dict:
             taps[name] = {k: max(old[k], v) for k, v in row.items()}
     for row in taps.values():
         row["floor"] = max(row["tf_onednn"], row["tf_threads"], row["pt_fp64"])
-    env = environment(args.device, files, None)
+    env = environment(opts.device, files, None)
     env.pop("argv", None)
     return {
         "description": ("per-tap noise floors (max abs over every element): TensorFlow oneDNN on vs off, "
@@ -132,31 +123,18 @@ def calibrate(args) -> dict:
 
 
 def main(argv: Optional[list] = None) -> int:
-    ap = ArgumentParser(prog="python -m parity.diagnose.calibrate", description=__doc__.split("\n\n")[0],
-                        epilog=EXIT_CODES_HELP, formatter_class=HelpFormatter)
-    ap.add_argument("--tf-checkpoint", required=True, type=checkpoint())
-    ap.add_argument("--torch-weights", required=True, type=input_file("weights file"))
-    ap.add_argument("--bert-config", type=input_file("bert_config.json"))
-    ap.add_argument("--vocab-file", type=input_file("vocab file"))
-    ap.add_argument("--sentences", type=input_file("sentences file"))
-    ap.add_argument("--output", "--out", dest="out", type=output_file("calibration file"),
-                    help="calibration JSON to write")
-    ap.add_argument("--child-out", help=argparse.SUPPRESS)
-    ap.add_argument("--child-threads", type=count(1, 1024), help=argparse.SUPPRESS)
-    return run_main(lambda: _main(ap.parse_args(argv)))
+    """``bert-parity calibrate`` (``python -m parity.diagnose.calibrate``)."""
+    return run_main(lambda: run_calibrate(CalibrateOptions.parse(argv)))
 
 
-def _main(ns) -> int:
-    args = _args(ns)
-    if ns.child_out:
-        _tf_child(args, ns.child_out, ns.child_threads)
+def run_calibrate(opts: CalibrateOptions) -> int:
+    if opts.child_out:
+        _tf_child(opts, opts.child_out, opts.child_threads)
         return 0
-    if not ns.out:
-        raise ValueError("--output is required")
-    data = calibrate(args)
-    write_json(ns.out, data, "--output", indent=1)   # atomic; an unwritable --output is one line, exit 2
+    data = calibrate(opts)
+    write_json(opts.out, data, "--output", indent=1)   # atomic; an unwritable --output is one line, exit 2
     worst = max(data["taps"].items(), key=lambda kv: kv[1]["floor"])
-    print(f"wrote {ns.out}: {len(data['taps'])} taps in {data['seconds']} s; largest floor {worst[1]['floor']:.3g} "
+    print(f"wrote {opts.out}: {len(data['taps'])} taps in {data['seconds']} s; largest floor {worst[1]['floor']:.3g} "
           f"at {worst[0]}")
     return 0
 

@@ -8,79 +8,76 @@ import os
 from typing import Optional
 
 from bert_torch._io import atomic_dir, read_json
-from bert_torch.commands import ArgumentParser
+from bert_torch.commands import run_main
 from bert_torch.modeling import BertConfig
 
-from ..refcache import provenance as tf_cache_provenance
-from ..hints import compare_weights
-from ..options import BadInput, add_compare_args, find_vocab, prepare
-from ..precision import Tier
-from ..compare import RunStore
-from ..sides import TorchSide
-from .algorithm import diagnose
-from .render import DIAGNOSIS_FILES, print_summary, write_diagnosis
-from .repro import write_repro
+from parity.sides.refcache import provenance as tf_cache_provenance
+from parity.numerics.hints import compare_weights
+from parity.compare.prepare import find_vocab, prepare
+from parity.diagnose.options import DiagnoseOptions
+from parity.inputs import BadInput
+from parity.numerics.precision import Tier
+from parity.compare.core import RunStore
+from parity.sides.base import TorchSide
+from parity.diagnose.algorithm import diagnose
+from parity.diagnose.render import DIAGNOSIS_FILES, print_summary, write_diagnosis
+from parity.diagnose.repro import write_repro
 
 
-def run_diagnose(args) -> int:
+def run_diagnose(opts: DiagnoseOptions) -> int:
     """compare's arguments and exit codes: 0 clean, 1 a mismatch diagnosed, 2 bad input. The report folder is
     written aside and renamed into place when complete (as compare's)."""
-    final = args.report_dir
-    with atomic_dir(final, "--report-dir", owner="diagnose") as out:
-        args.report_dir = out
-        try:
-            d = _run_diagnose(args)
-        finally:
-            args.report_dir = final
-    print_summary(d, os.path.join(final, DIAGNOSIS_FILES[0]))
+    with atomic_dir(opts.report_dir, "--report-dir", owner="diagnose") as out:
+        d = _run_diagnose(opts.replace(report_dir=out))
+    print_summary(d, os.path.join(opts.report_dir, DIAGNOSIS_FILES[0]))
     return 0 if d["verdict"] == "pass" else 1
 
 
-def _run_diagnose(args):
+def _run_diagnose(opts: DiagnoseOptions):
     from bert_torch.convert import resolve_checkpoint, tf_to_torch
     from bert_torch.tf_checkpoint import read_checkpoint
     from bert_torch.tokenization import load_vocab
     from bert_torch.weights import read_weights
 
-    from ..candidates import candidate_spec, make_candidate
-    from ..environment import environment
-    from ..hints import vocab_hint
-    from ..sides import TFSide
-    from ..tf_worker import IsolatedTFSide
+    from parity.candidates.factory import candidate_spec, make_candidate
+    from parity.environment import environment
+    from parity.numerics.hints import vocab_hint
+    from parity.sides.base import TFSide
+    from parity.sides.tf_worker import IsolatedTFSide
 
-    spec = candidate_spec(args)
-    if getattr(args, "golden", None):
-        raise BadInput("diagnose runs the TensorFlow graph itself (blocks are fed each other's inputs): "
-                       "give --tf-checkpoint, not --golden")
+    spec = candidate_spec(opts.candidate, opts.torch_weights, opts.torch_bert_config)
+    if spec.kind == "bert_torch":
+        opts = opts.replace(torch_weights=spec.path)
     # The vocab against the checkpoint first: make_inputs would refuse it without saying why.
-    prefix, config_path = resolve_checkpoint(args.tf_checkpoint, args.bert_config)
+    prefix, config_path = resolve_checkpoint(opts.tf_checkpoint, opts.bert_config)
     config = BertConfig.from_json_file(config_path)
-    vocab = find_vocab(args.tf_checkpoint, prefix, args.vocab_file)
+    vocab = find_vocab(opts.tf_checkpoint, prefix, opts.vocab_file)
     vocab_ids = load_vocab(vocab)
     h = vocab_hint(vocab, max(vocab_ids.values()) + 1 if vocab_ids else 0, config.vocab_size)
     if h:   # bad input: nothing is written (the hint's evidence is the one line)
         raise BadInput(f"{h['evidence']} (vocab_mismatch)")
-    p = prepare(args)
+    p = prepare(opts)
     tf_weights, _ = tf_to_torch(read_checkpoint(p.prefix), p.config, where=p.prefix)
     if spec.kind == "onnx":
         raise BadInput(f"--candidate {spec}: diagnose feeds blocks the reference's inputs, and onnxruntime "
                        f"cannot replace an intermediate value; use compare")
-    if spec.kind != "bert_torch":   # hf:, ppb:, module: (parity.candidates): weights under file names from the model
-        candidate, problem = make_candidate(spec, config=p.config, device=args.device, tier=p.tier), None
+    if spec.kind != "bert_torch":   # hf:, ppb:, module: (parity.candidates.factory): weights under file names from the model
+        candidate, problem = make_candidate(spec, config=p.config, device=opts.device, tier=p.tier), None
         if candidate.unobservable:   # blocks are judged by all their taps, and fed by the reference's
             hidden = list(candidate.unobservable)
             raise BadInput(f"--candidate {spec}: diagnose needs every tap, and {len(hidden)} are not observable "
                            f"in this candidate (e.g. {hidden[0]}); map them, or use compare")
         torch_weights = candidate.tensors()
     else:
-        torch_weights = read_weights(args.torch_weights)   # unreadable: exit 2
-        candidate, problem = bert_torch_side(args, p.torch_config, tf_weights, torch_weights, p.tier)
-    floors = calibration_floors(getattr(args, "calibration", None))
+        torch_weights = read_weights(opts.torch_weights)   # unreadable: exit 2
+        candidate, problem = bert_torch_side(opts.device, opts.torch_weights, p.torch_config, tf_weights,
+                                             torch_weights, p.tier)
+    floors = calibration_floors(opts.calibration)
     if p.spill_dir is None:
-        reference = TFSide(p.prefix, p.config, head=p.head, num_labels=p.num_labels, intra_op_threads=args.tf_threads)
+        reference = TFSide(p.prefix, p.config, head=p.head, num_labels=p.num_labels, intra_op_threads=opts.tf_threads)
     else:   # streamed to disk: TF runs in a worker process, ended before the float64 twin is made
         reference = IsolatedTFSide(p.prefix, p.config, head=p.head, num_labels=p.num_labels,
-                                   intra_op_threads=args.tf_threads, work_dir=p.spill_dir, keep_alive=True)
+                                   intra_op_threads=opts.tf_threads, work_dir=p.spill_dir, keep_alive=True)
     # diagnose holds the only references to the weights, so that it can let go of TF's copy when it is the
     # candidate's bit for bit (BERT-large: 1.3 GB, before the float64 twin is made).
     weights = [tf_weights, torch_weights]
@@ -95,25 +92,25 @@ def _run_diagnose(args):
             reference.close()
         if store.spill:
             d["memory"] = {"spilled_to_disk_bytes": store.spilled_bytes}
-        d["environment"] = environment(args.device, p.files, args.tf_threads)
+        d["environment"] = environment(opts.device, p.files, opts.tf_threads)
         d["environment"]["tf_cache"] = tf_cache_provenance()
         if spec.kind == "bert_torch":   # repro.py runs bert_torch alone; other candidates' code is theirs
-            write_repro(d, args.report_dir, p.torch_config, p.profile, p.head, p.num_labels)
+            write_repro(d, opts.report_dir, p.torch_config, p.profile, p.head, p.num_labels)
         else:
             d["stages"]["repro"] = f"not written: repro.py runs bert_torch, and the candidate is {spec.kind}:"
         d.repro = None   # the arrays go with the store
-    write_diagnosis(d, args.report_dir)
+    write_diagnosis(d, opts.report_dir)
     return d
 
 
-def bert_torch_side(args, torch_config: BertConfig, tf_weights, torch_weights, tier=None) -> tuple:
+def bert_torch_side(device: str, weights_path: str, torch_config: BertConfig, tf_weights, torch_weights,
+                    tier=None) -> tuple:
     """(side, None), or (None, why) when the weights do not load but differ from the checkpoint's
     (then the diagnosis rests on the weights); the same tensors that do not load are bad input."""
     from bert_torch.weights import WeightsError, model_from_tensors
     try:
-        model = model_from_tensors(torch_weights, torch_config, head="auto", device=args.device,
-                                   where=args.torch_weights)
-        return TorchSide(model, args.device, {"BertForSequenceClassification": "classifier",
+        model = model_from_tensors(torch_weights, torch_config, head="auto", device=device, where=weights_path)
+        return TorchSide(model, device, {"BertForSequenceClassification": "classifier",
                                               "BertForQuestionAnswering": "squad",
                                               "BertForPreTraining": "pretraining"}.get(type(model).__name__),
                          tier=tier or Tier()), None
@@ -140,26 +137,18 @@ def calibration_floors(path: Optional[str]) -> Optional[dict]:
     return {name: float(floor) for name, floor in floors.items()}
 
 
-def add_diagnose_args(p) -> None:
-    p.add_argument("--calibration", help="noise floors measured by `python -m parity.diagnose.calibrate` "
-                   "(default: PyTorch float32 vs float64, measured on the spot)")
-
-
 def release_check(ctx) -> dict:
     """The release report's diagnosis section: ``diagnose`` on the real MiniLM weights, 8 x 128.
 
     A clean diagnosis (no culprit, weights bit-equal) passes; its tables land in
     ``diagnose/`` beside the report.
     """
-    from ..minilm import build_checkpoint
+    from parity.minilm import build_checkpoint
     ckpt = os.path.join(ctx.work_dir, "minilm")
     if not os.path.isfile(os.path.join(ckpt, "bert_model.ckpt.index")):
         build_checkpoint(ckpt)
     out = os.path.join(ctx.report_dir, "diagnose")
-    parser = ArgumentParser()
-    add_compare_args(parser, owner="diagnose")
-    add_diagnose_args(parser)
-    code = run_diagnose(parser.parse_args([
+    code = run_diagnose(DiagnoseOptions.parse([
         "--tf-checkpoint", ckpt, "--torch-weights", os.path.join(ckpt, "pytorch_model.safetensors"),
         "--report-dir", out, "--batch-size", "8", "--seq-len", "128", "--profile", ctx.profile.name]))
     with open(os.path.join(out, DIAGNOSIS_FILES[0]), encoding="utf-8") as f:
@@ -169,3 +158,8 @@ def release_check(ctx) -> dict:
             "summary": f"real MiniLM weights, 8 x 128: verdict {d['verdict']}, culprit {d['culprit']}, hints: {hints}",
             "culprit": d["culprit"], "hints": d.get("hints", []),
             "artifacts": [f"diagnose/{n}" for n in DIAGNOSIS_FILES]}
+
+
+def main(argv: Optional[list[str]] = None) -> int:
+    """``bert-parity diagnose`` (``python -m parity diagnose``): compare's arguments and its own."""
+    return run_main(lambda: run_diagnose(DiagnoseOptions.parse(argv)))

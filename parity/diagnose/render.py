@@ -5,7 +5,7 @@ import os
 
 from bert_torch._io import dumps, write_text
 
-from ..report_render import fmt
+from parity.compare.render import fmt
 
 DIAGNOSIS_FILES = ("diagnosis.json", "diagnosis.md")
 
@@ -24,7 +24,7 @@ def write_diagnosis(diagnosis: dict, report_dir: str) -> tuple[str, str]:
     write_text(j, dumps(public(diagnosis), indent=2) + "\n", "diagnosis")   # strict JSON: NaN/Inf as strings
     write_text(m, render_markdown(diagnosis), "diagnosis")
     if diagnosis.get("taps") and diagnosis.get("sides"):   # the end-to-end taps as pictures and a page
-        from .. import report_render
+        from parity.compare import render as report_render
         try:
             plots = report_render.compare_plots(diagnosis, report_dir, "diagnosis")
         except ImportError:   # matplotlib is in the test extra; the page stands without the plots

@@ -10,7 +10,7 @@ import numpy as np
 from bert_torch._io import atomic_dir
 from bert_torch.modeling import BertConfig
 
-from ..metrics import Profile
+from parity.numerics.metrics import Profile
 
 REPRO_SCRIPT = '''\
 """Reproduces the {block} mismatch with bert_torch alone (exit 1 when it reproduces).
@@ -72,7 +72,7 @@ def _write_repro_files(out: str, b, arrays, config: BertConfig, profile: Profile
                        num_labels: int) -> None:
     from bert_torch._io import save_safetensors as save_file  # plain writes: a full disk is an OSError
 
-    from ..hints import block_of_weight
+    from parity.numerics.hints import block_of_weight
     inputs, ref = arrays.inputs, arrays.ref
     tensors = {"input_ids": np.asarray(inputs.input_ids, np.int64), "token_type_ids": np.asarray(inputs.token_type_ids, np.int64),
                "input_mask": np.asarray(inputs.input_mask, np.int64)}

@@ -32,26 +32,3 @@ The tolerances, and why:
   F1 and mean dev cross-entropy, with floors of 1 point and 0.01 nats); "inconclusive", not a
   pass, when every run predicts one class (nothing was learned that could differ).
 """
-from .features import (SQUAD_SAMPLE, SQUAD_TRAIN_SAMPLE, SquadFeatures, mrpc_batches, mrpc_feature_check,
-                       mrpc_training_data, random_results, squad_arrays, squad_feature_check, squad_features,
-                       squad_predictions_check, take, trim_padding)
-from .multiseed import SEED_BATCH, SEED_LR, SEED_SEQ, SEED_STEPS, dev_metrics, multiseed_check, seed_verdict
-from .optimizer import (PLANTED_FAULTS, OfficialHistory, official_history, optimizer_check, optimizer_inputs,
-                        optimizer_variables, planted_fault_checks)
-from .suite import FULL, QUICK, FinetuneConfig, main, render_markdown, run_finetune_checks
-from .tolerances import (GRAD_ATOL, GRAD_COS, GRAD_RTOL, LOSS_DRIFT, LOSS_RTOL, SEED_ALPHA, SEED_FLOOR, SEED_FLOORS,
-                         gradient_row, loss_agreement, loss_tolerance, seed_rule, seed_rule_false_alarm_rate,
-                         seed_rule_power, welch_fails)
-from .training import (conversion_check, cycled_order, gradient_check, squad_training_check, tf_gradients,
-                       torch_gradients, torch_model, torch_training, training_check)
-
-__all__ = ["FULL", "QUICK", "FinetuneConfig", "GRAD_ATOL", "GRAD_COS", "GRAD_RTOL", "LOSS_DRIFT", "LOSS_RTOL",
-           "OfficialHistory", "PLANTED_FAULTS", "SEED_ALPHA", "SEED_BATCH", "SEED_FLOOR", "SEED_FLOORS", "SEED_LR",
-           "SEED_SEQ", "SEED_STEPS", "SQUAD_SAMPLE", "SQUAD_TRAIN_SAMPLE", "SquadFeatures", "conversion_check",
-           "cycled_order", "dev_metrics", "gradient_check", "gradient_row", "loss_agreement", "loss_tolerance",
-           "main", "mrpc_batches", "mrpc_feature_check", "mrpc_training_data", "multiseed_check",
-           "official_history", "optimizer_check", "optimizer_inputs", "optimizer_variables", "planted_fault_checks",
-           "random_results", "render_markdown", "run_finetune_checks", "seed_rule", "seed_rule_false_alarm_rate",
-           "seed_rule_power", "seed_verdict", "squad_arrays", "squad_feature_check", "squad_features",
-           "squad_predictions_check", "squad_training_check", "take", "tf_gradients", "torch_gradients", "torch_model", "torch_training",
-           "training_check", "trim_padding", "welch_fails"]

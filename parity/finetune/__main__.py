@@ -1,6 +1,6 @@
 """``python -m parity.finetune``: see ``parity.finetune.suite.main``."""
 import sys
 
-from .suite import main
+from parity.finetune.suite import main
 
 sys.exit(main())

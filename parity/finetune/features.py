@@ -9,7 +9,7 @@ from typing import Optional
 
 import numpy as np
 
-from ..files import sample
+from parity.files import sample
 
 
 def mrpc_feature_check(data_dir: str, vocab_file: str, splits=("train", "dev"), max_seq_length: int = 128,

@@ -5,7 +5,7 @@ numbers when it would not fit, rather than the kernel's out-of-memory kill minut
 The checks run one after another, so the peak is that of the largest phase. Each training phase (the
 gradient checks, the MRPC and SQuAD runs, the multi-seed runs) runs the official graph, then PyTorch, on MiniLM
 at one batch size and length; the TF session is closed before the PyTorch run, but the allocators keep what it
-held, so both are counted (``parity.inputs``' training terms, as ``parity.bench`` counts its contenders).
+held, so both are counted (``parity.inputs``' training terms, as ``parity.checks.bench`` counts its contenders).
 """
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ import os
 
 from bert_torch.modeling import BertConfig
 
-from ..inputs import (MEMORY_MARGIN, RUNTIME_BYTES, TF_STEP_ACTIVATIONS, TF_TRAINER_BYTES_PER_PARAMETER,
+from parity.inputs import (MEMORY_MARGIN, RUNTIME_BYTES, TF_STEP_ACTIVATIONS, TF_TRAINER_BYTES_PER_PARAMETER,
                       TORCH_STEP_ACTIVATIONS, TORCH_TRAINER_BYTES_PER_PARAMETER, InputError, memory_shortfall,
                       optimizer_scratch_bytes, step_activation_bytes)
 
@@ -67,7 +67,7 @@ def finetune_bytes(config, model: BertConfig) -> tuple[int, str]:
 
 def check_memory(config) -> None:
     """Refuses (``InputError``: exit 2, one line with the numbers) a suite whose estimate is over MemAvailable."""
-    from ..minilm import minilm_dir
+    from parity.minilm import minilm_dir
     model = BertConfig.from_json_file(os.path.join(minilm_dir(), "config.json"))
     need, what = finetune_bytes(config, model)
     short = memory_shortfall(need)

@@ -8,10 +8,10 @@ from typing import Callable
 import numpy as np
 import torch
 
-from .features import take
-from .tolerances import SEED_ALPHA, SEED_FLOORS, seed_rule
-from ..refcache import Entry
-from .training import _torch_batch, official_run
+from parity.finetune.features import take
+from parity.finetune.tolerances import SEED_ALPHA, SEED_FLOORS, seed_rule
+from parity.sides.refcache import Entry
+from parity.finetune.training import _torch_batch, official_run
 
 # Multi-seed sizes of the full run (make report), and why they answer the question: see
 # run_finetune_checks. lr 5e-5 and batch 16 are from the BERT paper's fine-tuning grid.

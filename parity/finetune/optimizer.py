@@ -12,7 +12,7 @@ import torch
 
 from bert_torch.optimization import BertAdam, decays_tf
 
-from .tolerances import LR_ATOL, LR_RTOL, OPT_ATOL, OPT_RTOL, _close
+from parity.finetune.tolerances import LR_ATOL, LR_RTOL, OPT_ATOL, OPT_RTOL, _close
 
 
 class PerParameterClipping(BertAdam):

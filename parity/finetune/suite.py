@@ -13,9 +13,9 @@ from bert_torch.commands import EXIT_CODES_HELP, ArgumentParser, HelpFormatter, 
 from bert_torch.flags import count, input_dir, output_dir, real
 from bert_torch.optimization import num_train_steps as official_num_train_steps
 
-from ..refcache import provenance as tf_cache_provenance
-from ..files import default_data_dir
-from .features import (
+from parity.sides.refcache import provenance as tf_cache_provenance
+from parity.files import default_data_dir
+from parity.finetune.features import (
     SQUAD_SAMPLE,
     SQUAD_TRAIN_SAMPLE,
     mrpc_batches,
@@ -28,10 +28,10 @@ from .features import (
     squad_predictions_check,
     take,
 )
-from .memory import check_memory
-from .multiseed import SEED_BATCH, SEED_LR, SEED_SEQ, SEED_STEPS, multiseed_check
-from .optimizer import optimizer_check, planted_fault_checks
-from .training import gradient_check, squad_training_check, tf_gradients, training_check
+from parity.finetune.memory import check_memory
+from parity.finetune.multiseed import SEED_BATCH, SEED_LR, SEED_SEQ, SEED_STEPS, multiseed_check
+from parity.finetune.optimizer import optimizer_check, planted_fault_checks
+from parity.finetune.training import gradient_check, squad_training_check, tf_gradients, training_check
 
 
 @dataclasses.dataclass(frozen=True)

@@ -32,7 +32,7 @@ def _close(a: np.ndarray, b: np.ndarray, atol: float, rtol: float) -> tuple[bool
 
 def gradient_row(name: str, g: Optional[np.ndarray], ref: np.ndarray) -> dict:
     """One variable's gradient ``g`` against the reference gradient ``ref``, under the gradient rule:
-    max|diff| <= GRAD_RTOL * max|ref| + GRAD_ATOL, cosine >= GRAD_COS, finite (parity.ddp_check uses it too)."""
+    max|diff| <= GRAD_RTOL * max|ref| + GRAD_ATOL, cosine >= GRAD_COS, finite (parity.checks.ddp uses it too)."""
     if g is None or np.shape(g) != np.shape(ref):
         return {"variable": name, "passed": False, "problem": "missing or misshapen on the PyTorch side"}
     a, b = np.asarray(g, np.float64).ravel(), np.asarray(ref, np.float64).ravel()

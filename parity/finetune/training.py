@@ -9,9 +9,9 @@ from typing import Callable, Optional
 import numpy as np
 import torch
 
-from ..refcache import Entry, File, checkpoint_files, reference
-from .features import squad_arrays, take
-from .tolerances import (
+from parity.sides.refcache import Entry, File, checkpoint_files, reference
+from parity.finetune.features import squad_arrays, take
+from parity.finetune.tolerances import (
     GRAD_ATOL,
     GRAD_COS,
     GRAD_RTOL,
@@ -105,7 +105,7 @@ def tf_gradients(minilm: dict, batch: dict, task: str = "classifier") -> tuple[d
 
 def official_run(kind: str, minilm: dict, parts: dict, compute: Callable[[str], Entry]) -> Entry:
     """A run of the official graph on ``minilm``'s checkpoint, through the TF reference cache when one is
-    active (``parity.refcache``): keyed by the checkpoint and config files, ``parts`` (the batches, sizes,
+    active (``parity.sides.refcache``): keyed by the checkpoint and config files, ``parts`` (the batches, sizes,
     rates) and the source of ``compute`` and of ``take``, which cuts its batches."""
     parts = {"checkpoint": checkpoint_files(minilm["prefix"]), "bert_config": File(minilm["bert_config"]), **parts}
     return reference(kind, parts, compute, code=(compute, take))

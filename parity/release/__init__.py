@@ -37,23 +37,3 @@ a missing data directory), one line.
 The modules: ``context`` (Context, Check, the two exceptions), ``checks``, ``registry``, ``waivers``,
 ``ratchet``, ``gate`` (the run, the files, the command line), ``render`` (report.md/.html, plots).
 """
-from __future__ import annotations
-
-import os
-
-os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")   # before anything imports TensorFlow
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")   # TF C++ logs off (bert-parity --verbose)
-
-from .checks import compare_layerwise, gate_suite_check, minilm_check, random_check, run_checkpoint  # noqa: E402
-from .context import Check, Context, NotRun, ReleaseInputError  # noqa: E402
-from .gate import REPORT_FILES, main, portable, project_version, promote, run_release, write_release  # noqa: E402
-from .ratchet import (DEFAULT_BASELINE, GROWTH_FACTOR, NOISE_FLOOR, grew, load_baseline, ratchet,  # noqa: E402
-                      tap_error)
-from .registry import CHECKS, registry  # noqa: E402
-from .waivers import DEFAULT_WAIVERS, Waiver, load_waivers, waiver_status  # noqa: E402
-
-__all__ = ["CHECKS", "Check", "Context", "DEFAULT_BASELINE", "DEFAULT_WAIVERS", "GROWTH_FACTOR", "NOISE_FLOOR",
-           "NotRun", "REPORT_FILES", "ReleaseInputError", "Waiver", "compare_layerwise", "gate_suite_check", "grew",
-           "load_baseline", "load_waivers", "main", "minilm_check", "portable", "project_version", "promote",
-           "random_check", "ratchet", "registry", "run_checkpoint", "run_release", "tap_error", "waiver_status",
-           "write_release"]

@@ -1,6 +1,6 @@
 """``python -m parity.release``: see ``parity.release.gate.main``."""
 import sys
 
-from .gate import main
+from parity.release.gate import main
 
 sys.exit(main())

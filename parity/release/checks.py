@@ -11,12 +11,12 @@ import xml.etree.ElementTree as ET
 from typing import Optional
 import numpy as np
 from bert_torch.modeling import BertConfig
-from ..files import REPO_ROOT, SAMPLE_DIR
-from ..inputs import SAMPLE, Inputs, make_inputs
-from ..compare import compare_sides
-from ..metrics import Profile, compare_tap
-from .context import Check, Context, NotRun
-from .ratchet import tap_error
+from parity.files import REPO_ROOT, SAMPLE_DIR
+from parity.inputs import SAMPLE, Inputs, make_inputs
+from parity.compare.core import compare_sides
+from parity.numerics.metrics import Profile, compare_tap
+from parity.release.context import Check, Context, NotRun
+from parity.release.ratchet import tap_error
 
 
 def apply_waivers(ctx: Context, check: str, row: dict, ref, cand, rounding) -> dict:
@@ -38,7 +38,7 @@ def apply_waivers(ctx: Context, check: str, row: dict, ref, cand, rounding) -> d
 
 
 def compare_layerwise(ctx: Context, name: str, reference, candidate, inputs: Inputs) -> dict:
-    """A layerwise section: ``parity.compare.compare_sides`` under the profile, with the waivers that
+    """A layerwise section: ``parity.compare.core.compare_sides`` under the profile, with the waivers that
     match applied (``apply_waivers``); the worst tap's element-wise errors are kept for the plots."""
     worst: dict = {"error": -1.0}
 
@@ -71,8 +71,8 @@ def run_checkpoint(ctx: Context, name: str, ckpt_dir: str, batch: int, seq: int,
                    sentences: Optional[str] = None, source: Optional[str] = None, candidate_spec=None) -> dict:
     """TF checkpoint directory (official layout plus pytorch_model.safetensors) -> layerwise section.
     ``candidate_spec`` (``--candidate``): that model instead of bert_torch on the converted weights."""
-    from ..candidates import make_candidate
-    from ..sides import TAP_HEADS, TFSide, TorchSide
+    from parity.candidates.factory import make_candidate
+    from parity.sides.base import TAP_HEADS, TFSide, TorchSide
     prefix = os.path.join(ckpt_dir, "bert_model.ckpt")
     config = BertConfig.from_json_file(os.path.join(ckpt_dir, "bert_config.json"))
     weights = os.path.join(ckpt_dir, "pytorch_model.safetensors")
@@ -95,7 +95,7 @@ def run_checkpoint(ctx: Context, name: str, ckpt_dir: str, batch: int, seq: int,
         if path:
             ctx.files[f"{name}:{label}"] = path
     ctx.seeds[f"{name}:inputs"] = seed
-    from ..inputs import sha256
+    from parity.inputs import sha256
     section["checkpoint_sha256"] = sha256(source or data)
     section["config"] = config.to_dict()
     return section
@@ -107,7 +107,7 @@ def minilm_check(ctx: Context) -> dict:
     The pairs are the committed MRPC sample, not --data-dir's: the ratchet compares like with
     like, so the inputs must be the same on every machine, with or without the data set.
     """
-    from ..minilm import build_checkpoint, minilm_dir
+    from parity.minilm import build_checkpoint, minilm_dir
     out = os.path.join(ctx.work_dir, "minilm")
     build_checkpoint(out)
     return run_checkpoint(ctx, "layerwise/minilm-l6-v2", out, 8, 128, 0, None,
@@ -118,8 +118,8 @@ def _subset_vocab(path: str, n: int) -> None:
     """A real WordPiece vocab cut to ``n`` entries (the gate's subset_vocab fixture, same rule)."""
     import collections
     from bert_torch.tokenization import FullTokenizer
-    from ..inputs import read_pairs
-    from ..minilm import minilm_dir
+    from parity.inputs import read_pairs
+    from parity.minilm import minilm_dir
     tok = FullTokenizer(os.path.join(minilm_dir(), "vocab.txt"), do_lower_case=True)
     counts = collections.Counter(t for a, b in read_pairs(SAMPLE) for t in tok.tokenize(a) + tok.tokenize(b))
     specials = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
@@ -135,7 +135,7 @@ def random_check(config_name: str, batch: int = 4, seed: int = 0) -> Check:
     def run(ctx: Context) -> dict:
         from bert_torch import convert
         from reference_tf import write_random_checkpoint
-        from ..checkpoints import CONFIGS, SEQ
+        from parity.checkpoints import CONFIGS, SEQ
         cfg = dict(CONFIGS[config_name], hidden_act="gelu")
         out = os.path.join(ctx.work_dir, f"random-{config_name}")
         os.makedirs(out, exist_ok=True)
@@ -195,7 +195,7 @@ def gate_suite_check(ctx: Context) -> dict:
 
 def tokens_check(ctx: Context) -> dict:
     """parity.tokens' check_token_parity over --data-dir's MRPC and SQuAD texts (the samples without it)."""
-    from .. import tokens
+    from parity import tokens
     r = tokens.check_token_parity(data_dir=ctx.data_dir)
     files = {}
     for label in r.get("sources") or {}:   # labels are paths relative to the data dir (or the samples)
@@ -217,7 +217,7 @@ def finetune_check(ctx: Context) -> dict:
     import shutil
     # Its work folder holds a MiniLM checkpoint (~100 MB): kept out of the report folder CI uploads.
     work = os.path.join(ctx.work_dir, "finetune")
-    from .. import finetune
+    from parity.finetune import suite as finetune
     r = dict(finetune.run_finetune_checks(ctx.data_dir, work, finetune.FULL, log=lambda m: print(f"[finetune] {m}", flush=True)))
     os.makedirs(os.path.join(ctx.report_dir, "finetune"), exist_ok=True)
     for f in ("finetune.json", "finetune.md"):
@@ -231,5 +231,5 @@ def finetune_check(ctx: Context) -> dict:
 
 def diagnose_check(ctx: Context) -> dict:
     """``diagnose`` on the real MiniLM weights (``parity.diagnose.release_check``)."""
-    from .. import diagnose
+    from parity.diagnose import command as diagnose
     return diagnose.release_check(ctx)

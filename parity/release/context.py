@@ -5,11 +5,11 @@ import dataclasses
 import datetime
 from typing import TYPE_CHECKING, Callable, Optional
 
-from ..metrics import Profile
-from ..precision import Tier
+from parity.numerics.metrics import Profile
+from parity.numerics.precision import Tier
 
 if TYPE_CHECKING:
-    from ..candidate_side import CandidateSpec
+    from parity.candidates.spec import CandidateSpec
 
 
 class ReleaseInputError(ValueError):

@@ -11,16 +11,16 @@ from typing import Optional
 from bert_torch.commands import EXIT_CODES_HELP, ArgumentParser, HelpFormatter, run_main
 from bert_torch.flags import input_dir, input_file, iso_date, maybe_file, or_empty, output_dir, real
 from bert_torch._io import atomic_dir, atomic_output, dumps
-from ..refcache import CACHE_ENV, LOG_ENV, OWNER_ENV, RefCache, provenance as tf_cache_provenance
-from ..environment import environment, git_state
-from ..files import REPO_ROOT, default_data_dir
-from ..metrics import PROFILES
-from ..precision import Tier, check_supported
-from ..candidate_side import parse_candidate
-from .context import Check, Context, NotRun, ReleaseInputError
-from .ratchet import DEFAULT_BASELINE, GROWTH_FACTOR, NOISE_FLOOR, load_baseline, ratchet
-from .registry import registry
-from .waivers import DEFAULT_WAIVERS, load_waivers, waiver_status
+from parity.sides.refcache import CACHE_ENV, LOG_ENV, OWNER_ENV, RefCache, provenance as tf_cache_provenance
+from parity.environment import environment, git_state
+from parity.files import REPO_ROOT, default_data_dir
+from parity.numerics.metrics import PROFILES
+from parity.numerics.precision import Tier, check_supported
+from parity.candidates.spec import parse_candidate
+from parity.release.context import Check, Context, NotRun, ReleaseInputError
+from parity.release.ratchet import DEFAULT_BASELINE, GROWTH_FACTOR, NOISE_FLOOR, load_baseline, ratchet
+from parity.release.registry import registry
+from parity.release.waivers import DEFAULT_WAIVERS, load_waivers, waiver_status
 
 
 REPORT_FILES = ("report.json", "report.md", "report.html")
@@ -98,7 +98,7 @@ def run_release(ctx: Context, checks: list[Check], not_run: dict[str, str], base
 
 def write_release(report: dict, ctx: Context) -> list[str]:
     """report.json, report.md, report.html and the PNG plots; returns the files written."""
-    from .render import html as render_html, make_plots, markdown   # matplotlib: imported when writing
+    from parity.release.render import html as render_html, make_plots, markdown   # matplotlib: imported when writing
     os.makedirs(ctx.report_dir, exist_ok=True)
     plots = make_plots(report, ctx.worst, ctx.report_dir)
     report["plots"] = [os.path.basename(p) for p in plots]

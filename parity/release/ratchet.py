@@ -8,8 +8,8 @@ import numpy as np
 
 from bert_torch._io import InputFileError, read_json
 
-from ..files import REPO_ROOT
-from .context import ReleaseInputError
+from parity.files import REPO_ROOT
+from parity.release.context import ReleaseInputError
 
 
 DEFAULT_BASELINE = os.path.join(REPO_ROOT, "reports", "baseline.json")

@@ -5,9 +5,9 @@ from __future__ import annotations
 
 import importlib
 
-from .checks import (diagnose_check, finetune_check, gate_suite_check, minilm_check, random_check,
+from parity.release.checks import (diagnose_check, finetune_check, gate_suite_check, minilm_check, random_check,
                      tokens_check)
-from .context import Check
+from parity.release.context import Check
 
 CHECKS: list[Check] = [
     Check("gate-suite", gate_suite_check, "pytest -m '' parity/ on 2 xdist workers: the whole gate, slow checks included"),

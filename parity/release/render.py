@@ -5,8 +5,8 @@ import html as _html
 import os
 import numpy as np
 
-from ..refcache import describe_provenance
-from ..report_render import (CSS, LAYER_KINDS, _first_cell, layer_grid, TAP_COLUMNS, ZERO, _g, _img, draw_ratio_heatmap,
+from parity.sides.refcache import describe_provenance
+from parity.compare.render import (CSS, LAYER_KINDS, _first_cell, layer_grid, TAP_COLUMNS, ZERO, _g, _img, draw_ratio_heatmap,
                              num, save_png, slug, tap_cells)
 
 

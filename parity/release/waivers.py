@@ -11,8 +11,8 @@ from typing import Optional
 
 from bert_torch._io import InputFileError, read_text
 
-from ..files import PACKAGE_DIR
-from .context import ReleaseInputError
+from parity.files import PACKAGE_DIR
+from parity.release.context import ReleaseInputError
 
 
 DEFAULT_WAIVERS = os.path.join(PACKAGE_DIR, "waivers.toml")

@@ -1,5 +1,5 @@
 """``--candidate onnx:FILE``: an ONNX graph run by onnxruntime on CPU, its taps the graph outputs named as
-contract taps (``parity.candidates_onnx`` writes such files; README, "Candidates")."""
+contract taps (``parity.candidates.export_onnx`` writes such files; README, "Candidates")."""
 from __future__ import annotations
 
 import os
@@ -11,9 +11,9 @@ from bert_torch._io import regular_file
 from bert_torch.modeling import BertConfig
 from bert_torch.taps import tap_names
 
-from .candidate_side import CandidateError, CandidateSpec
-from .sides import SideBase
-from .inputs import sha256
+from parity.candidates.spec import CandidateError, CandidateSpec
+from parity.sides.base import SideBase
+from parity.inputs import sha256
 
 
 INPUTS = ("input_ids", "token_type_ids", "attention_mask")
@@ -65,7 +65,7 @@ class OnnxSide(SideBase):
         self.tap_names = [t for t in contract if t in outputs]
         if not self.tap_names:
             raise CandidateError(f"{where}: no graph output is named as a contract tap (e.g. layer_0/output); "
-                                 f"write the file with python -m parity.candidates_onnx")
+                                 f"write the file with python -m parity.candidates.export_onnx")
         self.unobservable = {t: f"not a graph output of {os.path.basename(spec.path)}"
                              for t in contract if t not in outputs}
         self.spec, self.optimization, self.gelu = spec, optimization, meta.get("bert_parity.gelu")

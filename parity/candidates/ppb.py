@@ -27,7 +27,7 @@ from bert_torch._io import read_json, regular_file
 from bert_torch.modeling import BertConfig, variant_problem
 from bert_torch.taps import tap
 
-from .candidate_side import (CandidateError, CandidateSide, CandidateSpec, _Adapter, check_sizes, install_hooks,
+from parity.candidates.spec import (CandidateError, CandidateSide, CandidateSpec, _Adapter, check_sizes, install_hooks,
                          official_gelu)
 
 HEAD_KEYS = {"classifier.weight": ("BertForSequenceClassification", "classifier"),

@@ -1,6 +1,6 @@
 """The runner under torchrun against the single-process runner and TensorFlow: deterministic MRPC fine-tuning.
 
-    python -m parity.mrpc_ddp_check --report-dir build/mrpc_ddp [--data-dir ../shared/data | --sample]
+    python -m parity.checks.mrpc_ddp --report-dir build/mrpc_ddp [--data-dir ../shared/data | --sample]
         [--train-examples 256 --dev-examples 128 --seq-len 64 --batch-size 8 --epochs 1 --lr 5e-5]
         [--planted rank-seed --planted no-allreduce --planted sum]
 
@@ -42,12 +42,13 @@ from bert_torch.flags import count, input_dir, output_dir, real
 from bert_torch._io import read_json, read_text, write_json
 from bert_torch.optimization import num_train_steps, num_warmup_steps
 
-from .files import REPO_ROOT, default_data_dir
-from .finetune import loss_agreement, loss_tolerance, mrpc_batches, take
-from .finetune.tolerances import LR_ATOL, LR_RTOL
-from .finetune.training import official_run
-from .refcache import Entry
-from .inputs import SAMPLE
+from parity.files import REPO_ROOT, default_data_dir
+from parity.finetune.tolerances import loss_agreement, loss_tolerance
+from parity.finetune.features import mrpc_batches, take
+from parity.finetune.tolerances import LR_ATOL, LR_RTOL
+from parity.finetune.training import official_run
+from parity.sides.refcache import Entry
+from parity.inputs import SAMPLE
 
 PROCESSES, ACCUMULATION = 2, 2
 RUN_TIMEOUT = 1800   # seconds per runner run
@@ -93,7 +94,7 @@ def _plant(name: str) -> None:
 
 def runner_main(argv: list[str]) -> int:
     """``--as-runner [--planted NAME] RUNNER_ARGS...``: ``bert_torch.run_classifier`` with the fault planted."""
-    ap = ArgumentParser(prog="python -m parity.mrpc_ddp_check --as-runner")
+    ap = ArgumentParser(prog="python -m parity.checks.mrpc_ddp --as-runner")
     ap.add_argument("--planted", choices=sorted(PLANTED))
     known, rest = ap.parse_known_args(argv)
     if known.planted:
@@ -124,7 +125,7 @@ def run_runner(kind: str, args: list[str], out_dir: str, planted: Optional[str] 
     else:
         # torchrun itself (its module: no PATH lookup); the clean run is the runner as users launch it
         cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", str(PROCESSES), "-m"]
-        cmd += ["parity.mrpc_ddp_check", "--as-runner", "--planted", planted] if planted else ["bert_torch.run_classifier"]
+        cmd += ["parity.checks.mrpc_ddp", "--as-runner", "--planted", planted] if planted else ["bert_torch.run_classifier"]
         args = args + ["--gradient_accumulation_steps", str(ACCUMULATION)]
     t0 = time.time()
     shutil.rmtree(out_dir, ignore_errors=True)   # nothing of an earlier run is read as this one's
@@ -284,7 +285,7 @@ def run_check(out_dir: str, data_dir: Optional[str] = None, sample: bool = False
     single-process and TF runs. Verdict "pass": the clean runs agree and every planted fault fails."""
     from bert_torch.modeling import BertConfig
     from bert_torch.run_classifier import initial_classifier, training_batches
-    from .minilm import build_checkpoint
+    from parity.minilm import build_checkpoint
     train_examples, dev_examples, steps, src = checked_inputs(out_dir, data_dir, sample, train_examples,
                                                               dev_examples, seq_len, batch_size, epochs, lr, planted)
     t0 = time.time()
@@ -349,7 +350,7 @@ def main(argv: Optional[list[str]] = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     if argv[:1] == ["--as-runner"]:
         return runner_main(argv[1:])
-    ap = ArgumentParser(prog="python -m parity.mrpc_ddp_check", description=__doc__.split("\n\n")[0],
+    ap = ArgumentParser(prog="python -m parity.checks.mrpc_ddp", description=__doc__.split("\n\n")[0],
                         epilog=EXIT_CODES_HELP, formatter_class=HelpFormatter)
     ap.add_argument("--report-dir", required=True, type=output_dir("report folder"),
                     help="output folder: mrpc_ddp.json, the runs' outputs")

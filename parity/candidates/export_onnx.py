@@ -1,9 +1,9 @@
 """``--candidate onnx:FILE``: an ONNX export run by onnxruntime on CPU, taps as graph outputs (extra ``onnx``).
 
 An ONNX graph keeps no module boundaries to hook, so the taps must be graph outputs named by their
-contract names. ``python -m parity.candidates_onnx`` writes such a file from any PyTorch candidate:
+contract names. ``python -m parity.candidates.export_onnx`` writes such a file from any PyTorch candidate:
 
-    python -m parity.candidates_onnx --candidate hf:DIR --bert-config bert_config.json --out model.onnx
+    python -m parity.candidates.export_onnx --candidate hf:DIR --bert-config bert_config.json --out model.onnx
 
 It traces the candidate (``torch.onnx.export``, TorchScript exporter) under ``bert_torch.taps.Taps``, so every
 tap the candidate publishes becomes a graph output; batch and sequence stay dynamic. The file's
@@ -32,8 +32,8 @@ from bert_torch.commands import ArgumentParser, foreign, run_main
 from bert_torch.flags import input_file, output_file
 from bert_torch.taps import Taps
 
-from .candidates import OWN_ERRORS, CandidateError, CandidateSide, make_candidate, parse_candidate
-from .onnx_side import INPUTS, OPTIMIZATION, OnnxSide  # noqa: F401  (re-exported)
+from parity.candidates.factory import OWN_ERRORS, CandidateError, CandidateSide, make_candidate, parse_candidate
+from parity.candidates.onnx import INPUTS, OPTIMIZATION, OnnxSide  # noqa: F401  (re-exported)
 
 class _TapsAsOutputs(torch.nn.Module):
     """The candidate's model, returning every published tap as an output, in forward order."""
@@ -95,7 +95,7 @@ def export_onnx(side, path: str, vocab_size: int, batch: int = 2, seq: int = 16,
 
 
 def main(argv: Optional[list[str]] = None) -> int:
-    ap = ArgumentParser(prog="python -m parity.candidates_onnx",
+    ap = ArgumentParser(prog="python -m parity.candidates.export_onnx",
                         description="Export a PyTorch candidate to ONNX with every tap as a graph output")
     ap.add_argument("--candidate", required=True, help="KIND:PATH (bert_torch:, hf:, ppb:, module:)")
     ap.add_argument("--bert-config", required=True, type=input_file("bert_config.json"),

@@ -9,7 +9,9 @@ from __future__ import annotations
 import json
 import os
 
-SCHEMA_DIR = os.path.join(os.path.dirname(__file__), "schemas")
+from parity.files import PACKAGE_DIR
+
+SCHEMA_DIR = os.path.join(PACKAGE_DIR, "schemas")
 KINDS = ("report", "diagnosis")
 
 

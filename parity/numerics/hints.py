@@ -121,7 +121,7 @@ def non_finite_hint(taps: list, ref: Mapping[str, np.ndarray], cand: Mapping[str
                     ) -> Optional[dict]:
     """Where a NaN or Inf first appears: the weights holding one (per side), and the first tap in
     forward order (``taps``) that holds one on either side. None when everything is finite."""
-    from .metrics import _count_words, non_finite
+    from parity.numerics.metrics import _count_words, non_finite
     bad_weights = []
     for side, w in weights.items():
         for name, t in (w or {}).items():
@@ -266,7 +266,7 @@ class Context:
     weights: Mapping[str, np.ndarray]   # the checkpoint's tensors, under file names
     block_input: Optional[str]          # the tap feeding the block
     tolerance: Callable[[str], tuple]   # tap -> (atol, rtol) for TensorFlow's end-to-end values
-    # The candidate's words for each GELU form and its config file (parity.candidates), so that
+    # The candidate's words for each GELU form and its config file (parity.candidates.factory), so that
     # gelu_variant says what to write where: {"tanh": "gelu_new", "erf": "gelu", "file": "config.json"}.
     gelu_names: Optional[Mapping[str, str]] = None
 
@@ -298,7 +298,7 @@ def _best(errors: dict) -> tuple:
 
 
 def _gelu_advice(names: Optional[Mapping[str, str]], pt_form: str, tf_form: str) -> str:
-    """What to change, in the candidate's own words when it gave them (parity.candidates)."""
+    """What to change, in the candidate's own words when it gave them (parity.candidates.factory)."""
     official = {"erf": "gelu_erf", "tanh": "gelu"}   # bert_config.json's words for the reference
     if not names:
         return (f"Set hidden_act to {official[tf_form]} on the PyTorch side, or compare "

@@ -52,10 +52,10 @@ def record_goldens(ckpt: str, out_dir: str) -> list[dict]:
 
 def tier_rows(goldens: list[dict], weights: str, device: str) -> list[dict]:
     import torch
-    from .compare import compare_sides
-    from .metrics import get_profile
-    from .precision import PrecisionError, Tier, check_supported
-    from .sides import GoldenSide, TorchSide
+    from parity.compare.core import compare_sides
+    from parity.numerics.metrics import get_profile
+    from parity.numerics.precision import PrecisionError, Tier, check_supported
+    from parity.sides.base import GoldenSide, TorchSide
     rows = []
     for g in goldens:
         golden = GoldenSide(g["path"]) if g.get("path") else None   # read once, replayed for every tier
@@ -150,7 +150,7 @@ def render(report: dict) -> str:
 
 
 def main(argv: Optional[list[str]] = None) -> int:
-    ap = ArgumentParser(prog="python -m parity.gpu_check", description=__doc__.split("\n\n")[0])
+    ap = ArgumentParser(prog="python -m parity.checks.gpu", description=__doc__.split("\n\n")[0])
     ap.add_argument("--device", default="cuda", help="cuda (default), cuda:N, or cpu to run the script on the CPU")
     ap.add_argument("--report-dir", default="reports/gpu-check", type=output_dir("report folder"))
     ap.add_argument("--data-dir", type=input_dir("data folder"),
@@ -166,9 +166,9 @@ def main(argv: Optional[list[str]] = None) -> int:
         return 2
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
     from bert_torch._io import write_json, write_text
-    from .environment import environment
-    from .minilm import build_checkpoint
-    from .files import default_data_dir
+    from parity.environment import environment
+    from parity.minilm import build_checkpoint
+    from parity.files import default_data_dir
     os.makedirs(args.report_dir, exist_ok=True)
     ckpt = os.path.join(args.report_dir, "minilm")
     build_checkpoint(ckpt)

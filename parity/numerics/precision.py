@@ -27,7 +27,7 @@ from typing import Iterator, Optional
 import numpy as np
 import torch
 
-from .metrics import MARGIN
+from parity.numerics.metrics import MARGIN
 
 # u = 2**-(p) for a p-bit significand (implicit bit included): half the spacing of 1.0.
 UNIT_ROUNDOFF = {"fp32": 2.0 ** -24, "tf32": 2.0 ** -11, "bf16": 2.0 ** -8, "fp16": 2.0 ** -11}
@@ -37,7 +37,7 @@ MODES = ("autocast", "cast")
 # overflow / saturation / lost precision. Measured on MiniLM (README, "Precision tiers") the clean tiers
 # use at most a small fraction of it; an Inf, a NaN or a saturated fp16 value use millions.
 CEILING = 16.0
-# The tier's atol term is MARGIN x e_t (defined in parity.metrics, which applies it). MARGIN 1 is the exact
+# The tier's atol term is MARGIN x e_t (defined in parity.numerics.metrics, which applies it). MARGIN 1 is the exact
 # triangle bound, but then a clean run sits at ~0.99 of its tolerance (the worst element is where e_t is
 # attained) and "fraction of the tolerance" stops saying anything; with 2, a clean run reads ~0.5: half the
 # allowance is the candidate's own measured rounding.
@@ -198,7 +198,7 @@ def _finite_max(a) -> float:
 def fp16_overflow_hint(names, cand: dict, c64: dict, tier: Optional[Tier]) -> Optional[dict]:
     """The first tap where the fp16 candidate holds Inf/NaN or sits at fp16's maximum while its float64
     twin is finite: the magnitude that overflowed, and where."""
-    from .hints import hint
+    from parity.numerics.hints import hint
     if tier is None or tier.name != "fp16":
         return None
     for n in names:
@@ -219,7 +219,7 @@ def fp16_overflow_hint(names, cand: dict, c64: dict, tier: Optional[Tier]) -> Op
 
 def reduced_precision_hint(names, cand: dict, c32: dict, c64: dict, tier: Optional[Tier]) -> Optional[dict]:
     """fp32 was asked for, yet the candidate rounds far past its own float32 twin: it runs in bf16/fp16."""
-    from .hints import hint
+    from parity.numerics.hints import hint
     if tier is None or tier.reduced or cand is c32:
         return None
     for n in names:
@@ -243,7 +243,7 @@ def reduced_precision_hint(names, cand: dict, c32: dict, c64: dict, tier: Option
 def tf32_reference_hint(names, ref: dict, c32: dict, c64: dict) -> Optional[dict]:
     """The reference was recorded with TF32 on (TF's default on Ampere and later GPUs): its error at the
     first matmul outputs is ~2**13 x float32 rounding while the lookups and the embedding LayerNorm agree."""
-    from .hints import hint
+    from parity.numerics.hints import hint
     first = [n for n in names if n.startswith("layer_0") and n.endswith(MATMUL_TAPS)]
     if not first or any(n not in ref or n not in c32 or n not in c64 for n in first):
         return None

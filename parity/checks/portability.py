@@ -7,7 +7,7 @@ machine would. Each (setting, shape) runs in a fresh process, because those vari
 library load. Every clean run must pass (no false alarm) and every fault must be caught, on every
 setting and shape; the table says by how much (the worst tap's fraction of its tolerance).
 
-    python -m parity.portability [--report-dir reports/portability] [--short]
+    python -m parity.checks.portability [--report-dir reports/portability] [--short]
 
 ``--short`` (CI, ``parity/test_portability.py``): one combined setting, one small shape.
 Exit codes: 0 no false alarm and every fault caught; 1 otherwise; 2 bad input.
@@ -101,11 +101,11 @@ def worker(ckpt: str, batch: int, seq: int, out: str, tiers=(("fp32", "autocast"
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
     import torch
     from bert_torch.modeling import BertConfig
-    from .compare import compare_sides
-    from .inputs import make_inputs
-    from .metrics import get_profile
-    from .precision import Tier
-    from .sides import TFSide, TorchSide
+    from parity.compare.core import compare_sides
+    from parity.inputs import make_inputs
+    from parity.numerics.metrics import get_profile
+    from parity.numerics.precision import Tier
+    from parity.sides.base import TFSide, TorchSide
 
     config = BertConfig.from_json_file(os.path.join(ckpt, "bert_config.json"))
     inputs = make_inputs(os.path.join(ckpt, "vocab.txt"), batch, seq, 0, vocab_size=config.vocab_size)
@@ -156,7 +156,7 @@ def run_matrix(settings: dict[str, dict[str, str]], shapes, ckpt: str, timeout: 
         for batch, seq in shapes:
             with tempfile.NamedTemporaryFile(suffix=".json", delete=False) as tmp:
                 out = tmp.name
-            cmd = [sys.executable, "-m", "parity.portability", "--worker", ckpt, str(batch), str(seq), out,
+            cmd = [sys.executable, "-m", "parity.checks.portability", "--worker", ckpt, str(batch), str(seq), out,
                    ",".join("/".join(t) for t in tiers), "sized" if sized else "plain"]
             proc = subprocess.run(cmd, env={**os.environ, **env}, capture_output=True, text=True, timeout=timeout)
             if proc.returncode != 0:
@@ -241,7 +241,7 @@ def main(argv: Optional[list[str]] = None) -> int:
         tiers = [tuple(t.split("/")) for t in argv[5].split(",")] if len(argv) > 5 else [("fp32", "autocast")]
         worker(argv[1], int(argv[2]), int(argv[3]), argv[4], tiers, sized=len(argv) > 6 and argv[6] == "sized")
         return 0
-    ap = ArgumentParser(prog="python -m parity.portability", description=__doc__.split("\n\n")[0])
+    ap = ArgumentParser(prog="python -m parity.checks.portability", description=__doc__.split("\n\n")[0])
     ap.add_argument("--report-dir", default="reports/portability", type=output_dir("report folder"))
     ap.add_argument("--short", action="store_true", help="CI: every emulation at once, one small shape")
     ap.add_argument("--settings", help=f"comma-separated subset of {', '.join(SETTINGS)}")
@@ -269,7 +269,7 @@ def main(argv: Optional[list[str]] = None) -> int:
             print(f"error: --shapes {args.shapes}: expected e.g. 8x128,2x512 (batch 1-64, sequence 1-512)",
                   file=sys.stderr)
             return 2
-    from .minilm import build_checkpoint
+    from parity.minilm import build_checkpoint
     os.makedirs(args.report_dir, exist_ok=True)
     ckpt = os.path.join(args.report_dir, "minilm")
     build_checkpoint(ckpt)

@@ -23,7 +23,7 @@ from bert_torch._io import forget_on_signal, remove_on_signal
 
 
 class SpilledArray:
-    """A tap another process already wrote as a ``.npy`` file (``parity.tf_worker``): a ``TapStore`` takes the
+    """A tap another process already wrote as a ``.npy`` file (``parity.sides.tf_worker``): a ``TapStore`` takes the
     file over without reading it; anything else reads it (``np.asarray``)."""
 
     def __init__(self, path: str):

@@ -1,7 +1,7 @@
 """Any PyTorch BERT as the candidate side: ``--candidate KIND:PATH`` (CONTRACT.md).
 
     side = make_candidate(parse_candidate("hf:out/my-bert"), config=reference_config)
-    side.run(inputs, fetch=None, inject=None)   # the Side protocol of parity.sides
+    side.run(inputs, fetch=None, inject=None)   # the Side protocol of parity.sides.base
 
 Kinds:
 
@@ -14,12 +14,12 @@ Kinds:
 * ``module:pkg.mod:factory``: a user's ``nn.Module``; ``factory()`` returns ``{"model": module,
   "taps": {module path: contract tap}, ...}`` (see ``parity/examples/my_bert.py``).
 
-Every candidate side is a ``parity.sides.TorchSide`` over an adapter module whose
+Every candidate side is a ``parity.sides.base.TorchSide`` over an adapter module whose
 ``forward(input_ids, token_type_ids, attention_mask)`` calls the user's model: the hooks publish
 their tensors through ``bert_torch.taps.tap``, so recording, injection and ``computed`` (diagnose's
 local-vs-inherited analysis) are those of ``bert_torch.taps.Taps``, with nothing re-implemented.
 A candidate declares the contract taps it cannot observe in ``unobservable`` (tap -> reason);
-``parity.compare`` lists them as not observable and says how many taps the verdict rests on.
+``parity.compare.core`` lists them as not observable and says how many taps the verdict rests on.
 """
 from __future__ import annotations
 
@@ -34,11 +34,11 @@ from bert_torch.commands import foreign
 from bert_torch.modeling import BertConfig
 from bert_torch.taps import tap_names
 
-from .inputs import sha256
-from .precision import Tier
-from .sides import TAP_HEADS, TorchSide
+from parity.inputs import sha256
+from parity.numerics.precision import Tier
+from parity.sides.base import TAP_HEADS, TorchSide
 
-from .candidate_side import (  # noqa: F401  (re-exported: the public names of the candidates)
+from parity.candidates.spec import (  # noqa: F401  (re-exported: the public names of the candidates)
     HF_GELU, HF_GELU_NAMES, HOOKS, KINDS, OFFICIAL_GELU_NAMES, OWN_ERRORS, CandidateError, CandidateSide,
     CandidateSpec, _Adapter, _keyword_call, candidate_spec, check_sizes, input_hook, install_hooks, official_gelu,
     output_hook, parse_candidate, position_hook, quiet_transformers, squad_hook)
@@ -51,7 +51,7 @@ def make_candidate(spec: CandidateSpec, *, config: BertConfig, torch_config: Opt
     """The candidate side for ``spec``; ``config`` is the reference's (shapes are checked against
     it), ``torch_config`` the config a ``bert_torch`` candidate is built with (default ``config``);
     ``onnx_optimization``: onnxruntime's graph optimisation for an ``onnx`` candidate (all, off);
-    ``tier``: the precision the candidate runs in (``--precision``; parity.precision)."""
+    ``tier``: the precision the candidate runs in (``--precision``; parity.numerics.precision)."""
     if spec.kind == "onnx":
         if device != "cpu":
             raise CandidateError(f"--candidate {spec}: onnx candidates run on onnxruntime's CPU provider; "
@@ -59,7 +59,7 @@ def make_candidate(spec: CandidateSpec, *, config: BertConfig, torch_config: Opt
         if tier.reduced:
             raise CandidateError(f"--candidate {spec}: --precision {tier.name} applies to PyTorch candidates; "
                                  f"an onnx file carries its own precision")
-        from .onnx_side import OnnxSide
+        from parity.candidates.onnx import OnnxSide
         return OnnxSide(spec, config, onnx_optimization)
     if spec.kind == "bert_torch":   # this project's own model and loader: an error there is ours to report
         side = bert_torch_candidate(spec, torch_config or config, device)
@@ -74,10 +74,10 @@ def make_candidate(spec: CandidateSpec, *, config: BertConfig, torch_config: Opt
 def _make_foreign_candidate(spec: CandidateSpec, config: BertConfig, device: str):
     with quiet_transformers():
         if spec.kind == "hf":
-            from .candidates_hf import hf_candidate
+            from parity.candidates.hf import hf_candidate
             return hf_candidate(spec, config, device)
         if spec.kind == "ppb":
-            from .candidates_ppb import ppb_candidate
+            from parity.candidates.ppb import ppb_candidate
             return ppb_candidate(spec, config, device)
         return module_candidate(spec, config, device)
 

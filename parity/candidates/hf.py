@@ -4,7 +4,7 @@ Imported only when such a candidate is used (transformers is the optional extra 
 
 How each tap is observed, by transformers' own means (nothing of modeling_bert is copied):
 
-* module taps by forward hooks on the modules of ``modeling_bert`` (``parity.candidates.install_hooks``):
+* module taps by forward hooks on the modules of ``modeling_bert`` (``parity.candidates.factory.install_hooks``):
   the word/type/position lookups on the three ``nn.Embedding``s, ``embeddings/sum`` as the input of
   ``embeddings.LayerNorm``, ``attention/context`` as ``attention.self``'s output, the dense and
   LayerNorm outputs on ``attention.output(.dense)``, ``intermediate``, ``output(.dense)``, the pooler
@@ -28,7 +28,7 @@ from bert_torch.hf_dir import check_hf_config
 from bert_torch.modeling import BertConfig
 from bert_torch.taps import LAYER_TAPS, _ACTIVE, tap
 
-from .candidate_side import (HF_GELU, HF_GELU_NAMES, CandidateError, CandidateSide, CandidateSpec, _Adapter,
+from parity.candidates.spec import (HF_GELU, HF_GELU_NAMES, CandidateError, CandidateSide, CandidateSpec, _Adapter,
                          _keyword_call, check_sizes, install_hooks)
 
 # architectures entry -> the contract's head (None: the bare encoder and pooler)

@@ -1,4 +1,4 @@
-"""The pieces every PyTorch candidate side is made of (parity.candidates builds them): the spec of
+"""The pieces every PyTorch candidate side is made of (parity.candidates.factory builds them): the spec of
 ``--candidate KIND:PATH``, GELU names by vocabulary, the adapter and hooks that publish a model's
 tensors as contract taps, and ``CandidateSide``. Kept apart from the factory so that the kinds'
 modules (candidates_hf, candidates_ppb, onnx_side) import these without importing the factory that
@@ -20,8 +20,8 @@ from bert_torch.commands import foreign
 from bert_torch.modeling import ACTIVATIONS, BertConfig, gelu_erf, gelu_tanh
 from bert_torch.taps import TapError, tap
 
-from .inputs import sha256
-from .sides import TorchSide
+from parity.inputs import sha256
+from parity.sides.base import TorchSide
 
 KINDS = ("bert_torch", "hf", "module", "ppb", "onnx")
 
@@ -67,22 +67,20 @@ def parse_candidate(text: str) -> CandidateSpec:
     return CandidateSpec(kind, path)
 
 
-def candidate_spec(args) -> CandidateSpec:
-    """The candidate of a command line: exactly one of ``--candidate`` and ``--torch-weights``
-    (which means ``bert_torch:W``). For a ``bert_torch`` candidate, ``args.torch_weights`` is set
-    too, so code that reads the weights file (diagnose's bit-for-bit check) finds it."""
-    given = getattr(args, "candidate", None)
-    if bool(given) == bool(args.torch_weights):
+def candidate_spec(candidate: Optional[str], torch_weights: Optional[str],
+                   torch_bert_config: Optional[str] = None) -> CandidateSpec:
+    """The candidate of a command line: exactly one of ``--candidate`` and ``--torch-weights`` (which means
+    ``bert_torch:W``). A ``bert_torch`` candidate's ``path`` is its weights file, however it was given, so code
+    that reads the weights file (diagnose's bit-for-bit check) takes it from the spec."""
+    if bool(candidate) == bool(torch_weights):
         raise CandidateError("give exactly one of --candidate KIND:PATH and --torch-weights W"
-                             + (" (both were given)" if given else ""))
-    if not given:   # the weights loader names a missing or unreadable file itself
-        return CandidateSpec("bert_torch", args.torch_weights)
-    spec = parse_candidate(given)
-    if spec.kind != "bert_torch" and getattr(args, "torch_bert_config", None):
+                             + (" (both were given)" if candidate else ""))
+    if not candidate:   # the weights loader names a missing or unreadable file itself
+        return CandidateSpec("bert_torch", torch_weights)
+    spec = parse_candidate(candidate)
+    if spec.kind != "bert_torch" and torch_bert_config:
         raise CandidateError(f"--torch-bert-config applies to bert_torch candidates; {spec.kind}: candidates "
                              f"bring their own config")
-    if spec.kind == "bert_torch":
-        args.torch_weights = spec.path
     return spec
 
 

@@ -1,7 +1,7 @@
 """Data-parallel parity: N processes x b rows under ``torchrun`` (DistributedDataParallel, gloo on CPU)
 compute what one process computes on the N*b batch, the official single-device step.
 
-    torchrun --nproc_per_node 2 -m parity.ddp_check --output ddp.json [--planted sum] [--device cpu]
+    torchrun --nproc_per_node 2 -m parity.checks.ddp --output ddp.json [--planted sum] [--device cpu]
 
 Real MiniLM-L6 weights with a seeded classification head, dropout 0, MRPC sample pairs. Each process takes
 its shard of the batch the way the runners do (``bert_torch.distributed.shard``, micro-batches of
@@ -31,9 +31,10 @@ from bert_torch.modeling import BertConfig, BertForSequenceClassification
 from bert_torch.optimization import BertAdam, accumulate_gradients, grouped_parameters, micro_batches
 from bert_torch.weights import model_from_tensors, read_weights
 
-from .finetune import gradient_row, mrpc_batches
-from .inputs import SAMPLE
-from .minilm import minilm_dir
+from parity.finetune.tolerances import gradient_row
+from parity.finetune.features import mrpc_batches
+from parity.inputs import SAMPLE
+from parity.minilm import minilm_dir
 
 PARAM_RTOL, PARAM_ATOL = 1e-5, 1e-7
 
@@ -121,7 +122,7 @@ def run(args) -> dict:
 
 
 def main(argv: Optional[list[str]] = None) -> int:
-    ap = ArgumentParser(prog="torchrun --nproc_per_node 2 -m parity.ddp_check",
+    ap = ArgumentParser(prog="torchrun --nproc_per_node 2 -m parity.checks.ddp",
                         description=__doc__.split("\n\n")[0])
     ap.add_argument("--output", type=output_file("result file"), help="JSON written by rank 0")
     ap.add_argument("--batch-size", type=count(1, 65536), default=8, help="rows over all processes")

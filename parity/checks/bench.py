@@ -11,7 +11,7 @@ timing does not depend on the values). Each round times every contender once, in
 hits them all; the median of the rounds is kept. The ratios are printed beside the speed targets, each with
 its spread over the rounds (the same ratio taken round by round) and how many rounds were within the target.
 
-    python -m parity.bench [--shapes minilm,base,large] [--batch-size 8] [--seq-len 128] [--repeats 7]
+    python -m parity.checks.bench [--shapes minilm,base,large] [--batch-size 8] [--seq-len 128] [--repeats 7]
         [--report-dir reports/bench] [--no-tf] [--no-commands]
 
 Writes ``bench.json`` and ``bench.png``. It asserts nothing: timings are not tests.
@@ -38,12 +38,12 @@ from bert_torch.flags import count, output_dir
 from bert_torch import modeling  # noqa: E402
 from bert_torch.modeling import BertConfig  # noqa: E402
 
-from .inputs import (MEMORY_MARGIN, RUNTIME_BYTES, SPILL_ABOVE_BYTES, TF_STEP_ACTIVATIONS,  # noqa: E402
+from parity.inputs import (MEMORY_MARGIN, RUNTIME_BYTES, SPILL_ABOVE_BYTES, TF_STEP_ACTIVATIONS,  # noqa: E402
                      TF_TRAINER_BYTES_PER_PARAMETER, TORCH_RUNTIME_BYTES, TORCH_STEP_ACTIVATIONS,
                      TORCH_TRAINER_BYTES_PER_PARAMETER, in_memory_bytes, make_inputs, memory_shortfall,
                      optimizer_scratch_bytes, run_bytes, step_activation_bytes)
-from .minilm import build_checkpoint  # noqa: E402
-from .options import BadInput  # noqa: E402
+from parity.minilm import build_checkpoint  # noqa: E402
+from parity.inputs import BadInput  # noqa: E402
 
 SHAPES = {
     "minilm": dict(hidden_size=384, num_hidden_layers=6, num_attention_heads=12, intermediate_size=1536),
@@ -240,7 +240,7 @@ def bench_shape(name: str, B: int, T: int, repeats: int, with_tf: bool, commands
         state = model.state_dict()
         tf_side = None
         if with_tf:
-            from .sides import TFSide
+            from parity.sides.base import TFSide
             tf_side = TFSide(paths["prefix"], config)
         args_t = [torch.from_numpy(a).long() for a in (inputs.input_ids, inputs.token_type_ids, inputs.input_mask)]
         try:
@@ -326,7 +326,7 @@ def plot(results: list[dict], path: str) -> None:
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-    from .report_render import save_png
+    from parity.compare.render import save_png
     fig, axes = plt.subplots(2, len(results), figsize=(5.5 * len(results), 6.5), squeeze=False, dpi=100)
     for col, r in enumerate(results):
         for row, (key, what) in enumerate((("forward_seconds", "forward"), ("training_step_seconds", "training step"))):
@@ -408,7 +408,7 @@ def check_args(args) -> list[str]:
 
 
 def main(argv: Optional[list[str]] = None) -> int:
-    ap = ArgumentParser(prog="python -m parity.bench", description=__doc__.split("\n\n")[0],
+    ap = ArgumentParser(prog="python -m parity.checks.bench", description=__doc__.split("\n\n")[0],
                         epilog=EXIT_CODES_HELP, formatter_class=HelpFormatter)
     ap.add_argument("--shapes", default="minilm,base", help=f"comma-separated of {', '.join(SHAPES)}")
     ap.add_argument("--batch-size", type=count(1, 256), default=8, help="rows of every timed batch (1-256)")

@@ -42,7 +42,7 @@ import numpy as np
 from bert_torch._io import (InputFileError, _describe, atomic_dir, forget_on_signal, read_json,
                             remove_on_signal, sha256, writable_folder)
 
-from .files import REPO_ROOT
+from parity.files import REPO_ROOT
 
 CACHE_ENV = "BERT_PARITY_TF_CACHE"
 LOG_ENV = "BERT_PARITY_TF_CACHE_LOG"
@@ -127,7 +127,7 @@ def _version(dist: str) -> Optional[str]:
 @functools.lru_cache(maxsize=1)
 def fingerprint() -> dict:
     """The environment part of every key (nothing here imports TensorFlow)."""
-    from .environment import machine
+    from parity.environment import machine
     m = machine()
     return {"versions": {d: _version(d) for d in ("tensorflow", "tf-keras", "bert-tensorflow", "numpy")},
             "reference_code_sha256": reference_code_sha(),

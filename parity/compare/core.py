@@ -8,14 +8,14 @@ import numpy as np
 
 from bert_torch._io import dumps, write_text
 
-from .environment import machine, same_machine
-from .hints import hint
-from .inputs import Inputs
-from .metrics import Profile, compare_tap
-from .precision import Tier, precision_hints
-from .report_render import fmt
-from .sides import Side, complete
-from .tapstore import TapStore
+from parity.environment import machine, same_machine
+from parity.numerics.hints import hint
+from parity.inputs import Inputs
+from parity.numerics.metrics import Profile, compare_tap
+from parity.numerics.precision import Tier, precision_hints
+from parity.compare.render import fmt
+from parity.sides.base import Side, complete
+from parity.sides.tapstore import TapStore
 
 
 # A per-tap rule on top of the profile: (row, reference array, candidate array, rounding) -> row.
@@ -27,7 +27,7 @@ Collect = Callable[[Side, str], Mapping[str, np.ndarray]]
 
 class RunStore:
     """Where a comparison keeps its runs' taps: in memory (each run a dict), or, with ``spill``, streamed
-    to disk one tap at a time (``parity.tapstore``) and read back one tap at a time, so that memory holds a
+    to disk one tap at a time (``parity.sides.tapstore``) and read back one tap at a time, so that memory holds a
     block's taps at most whatever the model's size. The arrays, and so every number, are the same."""
 
     def __init__(self, inputs: Inputs, spill: bool = False, spill_dir: Optional[str] = None):
@@ -93,7 +93,7 @@ def _compare(reference: Side, candidate: Side, inputs: Inputs, profile: Profile,
     tier = candidate.tier
     names = list(reference.tap_names) + [n for n in candidate.tap_names if n not in reference.tap_names]
     ref_rounding = reference_tier_rounding(reference, candidate, inputs, c64, runs.collect)
-    # Taps the candidate declared it cannot observe (parity.candidates) are listed, not compared;
+    # Taps the candidate declared it cannot observe (parity.candidates.factory) are listed, not compared;
     # any other tap that does not arrive fails.
     unobservable = candidate.unobservable
     declared = {n: unobservable[n] for n in names if n in unobservable and n not in cand}
@@ -215,7 +215,7 @@ def write_report(report: dict, report_dir: str, stem: str = "report") -> tuple[s
     report.csv (the per-tap table, pandas) and the plots (report-growth.png, report-heatmap.png).
     The pictures and the table need matplotlib and pandas (the ``test`` extra): without them the report
     says which files were not written, and why."""
-    from . import report_render
+    from parity.compare import render as report_render
     os.makedirs(report_dir, exist_ok=True)
     files = {"written": [f"{stem}.json", f"{stem}.md"], "not_written": {}}
     try:

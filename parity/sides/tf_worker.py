@@ -1,7 +1,7 @@
 """The official graph in a process of its own, for comparisons that stream their runs to disk.
 
 ``IsolatedTFSide`` is the TF reference of a spilled comparison or diagnosis (``--spill``): its first run starts
-``python -m parity.tf_worker SPEC``, which builds ``TFSide`` there and then serves runs, one request line on its
+``python -m parity.sides.tf_worker SPEC``, which builds ``TFSide`` there and then serves runs, one request line on its
 stdin each: the run's inputs and the taps to feed (``.npy`` files: a spilled run's own, else written by the parent),
 streamed block by block (``TFSide.stream``), each tap written as a ``.npy`` file the moment it is computed, then a
 manifest (tap names, description, precision) and a reply line. The parent hands the files to its ``TapStore``
@@ -32,9 +32,9 @@ import numpy as np
 from bert_torch._io import forget_on_signal, remove_on_signal, write_json
 from bert_torch.modeling import BertConfig
 
-from .inputs import Inputs
-from .sides import TF_NO_COMPUTED, Capabilities, SideBase
-from .tapstore import LazyTaps, SpilledArray
+from parity.inputs import Inputs
+from parity.sides.base import TF_NO_COMPUTED, Capabilities, SideBase
+from parity.sides.tapstore import LazyTaps, SpilledArray
 
 MANIFEST = "manifest.json"
 
@@ -69,7 +69,7 @@ class IsolatedTFSide(SideBase):
         spec = os.path.join(self._folder, "spec.json")
         write_json(spec, self.spec, "tf worker spec")
         with open(os.path.join(self._folder, "worker.log"), "w", encoding="utf-8") as log:
-            self._proc = subprocess.Popen([sys.executable, "-m", "parity.tf_worker", spec], stdin=subprocess.PIPE,
+            self._proc = subprocess.Popen([sys.executable, "-m", "parity.sides.tf_worker", spec], stdin=subprocess.PIPE,
                                           stdout=subprocess.PIPE, stderr=log, text=True)
 
     def _failure(self) -> Exception:
@@ -177,7 +177,7 @@ def work(spec_path: str) -> int:
     replies = os.fdopen(os.dup(1), "w")   # the protocol's own channel: anything printed goes to the log
     os.dup2(2, 1)
     sys.stdout = sys.stderr
-    from .sides import TFSide
+    from parity.sides.base import TFSide
     with open(spec_path, encoding="utf-8") as f:
         spec = json.load(f)
     try:

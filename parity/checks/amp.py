@@ -26,10 +26,10 @@ import torch
 from bert_torch import run_classifier as runner
 from bert_torch.optimization import official_lr
 
-from .finetune import mrpc_batches
-from .inputs import SAMPLE
-from .minilm import minilm_dir
-from .precision import UNIT_ROUNDOFF
+from parity.finetune.features import mrpc_batches
+from parity.inputs import SAMPLE
+from parity.minilm import minilm_dir
+from parity.numerics.precision import UNIT_ROUNDOFF
 
 LOSS_K = 2.0
 KEYS = ("input_ids", "segment_ids", "input_mask", "label_ids")
@@ -60,7 +60,7 @@ def train(tier: str, steps: int, planted: Optional[str] = None, init_scale: Opti
           lr: float = 1e-4, model: Optional[Callable[[], torch.nn.Module]] = None) -> dict:
     """Per-step losses and learning rates of the runners' training loop in ``tier`` (fp32, bf16, fp16).
     ``model``: builds the classifier to train (default: real MiniLM-L6 with a seeded head, ``ddp_check``)."""
-    from .ddp_check import build_model
+    from parity.checks.ddp import build_model
     build_model = model or build_model
     arrays = mrpc_batches(None, os.path.join(minilm_dir(), "vocab.txt"), "dev", 64, sample_tsv=SAMPLE)
     args = SimpleNamespace(train_batch_size=8, num_train_epochs=steps * 8 / len(arrays["label_ids"]),

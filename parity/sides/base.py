@@ -24,10 +24,10 @@ from bert_torch.modeling import BertConfig
 from bert_torch.taps import Taps, tap_names, tap_shape
 from bert_torch.weights import load_model
 
-from .inputs import Inputs
-from .precision import Tier, arithmetic
-from .refcache import Entry, RefCache, checkpoint_files
-from .tapstore import LazyTaps
+from parity.inputs import Inputs
+from parity.numerics.precision import Tier, arithmetic
+from parity.sides.refcache import Entry, RefCache, checkpoint_files
+from parity.sides.tapstore import LazyTaps
 
 
 @dataclasses.dataclass(frozen=True)
@@ -102,7 +102,7 @@ class SideBase:
         ``run``; with ``computed`` an injected tap is handed over with the value computed before the
         injection replaced it (``run(computed=...)``). This default runs once and hands the taps over;
         sides that can compute them one block at a time override it, so that a comparison never holds a
-        whole run (``parity.tapstore``)."""
+        whole run (``parity.sides.tapstore``)."""
         if computed and not self.capabilities.computed:
             raise ValueError(f"{self.name}: cannot return computed values at injected taps")
         own: Optional[dict] = {} if computed else None
@@ -243,7 +243,7 @@ class TorchSide(SideBase):
 
     def with_tier(self, tier: Tier) -> "TorchSide":
         """The same model (the same object: patches included) run in another precision tier. A shallow
-        copy, so that a subclass (parity.candidates) keeps its hooks, taps and record."""
+        copy, so that a subclass (parity.candidates.factory) keeps its hooks, taps and record."""
         side = copy.copy(self)
         side.tier = tier
         side.model = copy.deepcopy(self.source).to(tier.cast_dtype) if tier.cast_dtype else self.source

@@ -24,7 +24,9 @@ from typing import Optional
 
 import numpy as np
 
-# A precision tier's atol term is MARGIN x its measured rounding (parity/precision.py says why).
+from parity.files import PACKAGE_DIR
+
+# A precision tier's atol term is MARGIN x its measured rounding (parity/numerics/precision.py says why).
 MARGIN = 2.0
 # Denominator floor of max_rel, so exact zeros in the reference do not divide by zero.
 REL_EPS = 1e-8
@@ -72,7 +74,7 @@ class Profile:
                     "a tap's atol = profile atol + scale * max|tensorflow| over the tap "
                     "+ rounding_k * max|pytorch float32 - pytorch float64| over the tap; a reduced precision "
                     "tier (--precision) adds 2 * max|pytorch as run - pytorch float64|, held to 16 * (u_tier / "
-                    "u_fp32) * max(float32 rounding, u_fp32 * max|tensorflow|) (parity/precision.py)",
+                    "u_fp32) * max(float32 rounding, u_fp32 * max|tensorflow|) (parity/numerics/precision.py)",
             "atol": self.atol, "rtol": self.rtol, "scale": self.scale, "rounding_k": self.rounding_k,
             "overrides": [{"taps": p, "atol": a, "rtol": r, "scale": sc} for p, a, r, sc in self.overrides],
             **({"floors": [{"taps": p, "floor": f} for p, f in self.floors]} if self.floors else {}),
@@ -111,7 +113,7 @@ PROFILES = {
 }
 
 
-CALIBRATION_DIR = os.path.join(os.path.dirname(__file__), "calibration")
+CALIBRATION_DIR = os.path.join(PACKAGE_DIR, "calibration")
 CALIBRATION_K = 4.0
 
 
@@ -163,7 +165,7 @@ def compare_tap(name: str, ref: Optional[np.ndarray], cand: Optional[np.ndarray]
 
     ``rounding``: max |candidate float32 - candidate float64| of this tap on these inputs, for
     profiles with a rounding term (recorded in the row either way). ``tier`` (a
-    ``parity.precision.Tier``) and ``tier_rounding`` (max |candidate as run - its float64 twin|):
+    ``parity.numerics.precision.Tier``) and ``tier_rounding`` (max |candidate as run - its float64 twin|):
     a reduced-precision candidate's own rounding widens atol, up to the tier's ceiling (precision.py).
     ``reference_rounding``: a reference recorded in TF32 (a golden file from a GPU) widens atol by its
     rounding, estimated as the candidate's own under the exact TF32 emulation."""
