@@ -18,9 +18,8 @@ from typing import Mapping, Optional
 
 import numpy as np
 
-from .commands import EXIT_CODES_HELP, ArgumentParser, HelpFormatter, run_main
-from .flags import OutputPath, checkpoint, input_file, input_file_or_dir
-from ._io import check_output_dir, check_output_file
+from .commands import run_main
+from .options import ConvertOptions
 from ._io import LazyTensor, read_bytes, sha256
 from .modeling import BertConfig
 from .tokenization import parse_vocab
@@ -236,47 +235,6 @@ def convert_torch_to_tf(torch_weights: str, bert_config: Optional[str], output: 
     return len(tf_vars)
 
 
-def main(argv: Optional[list[str]] = None) -> int:
-    ap = ArgumentParser(prog="python -m bert_torch.convert", description=__doc__.split("\n\n")[0],
-                        epilog=EXIT_CODES_HELP, formatter_class=HelpFormatter)
-    # The second spelling of each flag is the original PyTorch port's (convert_tf_checkpoint_to_pytorch.py).
-    ap.add_argument("--tf-checkpoint", "--tf_checkpoint_path", dest="tf_checkpoint", type=checkpoint(),
-                    help="checkpoint directory or prefix (TF -> PyTorch)")
-    ap.add_argument("--to-tf", action="store_true", help="convert PyTorch weights to a TF checkpoint")
-    ap.add_argument("--torch-weights", type=input_file_or_dir("weights file or HF folder"),
-                    help="safetensors or .bin/.pt state dict (with --to-tf)")
-    ap.add_argument("--bert-config", "--bert_config_file", dest="bert_config", type=input_file("bert_config.json"),
-                    help="bert_config.json (default: the one beside the checkpoint)")
-    ap.add_argument("--vocab-file", type=input_file("vocab file"),
-                    help="with --to-tf: copy this vocab.txt beside the checkpoint")
-    ap.add_argument("--body-only", action="store_true",
-                    help="skip head variables (cls/, output_*), so the file loads into a plain BertModel")
-    ap.add_argument("--output", "--pytorch_dump_path", dest="output", required=True, type=OutputPath("output", folder=None),
-                    help="OUT.safetensors (or .bin), a folder with --output-format hf, or with --to-tf a "
-                         "checkpoint prefix")
-    ap.add_argument("--output-format", choices=("weights", "hf"), default="weights",
-                    help="weights: one file (safetensors, or a .bin state dict); hf: a transformers directory "
-                         "(config.json, model.safetensors, tokenizer files) that AutoModel/AutoTokenizer load")
-    return run_main(lambda: _checked(ap, ap.parse_args(argv)))
-
-
-def _checked(ap: ArgumentParser, args) -> int:
-    """The flags that depend on each other, checked before any work (usage errors: exit 2, one line)."""
-    if args.to_tf and not args.torch_weights:
-        ap.error("--to-tf needs --torch-weights (a weights file with --bert-config, or an HF directory)")
-    if not args.to_tf and not args.tf_checkpoint:
-        ap.error("give --tf-checkpoint (TF -> PyTorch) or --to-tf")
-    # The output's kind depends on --output-format: checked before any work, as the flag's type checks the rest.
-    try:
-        if args.output_format == "hf" and not args.to_tf:
-            check_output_dir(args.output, "convert")
-        else:
-            check_output_file(args.output)
-    except OSError as e:
-        ap.error(f"argument --output: {e}")
-    return _convert(args)
-
-
 def check_output_path(output: str) -> None:
     """A file name, not a folder (``out/``): one line, exit 2, instead of a writer's traceback.
     (Missing parent folders are created by the writers.)"""
@@ -285,19 +243,25 @@ def check_output_path(output: str) -> None:
                          f"(e.g. {os.path.join(output, 'bert.safetensors')})")
 
 
-def _convert(args) -> int:
-    if args.output_format != "hf" or args.to_tf:
-        check_output_path(args.output)
-    elif os.path.isfile(args.output):
-        raise ValueError(f"--output {args.output}: is a file; --output-format hf writes a folder")
-    if args.to_tf:
-        n = convert_torch_to_tf(args.torch_weights, args.bert_config, args.output, args.vocab_file)
-        print(f"wrote {n} variables to {args.output}.index / .data-00000-of-00001")
+def run_convert(opts: ConvertOptions) -> int:
+    """Converts as ``opts`` say (their flags checked against each other already: ``ConvertOptions.check``)."""
+    if opts.output_format != "hf" or opts.to_tf:
+        check_output_path(opts.output)
+    elif os.path.isfile(opts.output):
+        raise ValueError(f"--output {opts.output}: is a file; --output-format hf writes a folder")
+    if opts.to_tf:
+        n = convert_torch_to_tf(opts.torch_weights, opts.bert_config, opts.output, opts.vocab_file)
+        print(f"wrote {n} variables to {opts.output}.index / .data-00000-of-00001")
     else:
-        summary = convert_tf_to_torch(args.tf_checkpoint, args.output, args.bert_config, args.body_only,
-                                      args.output_format)
-        print(f"{summary}; wrote {args.output}")
+        summary = convert_tf_to_torch(opts.tf_checkpoint, opts.output, opts.bert_config, opts.body_only,
+                                      opts.output_format)
+        print(f"{summary}; wrote {opts.output}")
     return 0
+
+
+def main(argv: Optional[list[str]] = None) -> int:
+    """``bert-parity convert`` (``bert-convert``, ``python -m bert_torch.convert``)."""
+    return run_main(lambda: run_convert(ConvertOptions.parse(argv)))
 
 
 if __name__ == "__main__":

@@ -65,7 +65,7 @@ def main(argv: Optional[list[str]] = None) -> int:
     ap.add_argument("--output_file", required=True, type=output_file("output file"))
     ap.add_argument("--vocab_file", required=True, type=input_file("vocab file"))
     ap.add_argument("--bert_config_file", required=True, type=input_file("bert_config.json"))
-    ap.add_argument("--init_checkpoint", required=True, type=checkpoint(),
+    ap.add_argument("--init_checkpoint", required=True, type=checkpoint(weights=True),
                     help="TF checkpoint (dir or prefix) or PyTorch weights file")
     ap.add_argument("--layers", default="-1,-2,-3,-4")
     ap.add_argument("--max_seq_length", type=count(3, 131072), default=128)

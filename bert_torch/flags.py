@@ -18,6 +18,7 @@ from __future__ import annotations
 import argparse
 import math
 import os
+import re
 import stat
 from typing import Optional
 
@@ -119,24 +120,35 @@ def input_file_or_dir(what: str) -> InputPath:
 
 
 class Checkpoint(Declared):
-    """A TF checkpoint: its folder, or a prefix whose ``.index`` is a regular file (or that file itself)."""
+    """A TF checkpoint: its folder, or a prefix whose ``.index`` is a regular file (or one of its files); with
+    ``weights``, also a PyTorch weights file (``.safetensors``, ``.bin``, ``.pt``: the original port's runners
+    take either as ``--init_checkpoint``)."""
     kind = "input checkpoint"
     what = "checkpoint"
+    WEIGHTS = (".safetensors", ".bin", ".pt")
+
+    def __init__(self, weights: bool = False):
+        self.weights = weights
 
     def __call__(self, text: str) -> str:
         if not text:
             raise argparse.ArgumentTypeError("empty path for the checkpoint")
         if os.path.isdir(text):
             return InputPath("checkpoint", files=False, folders=True)(text)
-        for candidate in (text + ".index", text):
-            if os.path.lexists(candidate):
-                InputPath("checkpoint index")(candidate)
-                return text
-        raise argparse.ArgumentTypeError(f"{text}: no checkpoint folder, prefix ({text}.index) or file of that name")
+        if self.weights and text.endswith(self.WEIGHTS):
+            return InputPath("weights file")(text)
+        # A prefix, or one of its files (``.index``, ``.meta``, ``.data-*``): the prefix's index must be there,
+        # as ``bert_torch.tf_checkpoint.checkpoint_prefix`` resolves it; any other file is not a checkpoint.
+        prefix = re.sub(r"\.(index|meta|data-\d{5}-of-\d{5})$", "", text)
+        if os.path.lexists(prefix + ".index"):
+            InputPath("checkpoint index")(prefix + ".index")
+            return text
+        also = f", or a weights file ({', '.join(self.WEIGHTS)})" if self.weights else ""
+        raise argparse.ArgumentTypeError(f"{text}: no checkpoint folder, prefix ({prefix}.index) or file of one{also}")
 
 
-def checkpoint() -> Checkpoint:
-    return Checkpoint()
+def checkpoint(weights: bool = False) -> Checkpoint:
+    return Checkpoint(weights)
 
 
 class OutputPath(Declared):

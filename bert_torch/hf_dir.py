@@ -57,8 +57,10 @@ def write_hf_dir(out_dir: str, tensors: dict, config: BertConfig, vocab_file: Op
           **{k: getattr(config, k) for k in FIELDS}, "hidden_act": hf_activation(config.hidden_act),
           "layer_norm_eps": 1e-12,            # the official graph's epsilon (HF's default too, said aloud)
           "position_embedding_type": "absolute", "pad_token_id": 0}
-    if head == "classifier":
-        hf["num_labels"] = int(num_labels)
+    if head == "classifier":   # detect_head reads names only (-1): the count is the classifier's rows
+        labels = int(tensors["classifier.weight"].shape[0])
+        hf["id2label"] = {str(i): f"LABEL_{i}" for i in range(labels)}   # transformers' own default names
+        hf["label2id"] = {f"LABEL_{i}": i for i in range(labels)}
     with atomic_dir(out_dir, "--output", owner="convert") as tmp:
         save_safetensors(arrays, os.path.join(tmp, "model.safetensors"), metadata={"format": "pt"})
         with open(os.path.join(tmp, "config.json"), "w", encoding="utf-8") as f:

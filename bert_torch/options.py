@@ -22,7 +22,9 @@ import argparse
 import dataclasses
 from typing import Any, ClassVar, Optional
 
+from ._io import check_output_dir, check_output_file
 from .commands import EXIT_CODES_HELP, ArgumentParser, HelpFormatter
+from .flags import OutputPath, checkpoint, input_file, input_file_or_dir
 
 _FLAG = "bert_parity_flag"
 
@@ -78,3 +80,47 @@ class Options:
         """A copy with ``changes`` (the options are frozen: a command that writes aside, e.g. into a temporary
         report folder, runs its body on a copy)."""
         return dataclasses.replace(self, **changes)
+
+
+@dataclasses.dataclass(frozen=True)
+class ConvertOptions(Options):
+    """``bert-parity convert`` (``bert-convert``, ``python -m bert_torch.convert``): TF checkpoint to PyTorch
+    weights or a transformers folder, and back (``--to-tf``)."""
+    PROG: ClassVar[str] = "bert-parity convert"
+    DESCRIPTION: ClassVar[str] = "Convert Google's TF BERT checkpoints to PyTorch weights and back."
+
+    # The second spelling of a flag is the original PyTorch port's (convert_tf_checkpoint_to_pytorch.py).
+    tf_checkpoint: Optional[str] = flag("--tf-checkpoint", "--tf_checkpoint_path", type=checkpoint(),
+                                        help="checkpoint directory or prefix (TF -> PyTorch)")
+    to_tf: bool = flag("--to-tf", action="store_true", default=False,
+                       help="convert PyTorch weights to a TF checkpoint")
+    torch_weights: Optional[str] = flag("--torch-weights", type=input_file_or_dir("weights file or HF folder"),
+                                        help="safetensors or .bin/.pt state dict (with --to-tf)")
+    bert_config: Optional[str] = flag("--bert-config", "--bert_config_file", type=input_file("bert_config.json"),
+                                      help="bert_config.json (default: the one beside the checkpoint)")
+    vocab_file: Optional[str] = flag("--vocab-file", type=input_file("vocab file"),
+                                     help="with --to-tf: copy this vocab.txt beside the checkpoint")
+    body_only: bool = flag("--body-only", action="store_true", default=False,
+                           help="skip head variables (cls/, output_*), so the file loads into a plain BertModel")
+    # A file or a folder: which one is --output-format's to say (``check``).
+    output: str = flag("--output", "--pytorch_dump_path", required=True, type=OutputPath("output", folder=None),
+                       help="OUT.safetensors (or .bin), a folder with --output-format hf, or with --to-tf a "
+                            "checkpoint prefix")
+    output_format: str = flag("--output-format", choices=("weights", "hf"), default="weights",
+                              help="weights: one file (safetensors, or a .bin state dict); hf: a transformers "
+                                   "directory (config.json, model.safetensors, tokenizer files) that "
+                                   "AutoModel/AutoTokenizer load")
+
+    def check(self) -> None:
+        if self.to_tf and not self.torch_weights:
+            raise ValueError("--to-tf needs --torch-weights (a weights file with --bert-config, or an HF directory)")
+        if not self.to_tf and not self.tf_checkpoint:
+            raise ValueError("give --tf-checkpoint (TF -> PyTorch) or --to-tf")
+        # The output's kind depends on --output-format: checked before any work, as the flag's type checks the rest.
+        try:
+            if self.output_format == "hf" and not self.to_tf:
+                check_output_dir(self.output, "convert")
+            else:
+                check_output_file(self.output)
+        except OSError as e:
+            raise ValueError(f"argument --output: {e}") from None

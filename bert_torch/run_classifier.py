@@ -124,7 +124,8 @@ def add_common_args(ap: argparse.ArgumentParser) -> None:
     ap.add_argument("--bert_config_file", required=True, type=input_file("bert_config.json"))
     ap.add_argument("--vocab_file", required=True, type=input_file("vocab file"))
     ap.add_argument("--output_dir", required=True, type=output_dir("output folder"))
-    ap.add_argument("--init_checkpoint", type=checkpoint(), help="TF checkpoint (dir or prefix) or PyTorch weights file")
+    ap.add_argument("--init_checkpoint", type=checkpoint(weights=True),
+                    help="TF checkpoint (dir or prefix) or PyTorch weights file")
     ap.add_argument("--do_lower_case", action="store_true")
     ap.add_argument("--max_seq_length", type=count(3, 131072), default=128)   # [CLS] a [SEP] at the least
     ap.add_argument("--do_train", action="store_true")

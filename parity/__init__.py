@@ -5,7 +5,8 @@ Packages by concern, each importing only the ones listed after it (``pyproject.t
 - ``frontdoor`` (``bert-parity``, ``python -m parity``): the commands, each imported only when it runs
 - ``release``: the release gate and its report
 - ``checks``: portability, GPU, mixed precision, data-parallel runs, speed
-- ``diagnose``: which block is wrong, why, and a repro
+- ``diagnose``, ``evaluate``: which block is wrong, why, and a repro; task-level parity of a fine-tuned
+  checkpoint (dev-set predictions and metrics)
 - ``compare``, ``finetune``, ``tokens``: a comparison of every tap; fine-tuning parity; tokenizer parity
 - ``candidates``: the PyTorch side under test, whatever made it
 - ``sides``: the Side protocol, the official TF graph, our model, golden files, the TF cache

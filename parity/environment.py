@@ -65,8 +65,8 @@ ISA_FLAGS = ("avx2", "fma", "avx512f", "avx512_bf16", "avx512_fp16", "amx_bf16",
 def machine() -> dict:
     """What decides this machine's floating-point rounding: the CPU, the ISA its kernels use, the GPU.
 
-    Golden files and calibration files carry it, so that a replay elsewhere can say so (README,
-    "Precision tiers" and "Golden files")."""
+    Golden files and calibration files carry it, so that a replay elsewhere can say so (docs/precision.md
+    and docs/golden.md)."""
     cpu, flags = platform.processor() or platform.machine(), set()
     try:
         with open("/proc/cpuinfo", encoding="utf-8", errors="replace") as f:

@@ -10,6 +10,9 @@ from typing import Optional
 PACKAGE_DIR = os.path.dirname(os.path.abspath(__file__))
 REPO_ROOT = os.path.dirname(PACKAGE_DIR)
 SAMPLE_DIR = os.path.join(PACKAGE_DIR, "data")   # the small committed samples (parity/data/README.md)
+# The folder of the official graph's cached results (parity.sides.refcache), for every command that runs it;
+# `bert-parity release --tf-cache DIR` sets it for the release's run.
+CACHE_ENV = "BERT_PARITY_TF_CACHE"
 
 
 def sample(name: str) -> str:

@@ -38,6 +38,9 @@ COMMANDS = {
                        "TF run, without TensorFlow)"),
     "diagnose": Command("parity.diagnose.options:DiagnoseOptions", "parity.diagnose.command:run_diagnose",
                         "culprit block, root-cause hints, precision ladder, repro script"),
+    "evaluate": Command("parity.evaluate.options:EvaluateOptions", "parity.evaluate.command:run_evaluate",
+                        "task-level parity of a fine-tuned checkpoint: dev-set predictions and metrics (MRPC, "
+                        "SQuAD) of the official graph against a candidate"),
     "dump": Command("parity.compare.options:DumpOptions", "parity.compare.golden:dump",
                     "record the official graph's inputs and every tap in a golden file"),
     "tokens": Command("parity.tokens:TokensOptions", "parity.tokens:run_tokens",

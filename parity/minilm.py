@@ -8,13 +8,19 @@ own PyTorch-to-TF converter, which the official graph then runs.
 """
 from __future__ import annotations
 
+import dataclasses
 import importlib.util
 import os
 import shutil
+import sys
+from typing import ClassVar, Optional
 
+from bert_torch._io import atomic_dir
+from bert_torch.commands import run_main
 from bert_torch.convert import convert_torch_to_tf
-from bert_torch.commands import ArgumentParser
-from bert_torch.modeling import BertConfig
+from bert_torch.flags import output_dir
+from bert_torch.modeling import ACTIVATIONS, BertConfig
+from bert_torch.options import Options, flag
 
 
 def minilm_dir() -> str:
@@ -46,15 +52,30 @@ def build_checkpoint(out_dir: str, hidden_act: str = "gelu") -> dict:
             "vocab": os.path.join(out_dir, "vocab.txt")}
 
 
-def main() -> None:
-    ap = ArgumentParser(prog="python -m parity.minilm", description=__doc__.split("\n\n")[0])
-    ap.add_argument("--out", required=True)
-    ap.add_argument("--hidden-act", default="gelu")
-    args = ap.parse_args()
-    paths = build_checkpoint(args.out, args.hidden_act)
+@dataclasses.dataclass(frozen=True)
+class MinilmOptions(Options):
+    PROG: ClassVar[str] = "python -m parity.minilm"
+    DESCRIPTION: ClassVar[str] = "Write the real all-MiniLM-L6-v2 weights as an official-format TF checkpoint folder."
+
+    out: str = flag("--out", required=True, type=output_dir("checkpoint folder", owner="minilm"),
+                    help="folder to write (new or empty, or this command's previous output)")
+    hidden_act: str = flag("--hidden-act", default="gelu", choices=tuple(sorted(ACTIVATIONS)),
+                           help="hidden_act of the bert_config.json written (gelu: the official graph's tanh form)")
+
+
+def write_minilm(opts: MinilmOptions) -> int:
+    """The folder is written aside and renamed into place when complete (``bert_torch._io.atomic_dir``), so that
+    it never replaces what this command did not write."""
+    with atomic_dir(opts.out, "--out", owner="minilm") as tmp:
+        paths = build_checkpoint(tmp, opts.hidden_act)
     for k, v in paths.items():
-        print(f"{k}: {v}")
+        print(f"{k}: {os.path.join(opts.out, os.path.relpath(v, tmp))}")
+    return 0
+
+
+def main(argv: Optional[list[str]] = None) -> int:
+    return run_main(lambda: write_minilm(MinilmOptions.parse(argv)))
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

@@ -5,6 +5,7 @@ The full-size versions (every MRPC feature, one epoch of training, gradients on 
 ``python -m parity.finetune`` (``run_finetune_checks``), which the release report calls.
 """
 import copy
+import dataclasses
 import hashlib
 import os
 import shutil
@@ -379,6 +380,19 @@ def test_cli_bad_data_dir_exit_2(tmp_path, capsys):
     err = capsys.readouterr().err.strip()
     assert code == 2 and "no mrpc/train.tsv" in err and len(err.splitlines()) == 1
     assert finetune_suite.main(["--data-dir", str(tmp_path), "--out", str(tmp_path), "--seeds", "1"]) == 2
+
+
+def test_cli_sizes_override_quick_or_full_field_by_field(tmp_path):
+    """The size flags left out keep QUICK's (--quick) or FULL's sizes; the ones given replace their field. The
+    multi-seed defaults shown in --help are the run's."""
+    from parity.finetune import options as finetune_options
+    opts = finetune_options.FinetuneOptions.parse(["--report-dir", str(tmp_path / "r"), "--quick",
+                                                   "--train-steps", "3", "--seed-lr", "1e-4"])
+    config = finetune_suite.finetune_config(opts)
+    assert config == dataclasses.replace(finetune_suite.QUICK, train_steps=3, seed_lr=1e-4)
+    assert finetune_suite.finetune_config(opts.replace(quick=False, train_steps=None, seed_lr=None)) == \
+        finetune_suite.FULL
+    assert set(finetune_suite.OVERRIDES) <= {f.name for f in dataclasses.fields(opts)}
 
 
 @pytest.mark.slow

@@ -64,7 +64,7 @@ def test_golden_round_trip_without_tensorflow_matches_the_live_comparison(golden
     assert live.code == 0 and live.report["verdict"] == "pass"
     out = tmp_path / "replayed"
     run = run_without_tf(
-        "from parity.compare.command import main\n"
+        "from parity.frontdoor import main\n"
         f"code = main(['compare', '--golden', {golden['path']!r}, '--torch-weights', {golden['torch_weights']!r},"
         f" '--report-dir', {str(out)!r}])\n"
         "assert not [m for m in sys.modules if m.split('.')[0] in ('tensorflow', 'bert', 'reference_tf')]\n"

@@ -16,16 +16,18 @@ from the official tokenizer, with one example per kind of difference.
 """
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import sys
 import time
 import unicodedata
 from dataclasses import asdict, dataclass
-from typing import Callable, Iterable, Optional, Sequence
+from typing import Callable, ClassVar, Iterable, Optional, Sequence
 
-from bert_torch.commands import EXIT_CODES_HELP, ArgumentParser, HelpFormatter, run_main
+from bert_torch.commands import run_main
 from bert_torch.flags import count, input_dir, input_file, output_file
+from bert_torch.options import Options, flag
 from bert_torch._io import read_text, sha256, write_json
 from bert_torch.tokenization import FullTokenizer, load_vocab
 
@@ -431,7 +433,7 @@ def hf_triangulation(texts: list[Text], vocab_file: str, lower_cases: Iterable[b
 
 
 # ---------------------------------------------------------------------------------------------
-# Rendering and the CLI
+# Rendering and the command
 # ---------------------------------------------------------------------------------------------
 
 def render_text(report: dict) -> str:
@@ -469,40 +471,48 @@ def render_text(report: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
-def main(argv: Optional[list[str]] = None) -> int:
-    ap = ArgumentParser(prog="python -m parity.tokens",
-                        description="Token parity against the official BERT tokenizer, id for id",
-                        epilog=EXIT_CODES_HELP, formatter_class=HelpFormatter)
-    ap.add_argument("--data-dir", type=input_dir("data folder"),
-                    help="folder with mrpc/{train,dev,test}.tsv and squad/dev-v1.1.json "
-                         "(default: ../shared/data beside the repository when present, "
-                         "else the committed samples)")
-    ap.add_argument("--sample", action="store_true", help="use the committed samples even if a data dir exists")
-    ap.add_argument("--vocab-file", type=input_file("vocab file"),
-                    help="vocab.txt (default: the all-MiniLM-L6-v2 uncased vocab)")
-    ap.add_argument("--output", "--out", dest="out", type=output_file("report file"),
-                    help="write the report as JSON here")
-    ap.add_argument("--no-hf", action="store_true", help="skip the transformers triangulation")
-    ap.add_argument("--limit", type=count(1), help="compare only the first N texts (N >= 1)")
-    ap.add_argument("--generated", type=count(0, 10_000_000), default=2000,
-                    help="seeded random texts added to the HF triangulation (default 2000)")
-    return run_main(lambda: _tokens(ap.parse_args(argv)))
+@dataclasses.dataclass(frozen=True)
+class TokensOptions(Options):
+    """``bert-parity tokens`` (``python -m parity.tokens``)."""
+    PROG: ClassVar[str] = "bert-parity tokens"
+    DESCRIPTION: ClassVar[str] = "Token parity against the official BERT tokenizer, id for id"
+
+    data_dir: Optional[str] = flag("--data-dir", type=input_dir("data folder"),
+                                   help="folder with mrpc/{train,dev,test}.tsv and squad/dev-v1.1.json "
+                                        "(default: ../shared/data beside the repository when present, "
+                                        "else the committed samples)")
+    sample: bool = flag("--sample", action="store_true", default=False,
+                        help="use the committed samples even if a data dir exists")
+    vocab_file: Optional[str] = flag("--vocab-file", type=input_file("vocab file"),
+                                     help="vocab.txt (default: the all-MiniLM-L6-v2 uncased vocab)")
+    out: Optional[str] = flag("--output", "--out", type=output_file("report file"),
+                              help="write the report as JSON here")
+    no_hf: bool = flag("--no-hf", action="store_true", default=False, help="skip the transformers triangulation")
+    limit: Optional[int] = flag("--limit", type=count(1), help="compare only the first N texts (N >= 1)")
+    generated: int = flag("--generated", type=count(0, 10_000_000), default=2000,
+                          help="seeded random texts added to the HF triangulation (default 2000)")
 
 
-def _tokens(args) -> int:
+def run_tokens(opts: TokensOptions) -> int:
+    """Prints the report (and writes it as JSON with ``--output``); 1 when any text tokenizes differently."""
     # The official tokenizer comes with the `tf` extra; without it, run_main says so (exit 2).
-    data_dir = None if args.sample else (args.data_dir or default_data_dir())
-    report = check_token_parity(data_dir, args.vocab_file, hf=not args.no_hf, limit=args.limit,
-                                hf_generated=args.generated)
+    data_dir = None if opts.sample else (opts.data_dir or default_data_dir())
+    report = check_token_parity(data_dir, opts.vocab_file, hf=not opts.no_hf, limit=opts.limit,
+                                hf_generated=opts.generated)
     sys.stdout.write(render_text(report))
-    if args.out:
+    if opts.out:
         try:   # ASCII escapes (dumps' default): probes hold lone surrogates
-            write_json(args.out, report, "--out", indent=2)
+            write_json(opts.out, report, "--out", indent=2)
         except OSError as e:
             print(f"error: {e}", file=sys.stderr)
             return 2
-        print(f"report: {args.out}")
+        print(f"report: {opts.out}")
     return 1 if report["differences"] else 0
+
+
+def main(argv: Optional[list[str]] = None) -> int:
+    """``bert-parity tokens`` (``python -m parity.tokens``)."""
+    return run_main(lambda: run_tokens(TokensOptions.parse(argv)))
 
 
 if __name__ == "__main__":

@@ -4,7 +4,6 @@ written whole or not at all, and the whole command runs end to end. No timing is
 not tests."""
 from __future__ import annotations
 
-import argparse
 import json
 import math
 import os
@@ -15,6 +14,7 @@ import pytest
 
 from parity import inputs
 from parity.checks import bench
+from parity.checks.options import BenchOptions
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -52,19 +52,17 @@ def test_the_report_folder_is_checked_before_timing(tmp_path, capsys):
 def test_memory_is_bounded_from_the_shape_before_building_it(tmp_path, monkeypatch):
     """The estimate grows with the model and with batch x length: BERT-base fits where BERT-large does not,
     and the same shape is refused once the batch is large enough."""
-    args = argparse.Namespace(shapes="base", batch_size=8, seq_len=128, repeats=3, no_tf=True, no_commands=True,
-                              report_dir=str(tmp_path / "out"))
+    opts = BenchOptions(shapes="base", batch_size=8, seq_len=128, repeats=3, no_tf=True, no_commands=True,
+                        report_dir=str(tmp_path / "out"))
     need = bench.bench_bytes(bench.shape_config("base"), 8, 128, with_tf=False)
     assert 8 << 30 < need < 12 << 30   # BERT-base's 110M parameters in three models and two optimizers, activations
     monkeypatch.setattr(inputs, "available_memory", lambda: need + 1)
     monkeypatch.setattr(inputs, "resident_bytes", lambda: 0)   # a fresh process: all of it still to allocate
-    assert bench.check_args(args) == ["base"]
-    args.shapes = "minilm,large"
+    assert bench.checked_shapes(opts) == ["base"]
     with pytest.raises(bench.BadInput, match=r"^--shapes large at --batch-size 8 x --seq-len 128"):
-        bench.check_args(args)
-    args.shapes, args.batch_size = "base", 9
+        bench.checked_shapes(opts.replace(shapes="minilm,large"))
     with pytest.raises(bench.BadInput, match=r"^--shapes base at --batch-size 9"):
-        bench.check_args(args)
+        bench.checked_shapes(opts.replace(batch_size=9))
 
 
 def test_bert_large_at_2_x_384_is_refused_on_24_gib_before_anything_is_timed(tmp_path, monkeypatch, capsys):

@@ -52,8 +52,8 @@ def test_version_comes_from_the_package_metadata(capsys):
 def test_help_lists_every_subcommand_and_the_exit_codes(capsys):
     code, out, _ = exits(capsys, "--help")
     assert code == 0
-    every = {"convert", "compare", "diagnose", "dump", "tokens", "finetune", "release", "bench", "calibrate",
-             "portability", "gpu-check", "export-onnx"}
+    every = {"convert", "compare", "diagnose", "evaluate", "dump", "tokens", "finetune", "release", "bench",
+             "calibrate", "portability", "gpu-check", "export-onnx"}
     for name in every:
         assert f"\n    {name}" in out, name
     assert set(frontdoor.COMMANDS) == every

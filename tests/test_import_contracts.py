@@ -61,9 +61,11 @@ PLANTED = [
     ("parity/release/checks.py", "import parity.test_token_parity", "nothing imports a test module"),
     # (an upward import between packages is also a cycle among parity's children: both contracts break)
     ("parity/sides/base.py", "from parity.compare.core import compare_sides",
-     ("the harness's packages import only the layers below them", "no import cycles among the modules of a harness package")),
+     ("the harness's packages import only the layers below them",
+      "no import cycles among the modules of a harness package")),
     ("parity/numerics/metrics.py", "from parity.checks.bench import main",
-     ("the harness's packages import only the layers below them", "no import cycles among the modules of a harness package")),
+     ("the harness's packages import only the layers below them",
+      "no import cycles among the modules of a harness package")),
     ("parity/compare/options.py", "from parity.compare.command import run_compare",
      "no import cycles among the modules of a harness package"),
 ]

@@ -58,7 +58,7 @@ def test_the_spilled_estimate_counts_the_stream_group_tf_fetches():
 
 
 def test_run_estimates_cover_the_peaks_measured_at_bert_large():
-    """Peaks measured on a BERT-large-shaped checkpoint (README, "Memory"): spilled compare at 8 x 384 6.40 GB,
+    """Peaks measured on a BERT-large-shaped checkpoint (docs/comparing.md, "Memory"): spilled compare at 8 x 384 6.40 GB,
     spilled diagnose at 8 x 128 5.11 GB and at 8 x 384 5.79 GB: each estimate above, and within 4x."""
     for command, T, peak in (("compare", 384, 6.40e9), ("diagnose", 128, 5.11e9), ("diagnose", 384, 5.79e9)):
         need = inputs.run_bytes(LARGE, 8, T, command, spilled=True)

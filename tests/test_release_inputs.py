@@ -52,6 +52,22 @@ def test_a_check_selection_naming_nothing_is_bad_input(tmp_path, capsys, checks)
     assert not (tmp_path / "r").exists()
 
 
+def test_the_release_options_read_the_tf_cache_variable_when_parsing(monkeypatch, tmp_path):
+    """The defaults read from the environment ($BERT_PARITY_TF_CACHE, $PARITY_REQUIRE_DATA) are read when the
+    command line is parsed, not when the module is imported."""
+    from parity.release import options, ratchet, waivers
+    from parity.sides import refcache
+    monkeypatch.delenv(refcache.CACHE_ENV, raising=False)
+    monkeypatch.delenv(options.REQUIRE_DATA_ENV, raising=False)
+    opts = options.ReleaseOptions.parse([])
+    assert (opts.baseline, opts.waivers, opts.tf_cache, opts.require_data) == (
+        ratchet.DEFAULT_BASELINE, waivers.DEFAULT_WAIVERS, None, False)
+    monkeypatch.setenv(refcache.CACHE_ENV, str(tmp_path))
+    monkeypatch.setenv(options.REQUIRE_DATA_ENV, "1")
+    opts = options.ReleaseOptions.parse([])
+    assert opts.require_data and opts.tf_cache == str(tmp_path)
+
+
 @pytest.mark.parametrize("floor", ["inf", "nan", -1.0, True, 1e400, None])
 def test_a_calibration_floor_must_be_a_finite_non_negative_number(tmp_path, floor):
     """Floors feed diagnose's ladder and hints: an infinite, negative or non-numeric one is bad input naming

@@ -13,7 +13,6 @@ FIFO for writing if a reader is still waiting on it after ``HANG_S`` (the test t
 """
 from __future__ import annotations
 
-import argparse
 import contextlib
 import hashlib
 import json
@@ -522,17 +521,16 @@ def test_report_hash_of_sentences_is_of_the_bytes_used(tmp_path, tiny_checkpoint
     """compare's path to ``report.json``'s ``environment.sha256``: ``prepare`` reads the sentences and builds the
     inputs from them, ``environment`` hashes the files afterwards; the hash is of what ``prepare`` read."""
     from parity.environment import environment
-    from parity.compare.options import add_compare_args, prepare
+    from parity.compare.options import CompareOptions
+    from parity.compare.prepare import prepare
     data = ("Quality\t#1 ID\t#2 ID\t#1 String\t#2 String\n"
             + "".join(f"1\t{i}\t{i}\t{a}\t{b}\n" for i, (a, b) in enumerate(pairs))).encode()
     sentences = tmp_path / "pairs.tsv"
     sentences.write_bytes(data)
-    parser = argparse.ArgumentParser()
-    add_compare_args(parser)
-    args = parser.parse_args(["--tf-checkpoint", tiny_checkpoint["dir"], "--torch-weights", tiny_checkpoint["weights"],
-                              "--sentences", str(sentences), "--report-dir", str(tmp_path / "report"),
-                              "--batch-size", "2", "--seq-len", "16"])
-    prepared = prepare(args)
+    opts = CompareOptions.parse(["--tf-checkpoint", tiny_checkpoint["dir"], "--torch-weights",
+                                 tiny_checkpoint["weights"], "--sentences", str(sentences), "--report-dir",
+                                 str(tmp_path / "report"), "--batch-size", "2", "--seq-len", "16"])
+    prepared = prepare(opts)
     _same_size_other_bytes(sentences, data)
     used = hashlib.sha256(data).hexdigest()
     assert environment("cpu", prepared.files)["sha256"]["sentences"] == used

@@ -35,8 +35,9 @@ def installed(tmp_path_factory):
     src.mkdir()
     for name in ("bert_torch", "reference_tf", "parity"):
         shutil.copytree(os.path.join(REPO, name), src / name, ignore=shutil.ignore_patterns("__pycache__"))
-    for name in ("pyproject.toml", "setup.py", "README.md"):
+    for name in ("pyproject.toml", "setup.py", "README.md", "mkdocs.yml"):
         shutil.copy(os.path.join(REPO, name), src)
+    shutil.copytree(os.path.join(REPO, "docs"), src / "docs")   # beside the packages, as in the repository
     # No build isolation: the project venv's setuptools builds it, nothing is downloaded.
     built = run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q", "-w", str(tmp / "dist"),
                  str(src)])
@@ -73,6 +74,7 @@ def test_wheel_ships_data_and_no_tests(installed):
                  "parity/frontdoor.py", "bert_torch/commands.py", "reference_tf/_official.py"):
         assert must in names, must
     assert not [n for n in names if os.path.basename(n).startswith("test_") or n.endswith("conftest.py")]
+    assert not [n for n in names if n.startswith("docs/") or n.endswith("mkdocs.yml")]   # the docs site is not shipped
     # Every package of the source tree (parity.diagnose, parity.finetune, parity.release, ...) is in it.
     packages = [os.path.relpath(d, REPO) for top in ("bert_torch", "reference_tf", "parity")
                 for d, _, files in os.walk(os.path.join(REPO, top)) if "__init__.py" in files]

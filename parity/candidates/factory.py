@@ -20,6 +20,9 @@ their tensors through ``bert_torch.taps.tap``, so recording, injection and ``com
 local-vs-inherited analysis) are those of ``bert_torch.taps.Taps``, with nothing re-implemented.
 A candidate declares the contract taps it cannot observe in ``unobservable`` (tap -> reason);
 ``parity.compare.core`` lists them as not observable and says how many taps the verdict rests on.
+
+``make_candidate(..., transform="compile" | "int8-dynamic")`` wraps the side of any kind backed by a PyTorch module
+in ``parity.candidates.transforms`` (torch.compile, dynamic int8 of the Linear layers).
 """
 from __future__ import annotations
 
@@ -47,11 +50,20 @@ from parity.candidates.spec import (  # noqa: F401  (re-exported: the public nam
 # The factory.
 
 def make_candidate(spec: CandidateSpec, *, config: BertConfig, torch_config: Optional[BertConfig] = None,
-                   device: str = "cpu", onnx_optimization: str = "all", tier: Tier = Tier()):
+                   device: str = "cpu", onnx_optimization: str = "all", tier: Tier = Tier(),
+                   transform: Optional[str] = None):
     """The candidate side for ``spec``; ``config`` is the reference's (shapes are checked against
     it), ``torch_config`` the config a ``bert_torch`` candidate is built with (default ``config``);
     ``onnx_optimization``: onnxruntime's graph optimisation for an ``onnx`` candidate (all, off);
-    ``tier``: the precision the candidate runs in (``--precision``; parity.numerics.precision)."""
+    ``tier``: the precision the candidate runs in (``--precision``; parity.numerics.precision);
+    ``transform``: ``compile`` or ``int8-dynamic`` (``--transform``; parity.candidates.transforms), applied to the
+    side built as without it. A transform that cannot apply (an onnx file, a reduced tier, int8 off the CPU) is a
+    CandidateError before anything loads."""
+    if transform is not None:
+        from parity.candidates.transforms import apply_transform, check_transform
+        check_transform(transform, spec.kind, device, tier)
+        side = make_candidate(spec, config=config, torch_config=torch_config, device=device, tier=tier)
+        return apply_transform(side, transform, f"--candidate {spec}")
     if spec.kind == "onnx":
         if device != "cpu":
             raise CandidateError(f"--candidate {spec}: onnx candidates run on onnxruntime's CPU provider; "

@@ -2,7 +2,9 @@
 contract taps (``parity.candidates.export_onnx`` writes such files; README, "Candidates")."""
 from __future__ import annotations
 
+import json
 import os
+from typing import Optional
 
 import numpy as np
 
@@ -21,6 +23,38 @@ INPUT_TYPES = {"tensor(int64)": np.int64, "tensor(int32)": np.int32}   # the gra
 # An input's axes: what a fixed size is called, the axis's name, and the flag that sets it.
 AXES = (("batch size", "batch", "--batch-size"), ("sequence length", "sequence", "--seq-len"))
 OPTIMIZATION = ("all", "off")
+# Operators of a quantized graph (onnxruntime's dynamic and static quantization, as files hold them).
+QUANTIZED_OPS = frozenset({"MatMulInteger", "DynamicQuantizeLinear", "DynamicQuantizeMatMul", "QAttention",
+                           "QLinearMatMul", "QGemm", "QuantizeLinear", "DequantizeLinear", "ConvInteger",
+                           "QEmbedLayerNormalization", "DynamicQuantizeLSTM"})
+WEIGHT_TYPES = {2: "QUInt8", 3: "QInt8"}   # onnx TensorProto UINT8, INT8
+
+
+def quantization_info(path: str, meta: dict) -> Optional[dict]:
+    """How the file is quantized, or None: its metadata when ``export-onnx --quantize`` wrote it
+    (``bert_parity.quantize``, ``bert_parity.weight_type``), else read off its graph: the quantized operators
+    and the element type of the MatMulInteger weights (int8: QInt8, the U8S8 kernels; uint8: QUInt8, U8U8).
+    Names which lookups (Gather) were quantized too: the embedding tables."""
+    info = {"method": meta.get("bert_parity.quantize"), "weight_type": meta.get("bert_parity.weight_type")}
+    try:
+        import onnx
+        model = onnx.load(path, load_external_data=False)
+    except Exception:   # noqa: BLE001 - onnxruntime loaded it; this second look only adds detail
+        return info if info["method"] else None
+    graph = model.graph
+    ops = sorted({n.op_type for n in graph.node} & QUANTIZED_OPS)
+    if not ops and not info["method"]:
+        return None
+    inits = {i.name: i.data_type for i in graph.initializer}
+    types = sorted({WEIGHT_TYPES.get(inits.get(n.input[1]), "other") for n in graph.node
+                    if n.op_type == "MatMulInteger" and len(n.input) > 1 and n.input[1] in inits})
+    info["method"] = info["method"] or "quantized operators " + ", ".join(ops)
+    info["weight_type"] = info["weight_type"] or ("/".join(types) if types else None)
+    info["operators"] = ops
+    # a Gather whose table is an 8-bit initializer: onnxruntime's quantize_dynamic quantizes lookups by default
+    info["quantized_lookups"] = sum(1 for n in graph.node if n.op_type == "Gather" and n.input
+                                    and inits.get(n.input[0]) in WEIGHT_TYPES)
+    return info
 
 
 class OnnxSide(SideBase):
@@ -66,12 +100,22 @@ class OnnxSide(SideBase):
         if not self.tap_names:
             raise CandidateError(f"{where}: no graph output is named as a contract tap (e.g. layer_0/output); "
                                  f"write the file with python -m parity.candidates.export_onnx")
-        self.unobservable = {t: f"not a graph output of {os.path.basename(spec.path)}"
+        # export-onnx --optimize records why each tap it lost is gone (fused away); other files' absent taps are
+        # simply not outputs. A tap is never taken for observable on a file's word: only graph outputs are.
+        reasons = _json_dict(meta.get("bert_parity.unobservable"))
+        self.unobservable = {t: str(reasons.get(t) or f"not a graph output of {os.path.basename(spec.path)}")
                              for t in contract if t not in outputs}
         self.spec, self.optimization, self.gelu = spec, optimization, meta.get("bert_parity.gelu")
         self.gelu_names = None
+        self.optimize = meta.get("bert_parity.optimize") or None
+        self.quantization = quantization_info(spec.path, meta)
+        q = self.quantization or {}
+        form = "".join([f"; transformer fusions ({self.optimize}: {meta.get('bert_parity.fusions', 'not recorded')})"
+                        if self.optimize else "",
+                        f"; int8: {q['method']}, weights {q['weight_type'] or 'unknown'}" if q else ""])
         self.description = (f"onnxruntime {ort.__version__} CPU, graph optimisation {optimization}, {spec.path} "
-                            f"({meta.get('bert_parity.source', 'source not recorded')}; GELU {self.gelu or 'unknown'})")
+                            f"({meta.get('bert_parity.source', 'source not recorded')}; GELU {self.gelu or 'unknown'}"
+                            f"{form})")
 
     def check_shape(self, shape: tuple[int, int]) -> None:
         """Inputs of ``shape`` [B, T] fit the graph's fixed axes, else a CandidateError saying which flag to change."""
@@ -101,4 +145,14 @@ class OnnxSide(SideBase):
     def record(self) -> dict:
         return {"kind": "onnx", "path": self.spec.path, "sha256": {"onnx": sha256(self.spec.path)},
                 "gelu": self.gelu, "device": "cpu", "onnx_optimization": self.optimization,
+                "optimize": self.optimize, "quantization": self.quantization,
                 "not_observable": dict(self.unobservable)}
+
+
+def _json_dict(text: Optional[str]) -> dict:
+    """A metadata value holding a JSON object, or {} (absent, or written by someone else in another form)."""
+    try:
+        value = json.loads(text) if text else {}
+    except ValueError:
+        return {}
+    return value if isinstance(value, dict) else {}

@@ -63,16 +63,18 @@ def train(tier: str, steps: int, planted: Optional[str] = None, init_scale: Opti
     from parity.checks.ddp import build_model
     build_model = model or build_model
     arrays = mrpc_batches(None, os.path.join(minilm_dir(), "vocab.txt"), "dev", 64, sample_tsv=SAMPLE)
-    args = SimpleNamespace(train_batch_size=8, num_train_epochs=steps * 8 / len(arrays["label_ids"]),
-                           warmup_proportion=0.25, learning_rate=lr, gradient_accumulation_steps=1, seed=0,
-                           no_progress=True, fp16=tier == "fp16", bf16=tier == "bf16")
-    amp = runner.mixed_precision(args, "cpu")   # checks the tier's kernels run here
+    # The runner's functions read the official run_classifier.py's FLAGS object (bert_torch mirrors it on purpose):
+    # this check has no command line of its own, so the runner's flags are built here, at that boundary.
+    runner_flags = SimpleNamespace(train_batch_size=8, num_train_epochs=steps * 8 / len(arrays["label_ids"]),
+                                   warmup_proportion=0.25, learning_rate=lr, gradient_accumulation_steps=1, seed=0,
+                                   no_progress=True, fp16=tier == "fp16", bf16=tier == "bf16")
+    amp = runner.mixed_precision(runner_flags, "cpu")   # checks the tier's kernels run here
     if planted:
         amp = PLANTED[planted](amp.dtype, "cpu")
     if amp.scaler is not None and init_scale:   # a scale that overflows: the first steps are skipped, and each
         # skip divides it by 2**12 (not 2), so that a few steps later the scale fits and steps are applied
         amp.scaler = torch.amp.GradScaler("cpu", init_scale=init_scale, backoff_factor=2.0 ** -12)
-    out = runner.train_loop(build_model(), arrays, KEYS, args, "cpu",
+    out = runner.train_loop(build_model(), arrays, KEYS, runner_flags, "cpu",
                             lambda m, b: m(b[0], b[1], b[2], labels=b[3]), amp=amp)
     return {"tier": tier, "losses": out["step_losses"], "lrs": out["step_lrs"], "steps": out["steps"],
             "skipped": out["skipped_steps"], "optimizer_steps": out["optimizer_steps"],

@@ -33,8 +33,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 import torch  # noqa: E402
 
 from bert_torch._io import atomic_dir, write_json  # noqa: E402
-from bert_torch.commands import EXIT_CODES_HELP, ArgumentParser, HelpFormatter, run_main  # noqa: E402
-from bert_torch.flags import count, output_dir
+from bert_torch.commands import run_main  # noqa: E402
 from bert_torch import modeling  # noqa: E402
 from bert_torch.modeling import BertConfig  # noqa: E402
 
@@ -44,12 +43,7 @@ from parity.inputs import (MEMORY_MARGIN, RUNTIME_BYTES, SPILL_ABOVE_BYTES, TF_S
                      optimizer_scratch_bytes, run_bytes, step_activation_bytes)
 from parity.minilm import build_checkpoint  # noqa: E402
 from parity.inputs import BadInput  # noqa: E402
-
-SHAPES = {
-    "minilm": dict(hidden_size=384, num_hidden_layers=6, num_attention_heads=12, intermediate_size=1536),
-    "base": dict(hidden_size=768, num_hidden_layers=12, num_attention_heads=12, intermediate_size=3072),
-    "large": dict(hidden_size=1024, num_hidden_layers=24, num_attention_heads=16, intermediate_size=4096),
-}
+from parity.checks.options import SHAPES, BenchOptions  # noqa: E402
 
 
 def interleaved_rounds(contenders: dict[str, Callable[[], None]], repeats: int) -> dict[str, list[float]]:
@@ -340,8 +334,6 @@ def plot(results: list[dict], path: str) -> None:
     plt.close(fig)
 
 
-# Bounds of the command line, checked before anything is built or timed.
-LIMITS = {"--batch-size": (1, 256), "--seq-len": (1, 512), "--repeats": (1, 100)}
 # Memory of one shape's run (``bench_shape``), an upper bound of its peak: the training phase's, where every
 # contender is alive at once (``training_contenders`` builds them all, and each keeps its optimizer's state
 # between rounds). Bytes per parameter: bert_torch's forward model, kept for the whole shape (4); the forward
@@ -377,69 +369,50 @@ def bench_bytes(config: BertConfig, B: int, T: int, with_tf: bool = True, comman
     return need
 
 
-def check_args(args) -> list[str]:
-    """The shapes to time; every flag checked first, one line naming the flag and value at fault (exit 2),
-    and the report folder found writable before minutes of timing are spent."""
-    shapes = [s.strip() for s in args.shapes.split(",") if s.strip()]
-    if not shapes:
-        raise BadInput(f"--shapes {args.shapes!r}: give one or more of {', '.join(SHAPES)}, comma-separated")
-    for s in shapes:
-        if s not in SHAPES:
-            raise BadInput(f"--shapes {s}: unknown shape; expected one of {', '.join(SHAPES)}")
-    for flag, (lo, hi) in LIMITS.items():
-        value = getattr(args, flag[2:].replace("-", "_"))
-        if not lo <= value <= hi:
-            raise BadInput(f"{flag} {value}: out of range {lo}-{hi}")
+def checked_shapes(opts: BenchOptions) -> list[str]:
+    """The shapes to time, once each one's memory is found available and the peers installed: one line naming
+    the flags at fault (exit 2) before minutes of timing are spent. Each flag's own value is checked while the
+    command line is parsed (``BenchOptions.check``), the report folder too (its flag's type)."""
+    shapes = opts.shape_names
     for s in shapes:   # one shape at a time: each one's memory is freed before the next is built
-        need = bench_bytes(shape_config(s), args.batch_size, args.seq_len, not args.no_tf, not args.no_commands)
-        short = memory_shortfall(need, TORCH_RUNTIME_BYTES if args.no_tf else RUNTIME_BYTES)
+        need = bench_bytes(shape_config(s), opts.batch_size, opts.seq_len, not opts.no_tf, not opts.no_commands)
+        short = memory_shortfall(need, TORCH_RUNTIME_BYTES if opts.no_tf else RUNTIME_BYTES)
         if short:
-            what = "the training contenders together" + ("" if args.no_commands else ", and the commands it runs")
-            raise BadInput(f"--shapes {s} at --batch-size {args.batch_size} x --seq-len {args.seq_len}: the bench "
+            what = "the training contenders together" + ("" if opts.no_commands else ", and the commands it runs")
+            raise BadInput(f"--shapes {s} at --batch-size {opts.batch_size} x --seq-len {opts.seq_len}: the bench "
                            f"({what}) needs {short}; use a smaller batch or sequence"
-                           + ("" if args.no_commands else ", or --no-commands"))
+                           + ("" if opts.no_commands else ", or --no-commands"))
     # The peers are part of the benchmark: a missing one is said up front, not after minutes of timing.
-    needed = ["transformers", "matplotlib"] + ([] if args.no_tf else ["tensorflow"])
+    needed = ["transformers", "matplotlib"] + ([] if opts.no_tf else ["tensorflow"])
     missing = [m for m in needed if importlib.util.find_spec(m) is None]
     if missing:
         raise BadInput(f"{', '.join(missing)} not installed: the benchmark needs the test and tf extras "
-                       "(make setup)" + ("" if args.no_tf else ", or pass --no-tf to leave TensorFlow out"))
+                       "(make setup)" + ("" if opts.no_tf else ", or pass --no-tf to leave TensorFlow out"))
     return shapes
 
 
 def main(argv: Optional[list[str]] = None) -> int:
-    ap = ArgumentParser(prog="python -m parity.checks.bench", description=__doc__.split("\n\n")[0],
-                        epilog=EXIT_CODES_HELP, formatter_class=HelpFormatter)
-    ap.add_argument("--shapes", default="minilm,base", help=f"comma-separated of {', '.join(SHAPES)}")
-    ap.add_argument("--batch-size", type=count(1, 256), default=8, help="rows of every timed batch (1-256)")
-    ap.add_argument("--seq-len", type=count(1, 512), default=128, help="tokens per row (1-512)")
-    ap.add_argument("--repeats", type=count(1, 100), default=7,
-                    help="interleaved rounds of the forward pass; the training "
-                         "step gets half as many, at least 3 (1-100)")
-    ap.add_argument("--no-tf", action="store_true", help="leave the official TF graph out")
-    ap.add_argument("--no-commands", action="store_true",
-                    help="leave out the whole convert / compare / diagnose commands (wall time, peak RSS)")
-    ap.add_argument("--report-dir", default="reports/bench", type=output_dir("report folder", owner="bench"),
-                    help="where bench.json and bench.png go")
-    return run_main(lambda: _bench(ap.parse_args(argv)))
+    """``python -m parity.checks.bench`` (``bert-parity bench``)."""
+    return run_main(lambda: run_bench(BenchOptions.parse(argv)))
 
 
-def _bench(args) -> int:
-    shapes = check_args(args)
+def run_bench(opts: BenchOptions) -> int:
+    """Every shape timed, then ``bench.json`` and ``bench.png`` written and the medians and ratios printed."""
+    shapes = checked_shapes(opts)
     os.environ.pop("BERT_PARITY_TF_CACHE", None)   # TF is timed running, never replayed from the cache
     load_before = os.getloadavg()
     print(f"load average before: {load_before}, torch threads {torch.get_num_threads()}")
-    results = [bench_shape(s, args.batch_size, args.seq_len, args.repeats, not args.no_tf, not args.no_commands)
+    results = [bench_shape(s, opts.batch_size, opts.seq_len, opts.repeats, not opts.no_tf, not opts.no_commands)
                for s in shapes]
     # The report folder appears whole or not at all, replacing only an empty folder or a previous bench's.
-    with atomic_dir(args.report_dir, "--report-dir", owner="bench") as out:
+    with atomic_dir(opts.report_dir, "--report-dir", owner="bench") as out:
         write_json(os.path.join(out, "bench.json"),
-                   {"results": results, "targets": TARGETS, "repeats": args.repeats,
+                   {"results": results, "targets": TARGETS, "repeats": opts.repeats,
                     "torch_threads": torch.get_num_threads(), "load_average_before": load_before,
                     "load_average_after": os.getloadavg()}, "--report-dir", indent=2)
         plot(results, os.path.join(out, "bench.png"))
     for r in results:
-        print(f"\n{r['shape']}, batch {r['batch_size']} x {r['seq_len']}, median of {args.repeats} interleaved rounds:")
+        print(f"\n{r['shape']}, batch {r['batch_size']} x {r['seq_len']}, median of {opts.repeats} interleaved rounds:")
         for k, s in r["forward_seconds"].items():
             print(f"  forward  {k:<34} {s * 1000:9.1f} ms")
         for k, s in r["training_step_seconds"].items():
@@ -449,7 +422,7 @@ def _bench(args) -> int:
             print(f"  command  {k:<34} {c['seconds']:9.1f} s, {peak}, exit {c['exit_code']}")
         for k, v in r["ratios"].items():
             print(f"  ratio    {k:<58} {v:6.2f}{verdict(k, v, r['ratio_rounds'].get(k))}")
-    print(f"\nload average after: {os.getloadavg()}; {args.report_dir}/bench.json, bench.png")
+    print(f"\nload average after: {os.getloadavg()}; {opts.report_dir}/bench.json, bench.png")
     return 0
 
 

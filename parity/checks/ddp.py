@@ -25,12 +25,12 @@ import torch
 
 from bert_torch import distributed
 from bert_torch._io import write_json
-from bert_torch.commands import ArgumentParser
-from bert_torch.flags import count, output_file
+from bert_torch.commands import run_main
 from bert_torch.modeling import BertConfig, BertForSequenceClassification
 from bert_torch.optimization import BertAdam, accumulate_gradients, grouped_parameters, micro_batches
 from bert_torch.weights import model_from_tensors, read_weights
 
+from parity.checks.options import DdpOptions
 from parity.finetune.tolerances import gradient_row
 from parity.finetune.features import mrpc_batches
 from parity.inputs import SAMPLE
@@ -72,29 +72,30 @@ def compare_gradients(single, ddp) -> list[dict]:
     return sorted(rows, key=lambda r: -r["tol_ratio"])
 
 
-def run(args) -> dict:
+def run(opts: DdpOptions) -> dict:
+    """This process's part of the check (every process runs it); rank 0 compares and writes ``--output``."""
     world = distributed.world_from_env()
-    device = distributed.init(world, args.device)
-    if args.batch_size < world.size or args.batch_size % world.size or args.micro < 1 or args.steps < 1:
-        raise ValueError(f"--batch-size {args.batch_size} must be a multiple of the {world.size} processes, "
-                         f"--micro {args.micro} and --steps {args.steps} positive")
-    batch = mrpc_batches(None, os.path.join(minilm_dir(), "vocab.txt"), "dev", 64, limit=args.batch_size,
+    device = distributed.init(world, opts.device)
+    if opts.batch_size < world.size or opts.batch_size % world.size or opts.micro < 1 or opts.steps < 1:
+        raise ValueError(f"--batch-size {opts.batch_size} must be a multiple of the {world.size} processes, "
+                         f"--micro {opts.micro} and --steps {opts.steps} positive")
+    batch = mrpc_batches(None, os.path.join(minilm_dir(), "vocab.txt"), "dev", 64, limit=opts.batch_size,
                          sample_tsv=SAMPLE)
-    rows = np.arange(args.batch_size)
+    rows = np.arange(opts.batch_size)
     single = build_model()
     ours = copy.deepcopy(single)
     ddp = distributed.wrap(ours, world, device)
-    opt_single = BertAdam(grouped_parameters(single), lr=1e-4, warmup=-1, t_total=args.steps)
-    opt_ddp = BertAdam(grouped_parameters(ours), lr=1e-4, warmup=-1, t_total=args.steps)
-    out = {"processes": world.size, "batch_size": args.batch_size, "micro_batch": args.micro,
-           "planted": args.planted}
-    for step in range(args.steps):
+    opt_single = BertAdam(grouped_parameters(single), lr=1e-4, warmup=-1, t_total=opts.steps)
+    opt_ddp = BertAdam(grouped_parameters(ours), lr=1e-4, warmup=-1, t_total=opts.steps)
+    out = {"processes": world.size, "batch_size": opts.batch_size, "micro_batch": opts.micro,
+           "planted": opts.planted}
+    for step in range(opts.steps):
         opt_single.zero_grad(set_to_none=True)
         opt_ddp.zero_grad(set_to_none=True)
-        loss_single = gradients(single, batch, rows, args.batch_size)
+        loss_single = gradients(single, batch, rows, opts.batch_size)
         loss_ddp = distributed.mean_over_processes(gradients(ours, batch, distributed.shard(rows, world),
-                                                             args.micro, ddp), world)
-        if args.planted == "sum":   # all-reduce SUM instead of the average: world.size x the gradient
+                                                             opts.micro, ddp), world)
+        if opts.planted == "sum":   # all-reduce SUM instead of the average: world.size x the gradient
             for p in ours.parameters():
                 if p.grad is not None:
                     p.grad.mul_(world.size)
@@ -111,33 +112,25 @@ def run(args) -> dict:
                          "passed": all(d <= PARAM_RTOL * s + PARAM_ATOL for _, d, s in diffs)}
     g = out["gradients"]
     out["verdict"] = "pass" if all(r["passed"] for r in g) and out["parameters"]["passed"] else "fail"
-    out["summary"] = (f"{world.size} processes x {args.batch_size // world.size} rows (micro-batches of {args.micro}) "
-                      f"vs 1 process x {args.batch_size}: worst gradient {g[0]['variable']} max|diff| "
+    out["summary"] = (f"{world.size} processes x {opts.batch_size // world.size} rows (micro-batches of {opts.micro}) "
+                      f"vs 1 process x {opts.batch_size}: worst gradient {g[0]['variable']} max|diff| "
                       f"{g[0]['max_abs_diff']:.3g} ({g[0]['tol_ratio']:.2g} of its tolerance); parameters after "
-                      f"{args.steps} BertAdam steps max|diff| {out['parameters']['max_abs_diff']:.3g}")
+                      f"{opts.steps} BertAdam steps max|diff| {out['parameters']['max_abs_diff']:.3g}")
     distributed.finish(world)
-    if world.main and args.output:
-        write_json(args.output, out, "--output", indent=2)
+    if world.main and opts.output:
+        write_json(opts.output, out, "--output", indent=2)
     return out
 
 
 def main(argv: Optional[list[str]] = None) -> int:
-    ap = ArgumentParser(prog="torchrun --nproc_per_node 2 -m parity.checks.ddp",
-                        description=__doc__.split("\n\n")[0])
-    ap.add_argument("--output", type=output_file("result file"), help="JSON written by rank 0")
-    ap.add_argument("--batch-size", type=count(1, 65536), default=8, help="rows over all processes")
-    ap.add_argument("--micro", type=count(1, 65536), default=2, help="rows per micro-batch in each process")
-    ap.add_argument("--steps", type=count(1, 100_000), default=3)
-    ap.add_argument("--planted", choices=("sum",), help="plant a fault that must fail")
-    ap.add_argument("--device", default="cpu")
-    args = ap.parse_or_exit_code(argv)
-    if isinstance(args, int):   # a usage error (its line printed) or --help
-        return args
-    try:
-        out = run(args)
-    except ValueError as e:
-        print(f"error: {str(e).splitlines()[0]}", file=sys.stderr)
-        return 2
+    """``torchrun ... -m parity.checks.ddp``: every process parses the same command line. Exit 0 pass, 1 fail,
+    2 bad input."""
+    return run_main(lambda: run_ddp_check(DdpOptions.parse(argv)))
+
+
+def run_ddp_check(opts: DdpOptions) -> int:
+    """``run`` in this process; rank 0 prints the verdict. Exit 0 pass, 1 fail."""
+    out = run(opts)
     if distributed.world_from_env().main:
         print(f"{out['verdict']}: {out['summary']}")
     return 0 if out["verdict"] == "pass" else 1

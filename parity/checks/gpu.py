@@ -20,8 +20,10 @@ import subprocess
 import sys
 import time
 from typing import Optional
-from bert_torch.commands import ArgumentParser
-from bert_torch.flags import input_dir, output_dir
+
+from bert_torch.commands import run_main
+
+from parity.checks.options import GpuCheckOptions
 
 TIERS = [("fp32", "autocast"), ("tf32", "autocast"), ("bf16", "autocast"), ("bf16", "cast"),
          ("fp16", "autocast"), ("fp16", "cast")]
@@ -150,38 +152,31 @@ def render(report: dict) -> str:
 
 
 def main(argv: Optional[list[str]] = None) -> int:
-    ap = ArgumentParser(prog="python -m parity.checks.gpu", description=__doc__.split("\n\n")[0])
-    ap.add_argument("--device", default="cuda", help="cuda (default), cuda:N, or cpu to run the script on the CPU")
-    ap.add_argument("--report-dir", default="reports/gpu-check", type=output_dir("report folder"))
-    ap.add_argument("--data-dir", type=input_dir("data folder"),
-                    help="real data (MRPC); default ../shared/data beside the repo when present")
-    args = ap.parse_or_exit_code(argv)
-    if isinstance(args, int):   # a usage error (its line printed) or --help
-        return args
-    if not (args.device == "cpu" or args.device.startswith("cuda")):
-        print(f"error: --device {args.device}: expected cpu, cuda or cuda:N", file=sys.stderr)
-        return 2
-    if args.data_dir and not os.path.isdir(args.data_dir):
-        print(f"error: --data-dir {args.data_dir}: no such directory", file=sys.stderr)
-        return 2
+    """``python -m parity.checks.gpu`` (``bert-parity gpu-check``)."""
+    return run_main(lambda: run_gpu_check(GpuCheckOptions.parse(argv)))
+
+
+def run_gpu_check(opts: GpuCheckOptions) -> int:
+    """The golden files, the tiers against them and the MRPC row; ``gpu_check.{json,md}`` written, the table
+    printed. Exit 0 when every row ran and passed."""
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
     from bert_torch._io import write_json, write_text
     from parity.environment import environment
     from parity.minilm import build_checkpoint
     from parity.files import default_data_dir
-    os.makedirs(args.report_dir, exist_ok=True)
-    ckpt = os.path.join(args.report_dir, "minilm")
+    os.makedirs(opts.report_dir, exist_ok=True)
+    ckpt = os.path.join(opts.report_dir, "minilm")
     build_checkpoint(ckpt)
-    goldens = record_goldens(ckpt, args.report_dir)
-    tiers = tier_rows(goldens, os.path.join(ckpt, "pytorch_model.safetensors"), args.device)
-    mrpc = mrpc_row(ckpt, args.data_dir or default_data_dir(), args.device)
+    goldens = record_goldens(ckpt, opts.report_dir)
+    tiers = tier_rows(goldens, os.path.join(ckpt, "pytorch_model.safetensors"), opts.device)
+    mrpc = mrpc_row(ckpt, opts.data_dir or default_data_dir(), opts.device)
     statuses = [r["status"] for r in tiers] + [mrpc["status"]]
     verdict = "pass" if all(s == "pass" for s in statuses) else (
         "fail" if "fail" in statuses else "not run")
-    report = {"verdict": verdict, "device": args.device, "goldens": goldens, "tiers": tiers, "mrpc": mrpc,
-              "environment": environment(args.device, {})}
-    write_json(os.path.join(args.report_dir, "gpu_check.json"), report, "--report-dir", indent=2)
-    write_text(os.path.join(args.report_dir, "gpu_check.md"), render(report), "--report-dir")
+    report = {"verdict": verdict, "device": opts.device, "goldens": goldens, "tiers": tiers, "mrpc": mrpc,
+              "environment": environment(opts.device, {})}
+    write_json(os.path.join(opts.report_dir, "gpu_check.json"), report, "--report-dir", indent=2)
+    write_text(os.path.join(opts.report_dir, "gpu_check.md"), render(report), "--report-dir")
     print(render(report))
     return 0 if verdict == "pass" else 1
 

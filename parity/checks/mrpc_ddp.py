@@ -37,11 +37,11 @@ from typing import Optional
 
 import numpy as np
 
-from bert_torch.commands import EXIT_CODES_HELP, ArgumentParser, HelpFormatter, run_main
-from bert_torch.flags import count, input_dir, output_dir, real
+from bert_torch.commands import run_main
 from bert_torch._io import read_json, read_text, write_json
 from bert_torch.optimization import num_train_steps, num_warmup_steps
 
+from parity.checks.options import MRPC_DDP_PLANTED as PLANTED, MrpcDdpOptions, MrpcDdpRunnerOptions
 from parity.files import REPO_ROOT, default_data_dir
 from parity.finetune.tolerances import loss_agreement, loss_tolerance
 from parity.finetune.features import mrpc_batches, take
@@ -52,16 +52,6 @@ from parity.inputs import SAMPLE
 
 PROCESSES, ACCUMULATION = 2, 2
 RUN_TIMEOUT = 1800   # seconds per runner run
-
-# Faults planted in the 2-process run's processes (``--as-runner --planted NAME``), each a classic
-# data-parallel mistake. Measured at the default sizes (README): all three fail the loss rule, at the worst step
-# 60x (rank-seed), 15x (no-allreduce) and 3.3x (sum: Adam's update barely sees the gradient's scale) the tolerance.
-PLANTED = {
-    "rank-seed": "each process shuffles with seed + rank: the global batch duplicates and drops examples",
-    "no-allreduce": "the model is not wrapped in DDP: each process steps on its own shard's gradient",
-    "sum": "gradients summed across processes instead of averaged (2x the gradient)",
-}
-
 
 # ---------------------------------------------------------------- the runner, with a planted fault
 
@@ -93,12 +83,12 @@ def _plant(name: str) -> None:
 
 
 def runner_main(argv: list[str]) -> int:
-    """``--as-runner [--planted NAME] RUNNER_ARGS...``: ``bert_torch.run_classifier`` with the fault planted."""
-    ap = ArgumentParser(prog="python -m parity.checks.mrpc_ddp --as-runner")
-    ap.add_argument("--planted", choices=sorted(PLANTED))
-    known, rest = ap.parse_known_args(argv)
-    if known.planted:
-        _plant(known.planted)
+    """``--as-runner [--planted NAME] RUNNER_ARGS...``: ``bert_torch.run_classifier`` with the fault planted.
+    ``--planted`` comes first, as ``run_runner`` passes it; the rest is the runner's command line, as it is."""
+    own = 2 if argv[:1] == ["--planted"] else 1 if argv[:1] and argv[0].startswith("--planted=") else 0
+    opts, rest = MrpcDdpRunnerOptions.parse(argv[:own]), argv[own:]
+    if opts.planted:
+        _plant(opts.planted)
     from bert_torch import run_classifier
     return run_classifier.main(rest)
 
@@ -347,38 +337,17 @@ def run_check(out_dir: str, data_dir: Optional[str] = None, sample: bool = False
 
 
 def main(argv: Optional[list[str]] = None) -> int:
+    """``python -m parity.checks.mrpc_ddp`` (and ``--as-runner``, the runner in the 2-process runs' processes)."""
     argv = sys.argv[1:] if argv is None else argv
     if argv[:1] == ["--as-runner"]:
         return runner_main(argv[1:])
-    ap = ArgumentParser(prog="python -m parity.checks.mrpc_ddp", description=__doc__.split("\n\n")[0],
-                        epilog=EXIT_CODES_HELP, formatter_class=HelpFormatter)
-    ap.add_argument("--report-dir", required=True, type=output_dir("report folder"),
-                    help="output folder: mrpc_ddp.json, the runs' outputs")
-    ap.add_argument("--data-dir", type=input_dir("data folder"),
-                    help="folder with mrpc/train.tsv and dev.tsv (default: ../shared/data)")
-    ap.add_argument("--sample", action="store_true", help="the committed 64-pair sample as train and dev instead")
-    ap.add_argument("--train-examples", type=count(1, 10_000_000),
-                    help="the first N train pairs (default: 256; --sample: 64)")
-    ap.add_argument("--dev-examples", type=count(1, 10_000_000),
-                    help="the first N dev pairs (default: 128; --sample: 64)")
-    ap.add_argument("--seq-len", type=count(5, 131072), default=64,   # [CLS] a [SEP] b [SEP] at the least
-                    help="max_seq_length")
-    ap.add_argument("--batch-size", type=count(1, 65536), default=8,
-                    help="examples per optimizer step (a multiple of 4)")
-    ap.add_argument("--epochs", type=real(above=0, hi=1000), default=1.0,
-                    help="steps = int(train examples / batch x epochs)")
-    ap.add_argument("--lr", type=real(above=0, hi=1.0), default=5e-5, help="learning rate (warmup 0.1, linear decay)")
-    ap.add_argument("--seed", type=count(0, (1 << 32) - 1), default=0,
-                    help="the runner's --seed: head init and batch order")
-    ap.add_argument("--planted", action="append", default=[], choices=sorted(PLANTED),
-                    help="also run the 2-process side with this fault planted (repeatable): each must fail")
-    args = ap.parse_or_exit_code(argv)
-    if isinstance(args, int):   # a usage error (its line printed) or --help
-        return args
-    result = run_main(run_check, args.report_dir, args.data_dir, args.sample, args.train_examples, args.dev_examples,
-                      args.seq_len, args.batch_size, args.epochs, args.lr, args.seed, tuple(args.planted))
-    if not isinstance(result, dict):
-        return result
+    return run_main(lambda: run_mrpc_ddp(MrpcDdpOptions.parse(argv)))
+
+
+def run_mrpc_ddp(opts: MrpcDdpOptions) -> int:
+    """``run_check`` on the command line's values; prints the verdict. Exit 0 pass, 1 fail."""
+    result = run_check(opts.report_dir, opts.data_dir, opts.sample, opts.train_examples, opts.dev_examples,
+                       opts.seq_len, opts.batch_size, opts.epochs, opts.lr, opts.seed, opts.planted)
     print(f"{result['verdict']}: {result['summary']}")
     return 0 if result["verdict"] == "pass" else 1
 

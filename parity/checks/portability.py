@@ -23,18 +23,10 @@ import time
 from typing import Callable, Optional
 
 from bert_torch._io import write_json, write_text
-from bert_torch.commands import ArgumentParser
-from bert_torch.flags import output_dir
+from bert_torch.commands import run_main
 
-SETTINGS: dict[str, dict[str, str]] = {
-    "native": {},
-    "aten-default": {"ATEN_CPU_CAPABILITY": "default"},            # PyTorch's portable kernels, no SIMD ISA
-    "aten-avx2": {"ATEN_CPU_CAPABILITY": "avx2"},                   # what an AVX2-only CPU gets
-    "onednn-avx2": {"ONEDNN_MAX_CPU_ISA": "AVX2", "DNNL_MAX_CPU_ISA": "AVX2"},   # oneDNN (TF and torch) capped
-    "mkl-avx2": {"MKL_ENABLE_INSTRUCTIONS": "AVX2"},                # MKL's code path of an AVX2 CPU
-    "tf-no-onednn": {"TF_ENABLE_ONEDNN_OPTS": "0"},                 # TensorFlow's Eigen kernels instead of oneDNN
-    "one-thread": {"OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "TF_NUM_INTRAOP_THREADS": "1"},
-}
+from parity.checks.options import SETTINGS, PortabilityOptions   # SETTINGS: each emulated CPU's environment
+
 # CI's short form: every emulation at once, in one process.
 COMBINED = {**{k: v for env in SETTINGS.values() for k, v in env.items()}, "ATEN_CPU_CAPABILITY": "default"}
 SHAPES = [(8, 128), (4, 256), (2, 512)]
@@ -236,56 +228,39 @@ def render(results: list[dict], verdict: dict) -> str:
 
 
 def main(argv: Optional[list[str]] = None) -> int:
+    """``python -m parity.checks.portability`` (``bert-parity portability``); ``--worker CKPT B T OUT [TIERS
+    [sized]]`` is one (setting, shape) of the matrix, in the process ``run_matrix`` starts for it."""
     argv = sys.argv[1:] if argv is None else argv
     if argv[:1] == ["--worker"]:
         tiers = [tuple(t.split("/")) for t in argv[5].split(",")] if len(argv) > 5 else [("fp32", "autocast")]
         worker(argv[1], int(argv[2]), int(argv[3]), argv[4], tiers, sized=len(argv) > 6 and argv[6] == "sized")
         return 0
-    ap = ArgumentParser(prog="python -m parity.checks.portability", description=__doc__.split("\n\n")[0])
-    ap.add_argument("--report-dir", default="reports/portability", type=output_dir("report folder"))
-    ap.add_argument("--short", action="store_true", help="CI: every emulation at once, one small shape")
-    ap.add_argument("--settings", help=f"comma-separated subset of {', '.join(SETTINGS)}")
-    ap.add_argument("--shapes", help="comma-separated BxT shapes (default: 8x128,4x256,2x512)")
-    ap.add_argument("--tiers", action="store_true",
-                    help="instead: every precision tier x the mutation suite and the sized faults' detection "
-                         "thresholds, native setting, 8 x 128 (writes tiers.md/.json)")
-    args = ap.parse_or_exit_code(argv)
-    if isinstance(args, int):   # a usage error (its line printed) or --help
-        return args
-    settings = {"combined": COMBINED} if args.short else dict(SETTINGS)
-    if args.settings:
-        wanted = [s.strip() for s in args.settings.split(",") if s.strip()]
-        unknown = [s for s in wanted if s not in SETTINGS]
-        if unknown:
-            print(f"error: --settings {unknown[0]}: unknown; choose from {', '.join(SETTINGS)}", file=sys.stderr)
-            return 2
-        settings = {s: SETTINGS[s] for s in wanted}
-    shapes = SHORT_SHAPES if args.short else SHAPES
-    if args.shapes:
-        try:
-            shapes = [tuple(int(x) for x in s.lower().split("x")) for s in args.shapes.split(",")]
-            assert all(len(s) == 2 and 1 <= s[0] <= 64 and 1 <= s[1] <= 512 for s in shapes)
-        except (ValueError, AssertionError):
-            print(f"error: --shapes {args.shapes}: expected e.g. 8x128,2x512 (batch 1-64, sequence 1-512)",
-                  file=sys.stderr)
-            return 2
+    return run_main(lambda: run_portability(PortabilityOptions.parse(argv)))
+
+
+def run_portability(opts: PortabilityOptions) -> int:
+    """The matrix of settings x shapes (or, ``--tiers``, of precision tiers x faults), its verdict and files."""
+    settings = {"combined": COMBINED} if opts.short else dict(SETTINGS)
+    if opts.setting_names:
+        settings = {s: SETTINGS[s] for s in opts.setting_names}
+    shapes = opts.shape_list or (SHORT_SHAPES if opts.short else SHAPES)
     from parity.minilm import build_checkpoint
-    os.makedirs(args.report_dir, exist_ok=True)
-    ckpt = os.path.join(args.report_dir, "minilm")
+    os.makedirs(opts.report_dir, exist_ok=True)
+    ckpt = os.path.join(opts.report_dir, "minilm")
     build_checkpoint(ckpt)
-    if args.tiers:
-        results = run_matrix({"native": {}}, shapes if args.shapes else [(8, 128)], ckpt, tiers=TIERS, sized=True)
-        write_json(os.path.join(args.report_dir, "tiers.json"), results, "--report-dir", indent=2)
-        write_text(os.path.join(args.report_dir, "tiers.md"), "\n\n".join(map(render_tiers, results)) + "\n",
+    if opts.tiers:
+        results = run_matrix({"native": {}}, opts.shape_list or [(8, 128)], ckpt, tiers=TIERS, sized=True)
+        write_json(os.path.join(opts.report_dir, "tiers.json"), results, "--report-dir", indent=2)
+        write_text(os.path.join(opts.report_dir, "tiers.md"), "\n\n".join(map(render_tiers, results)) + "\n",
                    "--report-dir")
         return 0 if all("error" not in r for r in results) else 1
     results = run_matrix(settings, shapes, ckpt)
     verdict = judge(results)
-    write_json(os.path.join(args.report_dir, "portability.json"), {"verdict": verdict, "results": results},
+    write_json(os.path.join(opts.report_dir, "portability.json"), {"verdict": verdict, "results": results},
                "--report-dir", indent=2)
-    write_text(os.path.join(args.report_dir, "portability.md"), render(results, verdict), "--report-dir")
+    write_text(os.path.join(opts.report_dir, "portability.md"), render(results, verdict), "--report-dir")
     print(f"{verdict['verdict']}: {len(verdict['false_alarms'])} false alarms, {len(verdict['missed_faults'])} "
-          f"missed faults, {len(verdict['errors'])} errors; {args.report_dir}/portability.md")
+          f"missed faults, {len(verdict['errors'])} errors; {opts.report_dir}/portability.md")
     return 0 if verdict["verdict"] == "pass" else 1
 
 

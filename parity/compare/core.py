@@ -155,7 +155,7 @@ def reference_tier_rounding(reference, candidate, inputs: Inputs, c64: Mapping, 
 def machine_notes(profile: Profile, golden_meta: Optional[dict]) -> list[str]:
     """Says when numbers measured on another machine enter this comparison: a calibration file's floors,
     a golden file's reference taps. Both machines are named; the verdict stands on this machine's
-    own rounding terms (README, "Precision tiers")."""
+    own rounding terms (docs/precision.md)."""
     here, notes = machine(), []
     if profile.calibrated_on is not None or profile.floors:
         there = profile.calibrated_on

@@ -6,7 +6,7 @@ record the official graph's taps in a golden file.
 
 The inputs are those ``compare`` builds from the same arguments (``parity.compare.prepare``), so
 ``bert-parity compare --golden FILE --torch-weights W`` later reproduces the live comparison's
-numbers on a machine without TensorFlow. Format: README, "Golden files"; ``parity.sides.base.GoldenSide``.
+numbers on a machine without TensorFlow. Format: docs/golden.md; ``parity.sides.base.GoldenSide``.
 Exit codes: 0 written; 2 bad input (one line on stderr).
 """
 from __future__ import annotations

@@ -16,6 +16,8 @@ from parity.inputs import MAX_BATCH, MAX_SEED, MAX_SEQ, MAX_THREADS, BadInput
 from parity.numerics.metrics import PROFILES
 
 BATCH_SIZE, SEQ_LEN, SEED = 8, 128, 0   # the deterministic inputs' default shape and draw
+# --transform's names (parity.candidates.transforms.TRANSFORMS, which imports more than an options module may)
+TRANSFORMS = ("compile", "int8-dynamic")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -85,6 +87,11 @@ class CompareOptions(RunOptions):
                                          "removed when the run ends")
     precision_mode: str = flag("--precision-mode", default="autocast",
                                help="bf16/fp16 as torch.autocast, or cast: the whole model cast, as for inference")
+    transform: Optional[str] = flag("--transform", choices=TRANSFORMS,
+                                    help="run a PyTorch candidate transformed, float32 only: compile "
+                                         "(torch.compile, inductor; exact) or int8-dynamic (its nn.Linear layers "
+                                         "dynamically quantized to int8, CPU; lossy: judged by its outputs' cosine). "
+                                         "ONNX files: export-onnx --optimize/--quantize")
 
     def check(self) -> None:
         if self.golden:

@@ -46,6 +46,7 @@ def _run_diagnose(opts: DiagnoseOptions):
     from parity.sides.tf_worker import IsolatedTFSide
 
     spec = candidate_spec(opts.candidate, opts.torch_weights, opts.torch_bert_config)
+    refuse_transform(opts.transform, spec.kind)
     if spec.kind == "bert_torch":
         opts = opts.replace(torch_weights=spec.path)
     # The vocab against the checkpoint first: make_inputs would refuse it without saying why.
@@ -101,6 +102,28 @@ def _run_diagnose(opts: DiagnoseOptions):
         d.repro = None   # the arrays go with the store
     write_diagnosis(d, opts.report_dir)
     return d
+
+
+def refuse_transform(transform: Optional[str], kind: str) -> None:
+    """diagnose takes ``--transform`` (compare's flags) and refuses it, in one line (exit 2), before anything loads:
+
+    * ``compile``: diagnose feeds each block the reference's input to it, and a compiled model cannot be fed
+      intermediate values (the compiled side refuses injection);
+    * ``int8-dynamic``: injection would work (the quantized Linears keep their tap hooks), but diagnose judges each
+      block against float32 rounding, and every block holding a Linear exceeds it by design: it would name the
+      first such block the culprit of a model that may be fine. compare reports where the int8 error enters and
+      judges the outputs; evaluate judges the task."""
+    if transform is None:
+        return
+    from parity.candidates.transforms import check_transform
+    check_transform(transform, kind)   # an onnx candidate: the transform's own message
+    if transform == "compile":
+        raise BadInput("--transform compile: diagnose feeds each block the reference's inputs, and a compiled model "
+                       "cannot be fed intermediate values; compare it (compare --transform compile), or diagnose the "
+                       "eager model")
+    raise BadInput(f"--transform {transform}: diagnose judges each block against float32 rounding, which int8 Linear "
+                   f"layers exceed by design (every block would look guilty); compare --transform {transform} shows "
+                   f"where the error enters and judges the outputs, bert-parity evaluate judges the task")
 
 
 def bert_torch_side(device: str, weights_path: str, torch_config: BertConfig, tf_weights, torch_weights,

@@ -1,1 +1,1 @@
-"""Example candidates for ``--candidate module:...`` (README, "Candidates")."""
+"""Example candidates for ``--candidate module:...`` (docs/candidates.md)."""

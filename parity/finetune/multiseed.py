@@ -13,9 +13,6 @@ from parity.finetune.tolerances import SEED_ALPHA, SEED_FLOORS, seed_rule
 from parity.sides.refcache import Entry
 from parity.finetune.training import _torch_batch, official_run
 
-# Multi-seed sizes of the full run (make report), and why they answer the question: see
-# run_finetune_checks. lr 5e-5 and batch 16 are from the BERT paper's fine-tuning grid.
-SEED_BATCH, SEED_SEQ, SEED_LR, SEED_STEPS = 16, 64, 5e-5, 150
 
 
 def dev_metrics(logits: np.ndarray, labels: np.ndarray) -> dict:

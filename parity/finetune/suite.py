@@ -9,8 +9,7 @@ import time
 from typing import Callable, Optional
 
 from bert_torch._io import atomic_dir, write_json, write_text
-from bert_torch.commands import EXIT_CODES_HELP, ArgumentParser, HelpFormatter, run_main
-from bert_torch.flags import count, input_dir, output_dir, real
+from bert_torch.commands import run_main
 from bert_torch.optimization import num_train_steps as official_num_train_steps
 
 from parity.sides.refcache import provenance as tf_cache_provenance
@@ -29,7 +28,9 @@ from parity.finetune.features import (
     take,
 )
 from parity.finetune.memory import check_memory
-from parity.finetune.multiseed import SEED_BATCH, SEED_LR, SEED_SEQ, SEED_STEPS, multiseed_check
+from parity.finetune.multiseed import multiseed_check
+from parity.finetune.options import SEED_BATCH, SEED_LR, SEED_SEQ, SEED_STEPS
+from parity.finetune.options import FinetuneOptions
 from parity.finetune.optimizer import optimizer_check, planted_fault_checks
 from parity.finetune.training import gradient_check, squad_training_check, tf_gradients, training_check
 
@@ -263,67 +264,30 @@ def render_markdown(result: dict) -> str:
     return "\n".join(lines)
 
 
-DESCRIPTION = "Fine-tuning parity: optimizer, features, gradients, training, conversion, seeds; TF against PyTorch."
-# FinetuneConfig fields the command line overrides (--train-steps -> train_steps, ...).
+# FinetuneConfig fields the command line overrides (--train-steps -> train_steps, ...): FinetuneOptions' fields of
+# the same names.
 OVERRIDES = ("train_epochs", "train_steps", "train_batch_size", "train_seq_len", "seeds", "seed_steps",
              "seed_batch_size", "seed_seq_len", "seed_lr", "squad_steps", "squad_dev")
 
 
-# A sentence pair needs [CLS] a [SEP] b [SEP]: five tokens at the least.
-MIN_SEQ = 5
+def finetune_config(opts: FinetuneOptions) -> FinetuneConfig:
+    """The sizes a command line asks for: QUICK (``--quick``) or FULL, each size flag given overriding its field."""
+    overrides = {name: getattr(opts, name) for name in OVERRIDES if getattr(opts, name) is not None}
+    return dataclasses.replace(QUICK if opts.quick else FULL, **overrides)
 
 
-def main(argv: Optional[list[str]] = None) -> int:
-    ap = ArgumentParser(prog="python -m parity.finetune", description=DESCRIPTION,
-                        epilog=EXIT_CODES_HELP, formatter_class=HelpFormatter)
-    ap.add_argument("--data-dir", default=None, type=input_dir("data folder"),
-                    help="folder with mrpc/ (default: ../shared/data from the repo root)")
-    ap.add_argument("--report-dir", "--out", dest="out", type=output_dir("report folder", owner="finetune"),
-                    help="output folder for finetune.json / finetune.md (required)")
-    ap.add_argument("--quick", action="store_true", help="CI sizes (a few minutes)")
-    ap.add_argument("--device", default="cpu", help="PyTorch device (cuda is untested)")
-    ap.add_argument("--train-epochs", type=real(above=0, hi=1000), default=None,
-                    help="deterministic run: MRPC epochs, steps by "
-                         "the official count (default 3: 343 steps at batch 32)")
-    ap.add_argument("--train-steps", type=count(1, 10_000_000), default=None, help="deterministic run: optimizer steps "
-                    "(overrides --train-epochs)")
-    ap.add_argument("--train-batch-size", type=count(1, 65536), default=None,
-                    help="deterministic run: batch size (default 32)")
-    ap.add_argument("--train-seq-len", type=count(MIN_SEQ, 131072), default=None,
-                    help="deterministic run: max_seq_length "
-                         "(default 128 with the all-padding columns cut: no pair truncated)")
-    ap.add_argument("--seeds", type=count(0, 1000), default=None, help="multi-seed runs per side with dropout on "
-                    "(default 3; 0 with --quick)")
-    ap.add_argument("--squad-steps", type=count(1, 10_000_000), default=None,
-                    help="SQuAD deterministic run: steps (default 100)")
-    ap.add_argument("--squad-dev", type=count(1, 10_000_000), default=None,
-                    help="SQuAD: dev questions evaluated (default 500)")
-    ap.add_argument("--seed-steps", type=count(1, 10_000_000), default=None,
-                    help=f"steps of each multi-seed run (default {SEED_STEPS})")
-    ap.add_argument("--seed-batch-size", type=count(1, 65536), default=None,
-                    help=f"multi-seed batch size (default {SEED_BATCH})")
-    ap.add_argument("--seed-seq-len", type=count(MIN_SEQ, 131072), default=None,
-                    help=f"multi-seed max_seq_length (default {SEED_SEQ})")
-    ap.add_argument("--seed-lr", type=real(above=0, hi=1.0), default=None,
-                    help=f"multi-seed learning rate (default {SEED_LR:g})")
-    args = ap.parse_or_exit_code(argv)
-    if isinstance(args, int):   # a usage error (its line printed) or --help
-        return args
-    if not args.out:
-        return ap.usage_error("the following arguments are required: --report-dir")
-    if args.seeds == 1:   # its range is declared with the flag; a single seed has no spread to test
-        return ap.usage_error("argument --seeds: 1: give 0 (none) or at least 2")
-    overrides = {name: getattr(args, name) for name in OVERRIDES if getattr(args, name) is not None}
-    config = dataclasses.replace(QUICK if args.quick else FULL, **overrides)
-    return run_main(_finetune, args, config)
-
-
-def _finetune(args, config: FinetuneConfig) -> int:
+def run_finetune(opts: FinetuneOptions) -> int:
     """The report folder is written aside and renamed into place when complete: a run cut short (an error,
     Ctrl-C) leaves nothing, and only an empty folder or a previous finetune report is replaced."""
-    with atomic_dir(args.out, "--report-dir", owner="finetune") as out:
-        result = run_finetune_checks(args.data_dir, out, config, device=args.device)
+    config = finetune_config(opts)
+    with atomic_dir(opts.out, "--report-dir", owner="finetune") as out:
+        result = run_finetune_checks(opts.data_dir, out, config, device=opts.device)
     print(result["summary"])
     for c in result["checks"]:
         print(f"  {c['name']}: {c['summary']}")
     return 0 if result["verdict"] == "pass" else 1
+
+
+def main(argv: Optional[list[str]] = None) -> int:
+    """``bert-parity finetune`` (``python -m parity.finetune``)."""
+    return run_main(lambda: run_finetune(FinetuneOptions.parse(argv)))

@@ -17,6 +17,7 @@ explains the PyTorch side at least ``SEPARATION`` times better than the official
 from __future__ import annotations
 
 import math
+import platform
 import re
 from dataclasses import dataclass
 from itertools import combinations
@@ -44,6 +45,12 @@ CAUSES = {
     "reduced_precision": "the candidate computes in bf16/fp16 while fp32 was asked (--precision)",
     "fp16_overflow": "an fp16 candidate overflowed: Inf/NaN or values saturated at 65504 where float64 is finite",
     "non_finite": "a NaN or Inf: in the weights, or produced by a tap; named where it first appears",
+    "compiled_rounding": "a compiled model (--transform compile) rounds further from float64 than the same model "
+                         "run eagerly in float32",
+    "int8_weight_type": "an int8 ONNX file with int8 weights (U8S8) run on an x86 CPU without VNNI, where "
+                        "onnxruntime's kernels can saturate",
+    "quantized_embeddings": "a quantized model diverges already at the embeddings: the quantization reached the "
+                            "lookup tables or the LayerNorm, which int8 of the Linear layers leaves in float32",
 }
 
 # A hypothesis must explain the PyTorch side this many times better than the official behaviour.
@@ -456,3 +463,92 @@ def vocab_hint(vocab_file: str, tokens: int, vocab_size: int) -> Optional[dict]:
                 f"word-embedding table {vocab_size} rows{what(vocab_size)}: the vocab file does not belong to "
                 f"this checkpoint, so every token id would look up the wrong row", tokens=tokens,
                 vocab_size=vocab_size)
+
+
+# ---------------------------------------------------------------------------------------------
+# Transformed candidates: compiled, quantized (parity.candidates.transforms, export-onnx --quantize).
+
+# compiled_rounding: a compiled output may stray from the float64 eager model this many times as far as the eager
+# float32 model does, plus TINY x the tap's magnitude (a few ulps: an eager error near zero still allows rounding).
+COMPILED_ROUNDING_FACTOR = 2.0
+COMPILED_ROUNDING_TINY = 4 * 2.0 ** -24
+
+
+def compiled_rounding_hint(evidence: Mapping[str, Mapping[str, float]]) -> Optional[dict]:
+    """``evidence``: per output tap, ``compiled_error`` and ``eager_error`` (max |run - eager float64|) and
+    ``scale`` (max |float64|), as ``parity.candidates.transforms.compile_evidence`` measures them. Fires on the first
+    tap where the compiled run is past ``COMPILED_ROUNDING_FACTOR`` x the eager error plus a few ulps: compilation
+    is meant to compute the same function, so rounding well past eager's is its kernels' doing (fused reductions,
+    reassociated sums, other GEMM blocking, a fast-math approximation), not the model's."""
+    for tap, e in evidence.items():
+        allowed = COMPILED_ROUNDING_FACTOR * e["eager_error"] + COMPILED_ROUNDING_TINY * e["scale"]
+        if e["compiled_error"] > allowed:
+            ratio = e["compiled_error"] / e["eager_error"] if e["eager_error"] > 0 else float("inf")
+            return hint("compiled_rounding", None,
+                        f"{tap}: the compiled model is {e['compiled_error']:.3g} from the eager model run in float64, "
+                        f"{ratio:.3g}x the eager float32 model's {e['eager_error']:.3g} (allowed "
+                        f"{COMPILED_ROUNDING_FACTOR:g}x + {COMPILED_ROUNDING_TINY * e['scale']:.2g}): the compiled "
+                        f"kernels round further than eager's (fused reductions, reassociated sums); compare eager and "
+                        f"compiled on more inputs, or turn off the inductor fusions in question",
+                        tap=tap, compiled_error=e["compiled_error"], eager_error=e["eager_error"], allowed=allowed)
+    return None
+
+
+VNNI_FLAGS = frozenset({"avx512_vnni", "avx_vnni", "amx_int8"})
+X86 = frozenset({"x86_64", "amd64", "i386", "i686", "x86"})
+
+
+def cpu_flags() -> frozenset:
+    """This CPU's feature flags (Linux /proc/cpuinfo), empty where they cannot be read."""
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8", errors="replace") as f:
+            for line in f:
+                if line.startswith("flags"):
+                    return frozenset(line.split(":", 1)[1].split())
+    except OSError:
+        pass
+    return frozenset()
+
+
+def int8_weight_type_hint(quantization: Optional[Mapping], flags: Optional[frozenset] = None,
+                          machine: Optional[str] = None) -> Optional[dict]:
+    """An int8 ONNX file (``quantization``: parity.candidates.onnx.quantization_info) with int8 weights, run on an
+    x86 CPU without VNNI. onnxruntime's quantization guide names this trap: with uint8 activations and int8 weights
+    (U8S8) its x86 kernels multiply with VPMADDUBSW, whose pairwise 16-bit sums saturate, and the accuracy can
+    drop; U8U8 (QUInt8 weights) does not saturate, nor does reduce_range (7-bit weights), nor a VNNI CPU (32-bit
+    sums). Silent where the flags cannot be read (no evidence, no hint). ``flags``/``machine``: this CPU's, unless
+    given (the tests plant them)."""
+    if not quantization or "QInt8" not in str(quantization.get("weight_type") or ""):
+        return None
+    machine = (machine or platform.machine()).lower()
+    flags = cpu_flags() if flags is None else frozenset(flags)
+    if machine not in X86 or not flags or flags & VNNI_FLAGS:
+        return None
+    return hint("int8_weight_type", None,
+                f"the ONNX file's weights are {quantization.get('weight_type')} (onnxruntime's U8S8 kernels: uint8 "
+                f"activations times int8 weights) and this x86 CPU has no VNNI ({', '.join(sorted(VNNI_FLAGS))} "
+                f"absent): onnxruntime multiplies with VPMADDUBSW there, whose 16-bit pair sums can saturate, a known "
+                f"accuracy trap of its quantization; re-export with --weight-type QUInt8 (U8U8) or quantize with "
+                f"reduce_range=True", weight_type=quantization.get("weight_type"), machine=machine)
+
+
+def quantized_embeddings_hint(rows, form: Optional[str], quantization: Optional[Mapping] = None) -> Optional[dict]:
+    """A quantized candidate (``form``: how, in words; None: not quantized) whose embeddings taps already fail
+    their float32 tolerance (``rows``: compare's tap rows): nothing before the first Linear layer is quantized by
+    int8 of the Linear layers, so the quantization reached the lookup tables or the LayerNorm. onnxruntime's
+    quantize_dynamic does that by default (it quantizes Gather), which ``quantization['quantized_lookups']``
+    counts when the file was read."""
+    if not form:
+        return None
+    bad = [t for t in rows if t["name"].startswith("embeddings/") and not t["passed"]]
+    if not bad:
+        return None
+    t = bad[0]
+    lookups = (quantization or {}).get("quantized_lookups")
+    return hint("quantized_embeddings", "embeddings",
+                f"{t['name']}: the {form} candidate diverges before any Linear layer (max error {t['max_abs']}, "
+                f"cosine {t['cosine']}; {len(bad)} embeddings taps over float32 tolerance)"
+                + (f"; the file holds {lookups} quantized lookups (Gather on an 8-bit table)" if lookups else "")
+                + ": the quantization reached the embedding tables or the LayerNorm; quantize the Linear layers only "
+                  "(onnxruntime: op_types_to_quantize=['MatMul'], as export-onnx --quantize int8 does)",
+                tap=t["name"], taps=[b["name"] for b in bad], quantized_lookups=lookups)

@@ -8,7 +8,7 @@
     bf16   bfloat16, as users run it: ``torch.autocast`` (mode "autocast", the default) or the whole
     fp16   model cast for inference (mode "cast"). fp16 the same, in float16.
 
-Why a tier's tolerance can be derived on the spot (README, "Precision tiers"): for every element,
+Why a tier's tolerance can be derived on the spot (docs/precision.md): for every element,
 ``|c_t - r| <= |c_t - c64| + |c64 - r|``, where ``c64`` is the candidate's float64 twin (the same model,
 same inputs, float64 arithmetic). The second term is the fp32 question (is the formula the official one?)
 and keeps the fp32 profile's tolerance; the first is the tier's own rounding, measured, not assumed:
@@ -34,7 +34,7 @@ UNIT_ROUNDOFF = {"fp32": 2.0 ** -24, "tf32": 2.0 ** -11, "bf16": 2.0 ** -8, "fp1
 DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
 MODES = ("autocast", "cast")
 # How far a tap's tier rounding may exceed (u_t / u_fp32) x its float32 rounding before it is called
-# overflow / saturation / lost precision. Measured on MiniLM (README, "Precision tiers") the clean tiers
+# overflow / saturation / lost precision. Measured on MiniLM (docs/precision.md) the clean tiers
 # use at most a small fraction of it; an Inf, a NaN or a saturated fp16 value use millions.
 CEILING = 16.0
 # The tier's atol term is MARGIN x e_t (defined in parity.numerics.metrics, which applies it). MARGIN 1 is the exact

@@ -133,7 +133,10 @@ def _subset_vocab(path: str, n: int) -> None:
 def random_check(config_name: str, batch: int = 4, seed: int = 0) -> Check:
     """A random-init checkpoint of the gate (parity/checkpoints.py CONFIGS), written by the official code."""
     def run(ctx: Context) -> dict:
-        from bert_torch import convert
+        import contextlib
+        from bert_torch.commands import run_main
+        from bert_torch.convert import run_convert
+        from bert_torch.options import ConvertOptions
         from reference_tf import write_random_checkpoint
         from parity.checkpoints import CONFIGS, SEQ
         cfg = dict(CONFIGS[config_name], hidden_act="gelu")
@@ -143,10 +146,9 @@ def random_check(config_name: str, batch: int = 4, seed: int = 0) -> Check:
         _subset_vocab(vocab, cfg["vocab_size"])
         write_random_checkpoint(out, cfg, seed=seed, vocab_file=vocab, perturb=0.02)
         weights = os.path.join(out, "pytorch_model.safetensors")
-        with open(os.devnull, "w") as devnull:
-            import contextlib
-            with contextlib.redirect_stdout(devnull):
-                code = convert.main(["--tf-checkpoint", out, "--output", weights])
+        with open(os.devnull, "w") as devnull, contextlib.redirect_stdout(devnull):
+            # the convert command as a user runs it: its error's line on stderr and its exit code
+            code = run_main(lambda: run_convert(ConvertOptions.parse(["--tf-checkpoint", out, "--output", weights])))
         if code != 0:
             return {"name": f"layerwise/random-{config_name}", "kind": "layerwise", "verdict": "fail",
                     "summary": f"bert_torch.convert exited {code} on the official random checkpoint",

@@ -8,8 +8,7 @@ import shlex
 import time
 import tomllib
 from typing import Optional
-from bert_torch.commands import EXIT_CODES_HELP, ArgumentParser, HelpFormatter, run_main
-from bert_torch.flags import input_dir, input_file, iso_date, maybe_file, or_empty, output_dir, real
+from bert_torch.commands import run_main
 from bert_torch._io import atomic_dir, atomic_output, dumps
 from parity.sides.refcache import CACHE_ENV, LOG_ENV, OWNER_ENV, RefCache, provenance as tf_cache_provenance
 from parity.environment import environment, git_state
@@ -18,9 +17,10 @@ from parity.numerics.metrics import PROFILES
 from parity.numerics.precision import Tier, check_supported
 from parity.candidates.spec import parse_candidate
 from parity.release.context import Check, Context, NotRun, ReleaseInputError
+from parity.release.options import ReleaseOptions
 from parity.release.ratchet import DEFAULT_BASELINE, GROWTH_FACTOR, NOISE_FLOOR, load_baseline, ratchet
 from parity.release.registry import registry
-from parity.release.waivers import DEFAULT_WAIVERS, load_waivers, waiver_status
+from parity.release.waivers import load_waivers, waiver_status
 
 
 REPORT_FILES = ("report.json", "report.md", "report.html")
@@ -169,61 +169,24 @@ def project_version() -> str:
 
 
 def main(argv: Optional[list[str]] = None) -> int:
-    ap = ArgumentParser(prog="python -m parity.release", description="The release gate and its report.",
-                        epilog=EXIT_CODES_HELP, formatter_class=HelpFormatter)
-    ap.add_argument("--report-dir", type=output_dir("report folder", owner="release"),
-                    help="default: reports/<version>-<commit>")
-    ap.add_argument("--data-dir", type=input_dir("data folder"),
-                    help="real data (MRPC, SQuAD); default ../shared/data beside the repo when present")
-    ap.add_argument("--work-dir", type=output_dir("work folder"),
-                    help="checkpoints built for the report (default: build/release)")
-    ap.add_argument("--baseline", default=DEFAULT_BASELINE, type=or_empty(maybe_file("baseline report")),
-                    help="last release's report.json ('' for none)")
-    ap.add_argument("--waivers", default=DEFAULT_WAIVERS, type=or_empty(input_file("waiver ledger")),
-                    help="waiver ledger (TOML)")
-    ap.add_argument("--checks", help="comma-separated globs of check names to run (default: all)")
-    ap.add_argument("--pytest-args", default="-m '' -n 2 --dist loadfile parity/",
-                    help="arguments of the gate-suite pytest run (default: two pytest-xdist workers, a test file "
-                         "per worker at a time, so a file's TF fixtures are built once)")
-    ap.add_argument("--growth-factor", type=real(1.0, 1e6), default=GROWTH_FACTOR,
-                    help="a tap regresses when its error grows by more than this factor over the baseline's (>= 1)")
-    ap.add_argument("--noise-floor", type=real(0.0, 1.0), default=NOISE_FLOOR,
-                    help="errors under this share of the tap's tolerance never count as a regression (0 to 1)")
-    ap.add_argument("--today", type=iso_date(), help="date the waivers expire against (default: today, UTC)")
-    ap.add_argument("--list", action="store_true", help="list the checks and exit")
-    ap.add_argument("--precision", default="fp32", help="the candidate's tier in the layerwise checks: "
-                    "fp32, tf32, bf16, fp16 (the reference stays the float32 graph)")
-    ap.add_argument("--precision-mode", default="autocast", help="bf16/fp16: autocast (default) or cast")
-    ap.add_argument("--candidate", metavar="KIND:PATH", help="the model the primary check (real MiniLM weights, "
-                    "every tap) proves instead of bert_torch: bert_torch:W, hf:DIR, ppb:FILE, onnx:FILE, "
-                    "module:pkg.mod:factory (built from the same MiniLM weights; the random-init checks stay bert_torch)")
-    ap.add_argument("--tf-cache", metavar="DIR", type=output_dir("TF cache folder"), default=os.environ.get(CACHE_ENV) or None,
-                    help="reuse the official graph's results (taps, gradients, training runs) stored in DIR by an "
-                         "earlier run when everything that determines them is unchanged, and store new ones there "
-                         "(make report: build/tf-cache; default: $BERT_PARITY_TF_CACHE, else none). The report's "
-                         "provenance says what was reused")
-    ap.add_argument("--promote", metavar="REPORT_JSON", type=input_file("release report"),
-                    help="make this passing report the baseline and exit")
-    ap.add_argument("--require-data", action="store_true", default=os.environ.get("PARITY_REQUIRE_DATA") == "1",
-                    help="a check whose data set is missing fails the gate instead of being listed as not run "
-                         "(CI; also PARITY_REQUIRE_DATA=1)")
-    return run_main(lambda: _release(ap.parse_args(argv)))
+    """``python -m parity.release`` (``bert-parity release``)."""
+    return run_main(lambda: run_release_command(ReleaseOptions.parse(argv)))
 
 
-def _release(args) -> int:
-    if args.promote:
-        return promote(args.promote, args.baseline or DEFAULT_BASELINE)
+def run_release_command(opts: ReleaseOptions) -> int:
+    """``--promote``, ``--list``, or the release: the selected checks run, the report folder written, the
+    verdict printed. Exit 0 pass, 1 the gate fails."""
+    if opts.promote:
+        return promote(opts.promote, opts.baseline or DEFAULT_BASELINE)
     checks, not_run = registry()
-    if args.list:
+    if opts.list_checks:
         for c in checks:
             print(f"{c.name:32} {c.what}")
         for n, why in not_run.items():
             print(f"{n:32} not run: {why}")
         return 0
-    if args.checks is not None:
-        globs = [g.strip() for g in args.checks.split(",") if g.strip()]
-        if not globs:   # an empty selection is a mistake, not a gate that ran nothing (or everything)
-            raise ReleaseInputError(f"--checks {args.checks!r}: names no check; `--list` shows them")
+    globs = opts.check_globs
+    if globs is not None:   # (ReleaseOptions.check refused a selection naming nothing)
         unknown = [g for g in globs if not any(fnmatch.fnmatchcase(c.name, g) for c in checks)]
         if unknown:
             raise ReleaseInputError(f"--checks {unknown[0]}: matches no check; `--list` shows them")
@@ -233,25 +196,25 @@ def _release(args) -> int:
         not_run = {**skipped, **not_run}
     version = project_version()
     commit = (git_state().get("commit") or "nogit")[:7]
-    report_dir = args.report_dir or os.path.join(REPO_ROOT, "reports", f"{version}-{commit}")
-    data_dir = args.data_dir or default_data_dir()
-    if args.data_dir and not os.path.isdir(args.data_dir):
-        raise ReleaseInputError(f"--data-dir {args.data_dir}: no such directory")
-    today = args.today or datetime.datetime.now(datetime.timezone.utc).date()
-    ctx = Context(report_dir=report_dir, work_dir=args.work_dir or os.path.join(REPO_ROOT, "build", "release"),
-                  data_dir=data_dir, profile=PROFILES["fp32-cpu"], waivers=load_waivers(args.waivers),
-                  today=today, pytest_args=shlex.split(args.pytest_args), require_data=args.require_data,
-                  tier=Tier(args.precision, args.precision_mode),
-                  candidate=parse_candidate(args.candidate) if args.candidate else None)
+    report_dir = opts.report_dir or os.path.join(REPO_ROOT, "reports", f"{version}-{commit}")
+    data_dir = opts.data_dir or default_data_dir()
+    if opts.data_dir and not os.path.isdir(opts.data_dir):
+        raise ReleaseInputError(f"--data-dir {opts.data_dir}: no such directory")
+    today = opts.today or datetime.datetime.now(datetime.timezone.utc).date()
+    ctx = Context(report_dir=report_dir, work_dir=opts.work_dir or os.path.join(REPO_ROOT, "build", "release"),
+                  data_dir=data_dir, profile=PROFILES["fp32-cpu"], waivers=load_waivers(opts.waivers),
+                  today=today, pytest_args=shlex.split(opts.pytest_args), require_data=opts.require_data,
+                  tier=Tier(opts.precision, opts.precision_mode),
+                  candidate=parse_candidate(opts.candidate) if opts.candidate else None)
     check_supported(ctx.tier, "cpu")
-    baseline = load_baseline(args.baseline)
+    baseline = load_baseline(opts.baseline)
     os.makedirs(ctx.work_dir, exist_ok=True)
-    use_tf_cache(args.tf_cache, os.path.join(ctx.work_dir, "tf-cache-uses.jsonl"))
+    use_tf_cache(opts.tf_cache, os.path.join(ctx.work_dir, "tf-cache-uses.jsonl"))
     # The report folder is written aside and renamed into place when complete (it appears whole or not at all),
     # replacing only an empty folder or a previous release report.
     with atomic_dir(report_dir, "--report-dir", owner="release") as out:
         ctx.report_dir = out
-        report = run_release(ctx, checks, not_run, baseline, version, args.growth_factor, args.noise_floor)
+        report = run_release(ctx, checks, not_run, baseline, version, opts.growth_factor, opts.noise_floor)
         files = [os.path.join(report_dir, os.path.relpath(f, out)) for f in write_release(report, ctx)]
     ctx.report_dir = report_dir
     print(report["headline"])

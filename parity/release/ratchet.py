@@ -8,17 +8,10 @@ import numpy as np
 
 from bert_torch._io import InputFileError, read_json
 
-from parity.files import REPO_ROOT
 from parity.release.context import ReleaseInputError
-
-
-DEFAULT_BASELINE = os.path.join(REPO_ROOT, "reports", "baseline.json")
-
-
-GROWTH_FACTOR = 2.0
-
-
-NOISE_FLOOR = 0.05          # in units of the tap's tolerance (tol_ratio)
+# Declared with the flags that override them (the options module is light: --help shows them without torch).
+# NOISE_FLOOR is in units of the tap's tolerance (tol_ratio).
+from parity.release.options import DEFAULT_BASELINE, GROWTH_FACTOR, NOISE_FLOOR  # noqa: F401
 
 
 def tap_error(t: dict) -> Optional[float]:

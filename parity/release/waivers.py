@@ -11,11 +11,8 @@ from typing import Optional
 
 from bert_torch._io import InputFileError, read_text
 
-from parity.files import PACKAGE_DIR
 from parity.release.context import ReleaseInputError
-
-
-DEFAULT_WAIVERS = os.path.join(PACKAGE_DIR, "waivers.toml")
+from parity.release.options import DEFAULT_WAIVERS  # noqa: F401  (declared with the --waivers flag)
 
 
 @dataclasses.dataclass

@@ -447,7 +447,7 @@ class GoldenSide(SideBase):
     """A reference side replayed from a golden file: TF's taps saved by ``python -m reference_tf dump``.
 
     Lets a machine without TensorFlow (a GPU box, a lean CI job) compare against the official
-    graph. The file is safetensors (README, "Golden files"): int32 ``inputs/input_ids``,
+    graph. The file is safetensors (docs/golden.md): int32 ``inputs/input_ids``,
     ``inputs/token_type_ids``, ``inputs/input_mask`` [B,T]; float32 ``taps/<tap name>`` in
     the contract layout; and ``__metadata__`` keys ``format`` (``bert-parity-golden``),
     ``format_version`` and ``golden`` (JSON: ``tap_names`` in forward order, ``head``,

@@ -42,9 +42,8 @@ import numpy as np
 from bert_torch._io import (InputFileError, _describe, atomic_dir, forget_on_signal, read_json,
                             remove_on_signal, sha256, writable_folder)
 
-from parity.files import REPO_ROOT
+from parity.files import CACHE_ENV, REPO_ROOT  # noqa: F401  (CACHE_ENV: where it is declared)
 
-CACHE_ENV = "BERT_PARITY_TF_CACHE"
 LOG_ENV = "BERT_PARITY_TF_CACHE_LOG"
 OWNER_ENV = "BERT_PARITY_TF_CACHE_OWNER"   # the release process that set the two above
 FORMAT = "bert-parity-tf-cache"
