@@ -56,7 +56,8 @@ from bert_torch.commands import ForeignError, foreign
 
 from parity.candidates.spec import OWN_ERRORS, CandidateError, _HarnessError
 
-TRANSFORMS = ("compile", "int8-dynamic")
+from parity.candidates.options import TRANSFORMS  # noqa: E402  (declared with the --transform flag)
+
 LOSSY_TRANSFORMS = ("int8-dynamic",)
 # The reason a tap that a compiled run did not deliver is declared unobservable.
 COMPILE_HIDDEN = "torch.compile fuses the graph: intermediate tensors are not materialised"

@@ -12,25 +12,31 @@ from typing import ClassVar, Optional
 from bert_torch.flags import checkpoint, count, input_file, output_dir, output_file
 from bert_torch.options import Options, flag
 
+from parity.candidates.options import TRANSFORMS, CandidateOptions  # noqa: F401  (TRANSFORMS: for evaluate)
 from parity.inputs import MAX_BATCH, MAX_SEED, MAX_SEQ, MAX_THREADS, BadInput
 from parity.numerics.metrics import PROFILES
 
 BATCH_SIZE, SEQ_LEN, SEED = 8, 128, 0   # the deterministic inputs' default shape and draw
-# --transform's names (parity.candidates.transforms.TRANSFORMS, which imports more than an options module may)
-TRANSFORMS = ("compile", "int8-dynamic")
 
 
 @dataclasses.dataclass(frozen=True)
-class RunOptions(Options):
-    """What every command that runs the official graph on deterministic inputs is given."""
-    COMMAND: ClassVar[str] = "compare"   # whose memory needs bound the run (``parity.inputs.run_bytes``)
-
+class ReferenceOptions(Options):
+    """The official graph's side of a run: the checkpoint, its config and vocab, TF's threads."""
     tf_checkpoint: Optional[str] = flag("--tf-checkpoint", type=checkpoint(),
                                         help="checkpoint directory or prefix (required unless --golden)")
     bert_config: Optional[str] = flag("--bert-config", type=input_file("bert_config.json"),
                                       help="bert_config.json (default: beside the checkpoint)")
     vocab_file: Optional[str] = flag("--vocab-file", type=input_file("vocab file"),
                                      help="vocab.txt (default: beside the checkpoint)")
+    tf_threads: Optional[int] = flag("--tf-threads", type=count(1, MAX_THREADS),
+                                     help="TF intra-op threads (default: TF's own)")
+
+
+@dataclasses.dataclass(frozen=True)
+class RunOptions(ReferenceOptions):
+    """What every command that runs the official graph on deterministic inputs is given."""
+    COMMAND: ClassVar[str] = "compare"   # whose memory needs bound the run (``parity.inputs.run_bytes``)
+
     sentences: Optional[str] = flag("--sentences", type=input_file("sentences file"),
                                     help="MRPC-format tsv of sentence pairs (default: the committed MRPC sample)")
     batch_size: int = flag("--batch-size", type=count(1, MAX_BATCH), default=BATCH_SIZE,
@@ -38,8 +44,6 @@ class RunOptions(Options):
     seq_len: int = flag("--seq-len", type=count(1, MAX_SEQ), default=SEQ_LEN,
                         help="tokens per row (row 0 full, the others padded)")
     seed: int = flag("--seed", type=count(0, MAX_SEED), default=SEED, help="which sentence pairs are drawn")
-    tf_threads: Optional[int] = flag("--tf-threads", type=count(1, MAX_THREADS),
-                                     help="TF intra-op threads (default: TF's own)")
     # Not flags of every such command: the values a command without them runs at.
     torch_weights: Optional[str] = None
     torch_bert_config: Optional[str] = None
@@ -52,7 +56,7 @@ class RunOptions(Options):
 
 
 @dataclasses.dataclass(frozen=True)
-class CompareOptions(RunOptions):
+class CompareOptions(CandidateOptions, RunOptions):   # (the candidate's flags replace RunOptions' fixed values)
     """``bert-parity compare`` (``python -m parity compare``)."""
     PROG: ClassVar[str] = "bert-parity compare"
     DESCRIPTION: ClassVar[str] = ("Run both sides on the same inputs and compare every tap (--golden FILE: "
@@ -62,36 +66,15 @@ class CompareOptions(RunOptions):
     golden: Optional[str] = flag("--golden", type=input_file("golden file"),
                                  help="compare against a golden file (bert-parity dump) instead of running "
                                       "TensorFlow")
-    torch_weights: Optional[str] = flag("--torch-weights", type=input_file("weights file"),
-                                        help="safetensors or .bin/.pt state dict (= --candidate bert_torch:W)")
-    candidate: Optional[str] = flag("--candidate",
-                                    help="KIND:PATH, the PyTorch side: bert_torch:W, hf:DIR, ppb:FILE, onnx:FILE, "
-                                         "module:pkg.mod:factory (docs: candidates); exactly one of --candidate "
-                                         "and --torch-weights")
-    onnx_optimization: str = flag("--onnx-optimization", default="all", choices=("all", "off"),
-                                  help="onnxruntime graph optimisation of an onnx: candidate")
-    torch_bert_config: Optional[str] = flag("--torch-bert-config", type=input_file("bert_config.json"),
-                                            help="config for the PyTorch side only (default: --bert-config)")
     report_dir: str = flag("--report-dir", required=True, type=output_dir("report folder", owner="compare"),
                            help="folder for report.json and report.md")
-    device: str = flag("--device", default="cpu", help="PyTorch device: cpu, cuda, cuda:1 ...")
     profile: str = flag("--profile", default="fp32-cpu", help=f"tolerance profile: {', '.join(sorted(PROFILES))}")
-    precision: str = flag("--precision", default="fp32",
-                          help="the candidate's arithmetic (the reference stays the float32 graph): fp32 (TF32 "
-                               "off), tf32 (CUDA's, or an exact emulation on CPU), bf16, fp16")
     spill: str = flag("--spill", default="auto", choices=("auto", "always", "never"),
                       help="stream each run's taps to disk and compare them one at a time, so that memory holds "
                            "about one layer's taps (auto: when keeping every run in memory would take over 1 GiB)")
     spill_dir: Optional[str] = flag("--spill-dir", type=output_dir("spill folder"),
                                     help="folder for the streamed taps (default: the system's temporary folder); "
                                          "removed when the run ends")
-    precision_mode: str = flag("--precision-mode", default="autocast",
-                               help="bf16/fp16 as torch.autocast, or cast: the whole model cast, as for inference")
-    transform: Optional[str] = flag("--transform", choices=TRANSFORMS,
-                                    help="run a PyTorch candidate transformed, float32 only: compile "
-                                         "(torch.compile, inductor; exact) or int8-dynamic (its nn.Linear layers "
-                                         "dynamically quantized to int8, CPU; lossy: judged by its outputs' cosine). "
-                                         "ONNX files: export-onnx --optimize/--quantize")
 
     def check(self) -> None:
         if self.golden:

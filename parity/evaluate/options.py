@@ -10,14 +10,14 @@ from __future__ import annotations
 import dataclasses
 from typing import ClassVar, Optional
 
-from bert_torch.flags import checkpoint, count, input_dir, input_file, output_dir, real
-from bert_torch.options import Options, flag
+from bert_torch.flags import checkpoint, count, input_dir, output_dir, real
+from bert_torch.options import flag
 
-from parity.inputs import MAX_BATCH, MAX_SEQ, MAX_THREADS, BadInput
+from parity.candidates.options import TRANSFORMS, CandidateOptions  # noqa: F401
+from parity.compare.options import ReferenceOptions
+from parity.inputs import MAX_BATCH, MAX_SEQ, BadInput
 
 TASKS = ("mrpc", "squad")
-TRANSFORMS = ("compile", "int8-dynamic")
-PRECISIONS = ("fp32", "tf32", "bf16", "fp16")
 # The official scripts' defaults, per task.
 DEFAULT_SIZES = {
     "mrpc": {"max_seq_length": 128},
@@ -31,7 +31,7 @@ MIN_RATIO = 0.99
 
 
 @dataclasses.dataclass(frozen=True)
-class EvaluateOptions(Options):
+class EvaluateOptions(CandidateOptions, ReferenceOptions):
     """``bert-parity evaluate``: the official graph with the checkpoint's head against a candidate, on a dev set."""
     PROG: ClassVar[str] = "bert-parity evaluate"
     DESCRIPTION: ClassVar[str] = ("Task-level parity of a fine-tuned checkpoint: the official graph (with the "
@@ -47,16 +47,6 @@ class EvaluateOptions(Options):
     data_dir: Optional[str] = flag("--data-dir", type=input_dir("data folder"),
                                    help="folder holding mrpc/dev.tsv and/or squad/dev-v1.1.json (default: "
                                         "../shared/data from the repo root)")
-    candidate: Optional[str] = flag("--candidate",
-                                    help="KIND:PATH, the PyTorch side: bert_torch:W, hf:DIR, ppb:FILE, onnx:FILE, "
-                                         "module:pkg.mod:factory; exactly one of --candidate and --torch-weights")
-    torch_weights: Optional[str] = flag("--torch-weights", type=input_file("weights file"),
-                                        help="safetensors or .bin/.pt state dict with the head "
-                                             "(= --candidate bert_torch:W)")
-    transform: Optional[str] = flag("--transform", choices=TRANSFORMS,
-                                    help="run the PyTorch candidate transformed: compile (torch.compile, fp32: "
-                                         "judged as exact) or int8-dynamic (int8 Linear layers: judged by "
-                                         "--min-ratio)")
     max_examples: Optional[int] = flag("--max-examples", type=count(1, 10_000_000),
                                        help="evaluate the first N dev examples (SQuAD: questions) only")
     min_ratio: float = flag("--min-ratio", type=real(above=0, hi=1), default=MIN_RATIO,
@@ -64,20 +54,6 @@ class EvaluateOptions(Options):
                                  "candidate at least this times the reference's")
     report_dir: str = flag("--report-dir", required=True, type=output_dir("report folder", owner="evaluate"),
                            help="folder for report.json, report.md and predictions.json")
-    bert_config: Optional[str] = flag("--bert-config", type=input_file("bert_config.json"),
-                                      help="bert_config.json (default: beside the checkpoint)")
-    torch_bert_config: Optional[str] = flag("--torch-bert-config", type=input_file("bert_config.json"),
-                                            help="config for the PyTorch side only (default: --bert-config)")
-    vocab_file: Optional[str] = flag("--vocab-file", type=input_file("vocab file"),
-                                     help="vocab.txt (default: beside the checkpoint)")
-    device: str = flag("--device", default="cpu", help="PyTorch device: cpu, cuda, cuda:1 ...")
-    precision: str = flag("--precision", default="fp32", choices=PRECISIONS,
-                          help="the candidate's arithmetic (the reference stays the float32 graph); tf32, bf16 "
-                               "and fp16 are judged by --min-ratio")
-    precision_mode: str = flag("--precision-mode", default="autocast", choices=("autocast", "cast"),
-                               help="bf16/fp16 as torch.autocast, or cast: the whole model cast")
-    onnx_optimization: str = flag("--onnx-optimization", default="all", choices=("all", "off"),
-                                  help="onnxruntime graph optimisation of an onnx: candidate")
     batch_size: int = flag("--batch-size", type=count(1, MAX_BATCH), default=BATCH_SIZE,
                            help="features per run of each side")
     max_seq_length: Optional[int] = flag("--max-seq-length", type=count(MIN_SEQ, MAX_SEQ),
@@ -91,8 +67,6 @@ class EvaluateOptions(Options):
                                       help="squad: start and end candidates per feature (default 20)")
     max_answer_length: Optional[int] = flag("--max-answer-length", type=count(1, MAX_SEQ),
                                             help="squad: longest answer in tokens (default 30)")
-    tf_threads: Optional[int] = flag("--tf-threads", type=count(1, MAX_THREADS),
-                                     help="TF intra-op threads (default: TF's own)")
 
     def sizes(self) -> dict:
         """The task's sizes: each flag given, else the official default."""
