@@ -372,6 +372,12 @@ def _listing(path: str) -> dict[str, list[int]]:
     return dict(sorted(found.items()))
 
 
+def spelled(owner: str) -> str:
+    """The command an owner names: a subcommand (``compare``) of the front door, or a whole spelling
+    (``python -m parity.minilm``) for a command that is not one."""
+    return owner if " " in owner else f"bert-parity {owner}"
+
+
 def check_output_dir(path: str, owner: Optional[str], what: str = "") -> None:
     """``path`` can become the output folder of command ``owner``: absent, empty, or a previous output of the
     same command (which is then replaced as a whole). Anything else is refused before any work: a folder
@@ -402,12 +408,12 @@ def check_output_dir(path: str, owner: Optional[str], what: str = "") -> None:
             foreign = [f for f, sig in _listing(path).items() if listed.get(f) != sig]
             if foreign:
                 shown = ", ".join(foreign[:3]) + (", ..." if len(foreign) > 3 else "")
-                raise OutputError(f"{label}: a previous output of `bert-parity {owner}`, but it now holds files "
+                raise OutputError(f"{label}: a previous output of `{spelled(owner)}`, but it now holds files "
                                   f"bert-parity did not write or that changed since ({shown}); it is not replaced: "
                                   f"move them, or give a new or empty folder")
         if entries and found != owner:
             if found is not None:
-                raise OutputError(f"{label}: holds the output of `bert-parity {found}`, which {owner} does not "
+                raise OutputError(f"{label}: holds the output of `{spelled(found)}`, which {owner} does not "
                                   f"replace; give a new or empty folder")
             shown = ", ".join(entries[:3]) + (", ..." if len(entries) > 3 else "")
             raise OutputError(f"{label}: exists and holds files bert-parity did not write ({shown}); give a new "

@@ -52,12 +52,15 @@ def build_checkpoint(out_dir: str, hidden_act: str = "gelu") -> dict:
             "vocab": os.path.join(out_dir, "vocab.txt")}
 
 
+OWNER = "python -m parity.minilm"   # the writer a --out folder's marker names
+
+
 @dataclasses.dataclass(frozen=True)
 class MinilmOptions(Options):
-    PROG: ClassVar[str] = "python -m parity.minilm"
+    PROG: ClassVar[str] = OWNER
     DESCRIPTION: ClassVar[str] = "Write the real all-MiniLM-L6-v2 weights as an official-format TF checkpoint folder."
 
-    out: str = flag("--out", required=True, type=output_dir("checkpoint folder", owner="minilm"),
+    out: str = flag("--out", required=True, type=output_dir("checkpoint folder", owner=OWNER),
                     help="folder to write (new or empty, or this command's previous output)")
     hidden_act: str = flag("--hidden-act", default="gelu", choices=tuple(sorted(ACTIVATIONS)),
                            help="hidden_act of the bert_config.json written (gelu: the official graph's tanh form)")
@@ -66,7 +69,7 @@ class MinilmOptions(Options):
 def write_minilm(opts: MinilmOptions) -> int:
     """The folder is written aside and renamed into place when complete (``bert_torch._io.atomic_dir``), so that
     it never replaces what this command did not write."""
-    with atomic_dir(opts.out, "--out", owner="minilm") as tmp:
+    with atomic_dir(opts.out, "--out", owner=OWNER) as tmp:
         paths = build_checkpoint(tmp, opts.hidden_act)
     for k, v in paths.items():
         print(f"{k}: {os.path.join(opts.out, os.path.relpath(v, tmp))}")
