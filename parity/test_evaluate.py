@@ -1,24 +1,27 @@
 """``bert-parity evaluate``: task-level parity of a fine-tuned checkpoint (CONTRACT.md, "Being added").
 
 The official graph with the checkpoint's own head against a candidate, on dev features made by the official code:
-a faithful conversion passes (MRPC and SQuAD), planted faults fail with a hint naming them (the classifier's rows
-swapped, SQuAD's start and end swapped), a lossy form is judged by --min-ratio, and bad input is one line, exit 2.
+a faithful conversion passes (MRPC and SQuAD), as every candidate kind does (bert_torch, hf:, ppb:, onnx:, module:)
+and --transform compile (exact rule); planted faults fail with a hint naming them (the classifier's rows swapped,
+SQuAD's start and end swapped, a quantized embedding table: every prediction alike, its logits far outside the
+rounding noise); lossy forms (--transform int8-dynamic, an int8 ONNX file, bf16) are judged by --min-ratio; and bad
+input is one line, exit 2.
 The checkpoints are tiny official random ones with a head (``random_checkpoint``) and the data the committed
 samples (parity/data: the first 64 pairs of GLUE MRPC dev.tsv, byte for byte, and 20 SQuAD v1.1 dev questions).
 """
 from __future__ import annotations
 
-import inspect
+import importlib.util
 import json
 import os
 import shutil
+import textwrap
 
 import numpy as np
 import pytest
 
 from bert_torch import convert
 from parity import frontdoor
-from parity.candidates.factory import make_candidate
 from parity.checkpoints import CONFIGS
 from parity.evaluate import judge
 from parity.evaluate.data import MRPC_LABELS, hf_label_columns
@@ -184,21 +187,32 @@ def int8_like(tensors) -> None:
             tensors[name] = (np.round(w / np.where(scale > 0, scale, 1)) * scale).astype(np.float32)
 
 
-@pytest.mark.heavy
-def test_lossy_forms_are_judged_by_the_ratio_rule(evaluate, classifier, mrpc_pass, tmp_path):
-    # Labels set to the reference's own predictions: the reference scores 1.0, so a candidate's loss shows.
+@pytest.fixture(scope="module")
+def relabelled(mrpc_pass, tmp_path_factory) -> str:
+    """A --data-dir of the 64 MRPC pairs labelled with the reference's own predictions: the reference scores 1.0,
+    so whatever a lossy candidate loses shows in its metrics."""
     labels = {p["example"]: p["reference"] for p in json.loads(mrpc_pass.file("predictions.json"))["examples"]}
     with open(sample("mrpc_sample.tsv"), encoding="utf-8") as f:
         lines = f.read().split("\n")
     rows = [lines[0]] + [str(labels[f"dev-{i}"]) + line[1:] for i, line in enumerate(lines[1:], 1) if line]
-    relabelled = tmp_path / "data"
-    (relabelled / "mrpc").mkdir(parents=True)
-    (relabelled / "mrpc" / "dev.tsv").write_text("\n".join(rows) + "\n", encoding="utf-8")
-    base = ["--tf-checkpoint", classifier["dir"], "--task", "mrpc", "--data-dir", str(relabelled)]
-    if "transform" in inspect.signature(make_candidate).parameters:   # once --transform has landed
-        run = evaluate(*base, "--torch-weights", classifier["torch_weights"], "--transform", "int8-dynamic",
-                       "--min-ratio", "0.5")
-        assert run.report["form"]["lossy"] and run.report["transform"] == "int8-dynamic", run.err
+    root = tmp_path_factory.mktemp("relabelled")
+    (root / "mrpc").mkdir()
+    (root / "mrpc" / "dev.tsv").write_text("\n".join(rows) + "\n", encoding="utf-8")
+    return str(root)
+
+
+@pytest.mark.heavy
+def test_lossy_forms_are_judged_by_the_ratio_rule(evaluate, classifier, relabelled, tmp_path):
+    base = ["--tf-checkpoint", classifier["dir"], "--task", "mrpc", "--data-dir", relabelled]
+    # --transform int8-dynamic: torch's dynamic int8 Linear layers, a lossy form.
+    run = evaluate(*base, "--torch-weights", classifier["torch_weights"], "--transform", "int8-dynamic",
+                   "--min-ratio", "0.5")
+    r = run.report
+    assert r is not None and r["transform"] == "int8-dynamic", run.out + run.err
+    assert r["form"] == {"lossy": True, "name": "--transform int8-dynamic (int8 Linear layers)"}
+    assert "--min-ratio" in r["rule"] and r["rule_numbers"]["min_ratio"] == 0.5
+    assert r["metrics"]["reference"]["accuracy"] == 1.0 and r["logit_differences"]["max"] > 1e-4   # really int8
+    assert run.code == 0 and "lossy form, --transform int8-dynamic" in run.out.splitlines()[0], run.out
     # int8-like weights run in bf16: lossy (--precision bf16), judged by --min-ratio only.
     weights = planted(classifier["torch_weights"], str(tmp_path / "int8like.safetensors"), int8_like)
     run = evaluate(*base, "--torch-weights", weights, "--precision", "bf16", "--min-ratio", "0.5")
@@ -239,6 +253,142 @@ def test_hf_candidate_labels_are_read_in_id2label_order(evaluate, classifier, da
                    "--candidate", f"hf:{hf}")
     assert run.code == 0 and run.report["agreement"] == 1.0, run.out + run.err
     assert any("id2label" in n for n in run.report["notes"])
+
+
+# ---------------------------------------------------------------------------------------------
+# Every candidate kind and transform, on a few pairs: the faithful conversion in each form passes its rule.
+
+FEW = ["--max-examples", "16"]
+
+
+def assert_exact_pass(run: Result, examples: int = 16) -> dict:
+    r = run.report
+    assert run.code == 0, run.out + run.err
+    assert r["verdict"] == "pass" and not r["form"]["lossy"] and r["examples"] == examples
+    assert r["agreement"] == 1.0 and r["metrics"]["reference"] == r["metrics"]["candidate"]
+    outside = r["rule_numbers"]["logits_outside_noise"]
+    assert outside["examples"] == 0 and outside["max_times_noise"] < 1 and r["logit_differences"]["max"] < 1e-5
+    return r
+
+
+@pytest.mark.heavy
+def test_ppb_candidate_passes(evaluate, random_checkpoint, data_dir, tmp_path):
+    """The original port's BertForSequenceClassification, saved as the port saves it (a state dict, torch.save),
+    against an erf-GELU checkpoint: the port has no tanh GELU (its "gelu" is erf)."""
+    if importlib.util.find_spec("pytorch_pretrained_bert") is None:   # not importorskip: it imports boto3 unstubbed
+        pytest.skip("the ppb extra (pytorch-pretrained-bert 0.6.2) is not installed")
+    import torch
+    from safetensors.torch import load_file
+    from parity.candidates.ppb import import_ppb
+    ppb = import_ppb()
+    ck = random_checkpoint(dict(CFG, hidden_act="gelu_erf"), head="classifier", perturb=0.02)
+    with open(ck["bert_config"], encoding="utf-8") as f:
+        cfg = {**json.load(f), "hidden_act": "gelu"}   # the port's name of the erf GELU
+    (tmp_path / "bert_config.json").write_text(json.dumps(cfg), encoding="utf-8")
+    model = ppb.BertForSequenceClassification(ppb.BertConfig.from_dict(cfg), num_labels=2)
+    model.load_state_dict({k if k.startswith("classifier.") else "bert." + k: v
+                           for k, v in load_file(ck["torch_weights"]).items()}, strict=True)
+    torch.save(model.state_dict(), tmp_path / "pytorch_model.bin")
+    run = evaluate("--tf-checkpoint", ck["dir"], "--task", "mrpc", "--data-dir", data_dir,
+                   "--candidate", f"ppb:{tmp_path / 'pytorch_model.bin'}", *FEW)
+    r = assert_exact_pass(run)
+    assert r["candidate"]["kind"] == "ppb" and "pytorch-pretrained-bert" in r["sides"]["candidate"]
+
+
+@pytest.fixture(scope="module")
+def onnx_files(classifier, tmp_path_factory) -> dict:
+    """export-onnx of the tiny classifier: as exported, and with --quantize int8 (onnxruntime's dynamic int8 of the
+    MatMul nodes)."""
+    pytest.importorskip("onnxruntime")
+    out = tmp_path_factory.mktemp("onnx")
+    files = {}
+    for name, extra in (("plain", []), ("int8", ["--quantize", "int8"])):
+        files[name] = str(out / f"{name}.onnx")
+        assert frontdoor.main(["export-onnx", "--candidate", f"bert_torch:{classifier['torch_weights']}",
+                               "--bert-config", classifier["bert_config"], "--output", files[name], *extra]) == 0
+    return files
+
+
+@pytest.mark.heavy
+def test_onnx_export_passes_the_exact_rule(evaluate, classifier, data_dir, onnx_files):
+    run = evaluate("--tf-checkpoint", classifier["dir"], "--task", "mrpc", "--data-dir", data_dir,
+                   "--candidate", f"onnx:{onnx_files['plain']}", *FEW)
+    r = assert_exact_pass(run)
+    assert r["candidate"]["kind"] == "onnx" and r["form"]["name"] == "float32"
+
+
+@pytest.mark.heavy
+def test_onnx_int8_is_judged_by_the_lossy_rule(evaluate, classifier, relabelled, onnx_files):
+    run = evaluate("--tf-checkpoint", classifier["dir"], "--task", "mrpc", "--data-dir", relabelled,
+                   "--candidate", f"onnx:{onnx_files['int8']}", "--min-ratio", "0.5")
+    r = run.report
+    assert r is not None, run.err
+    assert r["form"]["lossy"] and "quantized ONNX file" in r["form"]["name"] and "bert_parity.quantize" in \
+        r["form"]["name"] and r["transform"] is None
+    assert "--min-ratio" in r["rule"] and set(r["rule_numbers"]["metrics"]) == {"accuracy", "f1"}
+    assert r["metrics"]["reference"]["accuracy"] == 1.0 and r["logit_differences"]["max"] > 1e-4   # really int8
+    assert run.code == 0 and "lossy form, a quantized ONNX file" in run.out.splitlines()[0], run.out
+
+
+@pytest.mark.heavy
+def test_module_candidate_with_a_head_passes(evaluate, classifier, data_dir, tmp_path, monkeypatch):
+    """A user's factory: transformers' BertForSequenceClassification from the converted HF folder, its classifier
+    module's output mapped to classifier/logits."""
+    pytest.importorskip("transformers")
+    hf = str(tmp_path / "hf")
+    assert convert.main(["--tf-checkpoint", classifier["dir"], "--output", hf, "--output-format", "hf"]) == 0
+    (tmp_path / "evaluate_tiny_classifier.py").write_text(textwrap.dedent(f"""
+        import transformers
+
+        def factory(config):
+            model = transformers.BertForSequenceClassification.from_pretrained({hf!r}, local_files_only=True)
+            return {{"model": model, "taps": {{"classifier": "classifier/logits"}}, "head": "classifier"}}
+    """), encoding="utf-8")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    run = evaluate("--tf-checkpoint", classifier["dir"], "--task", "mrpc", "--data-dir", data_dir,
+                   "--candidate", "module:evaluate_tiny_classifier:factory", *FEW)
+    r = assert_exact_pass(run)
+    assert r["candidate"]["kind"] == "module" and "BertForSequenceClassification" in r["sides"]["candidate"]
+
+
+@pytest.mark.heavy
+def test_compiled_candidate_is_judged_by_the_exact_rule(evaluate, classifier, data_dir):
+    # 8 pairs in one batch: one input shape, so one compilation (the slow part).
+    run = evaluate("--tf-checkpoint", classifier["dir"], "--task", "mrpc", "--data-dir", data_dir,
+                   "--torch-weights", classifier["torch_weights"], "--transform", "compile", "--max-examples", "8")
+    r = assert_exact_pass(run, 8)
+    assert r["transform"] == "compile" and r["form"]["name"] == "--transform compile (float32)"
+    assert r["compile"]["shapes"] == 1 and r["compile"]["compile_seconds"] > 0
+    assert any(n.startswith("--transform compile: compiling took") for n in r["notes"])
+
+
+def int8_table(name: str):
+    """The table ``name`` rounded to 255 symmetric levels (one scale for the tensor), as an int8 table stores it."""
+    def change(tensors):
+        w = tensors[name]
+        scale = np.abs(w).max() / 127.0
+        tensors[name] = (np.round(w / scale) * scale).astype(np.float32)
+    return change
+
+
+@pytest.mark.heavy
+def test_a_quantized_embedding_table_fails_the_exact_rule_naming_it(evaluate, classifier, data_dir, tmp_path):
+    weights = planted(classifier["torch_weights"], str(tmp_path / "int8-table.safetensors"),
+                      int8_table("embeddings.word_embeddings.weight"))
+    run = evaluate("--tf-checkpoint", classifier["dir"], "--task", "mrpc", "--data-dir", data_dir,
+                   "--torch-weights", weights)
+    r = run.report
+    assert run.code == 1, run.out + run.err
+    assert not r["form"]["lossy"] and r["verdict"] == "fail"
+    # Every prediction alike (the predictions alone would pass it): the head logits are what give it away.
+    assert r["agreement"] == 1.0 and r["rule_numbers"]["counted"] == 0
+    outside = r["rule_numbers"]["logits_outside_noise"]
+    assert outside["examples"] > 32 and outside["worst"]["times_noise"] > 10, outside
+    assert "head logits outside the rounding noise" in run.out.splitlines()[0]
+    assert [h["cause"] for h in r["hints"]] == ["quantized_embeddings"]
+    line = next(x for x in run.out.splitlines() if x.startswith("hint quantized_embeddings:"))
+    assert "embeddings.word_embeddings.weight" in line and "8-bit levels" in line and "int8" in line
+    assert "quantized_embeddings" in run.file("report.md")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -365,3 +515,41 @@ def test_hf_label_columns(tmp_path, id2label, order):
     (tmp_path / "config.json").write_text(json.dumps({"id2label": id2label}), encoding="utf-8")
     assert hf_label_columns(str(tmp_path), "hf:x") == (order, None)
     assert len(MRPC_LABELS) == 2
+
+
+def test_logits_outside_the_rounding_noise_fail_the_exact_rule():
+    from parity.numerics.metrics import get_profile
+    profile = get_profile(judge.NOISE_PROFILE)
+    ref = {"classifier/logits": np.array([[0.5, -0.5], [1.0, -1.0]], np.float32)}
+    magnitude = {"classifier/logits": 1.0}
+    near = {"classifier/logits": ref["classifier/logits"] + np.float32(1e-6)}
+    ratio, _ = judge.logit_excess(ref, near, profile, magnitude)
+    assert (ratio < 1).all()
+    off = {"classifier/logits": ref["classifier/logits"] + np.array([[0, 0], [0, 1e-3]], np.float32)}
+    ratio, where = judge.logit_excess(ref, off, profile, magnitude)
+    assert ratio[0] < 1 < ratio[1] and where[1]["position"] == 1
+    assert where[1]["difference"] == pytest.approx(1e-3, rel=1e-4)
+    # the candidate's own measured float32 rounding widens that row's noise (rounding_k x rounding)
+    assert judge.logit_excess(ref, off, profile, magnitude, {1: 1e-3})[0][1] < 1
+    metrics = {"accuracy": 1.0, "f1": 1.0}
+    outside = {"examples": 1, "rows": 1, "worst": where[1]}
+    assert judge.judge_exact([], metrics, metrics, True, "", outside)["verdict"] == "fail"
+    assert judge.judge_exact([], metrics, metrics, True, "")["verdict"] == "pass"
+
+
+def test_int8_grids_are_recognised_and_float_tensors_are_not():
+    rng = np.random.default_rng(0)
+    w = rng.standard_normal((40, 32)).astype(np.float32) * 0.05
+    assert judge.int8_grid(w) is None
+    scale = np.abs(w).max() / 127
+    assert "per tensor" in judge.int8_grid(np.round(w / scale) * scale)
+    rows = np.abs(w).max(axis=1, keepdims=True) / 127
+    assert "per row" in judge.int8_grid(np.round(w / rows) * rows)
+    lo, step = w.min(), (w.max() - w.min()) / 255
+    assert "asymmetric" in judge.int8_grid(lo + np.round((w - lo) / step) * step)
+    tf_w = {"embeddings.word_embeddings.weight": w, "pooler.dense.weight": w[:32]}
+    pt_w = {"embeddings.word_embeddings.weight": (np.round(w / scale) * scale).astype(np.float32),
+            "pooler.dense.weight": w[:32]}
+    hints = judge.weights_hints(tf_w, pt_w)
+    assert [h["cause"] for h in hints] == ["quantized_embeddings"] and "8-bit levels" in hints[0]["evidence"]
+    assert judge.weights_hints(tf_w, dict(tf_w)) == []

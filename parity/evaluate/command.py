@@ -130,9 +130,24 @@ def evaluate(opts: EvaluateOptions) -> dict:
         reference = TFSide(c.prefix, c.config, head=c.head, num_labels=c.num_labels, intra_op_threads=opts.tf_threads)
         ref, cand, seconds = runs.run_sides(reference, runner, data, taps, opts.batch_size, where, columns)
         report = compare(opts, c, data, runner, ref, cand, form, columns, notes)
+        if report["verdict"] == "fail" and not form.lossy and not report["hints"]:
+            # No task-level signature explains it: how the candidate's weights differ from the checkpoint's.
+            hints, why_not = runs.weights_against_checkpoint(spec.kind, spec.path, c.prefix, c.config)
+            if hints:
+                report["hints"] += hints
+            elif hints is not None:
+                notes.append("the candidate's weights are bit-equal to the checkpoint's: the difference is in what "
+                             "it computes (bert-parity compare and diagnose localise it tap by tap)")
+            else:
+                notes.append(f"the candidate's weights were not compared with the checkpoint's: {why_not}")
         report["sides"] = {"reference": reference.description, "candidate": candidate.description}
         record = candidate.record() if callable(getattr(candidate, "record", None)) else None
         report["candidate"] = record
+        if opts.transform == "compile" and callable(getattr(candidate, "compile_report", None)):
+            info = report["compile"] = candidate.compile_report()   # its time apart from the runs'
+            notes.append(f"--transform compile: compiling took {info['compile_seconds']:.3g} s (the first call of "
+                         f"each of {info['shapes']} input shapes: tracing, compiling, one run), the other runs "
+                         f"{info['run_seconds']:.3g} s; {info['graphs']} graphs, {info['graph_breaks']} graph breaks")
     finally:
         if reference is not None:
             reference.close()
@@ -182,21 +197,25 @@ def compare(opts: EvaluateOptions, c: Checked, data: task_data.TaskData, runner,
     taps = list(ref)
     magnitude = {t: float(np.max(np.abs(ref[t][np.isfinite(ref[t])]), initial=0.0)) for t in taps}
     margins = judge.margins(task, ref, ref_pred.nbest, data.ids)
-    # The candidate's own float32 rounding on each differing example (exact forms): its float64 twin on them.
-    rounding, rounding_words = {}, "not measured (lossy form: the noise rule does not apply)"
-    if differ and not form.lossy:
+    # Exact forms: the feature rows whose head logits are outside the noise before the rounding term is measured.
+    over = np.flatnonzero(judge.logit_excess(ref, cand, profile, magnitude)[0] > 1) if not form.lossy else []
+    # The candidate's own float32 rounding on each differing example and on each row over the noise (exact forms):
+    # its float64 twin on them.
+    rounding, per_row, rounding_words = {}, {}, "not measured (lossy form: the noise rule does not apply)"
+    if (differ or len(over)) and not form.lossy:
         twin, why_not = runs.float64_twin(runner)
         if twin is None:
             rounding_words = f"not measured ({why_not}): the rounding term is left out"
         else:
             rows = example_rows(data, differ)
-            per_row = runs.rounding(runner, twin, data, np.concatenate(list(rows.values())), tuple(taps),
-                                    opts.batch_size, columns)
+            measure = np.union1d(np.concatenate([*rows.values(), np.zeros(0, np.int64)]), over).astype(np.int64)
+            per_row = runs.rounding(runner, twin, data, measure, tuple(taps), opts.batch_size, columns)
             rounding = {i: max(per_row[int(r)] for r in rows[i]) for i in differ}
             rounding_words = ("measured: max |float32 - float64| of the candidate's head logits on each differing "
-                              "example (its float64 twin on the same batch)")
+                              "example and each example whose logits are over the noise without it (its float64 "
+                              "twin on the same batch)")
     elif not form.lossy:
-        rounding_words = "not needed (no prediction differs)"
+        rounding_words = "not needed (no prediction differs, every head logit within the noise without it)"
     differing = []
     for i in differ:
         noise = judge.margin_noise(margins[i], profile, magnitude, rounding.get(i))
@@ -223,8 +242,17 @@ def compare(opts: EvaluateOptions, c: Checked, data: task_data.TaskData, runner,
     else:
         excused = {d["index"] for d in differing if d["within_noise"]}
         outside = [ref_pred.values[i] if i in excused else cand_pred.values[i] for i in range(n)]
+        ratio, where = judge.logit_excess(ref, cand, profile, magnitude, per_row)
+        out_rows = np.flatnonzero(ratio > 1)
+        worst = None
+        if len(out_rows):
+            w = int(out_rows[np.argmax(ratio[out_rows])])
+            worst = {"example": data.ids[row_example(data, w)], "row": w, **where[w],
+                     "rounding": per_row.get(w), "times_noise": float(ratio[w])}
+        logits_outside = {"examples": len({row_example(data, int(r)) for r in out_rows}), "rows": int(len(out_rows)),
+                          "worst": worst, "max_times_noise": float(ratio.max()) if ratio.size else 0.0}
         judged = judge.judge_exact(differing, ref_pred.metrics, task_data.metrics_of(data, outside), finite,
-                                   noise_words)
+                                   noise_words, logits_outside)
     hints = []
     if task == "mrpc":
         confident = [d["index"] for d in differing if not d["within_noise"]]
@@ -243,6 +271,11 @@ def compare(opts: EvaluateOptions, c: Checked, data: task_data.TaskData, runner,
             "differing": differing, "logit_differences": diffs,
             "mcnemar": judge.mcnemar(ref_pred.correct, cand_pred.correct), "hints": hints, "notes": notes,
             "predictions": {"reference": ref_pred.values, "candidate": cand_pred.values}}
+
+
+def row_example(data: task_data.TaskData, row: int) -> int:
+    """The example a feature row belongs to (MRPC: its own; SQuAD: its feature's example_index)."""
+    return row if data.task == "mrpc" else int(data.features[row].example_index)
 
 
 def example_rows(data: task_data.TaskData, examples: list[int]) -> dict[int, np.ndarray]:

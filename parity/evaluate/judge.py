@@ -5,7 +5,10 @@ Two rules, by the candidate's form:
 - exact forms (float32 arithmetic: a plain candidate, ``--transform compile``): every prediction alike, save where
   the reference's own margin (MRPC: its top logit minus its runner-up; SQuAD: its best span score minus its
   second-best, start plus end logit) is within the rounding noise of the logits that margin is made of. Those
-  examples are listed, not counted against, and the metrics must be equal once they are set aside.
+  examples are listed, not counted against, and the metrics must be equal once they are set aside. And every
+  head logit must be within the rounding noise of the reference's (``logit_excess``): a float32 form computes
+  the same function, so a candidate whose logits are off by far more than float32 rounding is not one, even where
+  no prediction happens to flip (a quantized embedding table: logits 1e-3 off, every MRPC label alike).
   The noise of one logit is the tolerance the fp32-cpu profile (``parity.numerics.metrics``) allows that head
   tap at these logits' magnitude: atol + scale x max|reference tap| + rtol x |logit| + rounding_k x the
   candidate's own float32 rounding (max |float32 - float64| of that example's logits, measured where the
@@ -14,7 +17,9 @@ Two rules, by the candidate's form:
   candidate at least ``min_ratio`` times the reference's. Agreement and McNemar are reported, not judged.
 
 A NaN or infinite logit on either side fails either rule. Hints name the planted faults a task-level comparison
-shows plainly: the classifier's rows in another order (id2label, output_weights), SQuAD's start and end swapped.
+shows plainly: the classifier's rows in another order (id2label, output_weights), SQuAD's start and end swapped;
+and, when an exact form fails otherwise and the candidate's weights file can be read, how its tensors differ from
+the checkpoint's (``weights_hints``: a table rounded to 8-bit levels, or compare's weight signatures).
 """
 from __future__ import annotations
 
@@ -94,6 +99,37 @@ def margin_noise(margin: Margin, profile: Profile, magnitude: dict, rounding: Op
         atol, rtol = profile.tolerance(tap, np.array([magnitude[tap]]), rounding)
         total += atol + rtol * abs(value)
     return total
+
+
+def logit_excess(ref: dict, cand: dict, profile: Profile, magnitude: dict,
+                 rounding: Optional[dict] = None) -> tuple[np.ndarray, list]:
+    """Per feature row: the largest |reference - candidate| / noise over the row's head logits (above 1: outside
+    the noise), and where it is (tap, position, both logits, the difference, the noise). The noise of one logit is
+    the one ``margin_noise`` sums: the profile's tolerance for that tap at these logits' magnitude (atol + scale x
+    max|reference| + rtol x |logit|), plus rounding_k x the candidate's own float32 rounding on rows where
+    ``rounding`` (row -> max |float32 - float64|) has it. Non-finite logits are left to the rule's ``finite``."""
+    taps = list(ref)
+    rows = int(np.shape(ref[taps[0]])[0]) if taps else 0
+    worst_ratio = np.zeros(rows)
+    where: list = [None] * rows
+    for tap in taps:
+        r = np.asarray(ref[tap], np.float64).reshape(rows, -1)
+        c = np.asarray(cand[tap], np.float64).reshape(rows, -1)
+        atol, rtol = profile.tolerance(tap, np.array([magnitude[tap]]), None)
+        row_atol = np.full(rows, atol)
+        for row, value in (rounding or {}).items():
+            row_atol[row] = profile.tolerance(tap, np.array([magnitude[tap]]), value)[0]
+        allowed = row_atol[:, None] + rtol * np.abs(r)
+        with np.errstate(invalid="ignore"):
+            ratio = np.where(np.isfinite(r) & np.isfinite(c), np.abs(r - c) / allowed, 0.0)
+        at = np.argmax(ratio, axis=1) if ratio.shape[1] else np.zeros(rows, int)
+        best = ratio[np.arange(rows), at] if ratio.shape[1] else np.zeros(rows)
+        for row in np.flatnonzero(best > worst_ratio):
+            j = int(at[row])
+            worst_ratio[row] = best[row]
+            where[row] = {"tap": tap, "position": j, "reference": float(r[row, j]), "candidate": float(c[row, j]),
+                          "difference": float(abs(r[row, j] - c[row, j])), "noise": float(allowed[row, j])}
+    return worst_ratio, where
 
 
 def noise_terms(profile: Profile, tap: str) -> dict:
@@ -196,19 +232,22 @@ def start_end_hint(ref: dict, cand: dict) -> Optional[dict]:
 # The rule.
 
 def judge_exact(disagreements: list[dict], ref_metrics: dict, metrics_outside: dict, finite: bool,
-                noise_words: str) -> dict:
+                noise_words: str, logits_outside: Optional[dict] = None) -> dict:
     """Exact form: pass when every differing prediction is within the reference's rounding noise, the metrics
-    with those set aside equal the reference's, and every logit is finite."""
+    with those set aside equal the reference's, every head logit is within the rounding noise of the reference's
+    (``logits_outside``: {"examples": count, "rows": count, "worst": where it is worst, or None, "max_times_noise":
+    the largest |difference| / noise of any logit}), and every logit is finite."""
     counted = [d for d in disagreements if not d["within_noise"]]
     equal = all(metrics_outside[k] == ref_metrics[k] for k in ref_metrics)
-    passed = finite and not counted and equal
+    logits_outside = logits_outside or {"examples": 0, "rows": 0, "worst": None}
+    passed = finite and not counted and equal and not logits_outside["examples"]
     rule = ("exact form: every prediction alike, save where the reference's own margin is within the rounding "
-            "noise (listed, not counted against), and the metrics equal once those examples are set aside; "
-            + noise_words)
+            "noise (listed, not counted against), the metrics equal once those examples are set aside, and every "
+            "head logit within the rounding noise of the reference's (the same per-logit noise); " + noise_words)
     return {"verdict": "pass" if passed else "fail", "rule": rule,
             "numbers": {"differing": len(disagreements), "within_noise": len(disagreements) - len(counted),
                         "counted": len(counted), "metrics_outside_noise": metrics_outside,
-                        "metrics_equal": equal, "finite": finite}}
+                        "metrics_equal": equal, "logits_outside_noise": logits_outside, "finite": finite}}
 
 
 def judge_lossy(ref_metrics: dict, cand_metrics: dict, min_ratio: float, finite: bool) -> dict:
@@ -223,3 +262,71 @@ def judge_lossy(ref_metrics: dict, cand_metrics: dict, min_ratio: float, finite:
             "agreement and the McNemar test are reported, not judged")
     return {"verdict": "pass" if passed else "fail", "rule": rule,
             "numbers": {"min_ratio": min_ratio, "metrics": rows, "finite": finite}}
+
+
+# ---------------------------------------------------------------------------------------------
+# The candidate's weights against the checkpoint's (an exact form that failed with no task hint).
+
+MAX_WEIGHT_HINTS = 5
+GRID_SLACK = 1e-3   # a value on an 8-bit level: within this fraction of a step of it (float32 keeps ~1e-5)
+
+
+def int8_grid(t) -> Optional[str]:
+    """How the values of ``t`` lie on 8-bit levels (what storing it as int8/uint8 and reading it back leaves), in
+    words, or None: 255 symmetric levels (value / (max|value| / 127) an integer) or 256 asymmetric ones
+    ((value - min) / ((max - min) / 255) an integer), per tensor or per row. A float32 tensor of trained or random
+    values is on no such grid (each value would have to land within ``GRID_SLACK`` of a step by chance)."""
+    t = np.asarray(t, np.float64)
+    if t.size < 16 or not np.isfinite(t).all():
+        return None
+    for axis, per in ((None, "per tensor"), (-1, "per row")):
+        if axis is not None and (t.ndim < 2 or t.shape[-1] < 16):
+            continue
+        big = np.abs(t).max(axis=axis, keepdims=True)
+        step = np.where(big > 0, big / 127.0, 1.0)
+        q = t / step
+        if np.all(np.abs(q - np.round(q)) <= GRID_SLACK):
+            s = float(np.max(step))
+            return f"255 symmetric 8-bit levels {per} (int8; step {s:.3g})"
+        lo, hi = t.min(axis=axis, keepdims=True), t.max(axis=axis, keepdims=True)
+        step = np.where(hi > lo, (hi - lo) / 255.0, 1.0)
+        q = (t - lo) / step
+        if np.all(np.abs(q - np.round(q)) <= GRID_SLACK):
+            s = float(np.max(step))
+            return f"256 asymmetric 8-bit levels {per} (uint8 with a zero point; step {s:.3g})"
+    return None
+
+
+def weights_hints(tf_w, pt_w) -> list[dict]:
+    """How the candidate's weights (file names -> arrays) differ from the checkpoint's (mapped to file names and
+    layouts): tensors rounded to 8-bit levels first, one hint (``quantized_embeddings`` when an embedding table is
+    among them, ``weights_differ`` otherwise), then compare's weight signatures (parity.numerics.hints: swaps,
+    transposes, missing or fresh tensors, values that differ), at most ``MAX_WEIGHT_HINTS`` in all."""
+    from parity.numerics.hints import compare_weights, weight_hints
+    diffs = compare_weights(tf_w, pt_w)["differences"]
+    quantized = {}
+    for d in diffs:
+        if d["kind"] == "value":
+            grid = int8_grid(pt_w[d["name"]])
+            if grid and not int8_grid(tf_w[d["name"]]):
+                quantized[d["name"]] = (grid, d)
+    hints = []
+    if quantized:
+        tables = [n for n in quantized if n.startswith("embeddings.")]
+        what = "; ".join(f"{n}: {d['differing']} of {int(np.size(pt_w[n]))} values differ from the checkpoint's "
+                         f"(max error {d['max_abs']:.3g}), all on {grid}" for n, (grid, d) in quantized.items())
+        if tables:
+            evidence = (f"quantized embeddings: the candidate's embedding table{'s' if len(tables) > 1 else ''} "
+                        f"{'hold' if len(tables) > 1 else 'holds'} the checkpoint's values rounded to 8-bit levels "
+                        f"({what}): the embeddings were quantized, which no float32 form does; convert the "
+                        f"checkpoint again (bert-parity convert), or quantize the Linear layers only (--transform "
+                        f"int8-dynamic), judged by the lossy rule")
+        else:
+            evidence = (f"quantized weights: the candidate's tensors hold the checkpoint's values rounded to 8-bit "
+                        f"levels ({what}): they were quantized, which no float32 form does")
+        hints.append({"cause": "quantized_embeddings" if tables else "weights_differ",
+                      "block": "embeddings" if tables else None, "evidence": evidence,
+                      "tensors": list(quantized)})
+    rest = {"differences": [d for d in diffs if d["name"] not in quantized]}
+    hints += weight_hints(rest, tf_w, pt_w)
+    return hints[:MAX_WEIGHT_HINTS]

@@ -27,6 +27,12 @@ def verdict_line(report: dict) -> str:
         why = (f"exact form, {form}: {report['examples'] - numbers['differing']}/{report['examples']} predictions "
                f"alike, {numbers['within_noise']} differing within the rounding noise, {numbers['counted']} "
                f"counted against; metrics {'equal' if numbers['metrics_equal'] else 'differ'} outside the noise")
+        outside = numbers.get("logits_outside_noise") or {}
+        if outside.get("examples"):
+            w = outside["worst"]
+            why += (f"; head logits outside the rounding noise on {outside['examples']}/{report['examples']} "
+                    f"examples (worst {w['tap']} of {w['example']}: |difference| {fmt(w['difference'])}, "
+                    f"{fmt(w['times_noise'])} x its noise {fmt(w['noise'])})")
     if not numbers["finite"]:
         why += "; NaN or infinite logits"
     return f"verdict: {report['verdict']} ({why})"

@@ -8,6 +8,7 @@ and whether an ONNX candidate is quantized.
 """
 from __future__ import annotations
 
+import os
 import time
 from typing import Optional
 
@@ -144,6 +145,36 @@ def rounding(candidate, twin, data: TaskData, rows: np.ndarray, taps: tuple, bat
             worst = np.maximum(worst, np.abs(a - b).reshape(len(idx), -1).max(axis=1))
         out.update({int(i): float(w) for i, w in zip(idx, worst)})
     return out
+
+
+def weight_files(kind: str, path: str) -> Optional[str]:
+    """The weights file of a candidate whose file holds the contract's tensor names (``bert_torch`` its file, ``hf``
+    its folder's model.safetensors or pytorch_model.bin), or None (another kind: its names are its own)."""
+    if kind == "bert_torch":
+        return path
+    if kind == "hf":
+        for name in ("model.safetensors", "pytorch_model.bin"):
+            if os.path.isfile(os.path.join(path, name)):
+                return os.path.join(path, name)
+    return None
+
+
+def weights_against_checkpoint(kind: str, path: str, prefix: str, config) -> tuple[Optional[list], Optional[str]]:
+    """(hints, None) from the candidate's weights file against the checkpoint's variables (``judge.weights_hints``:
+    an empty list when every tensor is bit-equal), or (None, why not)."""
+    from bert_torch.convert import tf_to_torch
+    from bert_torch.tf_checkpoint import open_checkpoint
+    from bert_torch.weights import WeightsError, read_weights
+    from parity.evaluate.judge import weights_hints
+    file = weight_files(kind, path)
+    if file is None:
+        return None, f"a {kind} candidate's weights are not read by evaluate"
+    try:
+        pt_w = read_weights(file)
+    except WeightsError as e:
+        return None, f"its weights file did not read ({e.problems[0]})"
+    tf_w, _ = tf_to_torch(open_checkpoint(prefix), config, where=prefix)   # lazy: each tensor read when compared
+    return weights_hints(tf_w, pt_w), None
 
 
 def onnx_quantization(side, path: str) -> Optional[str]:
