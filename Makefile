@@ -42,9 +42,9 @@ test-all: setup
 # The first thing to run: the real all-MiniLM-L6-v2 weights written as a Google-format TF checkpoint,
 # converted back to PyTorch by bert-parity and compared tap by tap against the official graph -> reports/demo/.
 demo: setup
-	$(BIN)/python -m parity.minilm --out build/demo
-	$(BIN)/bert-parity convert --tf-checkpoint build/demo/bert_model.ckpt --output build/demo/converted.safetensors
-	$(BIN)/bert-parity compare --tf-checkpoint build/demo --torch-weights build/demo/converted.safetensors \
+	$(BIN)/python -m parity.minilm --out build/demo/minilm
+	$(BIN)/bert-parity convert --tf-checkpoint build/demo/minilm/bert_model.ckpt --output build/demo/converted.safetensors
+	$(BIN)/bert-parity compare --tf-checkpoint build/demo/minilm --torch-weights build/demo/converted.safetensors \
 	  --report-dir reports/demo
 
 # The release report: the whole gate (pytest -m '' parity/, slow checks included), every tap of the real
