@@ -47,6 +47,7 @@ class Inputs:
 
 # Flag bounds, checked before anything is allocated (the memory estimate below is the real guard).
 MAX_BATCH = 1 << 16
+MIN_PAIR_SEQ = 5   # a sentence pair's shortest row: [CLS] a [SEP] b [SEP]
 MAX_SEED = (1 << 32) - 1
 MAX_SEQ = 131072   # BertConfig's bound on max_position_embeddings; the config's own value is checked later
 MAX_THREADS = 1024

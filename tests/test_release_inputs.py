@@ -4,6 +4,7 @@ written."""
 from __future__ import annotations
 
 import json
+import os
 
 import pytest
 
@@ -55,13 +56,15 @@ def test_a_check_selection_naming_nothing_is_bad_input(tmp_path, capsys, checks)
 def test_the_release_options_read_the_tf_cache_variable_when_parsing(monkeypatch, tmp_path):
     """The defaults read from the environment ($BERT_PARITY_TF_CACHE, $PARITY_REQUIRE_DATA) are read when the
     command line is parsed, not when the module is imported."""
-    from parity.release import options, ratchet, waivers
+    from parity.release import options
     from parity.sides import refcache
     monkeypatch.delenv(refcache.CACHE_ENV, raising=False)
     monkeypatch.delenv(options.REQUIRE_DATA_ENV, raising=False)
     opts = options.ReleaseOptions.parse([])
-    assert (opts.baseline, opts.waivers, opts.tf_cache, opts.require_data) == (
-        ratchet.DEFAULT_BASELINE, waivers.DEFAULT_WAIVERS, None, False)
+    # The committed baseline and waiver ledger, found from the package (not the working directory).
+    assert opts.baseline.endswith(os.path.join("reports", "baseline.json")) and os.path.isfile(opts.baseline)
+    assert opts.waivers.endswith(os.path.join("parity", "waivers.toml")) and os.path.isfile(opts.waivers)
+    assert (opts.tf_cache, opts.require_data) == (None, False)
     monkeypatch.setenv(refcache.CACHE_ENV, str(tmp_path))
     monkeypatch.setenv(options.REQUIRE_DATA_ENV, "1")
     opts = options.ReleaseOptions.parse([])

@@ -17,6 +17,13 @@ from parity.inputs import BadInput
 TRANSFORMS = ("compile", "int8-dynamic")   # --transform's names (parity.candidates.transforms applies them)
 
 
+def one_candidate(candidate: Optional[str], torch_weights: Optional[str]) -> None:
+    """Exactly one of ``--candidate`` and ``--torch-weights`` (which means ``bert_torch:W``), else bad input."""
+    if bool(candidate) == bool(torch_weights):
+        raise BadInput("give exactly one of --candidate KIND:PATH and --torch-weights W"
+                       + (" (both were given)" if candidate else ""))
+
+
 @dataclasses.dataclass(frozen=True)
 class CandidateOptions(Options):
     """The PyTorch side of a run: which candidate, on which device, in which arithmetic and form."""

@@ -20,6 +20,7 @@ from bert_torch.commands import foreign
 from bert_torch.modeling import ACTIVATIONS, BertConfig, gelu_erf, gelu_tanh
 from bert_torch.taps import TapError, tap
 
+from parity.candidates.options import one_candidate
 from parity.inputs import sha256
 from parity.sides.base import TorchSide
 
@@ -72,9 +73,7 @@ def candidate_spec(candidate: Optional[str], torch_weights: Optional[str],
     """The candidate of a command line: exactly one of ``--candidate`` and ``--torch-weights`` (which means
     ``bert_torch:W``). A ``bert_torch`` candidate's ``path`` is its weights file, however it was given, so code
     that reads the weights file (diagnose's bit-for-bit check) takes it from the spec."""
-    if bool(candidate) == bool(torch_weights):
-        raise CandidateError("give exactly one of --candidate KIND:PATH and --torch-weights W"
-                             + (" (both were given)" if candidate else ""))
+    one_candidate(candidate, torch_weights)
     if not candidate:   # the weights loader names a missing or unreadable file itself
         return CandidateSpec("bert_torch", torch_weights)
     spec = parse_candidate(candidate)

@@ -54,9 +54,8 @@ import numpy as np
 
 from bert_torch.commands import ForeignError, foreign
 
+from parity.candidates.options import TRANSFORMS   # declared with the --transform flag
 from parity.candidates.spec import OWN_ERRORS, CandidateError, _HarnessError
-
-from parity.candidates.options import TRANSFORMS  # noqa: E402  (declared with the --transform flag)
 
 LOSSY_TRANSFORMS = ("int8-dynamic",)
 # The reason a tap that a compiled run did not deliver is declared unobservable.

@@ -17,7 +17,7 @@ from typing import ClassVar, Optional
 from bert_torch.flags import count, input_dir, output_dir, output_file, real
 from bert_torch.options import Options, flag
 
-from parity.inputs import BadInput
+from parity.inputs import MAX_BATCH, MAX_SEQ, MIN_PAIR_SEQ, BadInput
 
 
 class AppendTuple(argparse.Action):
@@ -179,9 +179,9 @@ class DdpOptions(Options):
                                   "gloo on CPU) compute what one process computes on the N*b batch.")
 
     output: Optional[str] = flag("--output", type=output_file("result file"), help="JSON written by rank 0")
-    batch_size: int = flag("--batch-size", type=count(1, 65536), default=8,
+    batch_size: int = flag("--batch-size", type=count(1, MAX_BATCH), default=8,
                            help="rows over all processes (a multiple of their number)")
-    micro: int = flag("--micro", type=count(1, 65536), default=2, help="rows per micro-batch in each process")
+    micro: int = flag("--micro", type=count(1, MAX_BATCH), default=2, help="rows per micro-batch in each process")
     steps: int = flag("--steps", type=count(1, 100_000), default=3, help="BertAdam steps")
     planted: Optional[str] = flag("--planted", choices=("sum",), help="plant a fault that must fail")
     device: str = flag("--device", default="cpu", help="PyTorch device of each process")
@@ -215,9 +215,9 @@ class MrpcDdpOptions(Options):
                                          help="the first N train pairs (default: 256; --sample: 64)")
     dev_examples: Optional[int] = flag("--dev-examples", type=count(1, 10_000_000),
                                        help="the first N dev pairs (default: 128; --sample: 64)")
-    seq_len: int = flag("--seq-len", type=count(5, 131072), default=64,   # [CLS] a [SEP] b [SEP] at the least
+    seq_len: int = flag("--seq-len", type=count(MIN_PAIR_SEQ, MAX_SEQ), default=64,
                         help="max_seq_length")
-    batch_size: int = flag("--batch-size", type=count(1, 65536), default=8,
+    batch_size: int = flag("--batch-size", type=count(1, MAX_BATCH), default=8,
                            help="examples per optimizer step (a multiple of 4)")
     epochs: float = flag("--epochs", type=real(above=0, hi=1000), default=1.0,
                          help="steps = int(train examples / batch x epochs)")

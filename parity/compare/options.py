@@ -12,7 +12,7 @@ from typing import ClassVar, Optional
 from bert_torch.flags import checkpoint, count, input_file, output_dir, output_file
 from bert_torch.options import Options, flag
 
-from parity.candidates.options import TRANSFORMS, CandidateOptions  # noqa: F401  (TRANSFORMS: for evaluate)
+from parity.candidates.options import CandidateOptions
 from parity.inputs import MAX_BATCH, MAX_SEED, MAX_SEQ, MAX_THREADS, BadInput
 from parity.numerics.metrics import PROFILES
 

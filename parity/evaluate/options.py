@@ -13,9 +13,9 @@ from typing import ClassVar, Optional
 from bert_torch.flags import checkpoint, count, input_dir, output_dir, real
 from bert_torch.options import flag
 
-from parity.candidates.options import TRANSFORMS, CandidateOptions  # noqa: F401
+from parity.candidates.options import CandidateOptions, one_candidate
 from parity.compare.options import ReferenceOptions
-from parity.inputs import MAX_BATCH, MAX_SEQ, BadInput
+from parity.inputs import MAX_BATCH, MAX_SEQ, MIN_PAIR_SEQ, BadInput
 
 TASKS = ("mrpc", "squad")
 # The official scripts' defaults, per task.
@@ -25,7 +25,6 @@ DEFAULT_SIZES = {
               "max_answer_length": 30},
 }
 SQUAD_ONLY = ("doc_stride", "max_query_length", "n_best_size", "max_answer_length")
-MIN_SEQ = 5   # [CLS] a [SEP] b [SEP]
 BATCH_SIZE = 32
 MIN_RATIO = 0.99
 
@@ -56,7 +55,7 @@ class EvaluateOptions(CandidateOptions, ReferenceOptions):
                            help="folder for report.json, report.md and predictions.json")
     batch_size: int = flag("--batch-size", type=count(1, MAX_BATCH), default=BATCH_SIZE,
                            help="features per run of each side")
-    max_seq_length: Optional[int] = flag("--max-seq-length", type=count(MIN_SEQ, MAX_SEQ),
+    max_seq_length: Optional[int] = flag("--max-seq-length", type=count(MIN_PAIR_SEQ, MAX_SEQ),
                                          help="tokens per feature (default: the official 128 for mrpc, 384 for "
                                               "squad)")
     doc_stride: Optional[int] = flag("--doc-stride", type=count(1, MAX_SEQ),
@@ -73,9 +72,7 @@ class EvaluateOptions(CandidateOptions, ReferenceOptions):
         return {k: getattr(self, k) if getattr(self, k) is not None else v for k, v in DEFAULT_SIZES[self.task].items()}
 
     def check(self) -> None:
-        if bool(self.candidate) == bool(self.torch_weights):
-            raise BadInput("give exactly one of --candidate KIND:PATH and --torch-weights W"
-                           + (" (both were given)" if self.candidate else ""))
+        one_candidate(self.candidate, self.torch_weights)
         if self.transform and (self.candidate or "").startswith("onnx:"):
             raise BadInput(f"--transform {self.transform} applies to PyTorch candidates; an onnx file carries its "
                            f"own form (export-onnx --quantize int8)")

@@ -12,10 +12,8 @@ from typing import ClassVar, Optional
 from bert_torch.flags import count, input_dir, output_dir, real
 from bert_torch.options import Options, flag
 
-from parity.inputs import BadInput
+from parity.inputs import MAX_BATCH, MAX_SEQ, MIN_PAIR_SEQ, BadInput
 
-# A sentence pair needs [CLS] a [SEP] b [SEP]: five tokens at the least.
-MIN_SEQ = 5
 # Multi-seed sizes of the full run (make report), and why they answer the question: see
 # parity.finetune.suite.run_finetune_checks. lr 5e-5 and batch 16 are from the BERT paper's fine-tuning grid.
 # Declared here, with the flags that override them, so that --help shows them without importing torch.
@@ -41,9 +39,9 @@ class FinetuneOptions(Options):
                                               "(default 3: 343 steps at batch 32)")
     train_steps: Optional[int] = flag("--train-steps", type=count(1, 10_000_000),
                                       help="deterministic run: optimizer steps (overrides --train-epochs)")
-    train_batch_size: Optional[int] = flag("--train-batch-size", type=count(1, 65536),
+    train_batch_size: Optional[int] = flag("--train-batch-size", type=count(1, MAX_BATCH),
                                            help="deterministic run: batch size (default 32)")
-    train_seq_len: Optional[int] = flag("--train-seq-len", type=count(MIN_SEQ, 131072),
+    train_seq_len: Optional[int] = flag("--train-seq-len", type=count(MIN_PAIR_SEQ, MAX_SEQ),
                                         help="deterministic run: max_seq_length (default 128 with the all-padding "
                                              "columns cut: no pair truncated)")
     seeds: Optional[int] = flag("--seeds", type=count(0, 1000),
@@ -54,9 +52,9 @@ class FinetuneOptions(Options):
                                     help="SQuAD: dev questions evaluated (default 500)")
     seed_steps: Optional[int] = flag("--seed-steps", type=count(1, 10_000_000),
                                      help=f"steps of each multi-seed run (default {SEED_STEPS})")
-    seed_batch_size: Optional[int] = flag("--seed-batch-size", type=count(1, 65536),
+    seed_batch_size: Optional[int] = flag("--seed-batch-size", type=count(1, MAX_BATCH),
                                           help=f"multi-seed batch size (default {SEED_BATCH})")
-    seed_seq_len: Optional[int] = flag("--seed-seq-len", type=count(MIN_SEQ, 131072),
+    seed_seq_len: Optional[int] = flag("--seed-seq-len", type=count(MIN_PAIR_SEQ, MAX_SEQ),
                                        help=f"multi-seed max_seq_length (default {SEED_SEQ})")
     seed_lr: Optional[float] = flag("--seed-lr", type=real(above=0, hi=1.0),
                                     help=f"multi-seed learning rate (default {SEED_LR:g})")
